@@ -1,0 +1,129 @@
+"""Accuracy, per-class precision / recall / F1 and the confusion matrix."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from tlvision.checkpoint import load_run_model
+from tlvision.data import ImageDataset, build_transforms, list_class_folders, scan_split
+from tlvision.errors import UserError
+
+
+@dataclass(frozen=True)
+class ClassificationReport:
+    class_names: tuple[str, ...]
+    confusion: np.ndarray  # rows: true class, columns: predicted class
+
+    @property
+    def total(self) -> int:
+        return int(self.confusion.sum())
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.trace(self.confusion) / max(1, self.total))
+
+    def per_class(self) -> list[dict[str, Any]]:
+        rows = []
+        for index, name in enumerate(self.class_names):
+            true_positive = float(self.confusion[index, index])
+            predicted = float(self.confusion[:, index].sum())
+            actual = float(self.confusion[index, :].sum())
+            precision = true_positive / predicted if predicted else 0.0
+            recall = true_positive / actual if actual else 0.0
+            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+            rows.append(
+                {
+                    "class": name,
+                    "precision": precision,
+                    "recall": recall,
+                    "f1": f1,
+                    "support": int(actual),
+                }
+            )
+        return rows
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "accuracy": self.accuracy,
+            "images": self.total,
+            "classes": list(self.class_names),
+            "per_class": self.per_class(),
+            "confusion_matrix": self.confusion.astype(int).tolist(),
+        }
+
+    def to_text(self) -> str:
+        width = max(8, *(len(name) for name in self.class_names))
+        lines = [f"accuracy {self.accuracy:.4f} on {self.total} images", ""]
+        lines.append(f"{'class':<{width}}  precision  recall     f1  support")
+        for row in self.per_class():
+            lines.append(
+                f"{row['class']:<{width}}  {row['precision']:>9.4f}  {row['recall']:>6.4f}  "
+                f"{row['f1']:>5.4f}  {row['support']:>7d}"
+            )
+        lines += ["", "confusion matrix (rows: true class, columns: predicted)"]
+        header = " " * width + "  " + "  ".join(f"{name[:width]:>{width}}" for name in self.class_names)
+        lines.append(header)
+        for index, name in enumerate(self.class_names):
+            counts = "  ".join(f"{int(count):>{width}d}" for count in self.confusion[index])
+            lines.append(f"{name:<{width}}  {counts}")
+        return "\n".join(lines)
+
+
+def confusion_matrix(labels: Sequence[int], predictions: Sequence[int], num_classes: int) -> np.ndarray:
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(labels, dtype=np.int64), np.asarray(predictions, dtype=np.int64)), 1)
+    return matrix
+
+
+@torch.inference_mode()
+def predict_probabilities(
+    model: nn.Module, loader: DataLoader[tuple[torch.Tensor, int]], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax probabilities and true labels for every image the loader yields."""
+    model.eval()
+    probabilities, labels = [], []
+    for images, batch_labels in loader:
+        logits = model(images.to(device))
+        probabilities.append(torch.softmax(logits.float(), dim=1).cpu())
+        labels.append(batch_labels)
+    return torch.cat(probabilities), torch.cat(labels)
+
+
+def evaluate_run(
+    run_dir: Path, split_dir: Path, *, device: torch.device, batch_size: int = 32, num_workers: int = 0
+) -> ClassificationReport:
+    """Score a trained run on a folder of class subfolders whose names the model knows."""
+    loaded = load_run_model(run_dir)
+    if not split_dir.is_dir():
+        raise UserError(f"{split_dir}: no such directory; pass a split folder such as DATA/val")
+    folder_names = list_class_folders(split_dir)
+    if not folder_names:
+        raise UserError(f"{split_dir}: no class folders; pass a split folder such as DATA/val")
+    unknown = [name for name in folder_names if name not in loaded.class_names]
+    if unknown:
+        raise UserError(
+            f"{split_dir}: class folders {unknown} are not classes of this model "
+            f"({list(loaded.class_names)}); rename them or evaluate another split"
+        )
+    # Label each folder with the model's index for that name, so the order of folders on disk
+    # cannot shift the labels.
+    samples = [
+        (path, loaded.class_names.index(folder_names[folder_index]))
+        for path, folder_index in scan_split(split_dir, folder_names)
+    ]
+    transform = build_transforms(loaded.preprocessing)["val"]
+    dataset = ImageDataset(samples, loaded.class_names, transform)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    model = loaded.model.to(device)
+    probabilities, labels = predict_probabilities(model, loader, device)
+    predictions = probabilities.argmax(dim=1)
+    matrix = confusion_matrix(labels.tolist(), predictions.tolist(), len(loaded.class_names))
+    return ClassificationReport(class_names=loaded.class_names, confusion=matrix)
