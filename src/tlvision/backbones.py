@@ -8,6 +8,7 @@ for taking CNN codes from an earlier point in the network.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,8 +65,7 @@ class BackboneSpec:
                 return spec
         known = ", ".join(spec.name for spec in self.weights)
         raise UserError(
-            f"unknown weights {name!r} for {self.name}; choose one of {known}, a file path, "
-            "or none"
+            f"unknown weights {name!r} for {self.name}; choose one of {known}, a file path, or none"
         )
 
     @property
@@ -100,8 +100,8 @@ def _torchvision_weights(
         preprocessing=Preprocessing(
             resize_size=int(transforms.resize_size[0]),
             crop_size=int(transforms.crop_size[0]),
-            mean=tuple(transforms.mean),  # type: ignore[arg-type]
-            std=tuple(transforms.std),  # type: ignore[arg-type]
+            mean=tuple(transforms.mean),
+            std=tuple(transforms.std),
             interpolation=transforms.interpolation.value,
         ),
         licence="BSD-3-Clause (torchvision); trained on ImageNet-1k",
@@ -114,7 +114,8 @@ def _indexed(prefix: str, first: int, last: int) -> tuple[str, ...]:
 
 def _resnet(name: str, feature_size: int) -> BackboneSpec:
     weights = tuple(
-        _torchvision_weights(name, entry.name) for entry in torchvision.models.get_model_weights(name)
+        _torchvision_weights(name, entry.name)
+        for entry in torchvision.models.get_model_weights(name)
     )
     return BackboneSpec(
         name=name,
@@ -132,7 +133,9 @@ def _resnet(name: str, feature_size: int) -> BackboneSpec:
     )
 
 
-def _features_stages(groups: list[tuple[str, int, int]], extra_last: tuple[str, ...] = ()) -> tuple[Stage, ...]:
+def _features_stages(
+    groups: list[tuple[str, int, int]], extra_last: tuple[str, ...] = ()
+) -> tuple[Stage, ...]:
     """Stages over a `features` nn.Sequential, as (name, first index, last index) groups."""
     stages = []
     for position, (name, first, last) in enumerate(groups):
@@ -153,7 +156,8 @@ def _efficientnet_lite0() -> BackboneSpec:
 
 
 # Stages group blocks by output resolution (stride 2, 4, 8, 16, 32), so a stage name means the
-# same depth in every backbone: stem is generic edges and colours, stage4 the most ImageNet-specific.
+# same depth in every backbone: stem is generic edges and colours, stage4 the most
+# ImageNet-specific.
 BACKBONES: dict[str, Callable[[], BackboneSpec]] = {
     "mobilenet_v2": lambda: BackboneSpec(
         name="mobilenet_v2",
@@ -172,7 +176,13 @@ BACKBONES: dict[str, Callable[[], BackboneSpec]] = {
         head="classifier.1",
         feature_size=1280,
         stages=_features_stages(
-            [("stem", 0, 1), ("stage1", 2, 3), ("stage2", 4, 6), ("stage3", 7, 13), ("stage4", 14, 18)]
+            [
+                ("stem", 0, 1),
+                ("stage1", 2, 3),
+                ("stage2", 4, 6),
+                ("stage3", 7, 13),
+                ("stage4", 14, 18),
+            ]
         ),
     ),
     "mobilenet_v3_large": lambda: BackboneSpec(
@@ -185,7 +195,13 @@ BACKBONES: dict[str, Callable[[], BackboneSpec]] = {
         head="classifier.3",
         feature_size=1280,
         stages=_features_stages(
-            [("stem", 0, 1), ("stage1", 2, 3), ("stage2", 4, 6), ("stage3", 7, 12), ("stage4", 13, 16)],
+            [
+                ("stem", 0, 1),
+                ("stage1", 2, 3),
+                ("stage2", 4, 6),
+                ("stage3", 7, 12),
+                ("stage4", 13, 16),
+            ],
             extra_last=("classifier.0",),
         ),
     ),
@@ -206,7 +222,13 @@ BACKBONES: dict[str, Callable[[], BackboneSpec]] = {
         head="classifier.2",
         feature_size=768,
         stages=_features_stages(
-            [("stem", 0, 0), ("stage1", 1, 1), ("stage2", 2, 3), ("stage3", 4, 5), ("stage4", 6, 7)],
+            [
+                ("stem", 0, 0),
+                ("stage1", 1, 1),
+                ("stage2", 2, 3),
+                ("stage3", 4, 5),
+                ("stage4", 6, 7),
+            ],
             extra_last=("classifier.0",),
         ),
     ),
@@ -237,23 +259,44 @@ class WeightsChoice:
         return self.path is not None
 
 
-def choose_weights(backbone: BackboneSpec, argument: str | None, *, fetch: bool = True) -> WeightsChoice:
+def choose_weights(
+    backbone: BackboneSpec, argument: str | None, *, fetch: bool = True
+) -> WeightsChoice:
     """Resolve --weights: a registry name (default: the backbone's first), a file path, or none."""
     if argument is not None and argument.lower() == "none":
         return WeightsChoice(spec=None, path=None, label="none")
-    if argument is not None and (Path(argument).suffix in {".pth", ".pt", ".safetensors"} or "/" in argument):
+    if argument is not None and (
+        Path(argument).suffix in {".pth", ".pt", ".safetensors"} or "/" in argument
+    ):
         path = Path(argument)
         if not path.is_file():
-            raise UserError(f"{path}: no such weights file; pass an existing file, a weights name, or none")
-        return WeightsChoice(spec=None, path=path, label=f"file:{path.name}:sha256:{sha256_of_file(path)}")
+            raise UserError(
+                f"{path}: no such weights file; pass an existing file, a weights name, or none"
+            )
+        return WeightsChoice(
+            spec=None, path=path, label=f"file:{path.name}:sha256:{sha256_of_file(path)}"
+        )
     spec = backbone.default_weights if argument is None else backbone.weights_named(argument)
-    path = ensure_weights_file(spec) if fetch else None
-    return WeightsChoice(spec=spec, path=path, label=spec.name)
+    fetched = ensure_weights_file(spec) if fetch else None
+    return WeightsChoice(spec=spec, path=fetched, label=spec.name)
 
 
-def preprocessing_for(backbone: BackboneSpec, weights: WeightsChoice) -> Preprocessing:
-    """The weights' own preprocessing; a file or random init gets the default entry's."""
-    return (weights.spec or backbone.default_weights).preprocessing
+def preprocessing_for(
+    backbone: BackboneSpec, weights: WeightsChoice, *, input_size: int | None = None
+) -> Preprocessing:
+    """The weights' own preprocessing; a file or random init gets the default entry's.
+
+    `input_size` runs the network at another resolution (a conv net accepts any size): small
+    native images gain nothing from being blown up to 224 px. The resize keeps the weights'
+    resize-to-crop ratio (256/224 for most).
+    """
+    preprocessing = (weights.spec or backbone.default_weights).preprocessing
+    if input_size is None or input_size == preprocessing.crop_size:
+        return preprocessing
+    ratio = preprocessing.resize_size / preprocessing.crop_size
+    return dataclasses.replace(
+        preprocessing, crop_size=input_size, resize_size=round(input_size * ratio)
+    )
 
 
 def replace_head(model: nn.Module, backbone: BackboneSpec, num_classes: int) -> nn.Linear:
@@ -262,7 +305,9 @@ def replace_head(model: nn.Module, backbone: BackboneSpec, num_classes: int) -> 
     parent = model.get_submodule(parent_path) if parent_path else model
     old_head = getattr(parent, attribute)
     if not isinstance(old_head, nn.Linear) or old_head.in_features != backbone.feature_size:
-        raise TypeError(f"{backbone.name}: {backbone.head} is not a Linear({backbone.feature_size}, ...)")
+        raise TypeError(
+            f"{backbone.name}: {backbone.head} is not a Linear({backbone.feature_size}, ...)"
+        )
     new_head = nn.Linear(backbone.feature_size, num_classes)
     setattr(parent, attribute, new_head)
     return new_head

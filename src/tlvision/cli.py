@@ -1,0 +1,306 @@
+"""The `tlvision` command: train, evaluate, predict, demo, weights, backbones.
+
+Every problem the user can fix is a UserError: one line on stderr naming the file and the fix,
+exit status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tlvision import __version__
+from tlvision.errors import UserError
+
+if TYPE_CHECKING:
+    from tlvision.training import TrainConfig
+
+
+def _default_out(prefix: str) -> Path:
+    return Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    from tlvision.backbones import BACKBONES, DEFAULT_BACKBONE
+    from tlvision.strategies import STRATEGIES
+    from tlvision.training import SCHEDULES, TrainConfig
+
+    defaults = TrainConfig(data_dir=Path("."), out_dir=Path("."))
+    parser.add_argument("--out", type=Path, help="run directory (default: runs/<strategy>-<time>)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    parser.add_argument(
+        "--backbone", default=DEFAULT_BACKBONE, help=f"one of {', '.join(BACKBONES)}"
+    )
+    parser.add_argument(
+        "--weights",
+        help="pretrained weights: a name such as IMAGENET1K_V1 (default: the backbone's first), "
+        "a .pth/.safetensors file, or none for random initialisation",
+    )
+    parser.add_argument("--strategy", default=defaults.strategy, choices=STRATEGIES)
+    parser.add_argument(
+        "--freeze-until",
+        metavar="STAGE",
+        help="finetune: keep the stages up to and including STAGE frozen "
+        "(names: `tlvision backbones`)",
+    )
+    parser.add_argument(
+        "--backbone-lr-mult",
+        type=float,
+        default=defaults.backbone_lr_mult,
+        help="pretrained layers learn at this times --lr (default %(default)s)",
+    )
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        metavar="PIXELS",
+        help="side of the square the network sees (default: the weights' own, 224 for most)",
+    )
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="the new head's")
+    parser.add_argument("--momentum", type=float, default=defaults.momentum)
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument("--schedule", default=defaults.schedule, choices=SCHEDULES)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument(
+        "--workers", type=int, help="data-loader processes (default: one per CPU core, up to 8)"
+    )
+
+
+def _train_config(arguments: argparse.Namespace, data_dir: Path, out_dir: Path) -> TrainConfig:
+    from tlvision.training import TrainConfig
+
+    return TrainConfig(
+        data_dir=data_dir,
+        out_dir=out_dir,
+        backbone=arguments.backbone,
+        weights=arguments.weights,
+        strategy=arguments.strategy,
+        freeze_until=arguments.freeze_until,
+        input_size=arguments.input_size,
+        epochs=arguments.epochs,
+        batch_size=arguments.batch_size,
+        learning_rate=arguments.lr,
+        backbone_lr_mult=arguments.backbone_lr_mult,
+        momentum=arguments.momentum,
+        weight_decay=arguments.weight_decay,
+        schedule=arguments.schedule,
+        seed=arguments.seed,
+        device=arguments.device,
+        num_workers=arguments.workers,
+        overwrite=arguments.overwrite,
+    )
+
+
+def command_train(arguments: argparse.Namespace) -> int:
+    from tlvision.training import fit
+
+    out_dir = arguments.out or _default_out(arguments.strategy)
+    config = _train_config(arguments, arguments.data, out_dir)
+    fit(config)
+    return 0
+
+
+def command_evaluate(arguments: argparse.Namespace) -> int:
+    from tlvision.evaluation import evaluate_run
+    from tlvision.training import resolve_device
+
+    report = evaluate_run(
+        arguments.run_dir, arguments.split_dir, device=resolve_device(arguments.device)
+    )
+    print(json.dumps(report.to_json(), indent=2) if arguments.json else report.to_text())
+    return 0
+
+
+def command_predict(arguments: argparse.Namespace) -> int:
+    from tlvision.checkpoint import load_run_model
+    from tlvision.predict import expand_image_paths, predict_images
+    from tlvision.training import resolve_device
+
+    loaded = load_run_model(arguments.run_dir)
+    paths = expand_image_paths(arguments.paths)
+    predictions = predict_images(
+        loaded, paths, top_k=arguments.top_k, device=resolve_device(arguments.device)
+    )
+    if arguments.json:
+        print(json.dumps([prediction.to_json() for prediction in predictions], indent=2))
+    else:
+        for prediction in predictions:
+            if prediction.error is not None:
+                print(f"{prediction.path}: error: {prediction.error}")
+                continue
+            ranked = ", ".join(f"{name} {probability:.3f}" for name, probability in prediction.top)
+            print(f"{prediction.path}: {ranked}")
+    failed = [prediction for prediction in predictions if prediction.error is not None]
+    if failed:
+        print(f"{len(failed)} of {len(predictions)} files could not be read", file=sys.stderr)
+        return 1
+    return 0
+
+
+def demo_data_dir() -> Path:
+    return Path(str(resources.files("tlvision") / "demo_data"))
+
+
+def command_demo(arguments: argparse.Namespace) -> int:
+    from tlvision.checkpoint import load_run_model
+    from tlvision.evaluation import evaluate_run
+    from tlvision.predict import predict_images
+    from tlvision.training import TrainConfig, fit, resolve_device
+
+    data_dir = demo_data_dir()
+    out_dir = arguments.out or _default_out("demo")
+    print(f"demo: a 3-class set of {data_dir} (fish, monument, tool; see ATTRIBUTION.md)")
+    print(
+        f"step 1: tlvision train {data_dir} --strategy feature-extract "
+        f"--epochs {arguments.epochs} --out {out_dir}"
+    )
+    config = TrainConfig(
+        data_dir=data_dir,
+        out_dir=out_dir,
+        epochs=arguments.epochs,
+        overwrite=arguments.overwrite,
+        device=arguments.device,
+    )
+    summary = fit(config)
+    device = resolve_device(arguments.device)
+    print(f"\nstep 2: tlvision evaluate {out_dir} {data_dir / 'val'}")
+    print(evaluate_run(out_dir, data_dir / "val", device=device).to_text())
+    loaded = load_run_model(out_dir)
+    examples = [
+        next(iter(sorted((data_dir / "val" / name).iterdir()))) for name in loaded.class_names
+    ]
+    print(f"\nstep 3: tlvision predict {out_dir} IMAGE")
+    for prediction in predict_images(loaded, examples, device=device):
+        name, probability = prediction.top[0]
+        print(
+            f"  {prediction.path.parent.name}/{prediction.path.name} -> {name} ({probability:.3f})"
+        )
+    print(
+        f"\ndone in {summary['seconds']:.0f}s: best val accuracy {summary['best_val_acc']:.3f}; "
+        f"the run is in {out_dir} (model.safetensors, model.json, metrics.jsonl, summary.json)"
+    )
+    return 0
+
+
+def command_weights_fetch(arguments: argparse.Namespace) -> int:
+    from tlvision.backbones import get_backbone
+    from tlvision.weights import ensure_weights_file
+
+    backbone_name, _, weights_name = arguments.name.partition(":")
+    backbone = get_backbone(backbone_name)
+    spec = backbone.weights_named(weights_name) if weights_name else backbone.default_weights
+    path = ensure_weights_file(spec)
+    print(f"{backbone.name} {spec.name}: {path}")
+    return 0
+
+
+def command_weights_list(arguments: argparse.Namespace) -> int:
+    from tlvision.backbones import BACKBONES, get_backbone
+    from tlvision.weights import hub_checkpoints_dir
+
+    cache = hub_checkpoints_dir()
+    rows = []
+    for name in BACKBONES:
+        for spec in get_backbone(name).weights:
+            sources = ["hub cache"]
+            sources += ["url"] if spec.url else []
+            sources += [f"package {spec.package.requirement}"] if spec.package else []
+            state = "cached" if (cache / spec.filename).is_file() else "-"
+            rows.append((f"{name}:{spec.name}", state, ", ".join(sources)))
+    width = max(len(row[0]) for row in rows)
+    print(f"hub cache: {cache}")
+    for label, state, where in rows:
+        print(f"{label:<{width}}  {state:<6}  {where}")
+    return 0
+
+
+def command_backbones(arguments: argparse.Namespace) -> int:
+    from tlvision.backbones import BACKBONES, DEFAULT_BACKBONE, get_backbone
+
+    for name in BACKBONES:
+        spec = get_backbone(name)
+        default = " (default)" if name == DEFAULT_BACKBONE else ""
+        print(
+            f"{name}{default}: {spec.feature_size} features, head {spec.head}, "
+            f"weights {', '.join(w.name for w in spec.weights)}, "
+            f"stages {', '.join(spec.stage_names)}"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tlvision",
+        description="Train, evaluate and use an image classifier by transfer learning.",
+    )
+    parser.add_argument("--version", action="version", version=f"tlvision {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train", help="train a classifier on DATA/train, validate on DATA/val"
+    )
+    train.add_argument("data", type=Path, metavar="DATA", help="folder with train/ and val/")
+    _add_train_options(train)
+    train.set_defaults(handler=command_train)
+
+    evaluate = commands.add_parser("evaluate", help="accuracy, per-class P/R/F1, confusion matrix")
+    evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    evaluate.add_argument("split_dir", type=Path, metavar="DATA_SPLIT_DIR", help="e.g. DATA/val")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.set_defaults(handler=command_evaluate)
+
+    predict = commands.add_parser("predict", help="classify image files or folders")
+    predict.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    predict.add_argument("paths", type=Path, nargs="+", metavar="IMAGE_OR_DIR")
+    predict.add_argument("--top-k", type=int, default=1)
+    predict.add_argument("--json", action="store_true")
+    predict.add_argument("--device", default="auto")
+    predict.set_defaults(handler=command_predict)
+
+    demo = commands.add_parser("demo", help="train and evaluate on the embedded demo set")
+    demo.add_argument("--out", type=Path)
+    demo.add_argument("--epochs", type=int, default=10)
+    demo.add_argument("--overwrite", action="store_true")
+    demo.add_argument("--device", default="auto")
+    demo.set_defaults(handler=command_demo)
+
+    weights = commands.add_parser("weights", help="fetch or list pretrained weights")
+    weights_commands = weights.add_subparsers(
+        dest="weights_command", required=True, metavar="ACTION"
+    )
+    fetch = weights_commands.add_parser("fetch", help="put weights into the torch hub cache")
+    fetch.add_argument("name", metavar="BACKBONE[:WEIGHTS]", help="e.g. mobilenet_v2")
+    fetch.set_defaults(handler=command_weights_fetch)
+    weights_list = weights_commands.add_parser("list", help="known weights and whether cached")
+    weights_list.set_defaults(handler=command_weights_list)
+
+    backbones = commands.add_parser("backbones", help="list backbones and their stages")
+    backbones.set_defaults(handler=command_backbones)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
+    try:
+        status: int = arguments.handler(arguments)
+    except UserError as error:
+        print(f"tlvision: error: {error}", file=sys.stderr)
+        return error.exit_status
+    except KeyboardInterrupt:
+        print("tlvision: interrupted", file=sys.stderr)
+        return 130
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

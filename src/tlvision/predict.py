@@ -1,0 +1,86 @@
+"""Class predictions for image files with a trained run directory, and nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tlvision.checkpoint import LoadedModel
+from tlvision.data import build_transforms, is_image_file, load_rgb_image
+from tlvision.errors import UserError
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: Path
+    top: tuple[tuple[str, float], ...]  # (class name, probability), most likely first
+    error: str | None = None  # why the file could not be read; `top` is empty then
+
+    def to_json(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"path": str(self.path), "error": self.error}
+        return {
+            "path": str(self.path),
+            "class": self.top[0][0],
+            "probability": self.top[0][1],
+            "top": [{"class": name, "probability": probability} for name, probability in self.top],
+        }
+
+
+def expand_image_paths(arguments: Sequence[Path]) -> list[Path]:
+    """Files as given; directories searched recursively for images, in a stable order."""
+    paths: list[Path] = []
+    for argument in arguments:
+        if argument.is_dir():
+            found = sorted(p for p in argument.rglob("*") if p.is_file() and is_image_file(p))
+            if not found:
+                raise UserError(
+                    f"{argument}: directory holds no images; pass image files or folders"
+                )
+            paths.extend(found)
+        elif argument.is_file():
+            paths.append(argument)
+        else:
+            raise UserError(f"{argument}: no such file or directory; pass image files or folders")
+    return paths
+
+
+@torch.inference_mode()
+def predict_images(
+    loaded: LoadedModel,
+    paths: Sequence[Path],
+    *,
+    top_k: int = 1,
+    batch_size: int = 32,
+    device: torch.device | None = None,
+) -> list[Prediction]:
+    """Top-k classes per image. Unreadable files get an `error` entry instead of stopping."""
+    if top_k < 1:
+        raise UserError("--top-k must be at least 1")
+    top_k = min(top_k, len(loaded.class_names))
+    device = device or torch.device("cpu")
+    model = loaded.model.to(device).eval()
+    transform = build_transforms(loaded.preprocessing)["val"]
+    results: dict[int, Prediction] = {}
+    readable: list[tuple[int, torch.Tensor]] = []
+    for index, path in enumerate(paths):
+        try:
+            readable.append((index, transform(load_rgb_image(path))))
+        except (OSError, ValueError, SyntaxError) as error:
+            results[index] = Prediction(path=path, top=(), error=f"cannot read image ({error})")
+    for start in range(0, len(readable), batch_size):
+        batch = readable[start : start + batch_size]
+        images = torch.stack([tensor for _, tensor in batch]).to(device)
+        probabilities = torch.softmax(model(images).float(), dim=1).cpu()
+        values, indices = probabilities.topk(top_k, dim=1)
+        for (index, _), row_values, row_indices in zip(batch, values, indices, strict=True):
+            top = tuple(
+                (loaded.class_names[int(i)], float(v))
+                for v, i in zip(row_values, row_indices, strict=True)
+            )
+            results[index] = Prediction(path=paths[index], top=top)
+    return [results[index] for index in range(len(paths))]

