@@ -72,6 +72,23 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers", type=int, help="data-loader processes (default: one per CPU core, up to 8)"
     )
+    parser.add_argument(
+        "--val-split",
+        type=float,
+        metavar="FRACTION",
+        help="no val/ folder: hold out this stratified, seeded share of train/ (e.g. 0.2)",
+    )
+    parser.add_argument(
+        "--class-weights",
+        choices=["auto"],
+        help="auto: weight the loss by inverse class frequency, for imbalanced classes",
+    )
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue a stopped run from its last checkpoint (other options are ignored)",
+    )
 
 
 def _train_config(arguments: argparse.Namespace, data_dir: Path, out_dir: Path) -> TrainConfig:
@@ -95,13 +112,20 @@ def _train_config(arguments: argparse.Namespace, data_dir: Path, out_dir: Path) 
         seed=arguments.seed,
         device=arguments.device,
         num_workers=arguments.workers,
+        val_split=arguments.val_split,
+        class_weights=arguments.class_weights,
         overwrite=arguments.overwrite,
     )
 
 
 def command_train(arguments: argparse.Namespace) -> int:
-    from tlvision.training import fit
+    from tlvision.training import fit, resume
 
+    if arguments.resume is not None:
+        resume(arguments.resume)
+        return 0
+    if arguments.data is None:
+        raise UserError("train needs DATA (a folder with train/ and val/) or --resume RUN_DIR")
     out_dir = arguments.out or _default_out(arguments.strategy)
     config = _train_config(arguments, arguments.data, out_dir)
     fit(config)
@@ -143,6 +167,12 @@ def command_predict(arguments: argparse.Namespace) -> int:
         print(f"{len(failed)} of {len(predictions)} files could not be read", file=sys.stderr)
         return 1
     return 0
+
+
+def command_check(arguments: argparse.Namespace) -> int:
+    from tlvision.check import main_check
+
+    return main_check(arguments.data, as_json=arguments.json)
 
 
 def demo_data_dir() -> Path:
@@ -247,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train", help="train a classifier on DATA/train, validate on DATA/val"
     )
-    train.add_argument("data", type=Path, metavar="DATA", help="folder with train/ and val/")
+    train.add_argument(
+        "data", type=Path, nargs="?", metavar="DATA", help="folder with train/ and val/"
+    )
     _add_train_options(train)
     train.set_defaults(handler=command_train)
 
@@ -265,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true")
     predict.add_argument("--device", default="auto")
     predict.set_defaults(handler=command_predict)
+
+    check = commands.add_parser(
+        "check", help="find broken, odd, duplicated and leaking files in a dataset"
+    )
+    check.add_argument("data", type=Path, metavar="DATA")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(handler=command_check)
 
     demo = commands.add_parser("demo", help="train and evaluate on the embedded demo set")
     demo.add_argument("--out", type=Path)

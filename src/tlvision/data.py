@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as transforms
 
 from tlvision.errors import UserError
+from tlvision.images import BadImageError, load_rgb_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 PHASES = ("train", "val")
@@ -116,13 +117,16 @@ def scan_split(split_dir: Path, class_names: Sequence[str]) -> list[tuple[Path, 
     return samples
 
 
-def load_rgb_image(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
+UNREADABLE = -1  # the label ImageDataset gives a file it cannot decode (see collate_readable)
 
 
 class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
-    """A list of (image path, class index) with a transform; images are decoded on demand."""
+    """A list of (image path, class index) with a transform; images are decoded on demand.
+
+    A file that cannot be decoded (truncated, not an image, a decompression bomb) yields an
+    empty tensor and the label UNREADABLE - index - ... so that `collate_readable` can drop it
+    from the batch and report which sample it was: one broken JPEG must not end a run.
+    """
 
     def __init__(
         self,
@@ -139,7 +143,24 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
-        return self.transform(load_rgb_image(path)), label
+        try:
+            image = load_rgb_image(path)
+        except BadImageError:
+            return torch.empty(0), UNREADABLE - index
+        return self.transform(image), label
+
+
+def collate_readable(
+    batch: Sequence[tuple[torch.Tensor, int]],
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Stack the decodable samples; return (images, labels, dataset indices of unreadable ones)."""
+    good = [(image, label) for image, label in batch if label > UNREADABLE]
+    unreadable = [UNREADABLE - label for _, label in batch if label <= UNREADABLE]
+    if not good:
+        return torch.empty(0, 3, 1, 1), torch.empty(0, dtype=torch.long), unreadable
+    images = torch.stack([image for image, _ in good])
+    labels = torch.tensor([label for _, label in good], dtype=torch.long)
+    return images, labels, unreadable
 
 
 @dataclass(frozen=True)
@@ -148,32 +169,58 @@ class DatasetSplits:
 
     root: Path
     class_names: tuple[str, ...]
-    samples: dict[str, list[tuple[Path, int]]]
+    samples: dict[str, list[tuple[Path, int]]]  # phase -> [(path, class index)]
+    val_split: float | None = None  # the fraction of train held out as val, when there is no val/
+
+    def class_counts(self, phase: str = "train") -> list[int]:
+        counts = [0] * len(self.class_names)
+        for _, label in self.samples[phase]:
+            counts[label] += 1
+        return counts
 
 
-def find_splits(data_dir: Path) -> DatasetSplits:
-    """Check the ImageFolder layout and match classes by name across train and val."""
+LAYOUT = "DATA/train/<class>/*.jpg and DATA/val/<class>/*.jpg"
+
+
+def find_splits(data_dir: Path, *, val_split: float | None = None, seed: int = 0) -> DatasetSplits:
+    """Check the ImageFolder layout and match classes by name across train and val.
+
+    With `val_split` and no val/ folder, a stratified, seeded share of each train class is held
+    out as val instead.
+    """
     if not data_dir.exists():
         raise UserError(
             f"{data_dir}: no such directory; pass the folder that holds train/ and val/"
         )
     if not data_dir.is_dir():
         raise UserError(f"{data_dir}: not a directory; pass the folder that holds train/ and val/")
-    missing = [phase for phase in PHASES if not (data_dir / phase).is_dir()]
-    if missing:
-        layout = "DATA/train/<class>/*.jpg and DATA/val/<class>/*.jpg"
+    if not (data_dir / "train").is_dir():
+        raise UserError(f"{data_dir / 'train'}: no such folder; a dataset is laid out as {LAYOUT}")
+    has_val = (data_dir / "val").is_dir()
+    if val_split is not None:
+        if not 0 < val_split < 1:
+            raise UserError(f"--val-split {val_split}: give a fraction between 0 and 1, e.g. 0.2")
+        if has_val:
+            raise UserError(
+                f"{data_dir / 'val'}: exists, so --val-split would ignore it; drop --val-split "
+                "or move that folder away"
+            )
+    elif not has_val:
         raise UserError(
-            f"{data_dir / missing[0]}: no such folder; a dataset is laid out as {layout}"
+            f"{data_dir / 'val'}: no such folder; a dataset is laid out as {LAYOUT}, or pass "
+            "--val-split 0.2 to hold out a fifth of train/ for validation"
         )
-    classes_by_phase = {phase: list_class_folders(data_dir / phase) for phase in PHASES}
+    phases = PHASES if val_split is None else ("train",)
+    classes_by_phase = {phase: list_class_folders(data_dir / phase) for phase in phases}
     for phase, names in classes_by_phase.items():
         if not names:
             raise UserError(
                 f"{data_dir / phase}: no class folders; put each class's images in "
                 f"{data_dir / phase}/<class name>/"
             )
-    if classes_by_phase["train"] != classes_by_phase["val"]:
-        train_names, val_names = classes_by_phase["train"], classes_by_phase["val"]
+    train_names = classes_by_phase["train"]
+    if val_split is None and train_names != classes_by_phase["val"]:
+        val_names = classes_by_phase["val"]
         only_train = sorted(set(train_names) - set(val_names))
         only_val = sorted(set(val_names) - set(train_names))
         raise UserError(
@@ -181,14 +228,36 @@ def find_splits(data_dir: Path) -> DatasetSplits:
             f"val has {val_names} (only in train: {only_train}, only in val: {only_val}); "
             "give both splits the same class folder names"
         )
-    class_names = classes_by_phase["train"]
-    if len(class_names) < 2:
+    if len(train_names) < 2:
         raise UserError(
-            f"{data_dir / 'train'}: found one class ({class_names[0]}); a classifier needs "
+            f"{data_dir / 'train'}: found one class ({train_names[0]}); a classifier needs "
             "at least two class folders"
         )
-    samples = {phase: scan_split(data_dir / phase, class_names) for phase in PHASES}
-    return DatasetSplits(root=data_dir, class_names=tuple(class_names), samples=samples)
+    if val_split is None:
+        samples = {phase: scan_split(data_dir / phase, train_names) for phase in PHASES}
+    else:
+        samples = stratified_split(scan_split(data_dir / "train", train_names), val_split, seed)
+    return DatasetSplits(data_dir, tuple(train_names), samples, val_split)
+
+
+def stratified_split(
+    samples: Sequence[tuple[Path, int]], fraction: float, seed: int
+) -> dict[str, list[tuple[Path, int]]]:
+    """Hold out `fraction` of each class (at least one image) as val, the same for a seed."""
+    generator = torch.Generator().manual_seed(seed)
+    split: dict[str, list[tuple[Path, int]]] = {"train": [], "val": []}
+    for label in sorted({label for _, label in samples}):
+        members = [sample for sample in samples if sample[1] == label]
+        if len(members) < 2:
+            raise UserError(
+                f"{members[0][0].parent}: one image cannot be split between train and val; "
+                "add images or make a val/ folder"
+            )
+        order = torch.randperm(len(members), generator=generator).tolist()
+        held_out = min(len(members) - 1, max(1, round(len(members) * fraction)))
+        split["val"].extend(members[index] for index in sorted(order[:held_out]))
+        split["train"].extend(members[index] for index in sorted(order[held_out:]))
+    return split
 
 
 def default_num_workers() -> int:
@@ -220,6 +289,7 @@ def make_loader(
         num_workers=num_workers,
         generator=generator,
         pin_memory=pin_memory,
+        collate_fn=collate_readable,
     )
 
 

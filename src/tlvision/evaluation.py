@@ -13,7 +13,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tlvision.checkpoint import load_run_model
-from tlvision.data import ImageDataset, build_transforms, list_class_folders, scan_split
+from tlvision.data import (
+    ImageDataset,
+    build_transforms,
+    collate_readable,
+    list_class_folders,
+    scan_split,
+)
 from tlvision.errors import UserError
 
 
@@ -21,6 +27,7 @@ from tlvision.errors import UserError
 class ClassificationReport:
     class_names: tuple[str, ...]
     confusion: np.ndarray  # rows: true class, columns: predicted class
+    skipped_files: tuple[str, ...] = ()  # files that could not be decoded, left out of the counts
 
     @property
     def total(self) -> int:
@@ -57,6 +64,7 @@ class ClassificationReport:
             "classes": list(self.class_names),
             "per_class": self.per_class(),
             "confusion_matrix": self.confusion.astype(int).tolist(),
+            "skipped_files": list(self.skipped_files),
         }
 
     def to_text(self) -> str:
@@ -69,36 +77,56 @@ class ClassificationReport:
                 f"{row['f1']:>5.4f}  {row['support']:>7d}"
             )
         lines += ["", "confusion matrix (rows: true class, columns: predicted)"]
-        header = " " * width + "  " + "  ".join(f"{name[:width]:>{width}}" for name in self.class_names)
+        header = (
+            " " * width + "  " + "  ".join(f"{name[:width]:>{width}}" for name in self.class_names)
+        )
         lines.append(header)
         for index, name in enumerate(self.class_names):
             counts = "  ".join(f"{int(count):>{width}d}" for count in self.confusion[index])
             lines.append(f"{name:<{width}}  {counts}")
+        if self.skipped_files:
+            lines += ["", f"skipped {len(self.skipped_files)} unreadable files:"]
+            lines += [f"  {path}" for path in self.skipped_files]
         return "\n".join(lines)
 
 
-def confusion_matrix(labels: Sequence[int], predictions: Sequence[int], num_classes: int) -> np.ndarray:
+def confusion_matrix(
+    labels: Sequence[int], predictions: Sequence[int], num_classes: int
+) -> np.ndarray:
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(labels, dtype=np.int64), np.asarray(predictions, dtype=np.int64)), 1)
+    np.add.at(
+        matrix, (np.asarray(labels, dtype=np.int64), np.asarray(predictions, dtype=np.int64)), 1
+    )
     return matrix
 
 
 @torch.inference_mode()
 def predict_probabilities(
     model: nn.Module, loader: DataLoader[tuple[torch.Tensor, int]], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax probabilities and true labels for every image the loader yields."""
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Softmax probabilities and true labels for every readable image the loader yields, and
+    the dataset indices of the unreadable ones (see data.collate_readable)."""
     model.eval()
-    probabilities, labels = [], []
-    for images, batch_labels in loader:
+    probabilities, labels, unreadable = [], [], []
+    for images, batch_labels, batch_unreadable in loader:
+        unreadable.extend(batch_unreadable)
+        if len(batch_labels) == 0:
+            continue
         logits = model(images.to(device))
         probabilities.append(torch.softmax(logits.float(), dim=1).cpu())
         labels.append(batch_labels)
-    return torch.cat(probabilities), torch.cat(labels)
+    if not labels:
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.long), unreadable
+    return torch.cat(probabilities), torch.cat(labels), unreadable
 
 
 def evaluate_run(
-    run_dir: Path, split_dir: Path, *, device: torch.device, batch_size: int = 32, num_workers: int = 0
+    run_dir: Path,
+    split_dir: Path,
+    *,
+    device: torch.device,
+    batch_size: int = 32,
+    num_workers: int = 0,
 ) -> ClassificationReport:
     """Score a trained run on a folder of class subfolders whose names the model knows."""
     loaded = load_run_model(run_dir)
@@ -121,9 +149,16 @@ def evaluate_run(
     ]
     transform = build_transforms(loaded.preprocessing)["val"]
     dataset = ImageDataset(samples, loaded.class_names, transform)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_readable,
+    )
     model = loaded.model.to(device)
-    probabilities, labels = predict_probabilities(model, loader, device)
-    predictions = probabilities.argmax(dim=1)
+    probabilities, labels, unreadable = predict_probabilities(model, loader, device)
+    predictions = probabilities.argmax(dim=1) if len(labels) else labels
     matrix = confusion_matrix(labels.tolist(), predictions.tolist(), len(loaded.class_names))
-    return ClassificationReport(class_names=loaded.class_names, confusion=matrix)
+    skipped = tuple(str(samples[index][0]) for index in sorted(unreadable))
+    return ClassificationReport(loaded.class_names, matrix, skipped_files=skipped)

@@ -10,8 +10,9 @@ from typing import Any
 import torch
 
 from tlvision.checkpoint import LoadedModel
-from tlvision.data import build_transforms, is_image_file, load_rgb_image
+from tlvision.data import build_transforms, is_image_file
 from tlvision.errors import UserError
+from tlvision.images import BadImageError, load_rgb_image
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,8 @@ def predict_images(
     for index, path in enumerate(paths):
         try:
             readable.append((index, transform(load_rgb_image(path))))
-        except (OSError, ValueError, SyntaxError) as error:
-            results[index] = Prediction(path=path, top=(), error=f"cannot read image ({error})")
+        except BadImageError as error:
+            results[index] = Prediction(path=path, top=(), error=error.reason)
     for start in range(0, len(readable), batch_size):
         batch = readable[start : start + batch_size]
         images = torch.stack([tensor for _, tensor in batch]).to(device)

@@ -12,7 +12,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,16 @@ from tlvision.backbones import (
     get_backbone,
     preprocessing_for,
 )
-from tlvision.checkpoint import save_run_model, write_json_atomic
+from tlvision.checkpoint import (
+    TRAINING_CHECKPOINT,
+    TrainingCheckpoint,
+    capture_random_state,
+    load_training_checkpoint,
+    restore_random_state,
+    save_run_model,
+    save_training_checkpoint,
+    write_json_atomic,
+)
 from tlvision.data import (
     ImageDataset,
     build_transforms,
@@ -39,6 +48,7 @@ from tlvision.data import (
     reseed_loader,
 )
 from tlvision.errors import UserError
+from tlvision.images import BadImageError, open_image_rgb
 from tlvision.strategies import (
     STRATEGIES,
     apply_strategy,
@@ -72,7 +82,9 @@ class TrainConfig:
     step_gamma: float = 0.1
     seed: int = 0
     device: str = "auto"
-    num_workers: int | None = None  # None: one per spare core
+    num_workers: int | None = None  # None: one per core
+    val_split: float | None = None  # hold out this fraction of train/ when there is no val/
+    class_weights: str | None = None  # "auto": weight the loss by inverse class frequency
     overwrite: bool = False
 
     def to_json(self) -> dict[str, Any]:
@@ -80,6 +92,13 @@ class TrainConfig:
             key: str(value) if isinstance(value, Path) else value
             for key, value in asdict(self).items()
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {field.name for field in fields(cls)}
+        values = {key: value for key, value in data.items() if key in known}
+        values["data_dir"], values["out_dir"] = Path(values["data_dir"]), Path(values["out_dir"])
+        return cls(**values)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -119,6 +138,8 @@ def validate_config(config: TrainConfig) -> None:
         raise UserError("--epochs and --batch-size must be at least 1")
     if not (config.learning_rate > 0 and config.backbone_lr_mult >= 0):
         raise UserError("--lr must be positive and --backbone-lr-mult zero or more")
+    if config.class_weights not in (None, "auto"):
+        raise UserError(f"--class-weights {config.class_weights}: the only choice is auto")
 
 
 def prepare_run_dir(out_dir: Path, *, overwrite: bool) -> None:
@@ -129,10 +150,11 @@ def prepare_run_dir(out_dir: Path, *, overwrite: bool) -> None:
                 f"{out_dir}: already exists and is not empty; choose a new --out or pass "
                 "--overwrite"
             )
-        if not (out_dir / SUMMARY_FILE).exists() and not (out_dir / METRICS_FILE).exists():
+        markers = (SUMMARY_FILE, METRICS_FILE, TRAINING_CHECKPOINT)
+        if not any((out_dir / marker).exists() for marker in markers):
             raise UserError(
                 f"{out_dir}: --overwrite replaces only tlvision run directories, and this one "
-                "has no metrics.jsonl or summary.json; choose a new --out"
+                "has no metrics.jsonl, summary.json or checkpoint; choose a new --out"
             )
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -164,6 +186,12 @@ def autocast_for(device: torch.device) -> torch.autocast:
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+class NonFiniteLoss(Exception):
+    def __init__(self, value: float, batch: int) -> None:
+        super().__init__(f"loss {value} at batch {batch}")
+        self.value, self.batch = value, batch
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader[tuple[torch.Tensor, int]],
@@ -172,26 +200,31 @@ def train_one_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     device: torch.device,
     description: str = "train",
-) -> tuple[float, float]:
-    """One pass over the training data; returns (mean loss, accuracy)."""
+) -> tuple[float, float, list[int]]:
+    """One pass over the training data; returns (mean loss, accuracy, unreadable indices)."""
     set_train_mode(model)
-    loss_sum, correct, seen = 0.0, 0, 0
-    for images, labels in tqdm(
-        loader, desc=description, leave=False, disable=None, file=sys.stderr
-    ):
+    loss_sum, correct, seen, unreadable = 0.0, 0, 0, []
+    batches = tqdm(loader, desc=description, leave=False, disable=None, file=sys.stderr)
+    for batch, (images, labels, batch_unreadable) in enumerate(batches):
+        unreadable.extend(batch_unreadable)
+        if len(labels) == 0:
+            continue
         images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
         labels = labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with autocast_for(device):
             logits = model(images)
-            loss = criterion(logits, labels)
+            loss = criterion(logits.float(), labels)
+        if not torch.isfinite(loss):
+            # Stop before the step: one NaN update would spoil every weight it touches.
+            raise NonFiniteLoss(loss.item(), batch)
         loss.backward()
         optimizer.step()
         scheduler.step()
         loss_sum += loss.item() * labels.shape[0]
         correct += int((logits.argmax(dim=1) == labels).sum())
         seen += labels.shape[0]
-    return loss_sum / max(1, seen), correct / max(1, seen)
+    return loss_sum / max(1, seen), correct / max(1, seen), unreadable
 
 
 @torch.inference_mode()
@@ -201,13 +234,15 @@ def evaluate(
     criterion: nn.Module,
     device: torch.device,
     description: str = "val",
-) -> tuple[float, float]:
-    """One pass over the validation data; returns (mean loss, accuracy)."""
+) -> tuple[float, float, list[int]]:
+    """One pass over the validation data; returns (mean loss, accuracy, unreadable indices)."""
     model.eval()
-    loss_sum, correct, seen = 0.0, 0, 0
-    for images, labels in tqdm(
-        loader, desc=description, leave=False, disable=None, file=sys.stderr
-    ):
+    loss_sum, correct, seen, unreadable = 0.0, 0, 0, []
+    batches = tqdm(loader, desc=description, leave=False, disable=None, file=sys.stderr)
+    for images, labels, batch_unreadable in batches:
+        unreadable.extend(batch_unreadable)
+        if len(labels) == 0:
+            continue
         images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
         labels = labels.to(device, non_blocking=True)
         with autocast_for(device):
@@ -216,19 +251,57 @@ def evaluate(
         loss_sum += loss.item() * labels.shape[0]
         correct += int((logits.argmax(dim=1) == labels).sum())
         seen += labels.shape[0]
-    return loss_sum / max(1, seen), correct / max(1, seen)
+    return loss_sum / max(1, seen), correct / max(1, seen), unreadable
 
 
-def fit(config: TrainConfig, *, log: Any = print) -> dict[str, Any]:
-    """Train a classifier as `config` says and leave a complete run directory behind."""
+def inverse_frequency_weights(counts: list[int]) -> list[float]:
+    """n_total / (n_classes * n_class): each class contributes equally to the loss."""
+    total = sum(counts)
+    return [total / (len(counts) * max(1, count)) for count in counts]
+
+
+def describe_skipped(paths: set[Path]) -> list[dict[str, str]]:
+    """Why each skipped file could not be read (decoded again once, at the end)."""
+    described = []
+    for path in sorted(paths):
+        try:
+            open_image_rgb(path)
+            reason = "could not be read during training"
+        except BadImageError as error:
+            reason = error.reason
+        described.append({"path": str(path), "reason": reason})
+    return described
+
+
+def resume(run_dir: Path, *, log: Any = print) -> dict[str, Any]:
+    """Continue a run from its last checkpoint, exactly as if it had never stopped."""
+    checkpoint = load_training_checkpoint(run_dir)
+    config = replace(TrainConfig.from_json(checkpoint.info["config"]), out_dir=run_dir)
+    if checkpoint.epoch >= config.epochs:
+        raise UserError(
+            f"{run_dir}: this run already finished all {config.epochs} epochs; its model is "
+            "model.safetensors (train again with a new --out to go further)"
+        )
+    log(f"resuming {run_dir} after epoch {checkpoint.epoch} of {config.epochs}")
+    return fit(config, log=log, checkpoint=checkpoint)
+
+
+def fit(
+    config: TrainConfig, *, log: Any = print, checkpoint: TrainingCheckpoint | None = None
+) -> dict[str, Any]:
+    """Train a classifier as `config` says and leave a complete run directory behind.
+
+    With `checkpoint` (see `resume`), carry on from the end of its epoch instead of starting.
+    """
     validate_config(config)
     started = time.perf_counter()
-    splits = find_splits(config.data_dir)
+    splits = find_splits(config.data_dir, val_split=config.val_split, seed=config.seed)
     backbone = get_backbone(config.backbone)
     if config.freeze_until is not None:
         backbone.stage(config.freeze_until)
     device = resolve_device(config.device)
-    prepare_run_dir(config.out_dir, overwrite=config.overwrite)
+    if checkpoint is None:
+        prepare_run_dir(config.out_dir, overwrite=config.overwrite)
     weights = choose_weights(backbone, config.weights)
     if not weights.pretrained:
         log(
@@ -236,6 +309,15 @@ def fit(config: TrainConfig, *, log: Any = print) -> dict[str, Any]:
         )
     preprocessing = preprocessing_for(backbone, weights, input_size=config.input_size)
     seed_everything(config.seed)
+    if splits.val_split is not None:
+        write_json_atomic(
+            config.out_dir / "val_split.json",
+            {
+                "fraction": splits.val_split,
+                "seed": config.seed,
+                "val_files": [str(path) for path, _ in splits.samples["val"]],
+            },
+        )
 
     transforms = build_transforms(preprocessing)
     num_workers = default_num_workers() if config.num_workers is None else config.num_workers
@@ -267,7 +349,14 @@ def fit(config: TrainConfig, *, log: Any = print) -> dict[str, Any]:
         weight_decay=config.weight_decay,
     )
     scheduler = make_scheduler(optimizer, config, steps_per_epoch=len(loaders["train"]))
-    criterion = nn.CrossEntropyLoss()
+    class_weights = None
+    if config.class_weights == "auto":
+        class_weights = inverse_frequency_weights(splits.class_counts("train"))
+        pairs = zip(splits.class_names, class_weights, strict=True)
+        log("class weights: " + ", ".join(f"{name} {weight:.3f}" for name, weight in pairs))
+    criterion = nn.CrossEntropyLoss(
+        weight=None if class_weights is None else torch.tensor(class_weights, device=device)
+    )
 
     trainable, total = count_parameters(model)
     log(
@@ -276,50 +365,100 @@ def fit(config: TrainConfig, *, log: Any = print) -> dict[str, Any]:
         f"{trainable:,} of {total:,} parameters trainable, device {device}"
     )
 
-    best_val_acc, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
+    first_epoch, best_val_acc, best_epoch = 1, -1.0, 0
+    best_state = copy.deepcopy(model.state_dict())
+    skipped: set[Path] = set()
+    seconds_before = 0.0
     metrics_path = config.out_dir / METRICS_FILE
-    for epoch in range(1, config.epochs + 1):
-        epoch_started = time.perf_counter()
-        learning_rate = optimizer.param_groups[0]["lr"]
-        for loader in loaders.values():
-            reseed_loader(loader, config.seed, epoch)
-        train_loss, train_acc = train_one_epoch(
-            model, loaders["train"], criterion, optimizer, scheduler, device,
-            description=f"epoch {epoch}/{config.epochs} train",
-        )  # fmt: skip
-        val_loss, val_acc = evaluate(
-            model,
-            loaders["val"],
-            criterion,
-            device,
-            description=f"epoch {epoch}/{config.epochs} val",
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint.model_state)
+        best_state = {name: tensor.to(device) for name, tensor in checkpoint.best_state.items()}
+        optimizer.load_state_dict(checkpoint.optimizer_state)
+        scheduler.load_state_dict(checkpoint.scheduler_state)
+        restore_random_state(checkpoint.random_state)
+        first_epoch = checkpoint.epoch + 1
+        best_val_acc, best_epoch = checkpoint.info["best_val_acc"], checkpoint.info["best_epoch"]
+        skipped = {Path(path) for path in checkpoint.info["skipped_files"]}
+        seconds_before = checkpoint.info["seconds"]
+        # Lines written after the checkpoint (killed between the two) belong to a redone epoch.
+        kept = (
+            metrics_path.read_text().splitlines()[: checkpoint.epoch]
+            if metrics_path.exists()
+            else []
         )
-        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-            bad_loss = train_loss if not math.isfinite(train_loss) else val_loss
-            raise UserError(
-                f"epoch {epoch}: the loss became {bad_loss}; lower --lr (now "
-                f"{config.learning_rate}); {config.out_dir} keeps the metrics so far"
+        metrics_path.write_text("".join(line + "\n" for line in kept))
+
+    epoch = first_epoch - 1
+    try:
+        for epoch in range(first_epoch, config.epochs + 1):
+            epoch_started = time.perf_counter()
+            learning_rate = optimizer.param_groups[0]["lr"]
+            for loader in loaders.values():
+                reseed_loader(loader, config.seed, epoch)
+            train_loss, train_acc, unreadable_train = train_one_epoch(
+                model, loaders["train"], criterion, optimizer, scheduler, device,
+                description=f"epoch {epoch}/{config.epochs} train",
+            )  # fmt: skip
+            val_loss, val_acc, unreadable_val = evaluate(
+                model, loaders["val"], criterion, device,
+                description=f"epoch {epoch}/{config.epochs} val",
+            )  # fmt: skip
+            if not math.isfinite(val_loss):
+                raise NonFiniteLoss(val_loss, -1)
+            skipped |= {splits.samples["train"][index][0] for index in unreadable_train}
+            skipped |= {splits.samples["val"][index][0] for index in unreadable_val}
+            improved = val_acc > best_val_acc
+            if improved:
+                best_val_acc, best_epoch = val_acc, epoch
+                best_state = copy.deepcopy(model.state_dict())
+            record = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "train_acc": train_acc,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "lr": learning_rate,
+                "seconds": time.perf_counter() - epoch_started,
+            }
+            with metrics_path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            info = {
+                "config": config.to_json(),
+                "best_val_acc": best_val_acc,
+                "best_epoch": best_epoch,
+                "skipped_files": sorted(str(path) for path in skipped),
+                "seconds": seconds_before + time.perf_counter() - started,
+            }
+            save_training_checkpoint(
+                config.out_dir,
+                TrainingCheckpoint(
+                    epoch=epoch,
+                    model_state=model.state_dict(),
+                    best_state=best_state,
+                    optimizer_state=optimizer.state_dict(),
+                    scheduler_state=scheduler.state_dict(),
+                    random_state=capture_random_state(),
+                    info=info,
+                ),
             )
-        improved = val_acc > best_val_acc
-        if improved:
-            best_val_acc, best_epoch = val_acc, epoch
-            best_state = copy.deepcopy(model.state_dict())
-        record = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "lr": learning_rate,
-            "seconds": time.perf_counter() - epoch_started,
-        }
-        with metrics_path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+            log(
+                f"epoch {epoch:>3}/{config.epochs}  "
+                f"train loss {train_loss:.4f} acc {train_acc:.4f}  "
+                f"val loss {val_loss:.4f} acc {val_acc:.4f}  lr {learning_rate:.2e}  "
+                f"{record['seconds']:.1f}s{'  best' if improved else ''}"
+            )
+    except NonFiniteLoss as error:
+        raise UserError(
+            f"epoch {epoch}: the loss became {error.value}, so training stopped; lower --lr "
+            f"(now {config.learning_rate}). {config.out_dir / TRAINING_CHECKPOINT} keeps the last "
+            f"good epoch ({epoch - 1})"
+        ) from error
+    except KeyboardInterrupt:
         log(
-            f"epoch {epoch:>3}/{config.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
-            f"val loss {val_loss:.4f} acc {val_acc:.4f}  lr {learning_rate:.2e}  "
-            f"{record['seconds']:.1f}s{'  best' if improved else ''}"
+            f"\ninterrupted in epoch {epoch}; {config.out_dir / TRAINING_CHECKPOINT} holds epoch "
+            f"{epoch - 1}: continue with `tlvision train --resume {config.out_dir}`"
         )
+        raise
 
     model.load_state_dict(best_state)
     metadata = {
@@ -332,7 +471,8 @@ def fit(config: TrainConfig, *, log: Any = print) -> dict[str, Any]:
         "config": config.to_json(),
     }
     save_run_model(config.out_dir, model.cpu(), metadata)
-    seconds = time.perf_counter() - started
+    seconds = seconds_before + time.perf_counter() - started
+    skipped_files = describe_skipped(skipped)
     summary = {
         "best_val_acc": best_val_acc,
         "best_epoch": best_epoch,
@@ -344,11 +484,19 @@ def fit(config: TrainConfig, *, log: Any = print) -> dict[str, Any]:
         "classes": list(splits.class_names),
         "train_images": len(splits.samples["train"]),
         "val_images": len(splits.samples["val"]),
+        "val_split": splits.val_split,
+        "class_weights": class_weights,
+        "skipped_files": skipped_files,
+        "resumed_from_epoch": None if checkpoint is None else checkpoint.epoch,
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
         "loader_workers": num_workers,
     }
     write_json_atomic(config.out_dir / SUMMARY_FILE, summary)
+    if skipped_files:
+        log(f"skipped {len(skipped_files)} unreadable files (listed in summary.json):")
+        for entry in skipped_files:
+            log(f"  {entry['path']}: {entry['reason']}")
     log(
         f"best val acc {best_val_acc:.4f} at epoch {best_epoch}; {seconds:.0f}s; "
         f"model saved to {config.out_dir}"

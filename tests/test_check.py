@@ -1,0 +1,226 @@
+"""tlvision check on a salted dataset: real images, real breakage, no mocks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from salted_data import make_salted, save_jpegs, texture
+
+from tlvision.check import (
+    MIN_SIDE,
+    CheckReport,
+    Problem,
+    check_dataset,
+    main_check,
+)
+from tlvision.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def salted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, CheckReport]:
+    data = make_salted(tmp_path_factory.mktemp("check"))
+    return data, check_dataset(data, progress=False)
+
+
+def kinds_by_name(findings: list[Problem]) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for finding in findings:
+        found.setdefault(Path(finding.path).name, set()).add(finding.kind)
+    return found
+
+
+def test_broken_files_are_named_with_their_kind(salted: tuple[Path, CheckReport]) -> None:
+    data, report = salted
+    assert report.exit_status == 1
+    found = kinds_by_name(report.problems)
+    assert found["zero.jpg"] == {"zero-byte"}
+    assert found["truncated.jpg"] == {"truncated"}
+    assert found["text.jpg"] == {"not-an-image"}
+    assert found["bomb.png"] == {"decompression-bomb"}
+    assert found["tiny.png"] == {"tiny-image"}
+    tiny = next(p for p in report.problems if p.kind == "tiny-image")
+    assert tiny.path == str(data / "train" / "ants" / "tiny.png")
+    assert "8x8" in tiny.message and str(MIN_SIDE) in tiny.message
+    bomb = next(p for p in report.problems if p.kind == "decompression-bomb")
+    assert "400,000,000 pixels" in bomb.message
+
+
+def test_exactly_the_expected_problems(salted: tuple[Path, CheckReport]) -> None:
+    _, report = salted
+    assert report.problem_counts() == {
+        "zero-byte": 1,
+        "truncated": 1,
+        "not-an-image": 1,
+        "decompression-bomb": 1,
+        "tiny-image": 1,
+        "duplicate-across-splits": 1,
+        "near-duplicate-across-splits": 1,
+        "class-imbalance": 1,
+    }
+    assert all(problem.message for problem in report.problems)
+
+
+def test_odd_modes_and_exif_are_notes_not_problems(salted: tuple[Path, CheckReport]) -> None:
+    _, report = salted
+    notes = {Path(note.path).name: note for note in report.notes}
+    problems = kinds_by_name(report.problems)
+    expected = {
+        "cmyk.jpg": ("converted", "CMYK converted to RGB"),
+        "rgba.png": ("converted", "RGBA composited on white"),
+        "sixteen.png": ("converted", "16-bit grayscale (I;16) scaled to 8-bit RGB"),
+        "palette.png": ("converted", "palette (P) converted to RGB"),
+        "gray.jpg": ("converted", "grayscale (L) converted to RGB"),
+        "rotated.jpg": ("exif-orientation", "EXIF orientation 6 applied"),
+    }
+    for name, (kind, message) in expected.items():
+        assert name not in problems
+        assert (notes[name].kind, notes[name].message) == (kind, message)
+
+
+def test_hidden_and_system_files_are_ignored(salted: tuple[Path, CheckReport]) -> None:
+    data, report = salted
+    ignored = set(report.ignored)
+    assert data / "train" / ".DS_Store" in ignored
+    assert data / "val" / ".DS_Store" in ignored
+    assert data / "train" / "__MACOSX" in ignored
+    assert data / "train" / "ants" / "._a0.jpg" in ignored
+    assert data / "train" / "ants" / "Thumbs.db" in ignored
+    reported = {finding.path for finding in report.problems + report.notes}
+    assert not any(".DS_Store" in path or "__MACOSX" in path for path in reported)
+    assert not any(path.endswith(("._a0.jpg", "Thumbs.db")) for path in reported)
+
+
+def test_visible_non_image_file_is_named(salted: tuple[Path, CheckReport]) -> None:
+    data, report = salted
+    [note] = [note for note in report.notes if note.kind == "non-image-file"]
+    assert note.path == str(data / "train" / "ants" / "notes.txt")
+
+
+def test_leakage_names_both_files(salted: tuple[Path, CheckReport]) -> None:
+    data, report = salted
+    [exact] = [p for p in report.problems if p.kind == "duplicate-across-splits"]
+    assert exact.path == str(data / "val" / "ants" / "dup.jpg")
+    assert str(data / "train" / "ants" / "a0.jpg") in exact.message
+    # The exact copy is not reported again as a near duplicate; only the re-encode is.
+    [near] = [p for p in report.problems if p.kind == "near-duplicate-across-splits"]
+    assert near.path == str(data / "val" / "ants" / "near.jpg")
+    assert str(data / "train" / "ants" / "a1.jpg") in near.message
+
+
+def test_class_counts_weights_and_imbalance(salted: tuple[Path, CheckReport]) -> None:
+    _, report = salted
+    # ants: 9 good + 6 odd-mode + the tiny one load; the 4 broken files do not count.
+    assert report.class_counts == {
+        "train": {"ants": 16, "bees": 3},
+        "val": {"ants": 5, "bees": 2},
+    }
+    assert report.suggested_class_weights == {"ants": round(19 / 32, 3), "bees": round(19 / 6, 3)}
+    [imbalance] = [p for p in report.problems if p.kind == "class-imbalance"]
+    assert "--class-weights auto" in imbalance.message
+    assert "ants=0.594" in imbalance.message and "bees=3.167" in imbalance.message
+
+
+def test_json_and_text_reports(salted: tuple[Path, CheckReport]) -> None:
+    data, report = salted
+    document = json.loads(json.dumps(report.to_json()))
+    assert document["exit_status"] == 1 and document["ok"] is False
+    assert document["images_checked"] == 30
+    assert {problem["kind"] for problem in document["problems"]} >= {"zero-byte", "truncated"}
+    assert str(data / "train" / ".DS_Store") in document["ignored"]
+    text = report.to_text()
+    for name in ("zero.jpg", "truncated.jpg", "text.jpg", "bomb.png", "tiny.png", "dup.jpg"):
+        assert name in text
+    assert "Problems (8):" in text
+    assert "--class-weights auto" in text
+
+
+def test_main_check_prints_and_returns_status(
+    salted: tuple[Path, CheckReport], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, _ = salted
+    assert main_check(data, as_json=True) == 1
+    document = json.loads(capsys.readouterr().out)  # stdout is pure JSON
+    assert document["problem_counts"]["zero-byte"] == 1
+    assert main_check(data, as_json=False) == 1
+    assert "Result: 8 problems" in capsys.readouterr().out
+
+
+def test_clean_dataset_exits_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for split, start in (("train", 0), ("val", 100)):
+        save_jpegs(tmp_path / split / "cats", "c", range(start, start + 3))
+        save_jpegs(tmp_path / split / "dogs", "d", range(start + 10, start + 13))
+    report = check_dataset(tmp_path, progress=False)
+    assert (report.problems, report.notes, report.ignored) == ([], [], [])
+    assert report.exit_status == 0
+    assert report.suggested_class_weights == {"cats": 1.0, "dogs": 1.0}
+    assert main_check(tmp_path, as_json=False) == 0
+    assert "no problems found" in capsys.readouterr().out
+
+
+def test_class_mismatch_names_both_sides(tmp_path: Path) -> None:
+    save_jpegs(tmp_path / "train" / "bees", "b", range(0, 2))
+    save_jpegs(tmp_path / "train" / "ants", "a", range(2, 4))
+    save_jpegs(tmp_path / "val" / "bess", "b", range(10, 12))
+    save_jpegs(tmp_path / "val" / "ants", "a", range(12, 14))
+    report = check_dataset(tmp_path, progress=False)
+    [mismatch] = [p for p in report.problems if p.kind == "class-mismatch"]
+    assert "only in train/: ['bees']" in mismatch.message
+    assert "only in val/: ['bess']" in mismatch.message
+
+
+def test_structural_problems(tmp_path: Path) -> None:
+    save_jpegs(tmp_path / "train" / "ants", "a", range(0, 2))
+    save_jpegs(tmp_path / "train" / "bees", "b", range(2, 4))
+    (tmp_path / "train" / "wasps").mkdir()
+    (tmp_path / "train" / "wasps" / "readme.md").write_text("todo\n")
+    (tmp_path / "train" / "bees" / "phone.heic").write_bytes(b"ftypheic")
+    texture(5).save(tmp_path / "train" / "stray.jpg")
+    report = check_dataset(tmp_path, progress=False)
+    found = kinds_by_name(report.problems)
+    assert found["val"] == {"missing-split"}
+    [missing] = [p for p in report.problems if p.kind == "missing-split"]
+    assert "--val-split 0.2" in missing.message
+    assert found["wasps"] == {"empty-class"}
+    assert found["phone.heic"] == {"unsupported-format"}
+    assert found["stray.jpg"] == {"loose-file"}
+    assert report.suggested_class_weights is None  # wasps has no images
+    assert report.exit_status == 1
+
+
+def test_same_image_in_two_classes(tmp_path: Path) -> None:
+    for split, start in (("train", 0), ("val", 100)):
+        save_jpegs(tmp_path / split / "cats", "c", range(start, start + 2))
+        save_jpegs(tmp_path / split / "dogs", "d", range(start + 10, start + 12))
+    shutil.copy(tmp_path / "train" / "cats" / "c0.jpg", tmp_path / "train" / "dogs" / "x.jpg")
+    report = check_dataset(tmp_path, progress=False)
+    [conflict] = report.problems
+    assert conflict.kind == "duplicate-across-classes"
+    assert "c0.jpg (cats)" in conflict.message and "x.jpg (dogs)" in conflict.message
+
+
+def test_flat_images_are_not_near_duplicates_of_each_other(tmp_path: Path) -> None:
+    for split, colour in (("train", (10, 10, 10)), ("val", (240, 240, 240))):
+        for name in ("cats", "dogs"):
+            folder = tmp_path / split / name
+            folder.mkdir(parents=True)
+            Image.new("RGB", (64, 64), colour).save(folder / f"{name}.png")
+            colour = (colour[0] + 5, *colour[1:])
+    report = check_dataset(tmp_path, progress=False)
+    assert report.problems == []
+
+
+def test_not_a_dataset_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no such directory"):
+        check_dataset(tmp_path / "nowhere")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(UserError, match="not a directory"):
+        check_dataset(tmp_path / "file.txt")
+    with pytest.raises(UserError, match="no train/ folder"):
+        check_dataset(tmp_path)
+    save_jpegs(tmp_path / "train" / "cats", "c", range(2))
+    with pytest.raises(UserError, match=r"did you mean"):
+        check_dataset(tmp_path / "train")
