@@ -66,9 +66,7 @@ def parameter_groups(
     body = [p for p in model.parameters() if id(p) not in head_ids and p.requires_grad]
     groups: list[dict[str, Any]] = [{"params": head, "lr": learning_rate, "name": "head"}]
     if body:
-        groups.append(
-            {"params": body, "lr": learning_rate * backbone_lr_mult, "name": "backbone"}
-        )
+        groups.append({"params": body, "lr": learning_rate * backbone_lr_mult, "name": "backbone"})
     return groups
 
 
