@@ -94,7 +94,9 @@ def test_sigkill_then_resume_gives_the_uninterrupted_results(
     resumed, uninterrupted = metrics(killed), metrics(whole)
     assert [r["epoch"] for r in resumed] == [1, 2, 3, 4]
     for a, b in zip(resumed, uninterrupted, strict=True):
-        assert a["val_acc"] == b["val_acc"]
+        # val_acc alone saturates on this easy set; the losses show the runs are the same run.
+        assert a["val_acc"] == b["val_acc"] and a["train_acc"] == b["train_acc"]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6, abs=1e-7)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6, abs=1e-7)
         assert a["lr"] == pytest.approx(b["lr"])
     summary = json.loads((killed / "summary.json").read_text())
