@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,6 +39,12 @@ def write_dataset(
                 offset = 0 if split == "train" else 500
                 make_image(class_name, index + offset).save(folder / f"{class_name}_{index}.jpg")
     return root
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_feature_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never write CNN codes into the user's own cache directory."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
 
 
 @pytest.fixture

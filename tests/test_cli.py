@@ -109,3 +109,15 @@ def test_check_exit_statuses(
 def test_resume_needs_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     error = run_failing(["train", "--resume", str(tmp_path)], capsys)
     assert "checkpoint" in error
+
+
+def test_probe_json(tiny_dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    arguments = ["probe", str(tiny_dataset), "--weights", "none", "--input-size", "48",
+                 "--stages", "stage1", "top", "--heads", "logreg", "--json"]  # fmt: skip
+    assert main(arguments) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [(row["stage"], row["head"]) for row in report["rows"]] == [
+        ("stage1", "logreg"),
+        ("top", "logreg"),
+    ]
+    assert all(0.0 <= row["val_acc"] <= 1.0 for row in report["rows"])

@@ -107,3 +107,33 @@ def test_load_run_model_refuses_a_damaged_file(tiny_dataset: Path, tmp_path: Pat
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(UserError, match=str(weights)):
         load_run_model(out)
+
+
+@pytest.mark.parametrize(
+    ("stage", "head"), [("stage2", "logreg"), ("stage3", "linear"), (None, "svm")]
+)
+def test_linear_probe_models_predict_through_the_usual_commands(
+    tiny_dataset: Path, tmp_path: Path, stage: str | None, head: str
+) -> None:
+    out = tmp_path / "probe"
+    config = small_config(
+        tiny_dataset, out, backbone="mobilenet_v2", strategy="linear-probe", stage=stage, head=head
+    )
+    summary = fit(config, log=lambda _: None)
+    metadata = json.loads((out / "model.json").read_text())
+    assert (metadata["stage"], metadata["head"]) == (stage, head)
+    # The saved model (the body cut at the stage plus the head) scores what training measured.
+    report = evaluate_run(out, tiny_dataset / "val", device=torch.device("cpu"))
+    assert report.accuracy == pytest.approx(summary["best_val_acc"])
+
+
+def test_feature_extract_reuses_cached_codes(tiny_dataset: Path, tmp_path: Path) -> None:
+    messages: list[str] = []
+    cache = tmp_path / "codes"
+    first = fit(small_config(tiny_dataset, tmp_path / "a", cache_dir=cache), log=messages.append)
+    assert not any("reused" in message for message in messages)
+    messages.clear()
+    second = fit(small_config(tiny_dataset, tmp_path / "b", cache_dir=cache), log=messages.append)
+    assert any("reused" in message for message in messages)
+    assert first["best_val_acc"] == second["best_val_acc"]
+    assert (tmp_path / "a" / "metrics.jsonl").read_text().count("\n") == 3

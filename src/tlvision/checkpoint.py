@@ -72,6 +72,11 @@ def read_model_json(run_dir: Path) -> dict[str, Any]:
 def build_architecture(metadata: dict[str, Any]) -> tuple[nn.Module, BackboneSpec]:
     """The empty network model.json describes, ready for the saved tensors."""
     backbone = get_backbone(metadata["backbone"])
+    if metadata.get("stage"):
+        # A linear probe on an earlier stage: the body cut at that stage plus its head.
+        from tlvision.heads import StageClassifier
+
+        return StageClassifier(backbone, metadata["stage"], len(metadata["classes"])), backbone
     model = backbone.build()
     replace_head(model, backbone, len(metadata["classes"]))
     return model, backbone

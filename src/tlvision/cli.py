@@ -26,6 +26,13 @@ def _default_out(prefix: str) -> Path:
     return Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _add_cache_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cache-dir", type=Path, help="CNN-codes cache (default: ~/.cache/tlvision/features)"
+    )
+    parser.add_argument("--no-cache", action="store_true", help="keep CNN codes in memory only")
+
+
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     from tlvision.backbones import BACKBONES, DEFAULT_BACKBONE
     from tlvision.strategies import STRATEGIES
@@ -49,6 +56,23 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         help="finetune: keep the stages up to and including STAGE frozen "
         "(names: `tlvision backbones`)",
     )
+    parser.add_argument(
+        "--stage",
+        help="linear-probe: take pooled codes from this stage instead of the top",
+    )
+    parser.add_argument(
+        "--head",
+        default="linear",
+        choices=["linear", "logreg", "svm"],
+        help="linear-probe: softmax layer (torch), logistic regression or linear SVM (sklearn)",
+    )
+    parser.add_argument(
+        "--views",
+        type=int,
+        default=0,
+        help="frozen routes: augmented views per train image beside the centre crop (default 0)",
+    )
+    _add_cache_options(parser)
     parser.add_argument(
         "--backbone-lr-mult",
         type=float,
@@ -102,6 +126,11 @@ def _train_config(arguments: argparse.Namespace, data_dir: Path, out_dir: Path) 
         strategy=arguments.strategy,
         freeze_until=arguments.freeze_until,
         input_size=arguments.input_size,
+        stage=arguments.stage,
+        head=arguments.head,
+        views=arguments.views,
+        cache_dir=arguments.cache_dir,
+        no_cache=arguments.no_cache,
         epochs=arguments.epochs,
         batch_size=arguments.batch_size,
         learning_rate=arguments.lr,
@@ -166,6 +195,26 @@ def command_predict(arguments: argparse.Namespace) -> int:
     if failed:
         print(f"{len(failed)} of {len(predictions)} files could not be read", file=sys.stderr)
         return 1
+    return 0
+
+
+def command_probe(arguments: argparse.Namespace) -> int:
+    from tlvision.probe import run_probe
+
+    report = run_probe(
+        arguments.data,
+        backbone_name=arguments.backbone,
+        weights_argument=arguments.weights,
+        stages=arguments.stages,
+        heads=arguments.heads,
+        input_size=arguments.input_size,
+        cache_dir=None if arguments.no_cache else arguments.cache_dir,
+        use_cache=not arguments.no_cache,
+        seed=arguments.seed,
+        device_name=arguments.device,
+        log=(lambda _: None) if arguments.json else print,
+    )
+    print(json.dumps(report, indent=2) if arguments.json else report["table"])
     return 0
 
 
@@ -298,6 +347,28 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto")
     predict.set_defaults(handler=command_predict)
 
+    probe = commands.add_parser(
+        "probe", help="val accuracy of linear heads on each stage's frozen codes"
+    )
+    probe.add_argument("data", type=Path, metavar="DATA")
+    probe.add_argument("--backbone", default="mobilenet_v2")
+    probe.add_argument("--weights")
+    probe.add_argument(
+        "--stages", nargs="+", metavar="STAGE", help="default: every stage and the top"
+    )
+    probe.add_argument(
+        "--heads",
+        nargs="+",
+        default=["linear", "logreg", "svm"],
+        choices=["linear", "logreg", "svm"],
+    )
+    probe.add_argument("--input-size", type=int, metavar="PIXELS")
+    _add_cache_options(probe)
+    probe.add_argument("--seed", type=int, default=0)
+    probe.add_argument("--device", default="auto")
+    probe.add_argument("--json", action="store_true")
+    probe.set_defaults(handler=command_probe)
+
     check = commands.add_parser(
         "check", help="find broken, odd, duplicated and leaking files in a dataset"
     )
@@ -338,6 +409,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tlvision: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        sys.stderr.close()
+        return 0
     return status
 
 

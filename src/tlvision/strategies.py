@@ -19,7 +19,9 @@ from torch import nn
 from tlvision.backbones import BackboneSpec, head_of, stage_parameters
 from tlvision.errors import UserError
 
-STRATEGIES = ("feature-extract", "finetune")
+STRATEGIES = ("feature-extract", "linear-probe", "finetune")
+# The frozen routes: the body never trains, so its codes are computed once and cached.
+CODES_STRATEGIES = ("feature-extract", "linear-probe")
 
 
 def freeze(parameters: Any) -> None:
@@ -37,7 +39,7 @@ def apply_strategy(
 ) -> None:
     """Set requires_grad on every parameter as the strategy says."""
     head = head_of(model, backbone)
-    if strategy == "feature-extract":
+    if strategy in ("feature-extract", "linear-probe"):
         if freeze_until is not None:
             raise UserError(
                 "--freeze-until applies to --strategy finetune; feature-extract already "

@@ -24,9 +24,12 @@ from tqdm import tqdm
 
 from tlvision.backbones import (
     DEFAULT_BACKBONE,
+    BackboneSpec,
+    WeightsChoice,
     choose_weights,
     create_model,
     get_backbone,
+    head_of,
     preprocessing_for,
 )
 from tlvision.checkpoint import (
@@ -40,7 +43,9 @@ from tlvision.checkpoint import (
     write_json_atomic,
 )
 from tlvision.data import (
+    DatasetSplits,
     ImageDataset,
+    Preprocessing,
     build_transforms,
     default_num_workers,
     find_splits,
@@ -48,8 +53,11 @@ from tlvision.data import (
     reseed_loader,
 )
 from tlvision.errors import UserError
+from tlvision.features import FeatureCache, default_cache_dir, extract_split_codes
+from tlvision.heads import HEADS, StageClassifier, fit_sklearn_head, install_head, train_linear_head
 from tlvision.images import BadImageError, open_image_rgb
 from tlvision.strategies import (
+    CODES_STRATEGIES,
     STRATEGIES,
     apply_strategy,
     count_parameters,
@@ -83,13 +91,18 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     num_workers: int | None = None  # None: one per core
+    stage: str | None = None  # linear-probe: the stage whose pooled codes the head reads; None: top
+    head: str = "linear"  # linear-probe: linear (softmax, torch), logreg or svm (scikit-learn)
+    views: int = 0  # frozen routes: augmented views per train image, beside the centre crop
+    cache_dir: Path | None = None  # CNN-codes cache; None: ~/.cache/tlvision/features
+    no_cache: bool = False  # keep codes in memory only
     val_split: float | None = None  # hold out this fraction of train/ when there is no val/
     class_weights: str | None = None  # "auto": weight the loss by inverse class frequency
     overwrite: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
-            key: str(value) if isinstance(value, Path) else value
+            key: str(value.absolute()) if isinstance(value, Path) else value
             for key, value in asdict(self).items()
         }
 
@@ -97,7 +110,8 @@ class TrainConfig:
     def from_json(cls, data: dict[str, Any]) -> TrainConfig:
         known = {field.name for field in fields(cls)}
         values = {key: value for key, value in data.items() if key in known}
-        values["data_dir"], values["out_dir"] = Path(values["data_dir"]), Path(values["out_dir"])
+        for key in ("data_dir", "out_dir", "cache_dir"):
+            values[key] = None if values.get(key) is None else Path(values[key])
         return cls(**values)
 
 
@@ -138,6 +152,12 @@ def validate_config(config: TrainConfig) -> None:
         raise UserError("--epochs and --batch-size must be at least 1")
     if not (config.learning_rate > 0 and config.backbone_lr_mult >= 0):
         raise UserError("--lr must be positive and --backbone-lr-mult zero or more")
+    if config.head not in HEADS:
+        raise UserError(f"unknown head {config.head!r}; choose one of {', '.join(HEADS)}")
+    if config.strategy != "linear-probe" and (config.stage is not None or config.head != "linear"):
+        raise UserError("--stage and --head apply to --strategy linear-probe")
+    if config.views < 0:
+        raise UserError("--views must be 0 or more")
     if config.class_weights not in (None, "auto"):
         raise UserError(f"--class-weights {config.class_weights}: the only choice is auto")
 
@@ -297,8 +317,9 @@ def fit(
     started = time.perf_counter()
     splits = find_splits(config.data_dir, val_split=config.val_split, seed=config.seed)
     backbone = get_backbone(config.backbone)
-    if config.freeze_until is not None:
-        backbone.stage(config.freeze_until)
+    for stage_name in (config.freeze_until, config.stage):
+        if stage_name is not None:
+            backbone.stage(stage_name)
     device = resolve_device(config.device)
     if checkpoint is None:
         prepare_run_dir(config.out_dir, overwrite=config.overwrite)
@@ -334,6 +355,8 @@ def fit(
     }
 
     model = create_model(backbone, len(splits.class_names), weights)
+    if config.strategy in CODES_STRATEGIES:
+        return fit_on_codes(config, splits, model, backbone, weights, preprocessing, device, log)
     apply_strategy(model, backbone, config.strategy, freeze_until=config.freeze_until)
     # channels_last: the convolutions' fast layout (about 2x faster forward on CPU, measured).
     model.to(device).to(memory_format=torch.channels_last)
@@ -461,6 +484,34 @@ def fit(
         raise
 
     model.load_state_dict(best_state)
+    return finish_run(
+        config, splits, model.cpu(), backbone, weights, preprocessing, log,
+        best_val_acc=best_val_acc, best_epoch=best_epoch,
+        seconds=seconds_before + time.perf_counter() - started,
+        skipped=skipped, class_weights=class_weights, device=device, num_workers=num_workers,
+        extra={"resumed_from_epoch": None if checkpoint is None else checkpoint.epoch},
+    )  # fmt: skip
+
+
+def finish_run(
+    config: TrainConfig,
+    splits: DatasetSplits,
+    model: nn.Module,
+    backbone: BackboneSpec,
+    weights: WeightsChoice,
+    preprocessing: Preprocessing,
+    log: Any,
+    *,
+    best_val_acc: float,
+    best_epoch: int,
+    seconds: float,
+    skipped: set[Path],
+    class_weights: list[float] | None,
+    device: torch.device,
+    num_workers: int,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Save the model (safetensors + model.json) and summary.json; report skipped files."""
     metadata = {
         "classes": list(splits.class_names),
         "backbone": backbone.name,
@@ -470,8 +521,9 @@ def fit(
         "strategy": config.strategy,
         "config": config.to_json(),
     }
-    save_run_model(config.out_dir, model.cpu(), metadata)
-    seconds = seconds_before + time.perf_counter() - started
+    if config.strategy == "linear-probe":
+        metadata.update({"stage": config.stage, "head": config.head})
+    save_run_model(config.out_dir, model, metadata)
     skipped_files = describe_skipped(skipped)
     summary = {
         "best_val_acc": best_val_acc,
@@ -487,7 +539,7 @@ def fit(
         "val_split": splits.val_split,
         "class_weights": class_weights,
         "skipped_files": skipped_files,
-        "resumed_from_epoch": None if checkpoint is None else checkpoint.epoch,
+        **extra,
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
         "loader_workers": num_workers,
@@ -502,3 +554,97 @@ def fit(
         f"model saved to {config.out_dir}"
     )
     return summary
+
+
+def fit_on_codes(
+    config: TrainConfig,
+    splits: DatasetSplits,
+    model: nn.Module,
+    backbone: BackboneSpec,
+    weights: WeightsChoice,
+    preprocessing: Preprocessing,
+    device: torch.device,
+    log: Any,
+) -> dict[str, Any]:
+    """The frozen routes: the body runs once per image and view, then a head trains on codes.
+
+    feature-extract trains the new last layer as the classic loop would (same optimizer,
+    schedule and epochs), but on cached CNN codes, and puts it back into the full model.
+    linear-probe fits a head (softmax, logistic regression or linear SVM) on the pooled codes of
+    any stage; the saved model is the body cut at that stage plus the head.
+    """
+    started = time.perf_counter()
+    num_workers = default_num_workers() if config.num_workers is None else config.num_workers
+    cache = (
+        None if config.no_cache else FeatureCache(config.cache_dir or default_cache_dir(), log=log)
+    )
+    stage = config.stage if config.strategy == "linear-probe" else None
+    codes = extract_split_codes(
+        model, backbone, splits, weights=weights.label, preprocessing=preprocessing,
+        cache=cache, stages=[stage], augmented_views=config.views, seed=config.seed,
+        batch_size=config.batch_size, num_workers=num_workers, device=device, log=log,
+    )[stage]  # fmt: skip
+    class_weights = None
+    if config.class_weights == "auto":
+        class_weights = inverse_frequency_weights(splits.class_counts("train"))
+    metrics_path = config.out_dir / METRICS_FILE
+    metrics_path.write_text("")
+
+    def record_epoch(record: dict[str, Any]) -> None:
+        with metrics_path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    head_name = "linear" if config.strategy == "feature-extract" else config.head
+    log(
+        f"{config.strategy}: {backbone.name} ({weights.label}) codes from "
+        f"{stage or 'the top'}, head {head_name}, {len(codes.train_labels)} train x "
+        f"{len(codes.train_views)} views / {len(codes.val_labels)} val images"
+    )
+    if head_name == "linear":
+        layer, history = train_linear_head(
+            codes.train_views, codes.train_labels, codes.val, codes.val_labels,
+            num_classes=len(splits.class_names), epochs=config.epochs,
+            learning_rate=config.learning_rate, batch_size=config.batch_size,
+            weight_decay=config.weight_decay, momentum=config.momentum,
+            schedule=config.schedule, step_epochs=config.step_epochs,
+            step_gamma=config.step_gamma, seed=config.seed,
+            init=head_of(model, backbone) if stage is None else None,
+            class_weights=class_weights, on_epoch=record_epoch,
+        )  # fmt: skip
+        best = max(history, key=lambda record: record["val_acc"])
+        best_val_acc, best_epoch = best["val_acc"], best["epoch"]
+    else:
+        fit_started = time.perf_counter()
+        layer = fit_sklearn_head(
+            head_name, codes.train_views, codes.train_labels,
+            num_classes=len(splits.class_names), seed=config.seed,
+        )  # fmt: skip
+        best_val_acc, best_epoch = accuracy_on_codes(layer, codes.val, codes.val_labels), 1
+        record_epoch(
+            {"epoch": 1, "val_acc": best_val_acc, "seconds": time.perf_counter() - fit_started}
+        )
+    for record in [json.loads(line) for line in metrics_path.read_text().splitlines()]:
+        log(
+            f"epoch {record['epoch']:>3}  val acc {record['val_acc']:.4f}"
+            + (f"  train acc {record['train_acc']:.4f}" if "train_acc" in record else "")
+        )
+    final: nn.Module
+    if stage is None:
+        install_head(model, backbone, layer)
+        final = model
+    else:
+        final = StageClassifier.from_trained(backbone, stage, model, layer)
+    return finish_run(
+        config, splits, final.cpu(), backbone, weights, preprocessing, log,
+        best_val_acc=best_val_acc, best_epoch=best_epoch,
+        seconds=time.perf_counter() - started,
+        skipped={Path(path) for path, *_ in codes.skipped},
+        class_weights=class_weights, device=device, num_workers=num_workers,
+        extra={"views": config.views, "head": head_name, "stage": stage},
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def accuracy_on_codes(layer: nn.Linear, codes: Any, labels: Any) -> float:
+    predictions = layer(torch.tensor(np.array(codes), dtype=torch.float32)).argmax(dim=1)
+    return float((predictions.numpy() == np.asarray(labels)).mean())
