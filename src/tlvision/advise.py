@@ -26,10 +26,11 @@ Everything is measured on a seeded sample, so the same data and seed give the sa
 from __future__ import annotations
 
 import math
+import shlex
 import statistics
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,24 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tlvision.backbones import BackboneSpec
-from tlvision.data import DatasetSplits, ImageDataset, collate_readable
+from tlvision.backbones import (
+    BackboneSpec,
+    choose_weights,
+    create_model,
+    get_backbone,
+    preprocessing_for,
+)
+from tlvision.data import (
+    DatasetSplits,
+    ImageDataset,
+    build_transforms,
+    collate_readable,
+    default_num_workers,
+    find_splits,
+)
+from tlvision.features import FeatureCache, default_cache_dir, extract_split_codes, stage_label
+from tlvision.heads import probe
+from tlvision.weights import load_state_dict_file
 
 Sample = tuple[Path, int]
 
@@ -72,9 +89,7 @@ def native_short_side(paths: Sequence[Path], *, limit: int = 400) -> int:
     return int(statistics.median(sides)) if sides else 0
 
 
-def sample_per_class(
-    samples: Sequence[Sample], per_class: int, seed: int
-) -> list[Sample]:
+def sample_per_class(samples: Sequence[Sample], per_class: int, seed: int) -> list[Sample]:
     """At most `per_class` samples of each class, drawn with a seeded generator, in file order."""
     generator = torch.Generator().manual_seed(seed)
     chosen: list[Sample] = []
@@ -199,5 +214,291 @@ def measure_pretrained_fit(
     )
 
 
-def elapsed(started: float) -> float:
-    return time.perf_counter() - started
+# Thresholds, each with its reason. Small: too few images to move millions of weights without
+# overfitting: under 1000 train images in all, or under 100 per class for the median class.
+SMALL_TOTAL = 1000
+SMALL_PER_CLASS = 100
+# Similar: the ImageNet head answers with a mean top-1 probability of at least 0.35 (measured:
+# 0.73 on ants/bees photos, 0.66 on the demo photos), and the top codes are no worse than the
+# best earlier stage by more than 0.02 (ImageNet-specific features still help).
+SIMILAR_CONFIDENCE = 0.35
+TOP_STAGE_MARGIN = 0.02
+# Learning curve: still gaining this much from the second half of the training data means
+# more trainable capacity can pay off.
+CURVE_GAIN = 0.02
+PROBE_STAGES = ("stage2", "stage3", "stage4", None)
+PROBE_TRAIN_PER_CLASS = 150
+PROBE_VAL_PER_CLASS = 100
+
+
+@dataclass(frozen=True)
+class Advice:
+    strategy: str  # feature-extract, linear-probe or finetune
+    stage: str | None  # linear-probe: the stage read; finetune: the last frozen stage or None
+    size: str  # small / large
+    similarity: str  # similar / different
+    quadrant: str
+    input_size: int
+    epochs: int
+    learning_rate: float
+    backbone_lr_mult: float
+    head: str
+    predicted_seconds: float
+    command: str
+    reasons: list[str]
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def to_text(self) -> str:
+        size = self.evidence["size"]
+        fit = self.evidence["pretrained_fit"]
+        lines = [
+            f"data: {size['train_images']} train / {size['val_images']} val images, "
+            f"{size['classes']} classes ({size['per_class_min']}-{size['per_class_max']} per "
+            f"class), native short side {size['native_short_side']} px",
+            f"ImageNet head confidence {fit['imagenet_confidence']:.3f}; BatchNorm shift by "
+            "stage: " + ", ".join(f"{k} {v:.2f}" for k, v in fit["batchnorm_shift"].items()),
+            "probe (logreg val accuracy by stage): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in self.evidence["probe"].items()),
+            "learning curve (share of train: val accuracy): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in self.evidence["learning_curve"].items()),
+            "",
+            f"quadrant: {self.quadrant}",
+            *[f"  - {reason}" for reason in self.reasons],
+            "",
+            f"recommended: {self.strategy}"
+            + (f" (stage {self.stage})" if self.stage else "")
+            + f", input {self.input_size} px, about {self.predicted_seconds / 60:.1f} min here",
+            f"run it: {self.command}",
+        ]
+        return "\n".join(lines)
+
+
+def recommended_input_size(native_short_side: int, crop_size: int) -> int:
+    """Small native images need not be blown up to 224 px: at most twice native, 64 at least,
+    in steps of 32 (conv nets downsample by 32)."""
+    if native_short_side <= 0 or native_short_side >= crop_size:
+        return crop_size
+    doubled = min(crop_size, 2 * native_short_side, max(native_short_side, 128))
+    return int(max(64, min(crop_size, 32 * round(doubled / 32))))
+
+
+@torch.inference_mode()
+def seconds_per_image(model: nn.Module, input_size: int, batch_size: int = 16) -> float:
+    """Forward time per image at `input_size` on this machine (after a warm-up batch)."""
+    model.eval()
+    images = torch.randn(batch_size, 3, input_size, input_size).contiguous(
+        memory_format=torch.channels_last
+    )
+    model(images)
+    started = time.perf_counter()
+    model(images)
+    return (time.perf_counter() - started) / batch_size
+
+
+def advise(
+    data_dir: Path,
+    *,
+    backbone_name: str = "mobilenet_v2",
+    weights_argument: str | None = None,
+    seed: int = 0,
+    time_budget_minutes: float = 30.0,
+    cache_dir: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> Advice:
+    """Measure `data_dir` and recommend a strategy (see the module docstring)."""
+    splits = find_splits(data_dir)
+    backbone = get_backbone(backbone_name)
+    weights = choose_weights(backbone, weights_argument)
+    if not weights.pretrained or weights.path is None:
+        raise_no_weights(backbone.name)
+    size = measure_size(splits, seed=seed)
+    weights_preprocessing = preprocessing_for(backbone, weights)
+    input_size = recommended_input_size(size.native_short_side, weights_preprocessing.crop_size)
+    preprocessing = preprocessing_for(backbone, weights, input_size=input_size)
+
+    # Similarity, signals 1 and 2: the pretrained network with its own ImageNet head.
+    imagenet_model = backbone.build()
+    assert weights.path is not None
+    imagenet_model.load_state_dict(load_state_dict_file(weights.path))
+    imagenet_model = imagenet_model.to(memory_format=torch.channels_last)
+    val_sample = sample_per_class(splits.samples["val"], 40, seed)
+    log(f"advise: measuring {len(val_sample)} val images against the pretrained network")
+    pretrained_fit = measure_pretrained_fit(
+        imagenet_model,
+        backbone,
+        val_sample,
+        build_transforms(preprocessing)["val"],
+        num_workers=default_num_workers(),
+    )
+    per_image = seconds_per_image(imagenet_model, input_size)
+
+    # Signal 3 and the learning curve: logistic regression on each stage's codes, one pass.
+    sampled = DatasetSplits(
+        root=splits.root,
+        class_names=splits.class_names,
+        samples={
+            "train": sample_per_class(splits.samples["train"], PROBE_TRAIN_PER_CLASS, seed),
+            "val": sample_per_class(splits.samples["val"], PROBE_VAL_PER_CLASS, seed),
+        },
+    )
+    model = create_model(backbone, len(splits.class_names), weights)
+    codes = extract_split_codes(
+        model, backbone, sampled, weights=weights.label, preprocessing=preprocessing,
+        cache=FeatureCache(cache_dir or default_cache_dir(), log=log), stages=PROBE_STAGES,
+        seed=seed, num_workers=default_num_workers(), log=log,
+    )  # fmt: skip
+    rows = probe(
+        {stage: codes[stage].train_views for stage in PROBE_STAGES},
+        {stage: codes[stage].val for stage in PROBE_STAGES},
+        codes[None].train_labels,
+        codes[None].val_labels,
+        num_classes=len(splits.class_names),
+        heads=("logreg",),
+        seed=seed,
+    )
+    probe_accuracy = {stage_label(row.stage): row.val_acc for row in rows}
+    best_stage_label = max(probe_accuracy, key=lambda name: (probe_accuracy[name], name == "top"))
+    best_stage = None if best_stage_label == "top" else best_stage_label
+    curve = learning_curve(codes[best_stage], len(splits.class_names), seed)
+
+    # The two axes.
+    is_small = size.train_images < SMALL_TOTAL or size.per_class_median < SMALL_PER_CLASS
+    top_gap = max(probe_accuracy.values()) - probe_accuracy["top"]
+    is_similar = (
+        pretrained_fit.imagenet_confidence >= SIMILAR_CONFIDENCE and top_gap <= TOP_STAGE_MARGIN
+    )
+    still_learning = curve["1"] - curve["0.5"] >= CURVE_GAIN
+    reasons = [
+        f"{size.train_images} train images, median {size.per_class_median:g} per class: "
+        + ("small" if is_small else "large")
+        + f" (small means under {SMALL_TOTAL} in all or {SMALL_PER_CLASS} per class)",
+        f"ImageNet head confidence {pretrained_fit.imagenet_confidence:.2f} "
+        f"({'>=' if pretrained_fit.imagenet_confidence >= SIMILAR_CONFIDENCE else '<'} "
+        f"{SIMILAR_CONFIDENCE}); top codes {top_gap:.3f} below the best stage "
+        f"({best_stage_label}): " + ("similar" if is_similar else "different"),
+        f"learning curve gains {curve['1'] - curve['0.5']:+.3f} from half to all of the "
+        "sample: " + ("still learning" if still_learning else "flat"),
+    ]
+
+    epochs, stage, head = 25, None, "linear"
+    learning_rate, backbone_lr_mult = 0.01, 0.1
+    train_count = size.train_images
+    frozen_seconds = (train_count + size.val_images) * per_image + 5
+    if is_small and is_similar:
+        quadrant, strategy = (
+            "small and similar: a linear classifier on the top codes",
+            "feature-extract",
+        )
+    elif is_small:
+        quadrant, strategy = (
+            "small and different: a linear classifier on codes from an earlier stage",
+            "linear-probe",
+        )
+        stage, head = best_stage, "logreg"
+    else:
+        quadrant = (
+            "large and similar: fine-tune" if is_similar
+            else "large and different: fine-tune the whole network from pretrained weights"
+        )  # fmt: skip
+        strategy = "finetune"
+        if not still_learning and max(probe_accuracy.values()) >= 0.97:
+            strategy = "feature-extract" if best_stage is None else "linear-probe"
+            stage, head = (best_stage, "logreg") if best_stage else (None, "linear")
+            reasons.append(
+                f"but the frozen codes already reach {max(probe_accuracy.values()):.3f} and the "
+                "learning curve is flat: fine-tuning is unlikely to pay for its cost"
+            )
+    finetune_epoch_seconds = (3 * train_count + size.val_images) * per_image
+    if strategy == "finetune":
+        budget_epochs = int(time_budget_minutes * 60 // max(finetune_epoch_seconds, 1e-6))
+        epochs = max(0, min(15, budget_epochs))
+        if epochs < 3:
+            reasons.append(
+                f"fine-tuning needs about {finetune_epoch_seconds:.0f}s an epoch here; the "
+                f"{time_budget_minutes:g}-minute budget allows {budget_epochs}: taking the "
+                "frozen route instead"
+            )
+            strategy = "feature-extract" if best_stage is None else "linear-probe"
+            stage, head, epochs = (best_stage, "logreg", 25) if best_stage else (None, "linear", 25)
+        else:
+            reasons.append(f"{epochs} epochs fit the {time_budget_minutes:g}-minute budget")
+    predicted = frozen_seconds if strategy != "finetune" else epochs * finetune_epoch_seconds + 10
+
+    command = ["tlvision", "train", str(data_dir), "--strategy", strategy]
+    if backbone.name != "mobilenet_v2":
+        command += ["--backbone", backbone.name]
+    if input_size != weights_preprocessing.crop_size:
+        command += ["--input-size", str(input_size)]
+    if strategy == "linear-probe":
+        command += ["--head", head] + (["--stage", stage] if stage else [])
+    if strategy == "finetune":
+        command += ["--epochs", str(epochs), "--lr", str(learning_rate)]
+        command += ["--backbone-lr-mult", str(backbone_lr_mult)]
+    command += ["--seed", str(seed)]
+    evidence = {
+        "size": size.to_json(),
+        "pretrained_fit": pretrained_fit.to_json(),
+        "probe": probe_accuracy,
+        "probe_sample": {
+            "train": len(sampled.samples["train"]),
+            "val": len(sampled.samples["val"]),
+        },
+        "learning_curve": curve,
+        "seconds_per_image_forward": per_image,
+        "thresholds": {
+            "small_total": SMALL_TOTAL,
+            "small_per_class": SMALL_PER_CLASS,
+            "similar_confidence": SIMILAR_CONFIDENCE,
+            "top_stage_margin": TOP_STAGE_MARGIN,
+            "curve_gain": CURVE_GAIN,
+        },
+    }
+    return Advice(
+        strategy=strategy, stage=stage, size="small" if is_small else "large",
+        similarity="similar" if is_similar else "different", quadrant=quadrant,
+        input_size=input_size, epochs=epochs, learning_rate=learning_rate,
+        backbone_lr_mult=backbone_lr_mult, head=head, predicted_seconds=predicted,
+        command=shlex.join(command), reasons=reasons, evidence=evidence,
+    )  # fmt: skip
+
+
+def raise_no_weights(backbone: str) -> None:
+    from tlvision.errors import UserError
+
+    raise UserError(
+        f"advise measures how the data looks to pretrained {backbone} weights; pass "
+        "--weights NAME or a file, not none"
+    )
+
+
+def learning_curve(codes: Any, num_classes: int, seed: int) -> dict[str, float]:
+    """logreg val accuracy with 25%, 50% and 100% of the (sampled) train codes, stratified."""
+    labels = np.asarray(codes.train_labels)
+    train = np.asarray(codes.train_views[0])
+    generator = np.random.default_rng(seed)
+    order = generator.permutation(len(labels))
+    curve: dict[str, float] = {}
+    for share in (0.25, 0.5, 1.0):
+        chosen = np.concatenate(
+            [
+                [index for index in order if labels[index] == label][
+                    : max(2, round(share * int((labels == label).sum())))
+                ]
+                for label in range(num_classes)
+            ]
+        ).astype(np.int64)
+        rows = probe(
+            {None: train[chosen]},
+            {None: np.asarray(codes.val)},
+            labels[chosen],
+            codes.val_labels,
+            num_classes=num_classes,
+            heads=("logreg",),
+            seed=seed,
+            C=1.0,
+        )
+        curve[f"{share:g}"] = rows[0].val_acc
+    return curve

@@ -49,7 +49,12 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         help="pretrained weights: a name such as IMAGENET1K_V1 (default: the backbone's first), "
         "a .pth/.safetensors file, or none for random initialisation",
     )
-    parser.add_argument("--strategy", default=defaults.strategy, choices=STRATEGIES)
+    parser.add_argument(
+        "--strategy",
+        default=defaults.strategy,
+        choices=[*STRATEGIES, "auto"],
+        help="auto: measure the data (as `tlvision advise` does) and run the recommendation",
+    )
     parser.add_argument(
         "--freeze-until",
         metavar="STAGE",
@@ -157,7 +162,34 @@ def command_train(arguments: argparse.Namespace) -> int:
         raise UserError("train needs DATA (a folder with train/ and val/) or --resume RUN_DIR")
     out_dir = arguments.out or _default_out(arguments.strategy)
     config = _train_config(arguments, arguments.data, out_dir)
+    if config.strategy != "auto":
+        fit(config)
+        return 0
+    from dataclasses import replace
+
+    from tlvision.advise import advise
+    from tlvision.checkpoint import write_json_atomic
+
+    advice = advise(
+        config.data_dir,
+        backbone_name=config.backbone,
+        weights_argument=config.weights,
+        seed=config.seed,
+        cache_dir=config.cache_dir,
+    )
+    print(advice.to_text())
+    config = replace(
+        config,
+        strategy=advice.strategy,
+        stage=advice.stage if advice.strategy == "linear-probe" else None,
+        head=advice.head if advice.strategy == "linear-probe" else "linear",
+        input_size=advice.input_size,
+        epochs=advice.epochs,
+        learning_rate=advice.learning_rate,
+        backbone_lr_mult=advice.backbone_lr_mult,
+    )
     fit(config)
+    write_json_atomic(out_dir / "advice.json", advice.to_json())
     return 0
 
 
@@ -215,6 +247,22 @@ def command_probe(arguments: argparse.Namespace) -> int:
         log=(lambda _: None) if arguments.json else print,
     )
     print(json.dumps(report, indent=2) if arguments.json else report["table"])
+    return 0
+
+
+def command_advise(arguments: argparse.Namespace) -> int:
+    from tlvision.advise import advise
+
+    advice = advise(
+        arguments.data,
+        backbone_name=arguments.backbone,
+        weights_argument=arguments.weights,
+        seed=arguments.seed,
+        time_budget_minutes=arguments.time_budget,
+        cache_dir=arguments.cache_dir,
+        log=(lambda _: None) if arguments.json else print,
+    )
+    print(json.dumps(advice.to_json(), indent=2) if arguments.json else advice.to_text())
     return 0
 
 
@@ -368,6 +416,20 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--device", default="auto")
     probe.add_argument("--json", action="store_true")
     probe.set_defaults(handler=command_probe)
+
+    advise = commands.add_parser(
+        "advise", help="measure the data and recommend a strategy, with the evidence"
+    )
+    advise.add_argument("data", type=Path, metavar="DATA")
+    advise.add_argument("--backbone", default="mobilenet_v2")
+    advise.add_argument("--weights")
+    advise.add_argument(
+        "--time-budget", type=float, default=30.0, metavar="MINUTES", help="for the training run"
+    )
+    advise.add_argument("--cache-dir", type=Path)
+    advise.add_argument("--seed", type=int, default=0)
+    advise.add_argument("--json", action="store_true")
+    advise.set_defaults(handler=command_advise)
 
     check = commands.add_parser(
         "check", help="find broken, odd, duplicated and leaking files in a dataset"

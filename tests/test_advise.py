@@ -1,0 +1,49 @@
+"""The advisor on real weights: its measurements, its decision rules and reproducibility."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tlvision.advise import recommended_input_size
+from tlvision.cli import main
+
+
+def test_input_size_follows_native_resolution() -> None:
+    assert recommended_input_size(371, 224) == 224  # photos: the weights' own size
+    assert recommended_input_size(32, 224) == 64  # digits: twice native
+    assert recommended_input_size(128, 224) == 128
+    assert recommended_input_size(8, 224) == 64  # never below 64
+    assert recommended_input_size(0, 224) == 224  # unreadable headers: the default
+
+
+@pytest.mark.slow
+def test_advice_on_demo_photos_is_frozen_features_and_reproducible(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from tlvision.cli import demo_data_dir
+
+    arguments = ["advise", str(demo_data_dir()), "--json", "--cache-dir", str(tmp_path)]
+    assert main(arguments) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(arguments) == 0
+    second = json.loads(capsys.readouterr().out)
+    for key in ("strategy", "stage", "size", "similarity", "command"):
+        assert first[key] == second[key]
+    assert first["evidence"]["probe"] == second["evidence"]["probe"]
+    assert first["size"] == "small" and first["similarity"] == "similar"
+    assert first["strategy"] in {"feature-extract", "linear-probe"}
+    assert first["command"].startswith("tlvision train ")
+    evidence = first["evidence"]
+    assert evidence["size"]["train_images"] == 51
+    assert 0 < evidence["pretrained_fit"]["imagenet_confidence"] <= 1
+    assert set(evidence["probe"]) == {"stage2", "stage3", "stage4", "top"}
+
+
+def test_advise_refuses_random_weights(
+    tiny_dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["advise", str(tiny_dataset), "--weights", "none"]) == 2
+    assert "pretrained" in capsys.readouterr().err
