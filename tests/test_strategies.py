@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -86,3 +87,29 @@ def test_freeze_until_errors() -> None:
         apply_strategy(model, backbone, "finetune", freeze_until="layer2")
     with pytest.raises(UserError, match="finetune"):
         apply_strategy(model, backbone, "feature-extract", freeze_until="stage1")
+
+
+@pytest.mark.parametrize("strategy", ["feature-extract", "linear-probe"])
+def test_frozen_routes_leave_batchnorm_statistics_as_they_were(
+    strategy: str, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """The cached-codes routes never train the body: BN buffers in the saved model are the
+    initial ones (random init: running mean 0, running var 1), even though images far from
+    those statistics went through it."""
+    from safetensors.torch import load_file
+
+    from tlvision.training import TrainConfig, fit
+
+    out = tmp_path / "run"
+    config = TrainConfig(
+        data_dir=tiny_dataset, out_dir=out, backbone="mobilenet_v2", weights="none",
+        strategy=strategy, input_size=48, epochs=2, batch_size=8, num_workers=0,
+        stage="stage3" if strategy == "linear-probe" else None,
+    )  # fmt: skip
+    fit(config, log=lambda _: None)
+    saved = load_file(str(out / "model.safetensors"))
+    means = [t for name, t in saved.items() if name.endswith("running_mean")]
+    variances = [t for name, t in saved.items() if name.endswith("running_var")]
+    assert means and variances
+    assert all(torch.equal(t, torch.zeros_like(t)) for t in means)
+    assert all(torch.equal(t, torch.ones_like(t)) for t in variances)
