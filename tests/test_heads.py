@@ -45,7 +45,7 @@ from tlvision.heads import (
     train_linear_head,
 )
 
-REFERENCE_DATA = Path("/work/shared/data/hymenoptera_data")
+REFERENCE_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera_data"
 NO_WEIGHTS = WeightsChoice(spec=None, path=None, label="none")
 
 
