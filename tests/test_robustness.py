@@ -170,3 +170,18 @@ def test_class_weights_auto(dataset_factory, tmp_path: Path) -> None:  # type: i
                  "--epochs", "1", *FAST]) == 0  # fmt: skip
     weights = json.loads((run / "summary.json").read_text())["class_weights"]
     assert weights == pytest.approx([10 / (2 * 8), 10 / (2 * 2)])
+
+
+def test_resume_of_a_frozen_route_reruns_it(tiny_dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = ["train", str(tiny_dataset), "--out", str(run), "--epochs", "2", *FAST]
+    assert main(args) == 0
+    expected = metrics(run)
+    (run / "summary.json").unlink()  # as if killed before the end
+    (run / "model.safetensors").unlink()
+    assert main(["train", "--resume", str(run)]) == 0
+    assert metrics(run) == [
+        {**record, "seconds": again["seconds"]}
+        for record, again in zip(expected, metrics(run), strict=True)
+    ]
+    assert (run / "model.safetensors").exists()

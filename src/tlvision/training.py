@@ -68,6 +68,7 @@ from tlvision.strategies import (
 SCHEDULES = ("step", "cosine", "onecycle", "constant")
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+CODES_RUN_CONFIG = "run_config.json"  # the frozen routes' config, written first: for --resume
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,7 @@ def prepare_run_dir(out_dir: Path, *, overwrite: bool) -> None:
                 f"{out_dir}: already exists and is not empty; choose a new --out or pass "
                 "--overwrite"
             )
-        markers = (SUMMARY_FILE, METRICS_FILE, TRAINING_CHECKPOINT)
+        markers = (SUMMARY_FILE, METRICS_FILE, TRAINING_CHECKPOINT, CODES_RUN_CONFIG)
         if not any((out_dir / marker).exists() for marker in markers):
             raise UserError(
                 f"{out_dir}: --overwrite replaces only tlvision run directories, and this one "
@@ -294,7 +295,18 @@ def describe_skipped(paths: set[Path]) -> list[dict[str, str]]:
 
 
 def resume(run_dir: Path, *, log: Any = print) -> dict[str, Any]:
-    """Continue a run from its last checkpoint, exactly as if it had never stopped."""
+    """Continue a run from its last checkpoint, exactly as if it had never stopped.
+
+    The frozen routes keep no per-epoch checkpoint: their codes are cached, so a killed run is
+    simply run again from its recorded config (a few seconds).
+    """
+    frozen_config = run_dir / CODES_RUN_CONFIG
+    if not (run_dir / TRAINING_CHECKPOINT).exists() and frozen_config.is_file():
+        config = TrainConfig.from_json(json.loads(frozen_config.read_text()))
+        if (run_dir / SUMMARY_FILE).exists():
+            raise UserError(f"{run_dir}: this run already finished; its model is model.safetensors")
+        log(f"resuming {run_dir}: re-running the head on the cached codes")
+        return fit(replace(config, out_dir=run_dir, overwrite=True), log=log)
     checkpoint = load_training_checkpoint(run_dir)
     config = replace(TrainConfig.from_json(checkpoint.info["config"]), out_dir=run_dir)
     if checkpoint.epoch >= config.epochs:
@@ -589,6 +601,7 @@ def fit_on_codes(
         class_weights = inverse_frequency_weights(splits.class_counts("train"))
     metrics_path = config.out_dir / METRICS_FILE
     metrics_path.write_text("")
+    write_json_atomic(config.out_dir / CODES_RUN_CONFIG, config.to_json())
 
     def record_epoch(record: dict[str, Any]) -> None:
         with metrics_path.open("a") as handle:
