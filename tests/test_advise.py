@@ -47,3 +47,41 @@ def test_advise_refuses_random_weights(
 ) -> None:
     assert main(["advise", str(tiny_dataset), "--weights", "none"]) == 2
     assert "pretrained" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_auto_runs_the_advice_and_records_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import shutil
+
+    from tlvision.cli import demo_data_dir
+
+    # Only train/: the advisor must measure the same seeded split that training then uses.
+    data = tmp_path / "photos"
+    shutil.copytree(demo_data_dir() / "train", data / "train")
+    run = tmp_path / "run"
+    common = ["--val-split", "0.25", "--cache-dir", str(tmp_path / "cache"), "--out", str(run)]
+    assert main(["train", str(data), "--strategy", "auto", *common]) == 0
+    printed = capsys.readouterr().out
+    assert "recommended:" in printed
+
+    advice = json.loads((run / "advice.json").read_text())
+    model = json.loads((run / "model.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    assert advice["strategy"] in {"feature-extract", "linear-probe"}
+    assert model["strategy"] == summary["strategy"] == advice["strategy"]
+    assert "--val-split 0.25" in advice["command"]
+    size = advice["evidence"]["size"]
+    assert (size["train_images"], size["val_images"]) == (
+        summary["train_images"],
+        summary["val_images"],
+    )
+    assert summary["val_split"] == 0.25 and (run / "val_split.json").is_file()
+    assert summary["best_val_acc"] >= 0.9
+
+    # An occupied --out is refused before the advisor spends its time, and the run survives.
+    assert main(["train", str(data), "--strategy", "auto", *common]) == 2
+    captured = capsys.readouterr()
+    assert "--overwrite" in captured.err and "recommended:" not in captured.out
+    assert json.loads((run / "summary.json").read_text()) == summary

@@ -316,10 +316,14 @@ def advise(
     seed: int = 0,
     time_budget_minutes: float = 30.0,
     cache_dir: Path | None = None,
+    val_split: float | None = None,
     log: Callable[[str], None] = print,
 ) -> Advice:
-    """Measure `data_dir` and recommend a strategy (see the module docstring)."""
-    splits = find_splits(data_dir)
+    """Measure `data_dir` and recommend a strategy (see the module docstring).
+
+    `val_split` measures a dataset with only train/ on the same seeded split `train` would make.
+    """
+    splits = find_splits(data_dir, val_split=val_split, seed=seed)
     backbone = get_backbone(backbone_name)
     weights = choose_weights(backbone, weights_argument)
     if not weights.pretrained or weights.path is None:
@@ -449,6 +453,10 @@ def advise(
     command = ["tlvision", "train", str(data_dir), "--strategy", strategy]
     if backbone.name != "mobilenet_v2":
         command += ["--backbone", backbone.name]
+    if weights_argument is not None:
+        command += ["--weights", weights_argument]
+    if val_split is not None:
+        command += ["--val-split", str(val_split)]
     if input_size != weights_preprocessing.crop_size:
         command += ["--input-size", str(input_size)]
     if strategy == "linear-probe":

@@ -169,13 +169,17 @@ def command_train(arguments: argparse.Namespace) -> int:
 
     from tlvision.advise import advise
     from tlvision.checkpoint import write_json_atomic
+    from tlvision.training import refuse_to_overwrite
 
+    # Refuse an occupied --out before spending the advisor's minutes, not after.
+    refuse_to_overwrite(out_dir, overwrite=config.overwrite)
     advice = advise(
         config.data_dir,
         backbone_name=config.backbone,
         weights_argument=config.weights,
         seed=config.seed,
         cache_dir=config.cache_dir,
+        val_split=config.val_split,
     )
     print(advice.to_text())
     config = replace(
@@ -260,6 +264,7 @@ def command_advise(arguments: argparse.Namespace) -> int:
         seed=arguments.seed,
         time_budget_minutes=arguments.time_budget,
         cache_dir=arguments.cache_dir,
+        val_split=arguments.val_split,
         log=(lambda _: None) if arguments.json else print,
     )
     print(json.dumps(advice.to_json(), indent=2) if arguments.json else advice.to_text())
@@ -427,6 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--time-budget", type=float, default=30.0, metavar="MINUTES", help="for the training run"
     )
     advise.add_argument("--cache-dir", type=Path)
+    advise.add_argument(
+        "--val-split", type=float, metavar="FRACTION",
+        help="for a dataset with only train/: measure on the split train would make",
+    )  # fmt: skip
     advise.add_argument("--seed", type=int, default=0)
     advise.add_argument("--json", action="store_true")
     advise.set_defaults(handler=command_advise)

@@ -163,7 +163,7 @@ def validate_config(config: TrainConfig) -> None:
         raise UserError(f"--class-weights {config.class_weights}: the only choice is auto")
 
 
-def prepare_run_dir(out_dir: Path, *, overwrite: bool) -> None:
+def refuse_to_overwrite(out_dir: Path, *, overwrite: bool) -> None:
     """Never overwrite a run without --overwrite, and never delete anything but a run."""
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
@@ -177,6 +177,12 @@ def prepare_run_dir(out_dir: Path, *, overwrite: bool) -> None:
                 f"{out_dir}: --overwrite replaces only tlvision run directories, and this one "
                 "has no metrics.jsonl, summary.json or checkpoint; choose a new --out"
             )
+
+
+def prepare_run_dir(out_dir: Path, *, overwrite: bool) -> None:
+    """An empty run directory, replacing an earlier run only when `overwrite` allows it."""
+    refuse_to_overwrite(out_dir, overwrite=overwrite)
+    if out_dir.exists() and any(out_dir.iterdir()):
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
