@@ -316,7 +316,7 @@ def command_demo(arguments: argparse.Namespace) -> int:
             f"  {prediction.path.parent.name}/{prediction.path.name} -> {name} ({probability:.3f})"
         )
     print(
-        f"\ndone in {summary['seconds']:.0f}s: best val accuracy {summary['best_val_acc']:.3f}; "
+        f"\ndone in {summary['seconds']:.1f}s: best val accuracy {summary['best_val_acc']:.3f}; "
         f"the run is in {out_dir} (model.safetensors, model.json, metrics.jsonl, summary.json)"
     )
     return 0
