@@ -60,6 +60,14 @@ def test_input_size_keeps_the_resize_ratio() -> None:
     assert (preprocessing.crop_size, preprocessing.resize_size) == (112, 128)
 
 
+def test_efficientnet_lite_input_size_must_be_a_multiple_of_32() -> None:
+    backbone = get_backbone("efficientnet_lite0")
+    weights = choose_weights(backbone, "none")
+    assert preprocessing_for(backbone, weights, input_size=128).crop_size == 128
+    with pytest.raises(UserError, match="use 96 or 128"):
+        preprocessing_for(backbone, weights, input_size=100)
+
+
 def test_local_weights_file_loads_strictly(tmp_path: Path) -> None:
     backbone = get_backbone("resnet18")
     source = backbone.build()

@@ -45,6 +45,8 @@ class BackboneSpec:
     head: str  # dotted path of the final classifier layer, an nn.Linear
     feature_size: int  # in_features of that layer: the size of the top CNN codes
     stages: tuple[Stage, ...]  # forward order, early to late
+    # --input-size must be a multiple of this (1: any size; a conv net accepts any resolution).
+    input_multiple: int = 1
 
     @property
     def stage_names(self) -> list[str]:
@@ -293,6 +295,14 @@ def preprocessing_for(
     preprocessing = (weights.spec or backbone.default_weights).preprocessing
     if input_size is None or input_size == preprocessing.crop_size:
         return preprocessing
+    if input_size % backbone.input_multiple:
+        lower = max(
+            backbone.input_multiple, input_size // backbone.input_multiple * backbone.input_multiple
+        )
+        raise UserError(
+            f"--input-size {input_size}: {backbone.name} takes sides that are multiples of "
+            f"{backbone.input_multiple}; use {lower} or {lower + backbone.input_multiple}"
+        )
     ratio = preprocessing.resize_size / preprocessing.crop_size
     return dataclasses.replace(
         preprocessing, crop_size=input_size, resize_size=round(input_size * ratio)

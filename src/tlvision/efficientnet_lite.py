@@ -191,4 +191,6 @@ def backbone_spec() -> BackboneSpec:
         head=HEAD,
         feature_size=FEATURE_SIZE,
         stages=STAGES,
+        # Its TensorFlow "SAME" padding is fixed at build time; it is exact for multiples of 32.
+        input_multiple=32,
     )
