@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import pickle
-import struct
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
+from salted_data import texture, write_bomb_png
 
 from tlvision.images import (
     MAX_IMAGE_PIXELS,
@@ -19,27 +18,6 @@ from tlvision.images import (
     load_rgb_image,
     open_image_rgb,
 )
-
-
-def texture(seed: int, size: tuple[int, int] = (64, 64)) -> Image.Image:
-    """A smooth random RGB picture: distinct seeds give unrelated images."""
-    blocks = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    return Image.fromarray(blocks).resize(size, Image.Resampling.BILINEAR)
-
-
-def write_bomb_png(path: Path, width: int, height: int) -> None:
-    """A genuine all-black 1-bit PNG of width x height: a few KB on disk, huge decoded."""
-
-    def chunk(tag: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
-
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    compressor = zlib.compressobj(9)
-    row = bytes(1 + (width + 7) // 8)  # filter byte + packed pixels
-    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
-    )
 
 
 def rgb(image: Image.Image, xy: tuple[int, int]) -> tuple[int, ...]:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from tlvision.data import IMAGE_EXTENSIONS, PHASES, is_image_file, list_class_folders
 from tlvision.errors import UserError
-from tlvision.images import BadImageError, decode_image_rgb
+from tlvision.images import BAD_IMAGE_KINDS, BadImageError, decode_image_rgb
 
 MIN_SIDE = 32
 """Images with a side shorter than this (in pixels, after EXIF rotation) are reported."""
@@ -74,12 +74,7 @@ PROBLEM_KINDS = (
     "class-mismatch",
     "loose-file",
     "unsupported-format",
-    "zero-byte",
-    "truncated",
-    "not-an-image",
-    "decompression-bomb",
-    "corrupt",
-    "unreadable",
+    *BAD_IMAGE_KINDS,  # each reason images.py gives for a file it cannot decode
     "tiny-image",
     "empty-class",
     "duplicate-across-splits",
