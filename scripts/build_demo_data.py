@@ -130,11 +130,10 @@ class Credit:
     license_name: str
 
 
-def read_member_of_deb(deb_path: Path, member_path: str) -> bytes:
-    """Return one file of a Debian package's data archive, read with the standard library."""
-    content = deb_path.read_bytes()
+def data_tar_of_deb(content: bytes, source: str) -> bytes:
+    """Return the data.tar.* member of a Debian package (an ar archive), read in memory."""
     if not content.startswith(b"!<arch>\n"):
-        raise SystemExit(f"{deb_path} is not a Debian package (no ar archive header)")
+        raise SystemExit(f"{source} is not a Debian package (no ar archive header)")
     offset = 8
     while offset + 60 <= len(content):
         header = content[offset : offset + 60]
@@ -142,17 +141,22 @@ def read_member_of_deb(deb_path: Path, member_path: str) -> bytes:
         entry_size = int(header[48:58].decode("ascii").strip())
         entry_start = offset + 60
         if entry_name.startswith("data.tar"):
-            archive_bytes = content[entry_start : entry_start + entry_size]
-            with tarfile.open(fileobj=io.BytesIO(archive_bytes), mode="r:*") as archive:
-                for member in archive.getmembers():
-                    if member.name.removeprefix("./") == member_path:
-                        extracted = archive.extractfile(member)
-                        if extracted is None:
-                            break
-                        return extracted.read()
-            raise SystemExit(f"{member_path} not found in {deb_path}")
+            return content[entry_start : entry_start + entry_size]
         offset = entry_start + entry_size + (entry_size % 2)
-    raise SystemExit(f"{deb_path} has no data.tar member")
+    raise SystemExit(f"{source} has no data.tar member")
+
+
+def read_member_of_deb(deb_path: Path, member_path: str) -> bytes:
+    """Return one file of a Debian package's data archive, read with the standard library."""
+    archive_bytes = data_tar_of_deb(deb_path.read_bytes(), str(deb_path))
+    with tarfile.open(fileobj=io.BytesIO(archive_bytes), mode="r:*") as archive:
+        for member in archive.getmembers():
+            if member.name.removeprefix("./") == member_path:
+                extracted = archive.extractfile(member)
+                if extracted is not None:
+                    return extracted.read()
+                break
+    raise SystemExit(f"{member_path} not found in {deb_path}")
 
 
 def read_qt_resource_file(content: bytes) -> dict[str, bytes]:

@@ -60,6 +60,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+from build_demo_data import data_tar_of_deb  # scripts/ is on sys.path when run
 from PIL import Image
 
 SEED = 0
@@ -213,22 +214,6 @@ def download_deb(directory: Path) -> Path:
     return debs[0]
 
 
-def data_tar_of_deb(content: bytes) -> bytes:
-    """Return the data.tar.* member of a Debian package (an ar archive), read in memory."""
-    if not content.startswith(b"!<arch>\n"):
-        raise SystemExit("not a Debian package (no ar archive header)")
-    offset = 8
-    while offset + 60 <= len(content):
-        header = content[offset : offset + 60]
-        name = header[:16].decode("ascii").strip().rstrip("/")
-        size = int(header[48:58].decode("ascii").strip())
-        start = offset + 60
-        if name.startswith("data.tar"):
-            return content[start : start + size]
-        offset = start + size + (size % 2)
-    raise SystemExit("Debian package without a data.tar member")
-
-
 def class_of(path_in_root: str) -> str | None:
     for label, prefixes in LARGE_CLASSES.items():
         if path_in_root.startswith(prefixes):
@@ -280,7 +265,9 @@ def build_large(out: Path, deb: Path | None) -> str:
             f"({LARGE_PACKAGE_NAME} {LARGE_PACKAGE_VERSION})"
         )
     candidates: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
-    with tarfile.open(fileobj=io.BytesIO(data_tar_of_deb(content)), mode="r:*") as archive:
+    with tarfile.open(
+        fileobj=io.BytesIO(data_tar_of_deb(content, deb_path.name)), mode="r:*"
+    ) as archive:
         for member in archive:
             name = member.name.removeprefix("./")
             if not (member.isfile() and name.startswith(LARGE_ROOT_IN_PACKAGE)):

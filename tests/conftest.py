@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +67,14 @@ def reference_data() -> Path:
     if not (REFERENCE_DATA / "train").is_dir():
         pytest.skip(f"reference dataset not found at {REFERENCE_DATA}")
     return REFERENCE_DATA
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread (and do not fight other work for the cores)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

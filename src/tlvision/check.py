@@ -22,7 +22,13 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from tlvision.data import IMAGE_EXTENSIONS, PHASES, is_image_file, list_class_folders
+from tlvision.data import (
+    IMAGE_EXTENSIONS,
+    PHASES,
+    is_image_file,
+    list_class_folders,
+    require_directory,
+)
 from tlvision.errors import UserError
 from tlvision.images import BAD_IMAGE_KINDS, BadImageError, decode_image_rgb
 
@@ -306,12 +312,7 @@ def main_check(data_dir: Path, *, as_json: bool) -> int:
 
 
 def _require_dataset_dir(data_dir: Path) -> None:
-    if not data_dir.exists():
-        raise UserError(
-            f"{data_dir}: no such directory; pass the folder that holds train/ and val/"
-        )
-    if not data_dir.is_dir():
-        raise UserError(f"{data_dir}: not a directory; pass the folder that holds train/ and val/")
+    require_directory(data_dir)
     if not (data_dir / "train").is_dir():
         hint = ""
         if data_dir.name in PHASES and (data_dir.parent / "train").is_dir():

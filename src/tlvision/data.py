@@ -182,18 +182,23 @@ class DatasetSplits:
 LAYOUT = "DATA/train/<class>/*.jpg and DATA/val/<class>/*.jpg"
 
 
-def find_splits(data_dir: Path, *, val_split: float | None = None, seed: int = 0) -> DatasetSplits:
-    """Check the ImageFolder layout and match classes by name across train and val.
-
-    With `val_split` and no val/ folder, a stratified, seeded share of each train class is held
-    out as val instead.
-    """
+def require_directory(data_dir: Path) -> None:
+    """A clear error when the dataset path is missing or is a file."""
     if not data_dir.exists():
         raise UserError(
             f"{data_dir}: no such directory; pass the folder that holds train/ and val/"
         )
     if not data_dir.is_dir():
         raise UserError(f"{data_dir}: not a directory; pass the folder that holds train/ and val/")
+
+
+def find_splits(data_dir: Path, *, val_split: float | None = None, seed: int = 0) -> DatasetSplits:
+    """Check the ImageFolder layout and match classes by name across train and val.
+
+    With `val_split` and no val/ folder, a stratified, seeded share of each train class is held
+    out as val instead.
+    """
+    require_directory(data_dir)
     if not (data_dir / "train").is_dir():
         raise UserError(f"{data_dir / 'train'}: no such folder; a dataset is laid out as {LAYOUT}")
     has_val = (data_dir / "val").is_dir()
