@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from tlvision.training import TrainConfig, fit
+from tlvision.config import TrainConfig
+from tlvision.training import fit
 
 sys.path.insert(0, str(Path(__file__).parent))
 from recipe_loop import run_recipe

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
+from tlvision.config import TrainConfig
 from tlvision.probe import run_probe
-from tlvision.training import TrainConfig, fit
+from tlvision.training import fit
 
 sys.path.insert(0, str(Path(__file__).parent))
 from recipe_loop import run_recipe

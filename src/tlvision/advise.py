@@ -47,6 +47,7 @@ from tlvision.backbones import (
     get_backbone,
     preprocessing_for,
 )
+from tlvision.codes_cache import FeatureCache, default_cache_dir
 from tlvision.data import (
     DatasetSplits,
     ImageDataset,
@@ -55,8 +56,9 @@ from tlvision.data import (
     default_num_workers,
     find_splits,
 )
-from tlvision.features import FeatureCache, default_cache_dir, extract_split_codes, stage_label
-from tlvision.heads import probe
+from tlvision.probe import probe
+from tlvision.split_codes import extract_split_codes
+from tlvision.stages import stage_label
 from tlvision.weights import load_state_dict_file
 
 Sample = tuple[Path, int]

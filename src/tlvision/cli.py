@@ -19,7 +19,7 @@ from tlvision import __version__
 from tlvision.errors import UserError
 
 if TYPE_CHECKING:
-    from tlvision.training import TrainConfig
+    from tlvision.config import TrainConfig
 
 
 def _default_out(prefix: str) -> Path:
@@ -35,8 +35,9 @@ def _add_cache_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     from tlvision.backbones import BACKBONES, DEFAULT_BACKBONE
+    from tlvision.config import TrainConfig
+    from tlvision.schedules import SCHEDULES
     from tlvision.strategies import STRATEGIES
-    from tlvision.training import SCHEDULES, TrainConfig
 
     defaults = TrainConfig(data_dir=Path("."), out_dir=Path("."))
     parser.add_argument("--out", type=Path, help="run directory (default: runs/<strategy>-<time>)")
@@ -121,7 +122,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_config(arguments: argparse.Namespace, data_dir: Path, out_dir: Path) -> TrainConfig:
-    from tlvision.training import TrainConfig
+    from tlvision.config import TrainConfig
 
     return TrainConfig(
         data_dir=data_dir,
@@ -169,7 +170,7 @@ def command_train(arguments: argparse.Namespace) -> int:
 
     from tlvision.advise import advise
     from tlvision.checkpoint import write_json_atomic
-    from tlvision.training import refuse_to_overwrite
+    from tlvision.runs import refuse_to_overwrite
 
     # Refuse an occupied --out before spending the advisor's minutes, not after.
     refuse_to_overwrite(out_dir, overwrite=config.overwrite)
@@ -198,8 +199,8 @@ def command_train(arguments: argparse.Namespace) -> int:
 
 
 def command_evaluate(arguments: argparse.Namespace) -> int:
+    from tlvision.devices import resolve_device
     from tlvision.evaluation import evaluate_run
-    from tlvision.training import resolve_device
 
     report = evaluate_run(
         arguments.run_dir, arguments.split_dir, device=resolve_device(arguments.device)
@@ -210,8 +211,8 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
 
 def command_predict(arguments: argparse.Namespace) -> int:
     from tlvision.checkpoint import load_run_model
+    from tlvision.devices import resolve_device
     from tlvision.predict import expand_image_paths, predict_images
-    from tlvision.training import resolve_device
 
     loaded = load_run_model(arguments.run_dir)
     paths = expand_image_paths(arguments.paths)
@@ -283,9 +284,11 @@ def demo_data_dir() -> Path:
 
 def command_demo(arguments: argparse.Namespace) -> int:
     from tlvision.checkpoint import load_run_model
+    from tlvision.config import TrainConfig
+    from tlvision.devices import resolve_device
     from tlvision.evaluation import evaluate_run
     from tlvision.predict import predict_images
-    from tlvision.training import TrainConfig, fit, resolve_device
+    from tlvision.training import fit
 
     data_dir = demo_data_dir()
     out_dir = arguments.out or _default_out("demo")
