@@ -20,7 +20,6 @@ from torch import nn
 
 from tlvision.backbones import BACKBONES, get_backbone, head_of, replace_head
 from tlvision.codes_cache import (
-    VAL_VIEW,
     CodesSpec,
     FeatureCache,
     View,
@@ -29,7 +28,7 @@ from tlvision.codes_cache import (
 )
 from tlvision.data import DatasetSplits, build_transforms, load_rgb_image
 from tlvision.extraction import UnreadableImagesError, extract_codes
-from tlvision.split_codes import extract_split_codes, extract_stage_codes
+from tlvision.split_codes import extract_split_codes
 from tlvision.stages import StageCodes, model_fingerprint, stage_channels
 from tlvision.weights import Preprocessing
 
@@ -250,10 +249,10 @@ def test_extraction_runs_in_eval_mode_and_leaves_the_model_as_it_was(
     before = {name: module.training for name, module in model.named_modules()}
     state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     paths = write_images(tmp_path / "images", 3)
-    codes = extract_stage_codes(
-        model, backbone, ["stage1"], paths, weights="none", preprocessing=TINY, cache=None,
+    codes = extract_one(
+        StageCodes(model, backbone, ["stage1"]), paths, spec=spec("stage1"), cache=None,
         channels_last=channels_last,
-    )["stage1"]  # fmt: skip
+    )  # fmt: skip
     assert {name: module.training for name, module in model.named_modules()} == before
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, state[name]), name  # running stats untouched
@@ -620,11 +619,11 @@ def test_split_codes_have_one_array_per_view_and_stage(tmp_path: Path) -> None:
     assert any("skipped 1 unreadable image" in message for message in messages)
     stacked, labels = top.stacked_train()
     assert stacked.shape == (15, 1280) and labels.shape == (15,)
-    direct = extract_stage_codes(
-        model, backbone, [None], [path for path, _ in samples["val"]], weights="none",
-        preprocessing=TINY, cache=None, view=VAL_VIEW,
+    direct = extract_one(
+        StageCodes(model, backbone, [None]), [path for path, _ in samples["val"]],
+        spec=spec(), cache=None,
     )  # fmt: skip
-    np.testing.assert_allclose(top.val, direct[None], atol=1e-5)
+    np.testing.assert_allclose(top.val, direct, atol=1e-5)
     calls = counted(model.get_submodule("features"))
     again = extract_split_codes(model, backbone, splits, **kwargs)  # type: ignore[arg-type]
     assert calls == []  # all cached; only the unreadable file is tried (and skipped) again

@@ -36,6 +36,7 @@ def _add_cache_options(parser: argparse.ArgumentParser) -> None:
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     from tlvision.backbones import BACKBONES, DEFAULT_BACKBONE
     from tlvision.config import TrainConfig
+    from tlvision.heads import HEADS
     from tlvision.schedules import SCHEDULES
     from tlvision.strategies import STRATEGIES
 
@@ -69,7 +70,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--head",
         default="linear",
-        choices=["linear", "logreg", "svm"],
+        choices=HEADS,
         help="linear-probe: softmax layer (torch), logistic regression or linear SVM (sklearn)",
     )
     parser.add_argument(
@@ -180,6 +181,7 @@ def command_train(arguments: argparse.Namespace) -> int:
         weights_argument=config.weights,
         seed=config.seed,
         cache_dir=config.cache_dir,
+        use_cache=not config.no_cache,
         val_split=config.val_split,
     )
     print(advice.to_text())
@@ -265,6 +267,7 @@ def command_advise(arguments: argparse.Namespace) -> int:
         seed=arguments.seed,
         time_budget_minutes=arguments.time_budget,
         cache_dir=arguments.cache_dir,
+        use_cache=not arguments.no_cache,
         val_split=arguments.val_split,
         log=(lambda _: None) if arguments.json else print,
     )
@@ -366,12 +369,19 @@ def command_backbones(arguments: argparse.Namespace) -> int:
         print(
             f"{name}{default}: {spec.feature_size} features, head {spec.head}, "
             f"weights {', '.join(w.name for w in spec.weights)}, "
-            f"stages {', '.join(spec.stage_names)}"
+            "stages "
+            + ", ".join(
+                f"{stage.name} ({stage.channels} ch, stride {stage.stride})"
+                for stage in spec.stages
+            )
         )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tlvision.backbones import DEFAULT_BACKBONE
+    from tlvision.heads import HEADS
+
     parser = argparse.ArgumentParser(
         prog="tlvision",
         description="Train, evaluate and use an image classifier by transfer learning.",
@@ -407,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
         "probe", help="val accuracy of linear heads on each stage's frozen codes"
     )
     probe.add_argument("data", type=Path, metavar="DATA")
-    probe.add_argument("--backbone", default="mobilenet_v2")
+    probe.add_argument("--backbone", default=DEFAULT_BACKBONE)
     probe.add_argument("--weights")
     probe.add_argument(
         "--stages", nargs="+", metavar="STAGE", help="default: every stage and the top"
@@ -415,8 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument(
         "--heads",
         nargs="+",
-        default=["linear", "logreg", "svm"],
-        choices=["linear", "logreg", "svm"],
+        default=list(HEADS),
+        choices=HEADS,
     )
     probe.add_argument("--input-size", type=int, metavar="PIXELS")
     _add_cache_options(probe)
@@ -429,12 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
         "advise", help="measure the data and recommend a strategy, with the evidence"
     )
     advise.add_argument("data", type=Path, metavar="DATA")
-    advise.add_argument("--backbone", default="mobilenet_v2")
+    advise.add_argument("--backbone", default=DEFAULT_BACKBONE)
     advise.add_argument("--weights")
     advise.add_argument(
         "--time-budget", type=float, default=30.0, metavar="MINUTES", help="for the training run"
     )
-    advise.add_argument("--cache-dir", type=Path)
+    _add_cache_options(advise)
     advise.add_argument(
         "--val-split", type=float, metavar="FRACTION",
         help="for a dataset with only train/: measure on the split train would make",

@@ -165,78 +165,33 @@ def train_linear_head(
         raise UserError("no training codes to train a head on")
     if epochs < 1 or batch_size < 1 or not learning_rate > 0:
         raise UserError("epochs and batch size must be at least 1 and the learning rate positive")
-    if optimizer not in OPTIMIZERS:
-        raise UserError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
     device = torch.device(device)
-    weight = None
-    if class_weights is not None:
-        if len(class_weights) != num_classes:
-            raise ValueError(f"{len(class_weights)} class weights for {num_classes} classes")
-        weight = torch.tensor(list(class_weights), dtype=torch.float32, device=device)
+    weight = _class_weight_tensor(class_weights, num_classes, device)
 
-    layer = nn.Linear(dim, num_classes)
-    if init is not None:
-        if (init.in_features, init.out_features) != (dim, num_classes):
-            raise ValueError(
-                f"init is Linear({init.in_features}, {init.out_features}); the codes need "
-                f"Linear({dim}, {num_classes})"
-            )
-        layer.load_state_dict({k: v.detach().cpu() for k, v in init.state_dict().items()})
-    else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            layer.reset_parameters()
-    layer.to(device)
-
-    if standardize:
-        mean, std = feature_statistics(views)
-        mean_t = torch.from_numpy(mean.astype(np.float32)).to(device)
-        std_t = torch.from_numpy(std.astype(np.float32)).to(device)
-
-        def transform(inputs: torch.Tensor) -> torch.Tensor:
-            return (inputs - mean_t) / std_t
-    else:
-
-        def transform(inputs: torch.Tensor) -> torch.Tensor:
-            return inputs
-
-    if optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(
-            layer.parameters(), lr=learning_rate, momentum=momentum, weight_decay=weight_decay
-        )
-    else:
-        opt = torch.optim.AdamW(layer.parameters(), lr=learning_rate, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(count / batch_size)
+    layer = _initial_layer(dim, num_classes, init, seed).to(device)
+    mean, std = feature_statistics(views) if standardize else (np.zeros(dim), np.ones(dim))
+    transform = _standardizer(mean, std, device)
+    opt = _optimizer(optimizer, layer, learning_rate, momentum, weight_decay)
     scheduler = make_scheduler(
-        opt,
-        schedule,
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
-        step_epochs=step_epochs,
-        step_gamma=step_gamma,
-    )
+        opt, schedule, epochs=epochs, steps_per_epoch=math.ceil(count / batch_size),
+        step_epochs=step_epochs, step_gamma=step_gamma,
+    )  # fmt: skip
     rng = np.random.default_rng(seed)
     best_acc, best_state = -1.0, copy.deepcopy(layer.state_dict())
     history: list[dict[str, Any]] = []
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         lr = float(opt.param_groups[0]["lr"])
+        # Each epoch: every image once, in a new order, under a view drawn at random.
         order = rng.permutation(count)
         view_of: np.ndarray = np.asarray(rng.integers(len(views), size=count))
         layer.train()
         loss_sum, correct = 0.0, 0
         for start in range(0, count, batch_size):
             rows = order[start : start + batch_size]
-            inputs = torch.from_numpy(_gather(views, view_of[rows], rows)).to(device)
-            targets = torch.from_numpy(labels[rows]).to(device)
-            opt.zero_grad(set_to_none=True)
-            logits = layer(transform(inputs))
-            loss = nn.functional.cross_entropy(logits, targets, weight=weight)
-            loss.backward()
-            opt.step()
-            scheduler.step()
-            loss_sum += float(loss.detach()) * len(rows)
-            correct += int((logits.argmax(dim=1) == targets).sum())
+            inputs = transform(torch.from_numpy(_gather(views, view_of[rows], rows)).to(device))
+            loss, batch_correct = _step(layer, inputs, labels[rows], weight, opt, scheduler)
+            loss_sum, correct = loss_sum + loss * len(rows), correct + batch_correct
         layer.eval()
         val_loss, val_acc = _score(layer, val_codes, val_targets, device, transform, weight)
         train_loss = loss_sum / count
@@ -246,14 +201,10 @@ def train_linear_head(
                 f"(now {learning_rate})"
             )
         record = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "train_acc": correct / count,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "lr": lr,
+            "epoch": epoch, "train_loss": train_loss, "train_acc": correct / count,
+            "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
             "seconds": time.perf_counter() - started,
-        }
+        }  # fmt: skip
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
@@ -262,11 +213,79 @@ def train_linear_head(
     if keep_best:
         layer.load_state_dict(best_state)
     layer = layer.cpu().eval()
-    if standardize:
-        layer = fold_standardization(
-            layer.weight.detach().numpy(), layer.bias.detach().numpy(), mean, std
+    # the scaler folded in: the returned layer reads raw codes (an identity fold without it)
+    weights = layer.weight.detach().numpy(), layer.bias.detach().numpy()
+    return fold_standardization(*weights, mean, std), history
+
+
+def _initial_layer(dim: int, num_classes: int, init: nn.Linear | None, seed: int) -> nn.Linear:
+    """A copy of `init`, or a new layer initialised from `seed` (global RNG untouched)."""
+    layer = nn.Linear(dim, num_classes)
+    if init is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            layer.reset_parameters()
+        return layer
+    if (init.in_features, init.out_features) != (dim, num_classes):
+        raise ValueError(
+            f"init is Linear({init.in_features}, {init.out_features}); the codes need "
+            f"Linear({dim}, {num_classes})"
         )
-    return layer, history
+    layer.load_state_dict({k: v.detach().cpu() for k, v in init.state_dict().items()})
+    return layer
+
+
+def _class_weight_tensor(
+    class_weights: Sequence[float] | None, num_classes: int, device: torch.device
+) -> torch.Tensor | None:
+    if class_weights is None:
+        return None
+    if len(class_weights) != num_classes:
+        raise ValueError(f"{len(class_weights)} class weights for {num_classes} classes")
+    return torch.tensor(list(class_weights), dtype=torch.float32, device=device)
+
+
+def _optimizer(
+    kind: str, layer: nn.Linear, learning_rate: float, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    if kind == "sgd":
+        return torch.optim.SGD(
+            layer.parameters(), lr=learning_rate, momentum=momentum, weight_decay=weight_decay
+        )
+    if kind == "adamw":
+        return torch.optim.AdamW(layer.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    raise UserError(f"unknown optimizer {kind!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def _standardizer(
+    mean: np.ndarray, std: np.ndarray, device: torch.device
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    mean_t = torch.from_numpy(mean.astype(np.float32)).to(device)
+    std_t = torch.from_numpy(std.astype(np.float32)).to(device)
+
+    def transform(inputs: torch.Tensor) -> torch.Tensor:
+        return (inputs - mean_t) / std_t
+
+    return transform
+
+
+def _step(
+    layer: nn.Linear,
+    inputs: torch.Tensor,
+    labels: np.ndarray,
+    weight: torch.Tensor | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> tuple[float, int]:
+    """One optimizer and schedule step on a batch; (its loss, how many it got right)."""
+    targets = torch.from_numpy(labels).to(inputs.device)
+    optimizer.zero_grad(set_to_none=True)
+    logits = layer(inputs)
+    loss = nn.functional.cross_entropy(logits, targets, weight=weight)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return float(loss.detach()), int((logits.argmax(dim=1) == targets).sum())
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,8 +343,7 @@ def select_C(
         fit_labels = np.tile(labels[np.sort(train_rows)], len(views))
         test_codes = np.asarray(views[0][np.sort(test_rows)], dtype=np.float64)
         if standardize:
-            mean, std = fit_codes.mean(axis=0), fit_codes.std(axis=0)
-            std[std < 1e-12] = 1.0
+            mean, std = feature_statistics(fit_codes)
             fit_codes = (fit_codes - mean) / std
             test_codes = (test_codes - mean) / std
         for position, C in enumerate(grid):
@@ -402,8 +420,7 @@ def fit_sklearn_head(
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
     if standardize:
-        mean, std = codes.mean(axis=0), codes.std(axis=0)
-        std[std < 1e-12] = 1.0
+        mean, std = feature_statistics(codes)
         codes = (codes - mean) / std
     estimator = _fit_quietly(_estimator(kind, C, seed, max_iter), codes, stacked_labels)
     return sklearn_to_linear(estimator, num_classes=classes, mean=mean, std=std)

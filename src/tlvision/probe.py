@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tlvision.backbones import choose_weights, create_model, get_backbone, preprocessing_for
+from tlvision.backbones import (
+    DEFAULT_BACKBONE,
+    choose_weights,
+    create_model,
+    get_backbone,
+    preprocessing_for,
+)
 from tlvision.codes_cache import FeatureCache, default_cache_dir
 from tlvision.data import default_num_workers, find_splits
 from tlvision.devices import resolve_device
@@ -145,10 +151,10 @@ def parse_stages(names: Sequence[str] | None, all_stages: Sequence[str]) -> list
 def run_probe(
     data_dir: Path,
     *,
-    backbone_name: str = "mobilenet_v2",
+    backbone_name: str = DEFAULT_BACKBONE,
     weights_argument: str | None = None,
     stages: Sequence[str] | None = None,
-    heads: Sequence[str] = ("linear", "logreg", "svm"),
+    heads: Sequence[str] = HEADS,
     input_size: int | None = None,
     cache_dir: Path | None = None,
     use_cache: bool = True,

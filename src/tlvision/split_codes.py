@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -23,50 +22,11 @@ from tlvision.codes_cache import (
 )
 from tlvision.data import DatasetSplits
 from tlvision.errors import UserError
-from tlvision.extraction import DEFAULT_CHUNK_SIZE, UnreadableImagesError, extract_codes
+from tlvision.extraction import UnreadableImagesError, extract_codes
 from tlvision.stages import StageCodes
 from tlvision.weights import Preprocessing
 
 Extract = Callable[[list[tuple[Path, int]]], dict[str | None, np.ndarray]]
-
-
-def extract_stage_codes(
-    model: nn.Module,
-    backbone: BackboneSpec,
-    stages: Sequence[str | None],
-    samples: Sequence[Path] | Sequence[tuple[Path, int]],
-    *,
-    weights: str,
-    preprocessing: Preprocessing,
-    cache: FeatureCache | None,
-    view: View = VAL_VIEW,
-    batch_size: int = 32,
-    num_workers: int = 0,
-    device: torch.device | str = "cpu",
-    channels_last: bool | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    description: str = "codes",
-    log: Log | None = None,
-) -> dict[str | None, np.ndarray]:
-    """{stage: (N, C) codes} for several stages of `model` from one pass over the images."""
-    stages = list(dict.fromkeys(stages))
-    extractor = StageCodes(model, backbone, stages)
-    specs = [
-        CodesSpec(backbone.name, weights, preprocessing, stage=stage, view=view) for stage in stages
-    ]
-    return extract_codes(
-        extractor,
-        samples,
-        specs=specs,
-        cache=cache,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        device=device,
-        channels_last=channels_last,
-        chunk_size=chunk_size,
-        description=description,
-        log=log,
-    )
 
 
 @dataclass(frozen=True)
@@ -141,23 +101,17 @@ def extract_split_codes(
     log = log or (cache.log if cache is not None else stderr_log)
     views = ([VAL_VIEW] if center_view else []) + list(train_views(augmented_views, seed))
     stages = list(dict.fromkeys(stages))
-    common: dict[str, Any] = {
-        "weights": weights,
-        "preprocessing": preprocessing,
-        "cache": cache,
-        "batch_size": batch_size,
-        "num_workers": num_workers,
-        "device": device,
-        "channels_last": channels_last,
-        "log": log,
-    }
+    extractor = StageCodes(model, backbone, stages)  # traced once, used for every pass
 
     def codes_for(view: View, phase: str) -> Extract:
+        specs = [CodesSpec(backbone.name, weights, preprocessing, stage, view) for stage in stages]
+
         def extract(samples: list[tuple[Path, int]]) -> dict[str | None, np.ndarray]:
-            description = f"{phase} codes ({view.name})"
-            return extract_stage_codes(
-                model, backbone, stages, samples, view=view, description=description, **common
-            )
+            return extract_codes(
+                extractor, samples, specs=specs, cache=cache, batch_size=batch_size,
+                num_workers=num_workers, device=device, channels_last=channels_last,
+                description=f"{phase} codes ({view.name})", log=log,
+            )  # fmt: skip
 
         return extract
 
