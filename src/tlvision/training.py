@@ -542,7 +542,7 @@ def finish_run(
     if config.strategy == "linear-probe":
         metadata.update({"stage": config.stage, "head": config.head})
     save_run_model(config.out_dir, model, metadata)
-    skipped_files = describe_skipped(skipped)
+    skipped_files = describe_skipped(skipped | set(splits.broken_links))
     summary = {
         "best_val_acc": best_val_acc,
         "best_epoch": best_epoch,
