@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tlvision.backbones import DEFAULT_BACKBONE
+from tlvision.devices import PRECISIONS
 from tlvision.errors import UserError
 from tlvision.heads import HEADS
 from tlvision.schedules import SCHEDULES
@@ -41,6 +42,8 @@ class TrainConfig:
     no_cache: bool = False  # keep codes in memory only
     val_split: float | None = None  # hold out this fraction of train/ when there is no val/
     class_weights: str | None = None  # "auto": weight the loss by inverse class frequency
+    precision: str = "auto"  # auto, 32, bf16 or 16 (devices.resolve_precision)
+    tensorboard: bool = False  # also write RUN/tensorboard/ event files
     overwrite: bool = False
 
     def to_json(self) -> dict[str, Any]:
@@ -84,5 +87,7 @@ def validate_config(config: TrainConfig) -> None:
         raise UserError("--stage and --head apply to --strategy linear-probe")
     if config.views < 0:
         raise UserError("--views must be 0 or more")
+    if config.precision not in PRECISIONS:
+        raise UserError(f"--precision {config.precision}: choose one of {', '.join(PRECISIONS)}")
     if config.class_weights not in (None, "auto"):
         raise UserError(f"--class-weights {config.class_weights}: the only choice is auto")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2 as transforms
 
 from tlvision.errors import UserError
@@ -353,13 +353,16 @@ def make_loader(
     num_workers: int,
     seed: int,
     pin_memory: bool = False,
+    sampler: Sampler[int] | None = None,
 ) -> DataLoader[tuple[torch.Tensor, int]]:
+    """`sampler` (a rank's share, see tlvision.distributed) replaces the shuffle when given."""
     generator = torch.Generator()
     generator.manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         num_workers=num_workers,
         generator=generator,
         pin_memory=pin_memory,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,10 @@ from tlvision.backbones import WeightsChoice
 from tlvision.checkpoint import TRAINING_CHECKPOINT, save_run_model, write_json_atomic
 from tlvision.config import TrainConfig
 from tlvision.data import DatasetSplits
+from tlvision.distributed import Distributed
 from tlvision.errors import UserError
 from tlvision.images import BadImageError, open_image_rgb
+from tlvision.tracking import Tracker
 from tlvision.weights import Preprocessing
 
 METRICS_FILE = "metrics.jsonl"
@@ -46,6 +48,9 @@ class RunSetup:
     device: torch.device
     num_workers: int
     class_weights: list[float] | None
+    precision: str = "32"  # resolved: 32, bf16 or 16 (devices.resolve_precision)
+    distributed: Distributed = field(default_factory=Distributed)
+    tracker: Tracker | None = None  # rank 0's TensorBoard writer (None: no --tensorboard)
 
 
 def refuse_to_overwrite(out_dir: Path, *, overwrite: bool) -> None:
@@ -89,6 +94,34 @@ def write_val_split(setup: RunSetup) -> None:
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
     with (run_dir / METRICS_FILE).open("a") as handle:
         handle.write(json.dumps(record) + "\n")
+
+
+def record_epoch(setup: RunSetup, record: dict[str, Any]) -> None:
+    """One epoch's metrics: a metrics.jsonl line and, with --tensorboard, its scalars."""
+    append_metrics(setup.config.out_dir, record)
+    if setup.tracker is not None:
+        setup.tracker.epoch(record)
+
+
+def _track_confusion(setup: RunSetup, model: nn.Module, epoch: int) -> None:
+    """The saved model's val confusion matrix into TensorBoard (only with --tensorboard)."""
+    if setup.tracker is None:
+        return
+    from sklearn.metrics import confusion_matrix
+    from torch.utils.data import DataLoader
+
+    from tlvision.data import ImageDataset, build_transforms, collate_readable
+    from tlvision.evaluation import predict_probabilities
+
+    names = list(setup.splits.class_names)
+    transform = build_transforms(setup.preprocessing)["val"]
+    dataset = ImageDataset(setup.splits.samples["val"], names, transform)
+    loader = DataLoader(dataset, batch_size=setup.config.batch_size, collate_fn=collate_readable)
+    probabilities, labels, _ = predict_probabilities(model, loader, torch.device("cpu"))
+    predicted = probabilities.argmax(dim=1) if len(labels) else labels
+    matrix = confusion_matrix(labels.numpy(), predicted.numpy(), labels=list(range(len(names))))
+    setup.tracker.confusion(matrix, names, epoch)
+    setup.tracker.close()
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -158,10 +191,13 @@ def finish_run(
         "skipped_files": skipped_files,
         **extra,
         "device": str(setup.device),
+        "precision": setup.precision,
+        "processes": setup.distributed.world_size,
         "torch_threads": torch.get_num_threads(),
         "loader_workers": setup.num_workers,
     }
     write_json_atomic(config.out_dir / SUMMARY_FILE, summary)
+    _track_confusion(setup, model, metrics[-1]["epoch"])
     if skipped_files:
         log(f"skipped {len(skipped_files)} unreadable files (listed in summary.json):")
         for entry in skipped_files:

@@ -12,8 +12,8 @@ import copy
 import json
 import math
 import random
-import sys
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
-from tqdm import tqdm
+from torch.utils.data import DataLoader, DistributedSampler
 
+from tlvision import distributed
 from tlvision.backbones import choose_weights, create_model, get_backbone, preprocessing_for
 from tlvision.checkpoint import (
     TRAINING_CHECKPOINT,
@@ -44,7 +44,9 @@ from tlvision.data import (
     make_loader,
     reseed_loader,
 )
-from tlvision.devices import resolve_device
+from tlvision.devices import resolve_device, resolve_precision
+from tlvision.distributed import Distributed, ShardSampler
+from tlvision.epochs import NonFiniteLoss, evaluate, train_one_epoch
 from tlvision.errors import UserError
 from tlvision.runs import (
     CODES_RUN_CONFIG,
@@ -52,9 +54,9 @@ from tlvision.runs import (
     SUMMARY_FILE,
     Log,
     RunSetup,
-    append_metrics,
     finish_run,
     prepare_run_dir,
+    record_epoch,
     write_val_split,
 )
 from tlvision.schedules import make_scheduler
@@ -63,8 +65,8 @@ from tlvision.strategies import (
     apply_finetuning,
     count_parameters,
     parameter_groups,
-    set_train_mode,
 )
+from tlvision.tracking import Tracker, write_config_toml
 
 
 def seed_everything(seed: int) -> None:
@@ -79,13 +81,28 @@ def fit(
     """Train a classifier as `config` says and leave a complete run directory behind.
 
     With `checkpoint` (see `resume`), carry on from the end of its epoch instead of starting.
+    Under torchrun every rank calls this; rank 0 alone logs and writes the run directory, and
+    every rank returns the summary rank 0 wrote.
     """
     validate_config(config)
     setup = set_up(config, log, fresh=checkpoint is None)
-    model = create_model(setup.backbone, len(setup.splits.class_names), setup.weights)
-    if config.strategy in CODES_STRATEGIES:
-        return fit_on_codes(setup, model, log)
-    return finetune(setup, model, log, checkpoint)
+    try:
+        log = log if setup.distributed.is_main else _silent
+        model = create_model(setup.backbone, len(setup.splits.class_names), setup.weights)
+        if config.strategy in CODES_STRATEGIES:
+            summary = fit_on_codes(setup, model, log)
+        else:
+            summary = finetune(setup, model, log, checkpoint)
+        distributed.barrier(setup.distributed)  # the others wait for rank 0's files
+        if not setup.distributed.is_main:
+            summary = json.loads((config.out_dir / SUMMARY_FILE).read_text())
+        return summary
+    finally:
+        distributed.stop(setup.distributed)
+
+
+def _silent(message: str) -> None:
+    """The log of ranks other than 0: one process speaks for the run."""
 
 
 def set_up(config: TrainConfig, log: Log, *, fresh: bool) -> RunSetup:
@@ -95,9 +112,11 @@ def set_up(config: TrainConfig, log: Log, *, fresh: bool) -> RunSetup:
     for stage_name in (config.freeze_until, config.stage):
         if stage_name is not None:
             backbone.stage(stage_name)  # an unknown name is a clear error before any work
-    device = resolve_device(config.device)
-    if fresh:
+    job, device = distributed.start(resolve_device(config.device))
+    log = log if job.is_main else _silent
+    if fresh and job.is_main:
         prepare_run_dir(config.out_dir, overwrite=config.overwrite)
+    distributed.barrier(job)  # the run directory exists (or rank 0 failed) before anyone goes on
     weights = choose_weights(backbone, config.weights)
     if not weights.pretrained:
         log(
@@ -117,9 +136,16 @@ def set_up(config: TrainConfig, log: Log, *, fresh: bool) -> RunSetup:
         device=device,
         num_workers=default_num_workers() if config.num_workers is None else config.num_workers,
         class_weights=class_weights,
+        precision=resolve_precision(config.precision, device),
+        distributed=job,
+        tracker=Tracker(config.out_dir, enabled=config.tensorboard) if job.is_main else None,
     )
     seed_everything(config.seed)
-    write_val_split(setup)
+    if job.is_main:
+        write_val_split(setup)
+        write_config_toml(config)
+    if job.world_size > 1:
+        log(f"{job.world_size} processes ({device.type}); each epoch shared among them")
     return setup
 
 
@@ -132,6 +158,7 @@ class _Progress:
     best_epoch: int = 0
     skipped: set[Path] = field(default_factory=set)  # unreadable files met so far
     seconds_before: float = 0.0
+    steps_per_epoch: int = 0  # batches per epoch per process (differs with the process count)
 
 
 def finetune(
@@ -146,6 +173,9 @@ def finetune(
     )  # fmt: skip
     # channels_last: the convolutions' fast layout (about 2x faster forward on CPU, measured).
     model.to(device).to(memory_format=torch.channels_last)
+    # The loop trains through `network` (DDP under torchrun: gradients averaged over ranks);
+    # `model`, the same parameters unwrapped, is what is validated and saved.
+    network = distributed.wrap_model(setup.distributed, model, device)
     loaders = _loaders(setup)
     optimizer = torch.optim.SGD(
         parameter_groups(
@@ -167,15 +197,20 @@ def finetune(
         f"{config.strategy}: {setup.backbone.name} ({setup.weights.label}), "
         f"{len(setup.splits.class_names)} classes, {len(setup.splits.samples['train'])} train / "
         f"{len(setup.splits.samples['val'])} val images, {trainable:,} of {total:,} parameters "
-        f"trainable, device {device}"
+        f"trainable, device {device}, precision {setup.precision}"
     )
     progress, best_state = _Progress(), copy.deepcopy(model.state_dict())
     if checkpoint is not None:
-        progress, best_state = _restore(checkpoint, model, optimizer, scheduler, config.out_dir)
+        progress, best_state = _restore(
+            checkpoint, setup, model, optimizer, scheduler, len(loaders["train"])
+        )
+    progress.steps_per_epoch = len(loaders["train"])
     _run_epochs(
-        setup, model, loaders, criterion, optimizer, scheduler, progress, best_state, log,
-        started,
+        setup, (model, network), loaders, criterion, optimizer, scheduler, progress, best_state,
+        log, started,
     )  # fmt: skip
+    if not setup.distributed.is_main:
+        return {}
     model.load_state_dict(best_state)
     return finish_run(
         setup, model.cpu(), log,
@@ -186,40 +221,79 @@ def finetune(
 
 
 def _loaders(setup: RunSetup) -> dict[str, DataLoader[tuple[torch.Tensor, int]]]:
+    """Train and val loaders; under torchrun each rank's share (see tlvision.distributed).
+
+    --batch-size is per process: N processes step on N x batch-size images.
+    """
     transforms = build_transforms(setup.preprocessing)
-    return {
-        phase: make_loader(
-            ImageDataset(setup.splits.samples[phase], setup.splits.class_names, transforms[phase]),
+    job, loaders = setup.distributed, {}
+    for phase in ("train", "val"):
+        dataset = ImageDataset(
+            setup.splits.samples[phase], setup.splits.class_names, transforms[phase]
+        )
+        sampler = (
+            distributed.train_sampler(job, dataset, setup.config.seed)
+            if phase == "train"
+            else ShardSampler(len(dataset), job.rank, job.world_size)
+            if job.active
+            else None
+        )
+        loaders[phase] = make_loader(
+            dataset,
             batch_size=setup.config.batch_size,
             shuffle=phase == "train",
             num_workers=setup.num_workers,
             seed=setup.config.seed,
             pin_memory=setup.device.type == "cuda",
+            sampler=sampler,
         )
-        for phase in ("train", "val")
-    }
+    return loaders
+
+
+def _reseed(
+    loaders: dict[str, DataLoader[tuple[torch.Tensor, int]]],
+    job: Distributed,
+    seed: int,
+    epoch: int,
+) -> None:
+    """An epoch's order and augmentations from (seed, epoch, rank) alone, so resume is exact.
+
+    Rank 0 draws what a single process draws; the other ranks their own augmentation streams.
+    """
+    for loader in loaders.values():
+        reseed_loader(loader, seed + 1_000_003 * job.rank, epoch)
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(epoch)
 
 
 def _restore(
     checkpoint: TrainingCheckpoint,
+    setup: RunSetup,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    run_dir: Path,
+    steps_per_epoch: int,
 ) -> tuple[_Progress, dict[str, torch.Tensor]]:
     """Put the model, optimizer, scheduler and random generators back as the checkpoint left
-    them; drop metrics lines written after it (killed between the two: that epoch is redone)."""
+    them; drop metrics lines written after it (killed between the two: that epoch is redone).
+
+    The checkpoint holds the unwrapped model, so any number of processes can resume it; with
+    another number the batches per epoch differ and the schedule is replayed for the new one.
+    """
     device = next(model.parameters()).device
     model.load_state_dict(checkpoint.model_state)
     best_state = {name: tensor.to(device) for name, tensor in checkpoint.best_state.items()}
     optimizer.load_state_dict(checkpoint.optimizer_state)
-    scheduler.load_state_dict(checkpoint.scheduler_state)
+    if checkpoint.info.get("steps_per_epoch", steps_per_epoch) == steps_per_epoch:
+        scheduler.load_state_dict(checkpoint.scheduler_state)
+    else:
+        _replay_schedule(optimizer, scheduler, checkpoint.epoch * steps_per_epoch)
     restore_random_state(checkpoint.random_state)
-    metrics_path = run_dir / METRICS_FILE
-    kept = (
-        metrics_path.read_text().splitlines()[: checkpoint.epoch] if metrics_path.exists() else []
-    )
-    metrics_path.write_text("".join(line + "\n" for line in kept))
+    metrics_path = setup.config.out_dir / METRICS_FILE
+    if setup.distributed.is_main:
+        lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
+        kept = lines[: checkpoint.epoch]
+        metrics_path.write_text("".join(line + "\n" for line in kept))
     progress = _Progress(
         first_epoch=checkpoint.epoch + 1,
         best_val_acc=checkpoint.info["best_val_acc"],
@@ -230,9 +304,21 @@ def _restore(
     return progress, best_state
 
 
+def _replay_schedule(
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int
+) -> None:
+    """Step a fresh schedule `steps` times from the start, as if this run had made them."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"]
+    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(steps):
+            scheduler.step()
+
+
 def _run_epochs(
     setup: RunSetup,
-    model: nn.Module,
+    models: tuple[nn.Module, nn.Module],
     loaders: dict[str, DataLoader[tuple[torch.Tensor, int]]],
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -244,24 +330,30 @@ def _run_epochs(
 ) -> None:
     """The epochs from `progress.first_epoch` on: train, validate, record, checkpoint.
 
+    `models` is (the model, the network that trains it: the model or its DDP wrapper).
     `progress` and `best_state` (the best val epoch's weights) are updated in place.
     """
-    config, device = setup.config, setup.device
+    config, device, job = setup.config, setup.device, setup.distributed
+    model, network = models
+    # float16 gradients underflow without loss scaling; bf16 and float32 need none.
+    scaler = torch.amp.GradScaler(device.type, enabled=setup.precision == "16")
     skipped = progress.skipped
     epoch = progress.first_epoch - 1
     try:
         for epoch in range(progress.first_epoch, config.epochs + 1):
             epoch_started = time.perf_counter()
             learning_rate = optimizer.param_groups[0]["lr"]
-            for loader in loaders.values():
-                reseed_loader(loader, config.seed, epoch)
+            _reseed(loaders, job, config.seed, epoch)
             train_loss, train_acc, unreadable_train = train_one_epoch(
-                model, loaders["train"], criterion, optimizer, scheduler, device,
-                description=f"epoch {epoch}/{config.epochs} train",
+                network, loaders["train"], criterion, optimizer, scheduler, device,
+                description=f"epoch {epoch}/{config.epochs} train", precision=setup.precision,
+                scaler=scaler, job=job,
             )  # fmt: skip
+            distributed.broadcast_buffers(job, model)
             val_loss, val_acc, unreadable_val = evaluate(
                 model, loaders["val"], criterion, device,
-                description=f"epoch {epoch}/{config.epochs} val",
+                description=f"epoch {epoch}/{config.epochs} val", precision=setup.precision,
+                job=job,
             )  # fmt: skip
             if not math.isfinite(val_loss):
                 raise NonFiniteLoss(val_loss, -1)
@@ -276,10 +368,11 @@ def _run_epochs(
                 "val_loss": val_loss, "val_acc": val_acc, "lr": learning_rate,
                 "seconds": time.perf_counter() - epoch_started,
             }  # fmt: skip
-            append_metrics(config.out_dir, record)
-            _save_checkpoint(
-                setup, epoch, model, optimizer, scheduler, progress, best_state, started
-            )
+            if job.is_main:  # the others go straight on: nothing of theirs waits for the files
+                record_epoch(setup, record)
+                _save_checkpoint(
+                    setup, epoch, model, optimizer, scheduler, progress, best_state, started
+                )
             log(
                 f"epoch {epoch:>3}/{config.epochs}  "
                 f"train loss {train_loss:.4f} acc {train_acc:.4f}  "
@@ -317,6 +410,8 @@ def _save_checkpoint(
         "best_epoch": progress.best_epoch,
         "skipped_files": sorted(str(path) for path in progress.skipped),
         "seconds": progress.seconds_before + time.perf_counter() - started,
+        "steps_per_epoch": progress.steps_per_epoch,
+        "processes": setup.distributed.world_size,
     }
     save_training_checkpoint(
         setup.config.out_dir,
@@ -354,77 +449,3 @@ def resume(run_dir: Path, *, log: Log = print) -> dict[str, Any]:
         )
     log(f"resuming {run_dir} after epoch {checkpoint.epoch} of {config.epochs}")
     return fit(config, log=log, checkpoint=checkpoint)
-
-
-def autocast_for(device: torch.device) -> torch.autocast:
-    """bfloat16 autocast on CUDA (no loss scaling needed); full precision elsewhere."""
-    enabled = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
-class NonFiniteLoss(Exception):
-    def __init__(self, value: float, batch: int) -> None:
-        super().__init__(f"loss {value} at batch {batch}")
-        self.value, self.batch = value, batch
-
-
-def train_one_epoch(
-    model: nn.Module,
-    loader: DataLoader[tuple[torch.Tensor, int]],
-    criterion: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    device: torch.device,
-    description: str = "train",
-) -> tuple[float, float, list[int]]:
-    """One pass over the training data; returns (mean loss, accuracy, unreadable indices)."""
-    set_train_mode(model)
-    loss_sum, correct, seen, unreadable = 0.0, 0, 0, []
-    batches = tqdm(loader, desc=description, leave=False, disable=None, file=sys.stderr)
-    for batch, (images, labels, batch_unreadable) in enumerate(batches):
-        unreadable.extend(batch_unreadable)
-        if len(labels) == 0:
-            continue
-        images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
-        labels = labels.to(device, non_blocking=True)
-        optimizer.zero_grad(set_to_none=True)
-        with autocast_for(device):
-            logits = model(images)
-            loss = criterion(logits.float(), labels)
-        if not torch.isfinite(loss):
-            # Stop before the step: one NaN update would spoil every weight it touches.
-            raise NonFiniteLoss(loss.item(), batch)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        loss_sum += loss.item() * labels.shape[0]
-        correct += int((logits.argmax(dim=1) == labels).sum())
-        seen += labels.shape[0]
-    return loss_sum / max(1, seen), correct / max(1, seen), unreadable
-
-
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module,
-    loader: DataLoader[tuple[torch.Tensor, int]],
-    criterion: nn.Module,
-    device: torch.device,
-    description: str = "val",
-) -> tuple[float, float, list[int]]:
-    """One pass over the validation data; returns (mean loss, accuracy, unreadable indices)."""
-    model.eval()
-    loss_sum, correct, seen, unreadable = 0.0, 0, 0, []
-    batches = tqdm(loader, desc=description, leave=False, disable=None, file=sys.stderr)
-    for images, labels, batch_unreadable in batches:
-        unreadable.extend(batch_unreadable)
-        if len(labels) == 0:
-            continue
-        images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
-        labels = labels.to(device, non_blocking=True)
-        with autocast_for(device):
-            logits = model(images)
-            loss = criterion(logits.float(), labels)
-        loss_sum += loss.item() * labels.shape[0]
-        correct += int((logits.argmax(dim=1) == labels).sum())
-        seen += labels.shape[0]
-    return loss_sum / max(1, seen), correct / max(1, seen), unreadable
