@@ -43,6 +43,7 @@ def _add_cache_options(parser: argparse.ArgumentParser) -> None:
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     from tlvision.backbones import BACKBONES, DEFAULT_BACKBONE
     from tlvision.config import TrainConfig
+    from tlvision.devices import PRECISIONS
     from tlvision.heads import HEADS
     from tlvision.schedules import SCHEDULES
     from tlvision.strategies import STRATEGIES
@@ -122,6 +123,28 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         metavar="RUN_DIR",
         help="continue a stopped run from its last checkpoint (other options are ignored)",
     )
+    parser.add_argument(
+        "--precision",
+        default=defaults.precision,
+        choices=PRECISIONS,
+        help="auto: bf16 mixed precision on a CUDA GPU that has it, else 32; 16: float16 "
+        "with a gradient scaler (CUDA)",
+    )
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train with N processes on this machine (runs torchrun; one per GPU with cuda)",
+    )
+    parser.add_argument(
+        "--tensorboard", action="store_true", help="write TensorBoard events to RUN/tensorboard/"
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="a run's config.toml: train as it says (options given here override it)",
+    )
 
 
 def _train_config(arguments: argparse.Namespace, data_dir: Path, out_dir: Path) -> TrainConfig:
@@ -152,8 +175,38 @@ def _train_config(arguments: argparse.Namespace, data_dir: Path, out_dir: Path) 
         num_workers=arguments.workers,
         val_split=arguments.val_split,
         class_weights=arguments.class_weights,
+        precision=arguments.precision,
+        tensorboard=arguments.tensorboard,
         overwrite=arguments.overwrite,
+        # settings with no option of their own, from --config (else the defaults)
+        **{name: getattr(arguments, name) for name in CONFIG_ONLY if hasattr(arguments, name)},
     )
+
+
+CONFIG_ONLY = ("step_epochs", "step_gamma")  # TrainConfig fields set only through --config
+
+
+def without_option(argv: Sequence[str], option: str) -> list[str]:
+    """`argv` less `option VALUE` / `option=VALUE` (what the launcher must not pass on)."""
+    kept, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == option:
+            skip = True
+        elif not token.startswith(option + "="):
+            kept.append(token)
+    return kept
+
+
+def apply_config_file(
+    parser: argparse.ArgumentParser, arguments: argparse.Namespace, argv: Sequence[str]
+) -> argparse.Namespace:
+    """Parse again with a --config file's settings as the defaults: the command line wins."""
+    from tlvision.tracking import option_defaults
+
+    arguments.train_parser.set_defaults(**option_defaults(arguments.config))
+    return parser.parse_args(argv)
 
 
 def announce_layout(data_dir: Path, val_split: float | None) -> None:
@@ -166,8 +219,11 @@ def announce_layout(data_dir: Path, val_split: float | None) -> None:
 
 
 def command_train(arguments: argparse.Namespace) -> int:
+    from tlvision.distributed import launch, launched_by_torchrun
     from tlvision.training import fit, resume
 
+    if arguments.nproc is not None and not launched_by_torchrun():
+        return launch(arguments.nproc, without_option(arguments.argv, "--nproc"))
     if arguments.resume is not None:
         resume(arguments.resume)
         return 0
@@ -416,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("data", type=Path, nargs="?", metavar="DATA", help=DATA_HELP)
     _add_train_options(train)
-    train.set_defaults(handler=command_train)
+    train.set_defaults(handler=command_train, train_parser=train)
 
     evaluate = commands.add_parser("evaluate", help="accuracy, per-class P/R/F1, confusion matrix")
     evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -517,8 +573,12 @@ def never_fail_on_file_names() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     never_fail_on_file_names()
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     arguments = parser.parse_args(argv)
     try:
+        if getattr(arguments, "config", None) is not None:
+            arguments = apply_config_file(parser, arguments, argv)
+        arguments.argv = argv
         status: int = arguments.handler(arguments)
     except UserError as error:
         print(f"tlvision: error: {error}", file=sys.stderr)

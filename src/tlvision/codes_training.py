@@ -9,36 +9,58 @@ cached, so a killed run is simply run again from its recorded config (`CODES_RUN
 
 from __future__ import annotations
 
+import contextlib
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from tlvision import distributed
 from tlvision.backbones import head_of, install_head
 from tlvision.checkpoint import write_json_atomic
 from tlvision.codes_cache import FeatureCache, default_cache_dir
+from tlvision.data import DatasetSplits
+from tlvision.extraction import UnreadableImagesError
 from tlvision.heads import accuracy, fit_sklearn_head, train_linear_head
-from tlvision.runs import CODES_RUN_CONFIG, METRICS_FILE, Log, RunSetup, append_metrics, finish_run
+from tlvision.runs import CODES_RUN_CONFIG, METRICS_FILE, Log, RunSetup, finish_run, record_epoch
 from tlvision.split_codes import SplitCodes, extract_split_codes
 from tlvision.stages import StageClassifier, stage_label
 
 
 def fit_on_codes(setup: RunSetup, model: nn.Module, log: Log) -> dict[str, Any]:
-    """Train the head of a frozen route on codes and save the run; returns the summary."""
+    """Train the head of a frozen route on codes and save the run; returns the summary.
+
+    Under torchrun each rank computes the codes of its share of the images into the shared
+    cache; then rank 0 reads them all back (cache hits) and trains the head alone, while the
+    other ranks wait for it in `training.fit`. With --no-cache rank 0 does all the work.
+    """
     started = time.perf_counter()
-    config = setup.config
+    config, job = setup.config, setup.distributed
     stage = config.stage if config.strategy == "linear-probe" else None
     # --no-cache means no cache at all: codes stay in memory and nothing is written to disk.
     cache = (
         None if config.no_cache else FeatureCache(config.cache_dir or default_cache_dir(), log=log)
     )
-    codes = extract_split_codes(
-        model, setup.backbone, setup.splits, weights=setup.weights.label,
-        preprocessing=setup.preprocessing, cache=cache, stages=[stage],
-        augmented_views=config.views, seed=config.seed, batch_size=config.batch_size,
-        num_workers=setup.num_workers, device=setup.device, log=log,
-    )[stage]  # fmt: skip
+
+    def split_codes(splits: DatasetSplits) -> SplitCodes:
+        return extract_split_codes(
+            model, setup.backbone, splits, weights=setup.weights.label,
+            preprocessing=setup.preprocessing, cache=cache, stages=[stage],
+            augmented_views=config.views, seed=config.seed, batch_size=config.batch_size,
+            num_workers=setup.num_workers, device=setup.device, log=log,
+        )[stage]  # fmt: skip
+
+    if job.world_size > 1 and cache is not None:
+        shares = {phase: distributed.shard(job, s) for phase, s in setup.splits.samples.items()}
+        # A share of nothing but unreadable images raises: rank 0's full pass reports them.
+        with contextlib.suppress(UnreadableImagesError):
+            split_codes(replace(setup.splits, samples=shares))
+        distributed.barrier(job)  # every rank's codes are in the cache
+    if not job.is_main:
+        return {}
+    codes = split_codes(setup.splits)
     (config.out_dir / METRICS_FILE).write_text("")
     write_json_atomic(config.out_dir / CODES_RUN_CONFIG, config.to_json())
     head_name = "linear" if config.strategy == "feature-extract" else config.head
@@ -69,8 +91,8 @@ def _train_head(
     config = setup.config
     num_classes = len(setup.splits.class_names)
 
-    def record_epoch(record: dict[str, Any]) -> None:
-        append_metrics(config.out_dir, record)
+    def on_epoch(record: dict[str, Any]) -> None:
+        record_epoch(setup, record)
         train = f"  train acc {record['train_acc']:.4f}" if "train_acc" in record else ""
         log(f"epoch {record['epoch']:>3}  val acc {record['val_acc']:.4f}{train}")
 
@@ -84,7 +106,7 @@ def _train_head(
             step_gamma=config.step_gamma, seed=config.seed,
             # the top's head starts from the model's new head, as the classic loop's would
             init=init if config.stage is None else None,
-            class_weights=setup.class_weights, on_epoch=record_epoch,
+            class_weights=setup.class_weights, on_epoch=on_epoch,
         )  # fmt: skip
         return layer
     fit_started = time.perf_counter()
@@ -92,7 +114,7 @@ def _train_head(
         head_name, codes.train_views, codes.train_labels,
         num_classes=num_classes, seed=config.seed,
     )  # fmt: skip
-    record_epoch(
+    on_epoch(
         {
             "epoch": 1,
             "val_acc": accuracy(layer, codes.val, codes.val_labels),

@@ -93,12 +93,10 @@ def option_defaults(path: Path) -> dict[str, Any]:
 
 
 class Tracker:
-    """TensorBoard scalars and the confusion matrix for one run; does nothing when disabled."""
+    """TensorBoard scalars and the confusion matrix of one run (rank 0's, with --tensorboard)."""
 
-    def __init__(self, run_dir: Path, *, enabled: bool) -> None:
+    def __init__(self, run_dir: Path) -> None:
         self.writer: SummaryWriter | None = None
-        if not enabled:
-            return
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as error:

@@ -138,7 +138,7 @@ def set_up(config: TrainConfig, log: Log, *, fresh: bool) -> RunSetup:
         class_weights=class_weights,
         precision=resolve_precision(config.precision, device),
         distributed=job,
-        tracker=Tracker(config.out_dir, enabled=config.tensorboard) if job.is_main else None,
+        tracker=Tracker(config.out_dir) if job.is_main and config.tensorboard else None,
     )
     seed_everything(config.seed)
     if job.is_main:
