@@ -10,16 +10,18 @@ import argparse
 import io
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tlvision import __version__
 from tlvision.errors import UserError
 
 if TYPE_CHECKING:
     from tlvision.config import TrainConfig
+    from tlvision.distributed import Distributed
+    from tlvision.predict import Prediction
 
 
 DATA_HELP = "dataset folder: with train/ and val/, or flat with one folder per class"
@@ -284,29 +286,72 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
 
 
 def command_predict(arguments: argparse.Namespace) -> int:
+    from tlvision import distributed
     from tlvision.checkpoint import json_text, load_run_model
+    from tlvision.data import default_num_workers
     from tlvision.devices import resolve_device
-    from tlvision.predict import expand_image_paths, predict_images
+    from tlvision.predict import ImagePaths, stream_predictions
 
     loaded = load_run_model(arguments.run_dir)
-    paths = expand_image_paths(arguments.paths)
-    predictions = predict_images(
-        loaded, paths, top_k=arguments.top_k, device=resolve_device(arguments.device)
-    )
-    if arguments.json:
-        print(json_text([prediction.to_json() for prediction in predictions]))
-    else:
-        for prediction in predictions:
-            if prediction.error is not None:
-                print(f"{prediction.path}: error: {prediction.error}")
-                continue
-            ranked = ", ".join(f"{name} {probability:.3f}" for name, probability in prediction.top)
-            print(f"{prediction.path}: {ranked}")
-    failed = [prediction for prediction in predictions if prediction.error is not None]
+    paths = ImagePaths(arguments.paths)
+    if distributed.launched_by_torchrun() and arguments.jsonl is None:
+        raise UserError("under torchrun, predict writes JSON lines: pass --jsonl FILE")
+    job, device = distributed.start(resolve_device(arguments.device))
+    try:
+        predictions = stream_predictions(
+            loaded, paths, top_k=arguments.top_k, batch_size=arguments.batch_size,
+            device=device, rank=job.rank, world_size=job.world_size, progress=job.is_main,
+            num_workers=default_num_workers() if arguments.workers is None else arguments.workers,
+        )  # fmt: skip
+        if arguments.jsonl is not None:
+            total, failed = _predict_to_jsonl(arguments, predictions, job, device)
+        else:
+            total, failed = _print_predictions(predictions, as_json=arguments.json, text=json_text)
+    finally:
+        distributed.stop(job)
     if failed:
-        print(f"{len(failed)} of {len(predictions)} files could not be read", file=sys.stderr)
+        if job.is_main:
+            print(f"{failed} of {total} files could not be read", file=sys.stderr)
         return 1
     return 0
+
+
+def _predict_to_jsonl(
+    arguments: argparse.Namespace, predictions: Iterable[Prediction], job: Distributed, device: Any
+) -> tuple[int, int]:
+    """Write --jsonl (under torchrun: a part per rank, merged by rank 0); (total, failed)."""
+    from tlvision import distributed
+    from tlvision.predict import merge_parts, part_file, write_jsonl
+
+    target = part_file(arguments.jsonl, job.rank) if job.active else arguments.jsonl
+    total, failed = write_jsonl(predictions, target)
+    total, failed = (int(n) for n in distributed.sum_over_ranks(job, [total, failed], device))
+    distributed.barrier(job)
+    if job.active and job.is_main:
+        merge_parts(arguments.jsonl, job.world_size, arguments.batch_size)
+    if job.is_main:
+        print(f"{total} predictions written to {arguments.jsonl}", file=sys.stderr)
+    return total, failed
+
+
+def _print_predictions(
+    predictions: Iterable[Prediction], *, as_json: bool, text: Callable[[Any], str]
+) -> tuple[int, int]:
+    """Text lines as they come, or one JSON array at the end; (total, failed)."""
+    collected, total, failed = [], 0, 0
+    for prediction in predictions:
+        total += 1
+        failed += prediction.error is not None
+        if as_json:
+            collected.append(prediction.to_json())
+        elif prediction.error is not None:
+            print(f"{prediction.path}: error: {prediction.error}")
+        else:
+            ranked = ", ".join(f"{name} {probability:.3f}" for name, probability in prediction.top)
+            print(f"{prediction.path}: {ranked}", flush=True)
+    if as_json:
+        print(text(collected))
+    return total, failed
 
 
 def command_probe(arguments: argparse.Namespace) -> int:
@@ -487,6 +532,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=int, default=1)
     predict.add_argument("--json", action="store_true")
     predict.add_argument("--device", default="auto")
+    predict.add_argument(
+        "--jsonl",
+        type=Path,
+        metavar="FILE",
+        help="write one JSON line per image as it goes (required under torchrun: the ranks' "
+        "parts are merged into FILE in input order)",
+    )
+    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument(
+        "--workers", type=int, help="image-decoding processes (default: one per CPU core, up to 8)"
+    )
     predict.set_defaults(handler=command_predict)
 
     probe = commands.add_parser(

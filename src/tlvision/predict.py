@@ -1,16 +1,29 @@
-"""Class predictions for image files with a trained run directory, and nothing else."""
+"""Class predictions for image files with a trained run directory, streamed.
+
+Paths are listed lazily, decoded by DataLoader workers a batch at a time and classified as they
+arrive, so memory stays flat however many files there are: no list of decoded images, no list
+of all paths. Under torchrun each rank takes every world_size-th batch (`shard`): with
+`--jsonl FILE` rank r writes FILE.rank<r> and rank 0 then merges the parts, in input order, into
+FILE. Unreadable files get an error entry in their place.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+import json
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm import tqdm
 
 from tlvision.checkpoint import LoadedModel
-from tlvision.data import build_transforms, image_files, is_broken_link
+from tlvision.data import build_transforms, is_broken_link, is_image_file
 from tlvision.errors import UserError
 from tlvision.images import BadImageError, load_rgb_image
 
@@ -32,28 +45,165 @@ class Prediction:
         }
 
 
-def expand_image_paths(arguments: Sequence[Path]) -> list[Path]:
+def _walk_sorted(folder: Path) -> Iterator[Path]:
+    """Image files and broken image links under `folder`, in sorted path order, lazily."""
+    with os.scandir(folder) as scan:
+        entries = sorted(scan, key=lambda entry: entry.name)
+    for entry in entries:
+        path = Path(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk_sorted(path)
+        elif is_image_file(path) and (path.is_file() or is_broken_link(path)):
+            yield path
+
+
+def check_image_arguments(arguments: Sequence[Path]) -> None:
+    """Every argument exists (a file, a folder or a broken link), before any work starts."""
+    for argument in arguments:
+        if not (argument.is_dir() or argument.is_file() or is_broken_link(argument)):
+            raise UserError(f"{argument}: no such file or directory; pass image files or folders")
+
+
+def iter_image_paths(arguments: Sequence[Path]) -> Iterator[Path]:
     """Files as given; directories searched recursively for images, in a stable order.
 
-    Broken links are kept, so that each gets an error entry naming it rather than vanishing.
+    Lazy: a folder of a million files is never held as a list. Broken links are kept, so
+    that each gets an error entry naming it rather than vanishing.
     """
-    paths: list[Path] = []
+    check_image_arguments(arguments)
     for argument in arguments:
-        if argument.is_dir():
-            files, broken = image_files(argument)
-            if not files:
-                raise UserError(
-                    f"{argument}: directory holds no images; pass image files or folders"
-                )
-            paths.extend(sorted(files + broken))
-        elif argument.is_file() or is_broken_link(argument):
-            paths.append(argument)
-        else:
-            raise UserError(f"{argument}: no such file or directory; pass image files or folders")
-    return paths
+        if not argument.is_dir():
+            yield argument
+            continue
+        found = False
+        for path in _walk_sorted(argument):
+            found = True
+            yield path
+        if not found:
+            raise UserError(f"{argument}: directory holds no images; pass image files or folders")
 
 
-@torch.inference_mode()
+class ImagePaths:
+    """`iter_image_paths` as an iterable that each DataLoader worker can walk afresh."""
+
+    def __init__(self, arguments: Sequence[Path]) -> None:
+        check_image_arguments(arguments)
+        self.arguments = list(arguments)
+
+    def __iter__(self) -> Iterator[Path]:
+        return iter_image_paths(self.arguments)
+
+
+def expand_image_paths(arguments: Sequence[Path]) -> list[Path]:
+    """`iter_image_paths` as a list (for a handful of files)."""
+    return list(iter_image_paths(arguments))
+
+
+@dataclass
+class _Batch:
+    """A batch of paths: the decodable ones stacked in `images`, an error for the others."""
+
+    paths: list[Path]
+    images: torch.Tensor | None  # rows for the paths whose error is None, in order
+    errors: list[str | None]
+
+
+class _BatchStream(IterableDataset[_Batch]):
+    """Batches of decoded images, this rank's and this worker's share, in input order.
+
+    Batch i belongs to rank i % world_size; a rank's k-th batch to worker k % workers. The
+    DataLoader takes one batch from each worker in turn, so batches come out in input order.
+    """
+
+    def __init__(
+        self, paths: Iterable[Path], transform: Any, batch_size: int, rank: int, world_size: int
+    ) -> None:
+        self.paths, self.transform, self.batch_size = paths, transform, batch_size
+        self.rank, self.world_size = rank, world_size
+
+    def __iter__(self) -> Iterator[_Batch]:
+        worker = get_worker_info()
+        workers, worker_id = (worker.num_workers, worker.id) if worker is not None else (1, 0)
+        paths = iter(self.paths)
+        chunks = iter(lambda: list(itertools.islice(paths, self.batch_size)), [])
+        for index, chunk in enumerate(chunks):
+            local, rank = divmod(index, self.world_size)
+            if rank == self.rank and local % workers == worker_id:
+                yield self._decode(chunk)
+
+    def _decode(self, paths: list[Path]) -> _Batch:
+        tensors: list[torch.Tensor] = []
+        errors: list[str | None] = []
+        for path in paths:
+            try:
+                tensors.append(self.transform(load_rgb_image(path)))
+                errors.append(None)
+            except BadImageError as error:
+                errors.append(error.reason)
+        return _Batch(paths, torch.stack(tensors) if tensors else None, errors)
+
+
+def _keep(batch: _Batch) -> _Batch:
+    """The DataLoader's collate: batches arrive made."""
+    return batch
+
+
+def stream_predictions(
+    loaded: LoadedModel,
+    paths: Iterable[Path],
+    *,
+    top_k: int = 1,
+    batch_size: int = 32,
+    device: torch.device | None = None,
+    num_workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = False,
+) -> Iterator[Prediction]:
+    """Top-k classes per image as each batch is classified; an `error` entry for unreadable
+    files. `paths` may be a lazy iterator: it is walked once per loader worker."""
+    if top_k < 1:
+        raise UserError("--top-k must be at least 1")
+    top_k = min(top_k, len(loaded.class_names))
+    device = device or torch.device("cpu")
+    model = loaded.model.to(device).to(memory_format=torch.channels_last).eval()
+    transform = build_transforms(loaded.preprocessing)["val"]
+    loader = DataLoader(
+        _BatchStream(paths, transform, batch_size, rank, world_size),
+        batch_size=None, num_workers=num_workers, collate_fn=_keep,  # type: ignore[arg-type]
+        pin_memory=device.type == "cuda", prefetch_factor=2 if num_workers else None,
+    )  # fmt: skip
+    bar = tqdm(desc="predict", unit="img", disable=None if progress else True, file=sys.stderr)
+    with bar, torch.inference_mode():
+        for batch in loader:
+            yield from _classify(model, loaded.class_names, batch, top_k, device)
+            bar.update(len(batch.paths))
+
+
+def _classify(
+    model: torch.nn.Module,
+    class_names: Sequence[str],
+    batch: _Batch,
+    top_k: int,
+    device: torch.device,
+) -> Iterator[Prediction]:
+    rows: Iterator[tuple[torch.Tensor, torch.Tensor]] = iter(())
+    if batch.images is not None:
+        images = batch.images.to(device, non_blocking=True, memory_format=torch.channels_last)
+        probabilities = torch.softmax(model(images).float(), dim=1).cpu()
+        values, indices = probabilities.topk(top_k, dim=1)
+        rows = zip(values, indices, strict=True)
+    for path, error in zip(batch.paths, batch.errors, strict=True):
+        if error is not None:
+            yield Prediction(path=path, top=(), error=error)
+            continue
+        row_values, row_indices = next(rows)
+        top = tuple(
+            (class_names[int(i)], float(v)) for v, i in zip(row_values, row_indices, strict=True)
+        )
+        yield Prediction(path=path, top=top)
+
+
 def predict_images(
     loaded: LoadedModel,
     paths: Sequence[Path],
@@ -62,29 +212,43 @@ def predict_images(
     batch_size: int = 32,
     device: torch.device | None = None,
 ) -> list[Prediction]:
-    """Top-k classes per image. Unreadable files get an `error` entry instead of stopping."""
-    if top_k < 1:
-        raise UserError("--top-k must be at least 1")
-    top_k = min(top_k, len(loaded.class_names))
-    device = device or torch.device("cpu")
-    model = loaded.model.to(device).eval()
-    transform = build_transforms(loaded.preprocessing)["val"]
-    results: dict[int, Prediction] = {}
-    readable: list[tuple[int, torch.Tensor]] = []
-    for index, path in enumerate(paths):
-        try:
-            readable.append((index, transform(load_rgb_image(path))))
-        except BadImageError as error:
-            results[index] = Prediction(path=path, top=(), error=error.reason)
-    for start in range(0, len(readable), batch_size):
-        batch = readable[start : start + batch_size]
-        images = torch.stack([tensor for _, tensor in batch]).to(device)
-        probabilities = torch.softmax(model(images).float(), dim=1).cpu()
-        values, indices = probabilities.topk(top_k, dim=1)
-        for (index, _), row_values, row_indices in zip(batch, values, indices, strict=True):
-            top = tuple(
-                (loaded.class_names[int(i)], float(v))
-                for v, i in zip(row_values, row_indices, strict=True)
-            )
-            results[index] = Prediction(path=paths[index], top=top)
-    return [results[index] for index in range(len(paths))]
+    """Top-k classes per image, in order. Unreadable files get an `error` entry instead of
+    stopping."""
+    return list(
+        stream_predictions(loaded, paths, top_k=top_k, batch_size=batch_size, device=device)
+    )
+
+
+def write_jsonl(predictions: Iterable[Prediction], jsonl: Path) -> tuple[int, int]:
+    """One JSON line per prediction, flushed a batch at a time; (lines, errors)."""
+    lines = errors = 0
+    with jsonl.open("w", encoding="utf-8") as out:
+        for prediction in predictions:
+            # ensure_ascii: a file name that is not UTF-8 is written with \\udcXX escapes
+            out.write(json.dumps(prediction.to_json()) + "\n")
+            lines += 1
+            errors += prediction.error is not None
+    return lines, errors
+
+
+def part_file(jsonl: Path, rank: int) -> Path:
+    return jsonl.with_name(f"{jsonl.name}.rank{rank}")
+
+
+def merge_parts(jsonl: Path, world_size: int, batch_size: int) -> None:
+    """Interleave the ranks' part files batch by batch into `jsonl` (input order), then delete
+    them. Each path has exactly one line, so rank r's k-th batch is its next batch_size lines."""
+    parts = [part_file(jsonl, rank) for rank in range(world_size)]
+    handles = [part.open(encoding="utf-8") for part in parts]
+    try:
+        with jsonl.open("w", encoding="utf-8") as out:
+            for rank in itertools.cycle(range(world_size)):
+                lines = list(itertools.islice(handles[rank], batch_size))
+                out.writelines(lines)
+                if len(lines) < batch_size:
+                    break  # the last batch: every later rank's parts are already empty
+    finally:
+        for handle in handles:
+            handle.close()
+    for part in parts:
+        part.unlink()
