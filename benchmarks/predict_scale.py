@@ -1,0 +1,169 @@
+"""Streaming `tlvision predict --jsonl` at scale: throughput against the bare model, and memory.
+
+Makes a folder of N images by linking the reference set's files over and over (symlinks in
+folders of 1,000), trains a small run on the demo set for the model, then in one run:
+  1. the bare model's forward rate on preloaded tensors (batches of 32, no decoding at all),
+  2. `tlvision predict RUN FOLDER --jsonl OUT` as a subprocess over --small and --images
+     images, sampling the memory of the process and its loader workers every 0.25 s,
+  3. the bare forward rate again (other load on the machine moves both; the mean is used).
+Prints images/s side by side with their ratio and the peak memory at both sizes.
+
+    python benchmarks/predict_scale.py --data ../shared/data/hymenoptera_data \\
+        --images 20000 --small 2000
+
+Linux only (memory from /proc). The predict rate counts from its first written line to its
+exit: the model load and the process start are not the streaming's cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from tlvision.checkpoint import load_run_model
+from tlvision.cli import demo_data_dir
+from tlvision.config import TrainConfig
+from tlvision.data import build_transforms, is_image_file
+from tlvision.images import load_rgb_image
+from tlvision.training import fit
+
+BATCH = 32
+
+
+def link_images(source: Path, target: Path, count: int) -> None:
+    """`count` symlinks to the source's images, cycling through them, 1,000 per folder."""
+    files = sorted(path for path in source.rglob("*") if is_image_file(path) and path.is_file())
+    for index in range(count):
+        folder = target / f"part{index // 1000:03d}"
+        if index % 1000 == 0:
+            folder.mkdir(parents=True)
+        original = files[index % len(files)]
+        (folder / f"{index:06d}{original.suffix}").symlink_to(original.resolve())
+
+
+def forward_rate(run: Path, images: list[Path], seconds: float) -> float:
+    """Images/s of the bare model on preloaded, preprocessed tensors, as predict runs it."""
+    loaded = load_run_model(run)
+    transform = build_transforms(loaded.preprocessing)["val"]
+    batch = torch.stack([transform(load_rgb_image(path)) for path in images[:BATCH]])
+    batch = batch.contiguous(memory_format=torch.channels_last)
+    model = loaded.model.to(memory_format=torch.channels_last).eval()
+    with torch.inference_mode():
+        model(batch)  # warm-up
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            torch.softmax(model(batch).float(), dim=1).topk(1, dim=1)
+            done += BATCH
+    return done / (time.perf_counter() - started)
+
+
+def tree_memory(pid: int) -> tuple[int, int, int]:
+    """Bytes: (RSS of `pid`, RSS summed over it and its descendants, PSS summed likewise).
+
+    Summed RSS counts the pages the loader workers share with the main process (torch's
+    libraries, forked memory) once per process; PSS splits each shared page among its users,
+    so the PSS sum is the tree's real footprint.
+    """
+    rss = pss = 0
+    main_rss = None
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            for line in Path(f"/proc/{current}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1]) * 1024
+                    main_rss = rss if main_rss is None else main_rss
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1]) * 1024
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue  # ended between listing and reading
+        pending += [int(child) for child in children]
+    return main_rss or 0, rss, pss
+
+
+def streamed_predict(run: Path, folder: Path, count: int, workers: int) -> dict[str, float]:
+    out = folder.parent / f"predictions-{count}.jsonl"
+    command = [
+        sys.executable, "-m", "tlvision", "predict", str(run), str(folder),
+        "--jsonl", str(out), "--batch-size", str(BATCH), "--workers", str(workers),
+    ]  # fmt: skip
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peaks = [0, 0, 0]
+    first_line = None
+    while process.poll() is None:
+        peaks = [max(peak, now) for peak, now in zip(peaks, tree_memory(process.pid), strict=True)]
+        if first_line is None and out.exists() and out.stat().st_size > 0:
+            first_line = time.perf_counter()
+        time.sleep(0.25)
+    ended = time.perf_counter()
+    if process.returncode != 0:
+        raise SystemExit(f"predict failed: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+    lines = sum(1 for _ in out.open())
+    assert lines == count, f"{lines} lines for {count} images"
+    first_line = first_line or started
+    return {
+        "images": count,
+        "wall_seconds": ended - started,
+        "rate": (count - BATCH) / max(1e-9, ended - first_line),
+        "main_rss_gb": peaks[0] / 1e9,
+        "tree_rss_gb": peaks[1] / 1e9,
+        "tree_pss_gb": peaks[2] / 1e9,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/hymenoptera_data"))
+    parser.add_argument("--images", type=int, default=20_000)
+    parser.add_argument("--small", type=int, default=2_000)
+    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--input-size", type=int, default=224)
+    parser.add_argument("--forward-seconds", type=float, default=20.0)
+    arguments = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="predict-scale-") as temporary:
+        root = Path(temporary)
+        run = root / "run"
+        fit(
+            TrainConfig(
+                data_dir=demo_data_dir(), out_dir=run, strategy="feature-extract", epochs=1,
+                input_size=arguments.input_size, no_cache=True,
+            ),
+            log=lambda _: None,
+        )  # fmt: skip
+        sample = sorted(p for p in arguments.data.rglob("*.jpg"))[:BATCH]
+        # the bare rate just before and just after each streamed run: load elsewhere drifts
+        forward = [forward_rate(run, sample, arguments.forward_seconds)]
+        results = []
+        for count in (arguments.small, arguments.images):
+            folder = root / f"images-{count}"
+            link_images(arguments.data, folder, count)
+            results.append(streamed_predict(run, folder, count, arguments.workers))
+            forward.append(forward_rate(run, sample, arguments.forward_seconds))
+    print(
+        f"cores {len(os.sched_getaffinity(0))}, torch threads {torch.get_num_threads()}, "
+        f"loader workers {arguments.workers}, input {arguments.input_size}px, batch {BATCH}"
+    )
+    print("bare forward on preloaded tensors (img/s): " + ", ".join(f"{r:.1f}" for r in forward))
+    for index, result in enumerate(results):
+        bare = (forward[index] + forward[index + 1]) / 2
+        print(
+            f"predict --jsonl {result['images']:>6} images: {result['rate']:.1f} img/s, "
+            f"{result['rate'] / bare:.2f}x the bare forward around it ({bare:.1f}); "
+            f"wall {result['wall_seconds']:.0f}s; peak memory: main process RSS "
+            f"{result['main_rss_gb']:.2f} GB, with workers PSS {result['tree_pss_gb']:.2f} GB "
+            f"(summed RSS {result['tree_rss_gb']:.2f} GB)"
+        )
+
+
+if __name__ == "__main__":
+    main()
