@@ -10,6 +10,7 @@ accuracies and learning rate, and at the end the val confusion matrix as an imag
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,11 +43,14 @@ SCALAR_TAGS = {
 }
 
 
-def write_config_toml(config: TrainConfig) -> None:
+def write_config_toml(config: TrainConfig, log: Callable[[str], None]) -> None:
     """RUN/config.toml: every set field of the config (TOML has no null: unset ones are left
     out and read back as their defaults)."""
-    import tomli_w
-
+    try:
+        import tomli_w
+    except ImportError:  # a dependency; missing only from a hand-made environment
+        log("note: tomli-w is not installed, so no config.toml (pip install tomli-w)")
+        return
     values = {
         key: value
         for key, value in config.to_json().items()

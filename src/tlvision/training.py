@@ -143,9 +143,12 @@ def set_up(config: TrainConfig, log: Log, *, fresh: bool) -> RunSetup:
     seed_everything(config.seed)
     if job.is_main:
         write_val_split(setup)
-        write_config_toml(config)
-    if job.world_size > 1:
-        log(f"{job.world_size} processes ({device.type}); each epoch shared among them")
+        write_config_toml(config, log)
+    if job.active:
+        log(
+            f"distributed: {job.world_size} process(es), backend "
+            f"{torch.distributed.get_backend()}, device {device}; each epoch shared among them"
+        )
     return setup
 
 
