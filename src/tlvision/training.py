@@ -81,8 +81,9 @@ def fit(
     """Train a classifier as `config` says and leave a complete run directory behind.
 
     With `checkpoint` (see `resume`), carry on from the end of its epoch instead of starting.
-    Under torchrun every rank calls this; rank 0 alone logs and writes the run directory, and
-    every rank returns the summary rank 0 wrote.
+    Under torchrun every rank calls this; rank 0 alone logs, writes the run directory and
+    returns the summary (the others return an empty dict: the run directory need not be on a
+    filesystem they share).
     """
     validate_config(config)
     setup = set_up(config, log, fresh=checkpoint is None)
@@ -94,8 +95,6 @@ def fit(
         else:
             summary = finetune(setup, model, log, checkpoint)
         distributed.barrier(setup.distributed)  # the others wait for rank 0's files
-        if not setup.distributed.is_main:
-            summary = json.loads((config.out_dir / SUMMARY_FILE).read_text())
         return summary
     finally:
         distributed.stop(setup.distributed)
