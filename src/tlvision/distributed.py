@@ -11,7 +11,6 @@ rank 0, wait for the others.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -168,17 +167,14 @@ def shard(distributed: Distributed, items: Sequence[T]) -> list[T]:
 
 def launch(nproc: int, argv: Sequence[str]) -> int:
     """`tlvision ARGV` on `nproc` local processes through torchrun (torch.distributed.run)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun_main
 
     if nproc < 1:
         raise UserError("--nproc must be at least 1")
-    torchrun_main(
-        ["--standalone", f"--nproc-per-node={nproc}", "-m", "tlvision", *argv]
-    )  # raises ChildFailedError (with each rank's error) when a rank fails
+    try:
+        torchrun_main(["--standalone", f"--nproc-per-node={nproc}", "-m", "tlvision", *argv])
+    except ChildFailedError as error:
+        # each failed rank has printed its own error; torchrun has listed the ranks
+        return max((failure.exitcode for failure in error.failures.values()), default=1) or 1
     return 0
-
-
-def quiet_unless_main(distributed: Distributed) -> None:
-    """Ranks other than 0 print nothing: one log, one set of progress bars."""
-    if not distributed.is_main:
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
