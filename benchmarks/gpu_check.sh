@@ -6,7 +6,7 @@
 #   PYTHON=/path/to/python TORCH_HOME=/path/to/torch-home bash benchmarks/gpu_check.sh DATA [OUT]
 #
 # DATA: the reference set (train/ and val/). PYTHON: an interpreter with torch, torchvision,
-# numpy, pillow, safetensors, tqdm and tomli-w (checked first). TORCH_HOME: where the pretrained
+# numpy, pillow, safetensors and tqdm (checked first; tomli-w too if it should write config.toml). TORCH_HOME: where the pretrained
 # weights already are (hub/checkpoints/mobilenet_v2-b0353104.pth): the machine needs no network.
 # OUT (default: a new temporary folder) receives the runs. Self-contained: runs tlvision from this
 # checkout's src/. Optional: DEVICE (cuda), EPOCHS (3), EXTRA (more train options), and
@@ -28,11 +28,15 @@ echo "== environment"
 "$PYTHON" - <<'EOF'
 import importlib, platform, sys
 missing = []
-for name in ("torch", "torchvision", "numpy", "PIL", "safetensors", "tqdm", "tomli_w"):
+for name in ("torch", "torchvision", "numpy", "PIL", "safetensors", "tqdm"):
     try:
         importlib.import_module(name)
     except ImportError:
         missing.append(name)
+try:
+    import tomli_w
+except ImportError:
+    print("note: no tomli-w here, so the runs write no config.toml (nothing else changes)")
 if missing:
     sys.exit(f"missing Python packages: {', '.join(missing)} (install them, or pass a folder "
              "holding them as EXTRA_PYTHONPATH)")
