@@ -76,8 +76,14 @@ step() {  # NAME RUN ARGS...: run a command, time it, summarise the run it wrote
     echo "== $name: $*"
     local begin end
     begin=$(date +%s.%N)
-    "$@"
+    local status=0
+    "$@" || status=$?
     end=$(date +%s.%N)
+    if [ "$status" -ne 0 ]; then  # go on: the other checks still tell something
+        ROWS+=("$name: FAILED with exit status $status (its output is above)")
+        echo "${ROWS[-1]}"
+        return
+    fi
     summarise "$name" "$run" "$("$PYTHON" -c "print($end - $begin)")"
 }
 
@@ -100,7 +106,7 @@ echo
 echo "== streaming predict over $DATA/val on $DEVICE"
 begin=$(date +%s.%N)
 "$PYTHON" -m tlvision predict "$OUT/finetune-auto" "$DATA/val" --device "$DEVICE" \
-    --jsonl "$OUT/predictions.jsonl"
+    --jsonl "$OUT/predictions.jsonl" || echo "predict: exit status $? (1: some files unreadable)"
 end=$(date +%s.%N)
 lines=$(wc -l < "$OUT/predictions.jsonl")
 predict_row=$("$PYTHON" -c "print(f'predict --jsonl: {$lines} images in {$end - $begin:.1f}s \
