@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tlvision.advise import recommended_input_size
+from tlvision import demo_data_dir
+from tlvision.advisor import recommended_input_size
 from tlvision.cli import main
 
 
@@ -23,8 +24,6 @@ def test_input_size_follows_native_resolution() -> None:
 def test_advice_on_demo_photos_is_frozen_features_and_reproducible(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    from tlvision.cli import demo_data_dir
-
     arguments = ["advise", str(demo_data_dir()), "--json", "--cache-dir", str(tmp_path)]
     assert main(arguments) == 0
     first = json.loads(capsys.readouterr().out)
@@ -54,8 +53,6 @@ def test_train_auto_runs_the_advice_and_records_it(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     import shutil
-
-    from tlvision.cli import demo_data_dir
 
     # Only train/: the advisor must measure the same seeded split that training then uses.
     data = tmp_path / "photos"
@@ -91,7 +88,6 @@ def test_train_auto_runs_the_advice_and_records_it(
 def test_train_auto_with_no_cache_writes_no_codes_to_disk(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    from tlvision.cli import demo_data_dir
 
     cache = tmp_path / "cache"
     arguments = ["train", str(demo_data_dir()), "--strategy", "auto", "--no-cache"]

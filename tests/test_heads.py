@@ -26,16 +26,16 @@ from tlvision.backbones import (
     preprocessing_for,
 )
 from tlvision.codes_cache import FeatureCache
+from tlvision.config import HEADS
 from tlvision.data import ImageDataset, build_transforms, find_splits
 from tlvision.errors import UserError
 from tlvision.heads import (
-    HEADS,
     fit_sklearn_head,
     select_C,
     sklearn_to_linear,
     train_linear_head,
 )
-from tlvision.probe import format_probe_table, probe
+from tlvision.probing import format_probe_table, probe
 from tlvision.split_codes import extract_split_codes
 from tlvision.stages import StageClassifier, StageCodes
 

@@ -23,7 +23,6 @@ from tlvision.codes_shards import rows_per_block
 from tlvision.errors import UserError
 from tlvision.schedules import make_scheduler
 
-HEADS = ("linear", "logreg", "svm")
 SKLEARN_HEADS = ("logreg", "svm")
 OPTIMIZERS = ("sgd", "adamw")
 DEFAULT_C_GRID = (0.0001, 0.001, 0.01, 0.1, 1.0, 10.0)
