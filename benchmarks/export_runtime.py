@@ -24,10 +24,11 @@ import onnxruntime
 import torch
 
 from tlvision.checkpoint import load_run_model
+from tlvision.config import TrainConfig
 from tlvision.export import ExportRequest, export_model
 from tlvision.parity_data import load_pixels, run_splits
 from tlvision.runtime import OnnxClassifier, TorchClassifier
-from tlvision.training import TrainConfig, fit
+from tlvision.training import fit
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera_data"
 THREADS = 2

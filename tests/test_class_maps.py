@@ -21,9 +21,10 @@ from tlvision.class_maps import (
     overlay_png,
 )
 from tlvision.cli import main
+from tlvision.config import TrainConfig
 from tlvision.images import load_rgb_image
 from tlvision.pixels import PixelNormalize
-from tlvision.training import TrainConfig, fit
+from tlvision.training import fit
 
 
 def random_loaded(backbone_name: str, classes: int = 3) -> LoadedModel:
