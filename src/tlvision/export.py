@@ -288,7 +288,10 @@ def sidecar(
             "model_sha256": sha256_file(request.run_dir / MODEL_WEIGHTS),
         },
         "versions": {"tlvision": tlvision.__version__, "torch": torch.__version__},
-        "parity": {**report.to_json(), "tolerance": request.tolerance},
+        "parity": {
+            **report.to_json(),
+            "tolerance": None if request.quantize else request.tolerance,
+        },
         "export_seconds": round(seconds, 2),
     }
 

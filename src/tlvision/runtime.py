@@ -140,7 +140,7 @@ def open_classifier(run_dir: Path, runtime: str = "auto") -> Classifier:
             "--runtime onnx needs onnxruntime: pip install 'tlvision[export]', or use torch"
         )
     try:
-        path = ensure_onnx_export(run_dir)
+        path = ensure_onnx_export(run_dir, log=lambda message: print(message, file=sys.stderr))
     except UserError as error:
         if runtime == "onnx":
             raise
