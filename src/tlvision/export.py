@@ -19,6 +19,7 @@ torch.jit.trace: a .pt that libtorch (C++) loads without Python.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import time
 import warnings
@@ -40,6 +41,7 @@ from tlvision.runtime import onnx_session
 
 FORMATS = ("onnx", "torchscript")
 OPSET = 18
+ONNX_MODULES = ("onnx", "onnxscript", "onnxruntime")  # the exporter's and the check's
 TOLERANCE = 1e-4  # max abs logit difference allowed for an fp32 export
 MAPS_SIZE_OFFSET = (32, -32)  # the maps check also runs at crop + these (height, width)
 Log = Callable[[str], None]
@@ -118,6 +120,13 @@ def validate_request(request: ExportRequest) -> None:
         raise UserError("--quantize int8 applies to --format onnx without --class-maps")
     if request.tolerance < 0:
         raise UserError("the parity tolerance must be >= 0")
+    if request.format == "onnx":
+        missing = [name for name in ONNX_MODULES if importlib.util.find_spec(name) is None]
+        if missing:
+            raise UserError(
+                f"--format onnx needs {', '.join(missing)}: pip install 'tlvision[export]' "
+                "(or use --format torchscript)"
+            )
 
 
 def build_network(loaded: LoadedModel, class_maps: bool) -> nn.Module:
@@ -245,6 +254,16 @@ def parity_failure(report: ParityReport, request: ExportRequest, path: Path) -> 
     return None
 
 
+def runtime_versions(export_format: str) -> dict[str, str]:
+    versions = {"tlvision": tlvision.__version__, "torch": torch.__version__}
+    if export_format == "onnx":
+        import onnx
+        import onnxruntime
+
+        versions.update(onnx=onnx.__version__, onnxruntime=onnxruntime.__version__)
+    return versions
+
+
 def sidecar(
     loaded: LoadedModel, request: ExportRequest, path: Path, report: ParityReport, seconds: float
 ) -> dict[str, Any]:
@@ -287,7 +306,7 @@ def sidecar(
             "run_dir": str(request.run_dir.absolute()),
             "model_sha256": sha256_file(request.run_dir / MODEL_WEIGHTS),
         },
-        "versions": {"tlvision": tlvision.__version__, "torch": torch.__version__},
+        "versions": runtime_versions(request.format),
         "parity": {
             **report.to_json(),
             "tolerance": None if request.quantize else request.tolerance,
