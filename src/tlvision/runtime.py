@@ -127,7 +127,9 @@ def ensure_onnx_export(run_dir: Path, log: Any = None) -> Path:
     return path
 
 
-def open_classifier(run_dir: Path, runtime: str = "auto") -> Classifier:
+def open_classifier(
+    run_dir: Path, runtime: str = "auto", *, onnx_threads: int = ONNX_THREADS
+) -> Classifier:
     """The run's classifier on `runtime`: torch, onnx, or auto (onnx when installed and its
     export passes the parity check, otherwise torch, saying why on stderr)."""
     if runtime not in RUNTIMES:
@@ -146,4 +148,4 @@ def open_classifier(run_dir: Path, runtime: str = "auto") -> Classifier:
             raise
         print(f"runtime auto: using torch, the ONNX export failed: {error}", file=sys.stderr)
         return TorchClassifier(loaded)
-    return OnnxClassifier(path, loaded)
+    return OnnxClassifier(path, loaded, onnx_threads)
