@@ -135,6 +135,7 @@ def test_failed_parity_check_is_an_error_and_writes_nothing(runs: dict[str, Path
     assert list(out.parent.iterdir()) == []
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_torchscript_export_and_class_maps_variant(runs: dict[str, Path]) -> None:
     run = runs["finetune"]
     document = export_model(ExportRequest(run_dir=run, format="torchscript"))

@@ -94,8 +94,9 @@ def default_out(request: ExportRequest) -> Path:
     return request.run_dir / "export" / (name + suffix)
 
 
-def export_is_current(path: Path, run_dir: Path) -> bool:
-    """True when `path` and its sidecar exist, match each other and the run's weights."""
+def export_is_current(path: Path, run_dir: Path, *, kind: str | None = None) -> bool:
+    """True when `path` and its sidecar exist, match each other and the run's weights (and,
+    given `kind`, the export is an unquantized one of that kind: "classifier" or "class-maps")."""
     import json
 
     sidecar = sidecar_path(path)
@@ -106,6 +107,7 @@ def export_is_current(path: Path, run_dir: Path) -> bool:
         return bool(
             document["file_sha256"] == sha256_file(path)
             and document["source"]["model_sha256"] == sha256_file(run_dir / MODEL_WEIGHTS)
+            and (kind is None or (document["kind"] == kind and not document["quantized"]))
         )
     except (KeyError, TypeError, ValueError):
         return False

@@ -120,7 +120,7 @@ def ensure_onnx_export(run_dir: Path, log: Any = None) -> Path:
     from tlvision.export import ExportRequest, export_is_current, export_model
 
     path = runtime_onnx_path(run_dir)
-    if export_is_current(path, run_dir):
+    if export_is_current(path, run_dir, kind="classifier"):
         return path
     path.parent.mkdir(exist_ok=True)
     export_model(ExportRequest(run_dir=run_dir, format="onnx", out=path), log=log)
