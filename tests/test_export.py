@@ -176,3 +176,20 @@ def test_cli_export_and_bad_requests(
     assert "--quantize int8 applies to --format onnx" in capsys.readouterr().err
     assert main(["export", str(tmp_path), "--format", "onnx"]) == 2
     assert "not a tlvision run directory" in capsys.readouterr().err
+
+
+def test_auto_runtime_falls_back_to_torch_without_check_images(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run whose data is gone cannot have its export checked: auto says so and uses torch."""
+    moved = tmp_path / "moved-run"
+    moved.mkdir()
+    source = runs["feature-extract"]
+    (moved / "model.safetensors").write_bytes((source / "model.safetensors").read_bytes())
+    metadata = json.loads((source / "model.json").read_text())
+    metadata["config"]["data_dir"] = str(tmp_path / "gone")
+    (moved / "model.json").write_text(json.dumps(metadata))
+    assert open_classifier(moved, "auto").runtime == "torch"
+    assert "using torch" in capsys.readouterr().err
+    with pytest.raises(UserError, match="pass --data"):
+        open_classifier(moved, "onnx")
