@@ -271,8 +271,8 @@ class Run:
     ) -> list[Prediction]:
         """Top-k classes for each image: files, folders (searched recursively), PIL images or
         arrays of pixels, one or a list. An unreadable file gets an `error` instead of stopping."""
+        from tlvision.devices import resolve_device
         from tlvision.predict import image_inputs, predict_images
-        from tlvision.training import resolve_device
 
         return predict_images(
             self.model(),
@@ -287,8 +287,8 @@ class Run:
     ) -> ClassificationReport:
         """Accuracy, per-class precision/recall/F1 and confusion matrix on a split folder whose
         class folders this model knows (as `tlvision evaluate`)."""
+        from tlvision.devices import resolve_device
         from tlvision.evaluation import evaluate_run
-        from tlvision.training import resolve_device
 
         return evaluate_run(
             self.run_dir, Path(split_dir), device=resolve_device(device), batch_size=batch_size
