@@ -215,14 +215,14 @@ def test_val_split_is_stratified_seeded_and_recorded(tiny_dataset: Path, tmp_pat
     assert json.loads((run / "summary.json").read_text())["val_split"] == 0.25
 
 
-def eight_circles_two_squares(dataset_factory) -> Path:  # type: ignore[no-untyped-def]
-    data: Path = dataset_factory(per_class={"train": 8, "val": 2})
+def eight_circles_two_squares(dataset_factory: Callable[..., Path]) -> Path:
+    data = dataset_factory(per_class={"train": 8, "val": 2})
     for file in sorted((data / "train" / "squares").iterdir())[:6]:
         file.unlink()
     return data
 
 
-def test_class_weights_auto(dataset_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_class_weights_auto(dataset_factory: Callable[..., Path], tmp_path: Path) -> None:
     data = eight_circles_two_squares(dataset_factory)
     run = tmp_path / "run"
     assert main(["train", str(data), "--out", str(run), "--class-weights", "auto",
@@ -241,9 +241,11 @@ def val_logits(run: Path, data: Path) -> tuple[torch.Tensor, torch.Tensor]:
         return loaded.model.eval()(images), torch.tensor([label for _, label in samples])
 
 
-def test_class_weights_reach_the_fine_tuning_loss(dataset_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_class_weights_reach_the_fine_tuning_loss(
+    dataset_factory: Callable[..., Path], tmp_path: Path
+) -> None:
     data = eight_circles_two_squares(dataset_factory)
-    records = {}
+    records: dict[str, dict[str, float]] = {}
     for choice in ("none", "auto"):
         weighting = ["--class-weights", "auto"] if choice == "auto" else []
         assert main(["train", str(data), "--out", str(tmp_path / choice), "--strategy",
