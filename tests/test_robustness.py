@@ -103,7 +103,7 @@ def press_ctrl_c(image: torch.Tensor) -> torch.Tensor:
 @pytest.fixture
 def resume_dataset(dataset_factory) -> Path:  # type: ignore[no-untyped-def]
     return dataset_factory(
-        classes=("circles", "squares", "stripes"), per_class={"train": 24, "val": 8}
+        classes=("circles", "squares", "stripes"), per_class={"train": 12, "val": 4}
     )
 
 
