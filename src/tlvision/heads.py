@@ -368,7 +368,8 @@ def select_C(
             scores[position] += float(
                 (estimator.predict(test_codes) == labels[np.sort(test_rows)]).mean()
             )
-    return float(grid[int(np.argmax(scores))])
+    best = [C for C, score in zip(grid, scores, strict=True) if score == scores.max()]
+    return float(min(best))  # ties: the most regularised
 
 
 def sklearn_to_linear(
