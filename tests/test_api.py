@@ -201,6 +201,30 @@ def test_predict_takes_paths_pil_images_and_arrays(
         api_run.predict([3])  # type: ignore[list-item]
 
 
+def test_run_exports_and_maps_like_the_commands(
+    api_run: tlvision.Run, odd_dataset: Path, tmp_path: Path
+) -> None:
+    """Run.export writes a checked ONNX file; Run.class_maps reads an image at its own size."""
+    import onnxruntime
+
+    check_data = write_dataset(tmp_path / "more", per_class={"train": 4, "val": 16})
+    for split in ("train", "val"):  # the parity check needs 32 images of the model's classes
+        (check_data / split / "squares").rename(check_data / split / ODD_CLASS)
+    exported = api_run.export(out=api_run.run_dir / "api.onnx", data=check_data)
+    sidecar = json.loads(exported.with_name(exported.name + ".json").read_text())
+    assert exported.is_file() and sidecar["classes"] == api_run.classes
+    path = odd_dataset / "val" / ODD_CLASS / "squares_0.jpg"
+    pixels = np.asarray(Image.open(path).convert("RGB").resize((64, 64)))[None]
+    session = onnxruntime.InferenceSession(str(exported))
+    logits = session.run(None, {session.get_inputs()[0].name: pixels})[0]
+    assert api_run.classes[int(logits.argmax())] == api_run.predict(path)[0].top[0][0]
+    maps = api_run.class_maps(Image.open(path).resize((96, 64)))
+    assert maps.logits.shape[0] == len(api_run.classes)
+    assert maps.logits.shape[1:] != (1, 1)  # a map, not one number
+    with pytest.raises(tlvision.UserError, match="one image"):
+        api_run.class_maps([path, path])
+
+
 def test_repr_html_holds_classes_and_accuracies(
     api_run: tlvision.Run, odd_dataset: Path, tmp_path: Path
 ) -> None:

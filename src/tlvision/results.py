@@ -16,11 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from tlvision.errors import UserError
+
 if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
 
     from tlvision.checkpoint import LoadedModel
+    from tlvision.class_maps import ClassMaps
     from tlvision.evaluation import ClassificationReport
 
 __all__ = ["Advice", "CheckReport", "ImageLike", "Prediction", "ProbeTable", "Run"]
@@ -293,6 +296,41 @@ class Run:
         return evaluate_run(
             self.run_dir, Path(split_dir), device=resolve_device(device), batch_size=batch_size
         )
+
+    def export(
+        self,
+        format: str = "onnx",
+        *,
+        out: str | Path | None = None,
+        class_maps: bool = False,
+        quantize: str | None = None,
+        data: str | Path | None = None,
+    ) -> Path:
+        """Export the model as `tlvision export` does (parity checked before it counts as
+        written); returns the file's path (its JSON sidecar is beside it, name + ".json")."""
+        from tlvision.export import ExportRequest, default_out, export_model
+
+        request = ExportRequest(
+            run_dir=self.run_dir,
+            format=format,
+            out=None if out is None else Path(out),
+            class_maps=class_maps,
+            quantize=quantize,
+            data=None if data is None else Path(data),
+        )
+        export_model(request)
+        return request.out or default_out(request)
+
+    def class_maps(self, image: ImageLike) -> ClassMaps:
+        """Per-class score maps of one image at its own size (the head read as a 1x1
+        convolution over the last feature map); `.top(k)`, `.probability_maps()`."""
+        from tlvision.class_maps import class_mapper, class_maps
+        from tlvision.predict import image_inputs, rgb_image
+
+        inputs = image_inputs(image)
+        if len(inputs) != 1:
+            raise UserError(f"class_maps takes one image; got {len(inputs)}")
+        return class_maps(class_mapper(self.model()), rgb_image(inputs[0], 0))
 
     def __repr__(self) -> str:
         return (
