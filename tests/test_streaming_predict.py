@@ -10,7 +10,8 @@ import pytest
 
 from tlvision.cli import main
 from tlvision.config import TrainConfig
-from tlvision.predict import expand_image_paths, merge_parts, part_file
+from tlvision.predict import expand_image_paths
+from tlvision.streaming import merge_parts, part_file
 from tlvision.training import fit
 
 

@@ -1,28 +1,24 @@
 """The `tlvision` command: train, evaluate, predict, demo, weights, backbones.
 
-Every problem the user can fix is a UserError: one line on stderr naming the file and the fix,
-exit status 2, no traceback.
+The commands are the Python API (api.py) plus printing: each handler calls the API function of
+the same name with the parsed options and prints what it returns. Every problem the user can fix
+is a UserError: one line on stderr naming the file and the fix, exit status 2, no traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
-import time
-from collections.abc import Callable, Iterable, Sequence
-from importlib import resources
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from tlvision import __version__
+from tlvision import __version__, api
+from tlvision.checkpoint import json_text
+from tlvision.config import ADVISE_TIME_BUDGET_MINUTES, DEFAULT_BACKBONE, HEADS, TrainConfig
 from tlvision.errors import UserError
-
-if TYPE_CHECKING:
-    from tlvision.config import TrainConfig
-    from tlvision.distributed import Distributed
-    from tlvision.predict import Prediction
-
 
 DATA_HELP = "dataset folder: with train/ and val/, or flat with one folder per class"
 VAL_SPLIT_HELP = (
@@ -31,8 +27,9 @@ VAL_SPLIT_HELP = (
 )
 
 
-def _default_out(prefix: str) -> Path:
-    return Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+def _show_progress() -> bool:
+    """Progress bars when someone watches: stderr is a terminal (tqdm's own rule)."""
+    return sys.stderr.isatty()
 
 
 def _add_cache_options(parser: argparse.ArgumentParser) -> None:
@@ -43,18 +40,14 @@ def _add_cache_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
-    from tlvision.backbones import BACKBONES, DEFAULT_BACKBONE
-    from tlvision.config import TrainConfig
-    from tlvision.devices import PRECISIONS
-    from tlvision.heads import HEADS
-    from tlvision.schedules import SCHEDULES
-    from tlvision.strategies import STRATEGIES
+    from tlvision.backbones import BACKBONES
+    from tlvision.config import PRECISIONS, SCHEDULES, STRATEGIES
 
     defaults = TrainConfig(data_dir=Path("."), out_dir=Path("."))
     parser.add_argument("--out", type=Path, help="run directory (default: runs/<strategy>-<time>)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     parser.add_argument(
-        "--backbone", default=DEFAULT_BACKBONE, help=f"one of {', '.join(BACKBONES)}"
+        "--backbone", default=defaults.backbone, help=f"one of {', '.join(BACKBONES)}"
     )
     parser.add_argument(
         "--weights",
@@ -79,14 +72,14 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--head",
-        default="linear",
+        default=defaults.head,
         choices=HEADS,
         help="linear-probe: softmax layer (torch), logistic regression or linear SVM (sklearn)",
     )
     parser.add_argument(
         "--views",
         type=int,
-        default=0,
+        default=defaults.views,
         help="frozen routes: augmented views per train image beside the centre crop (default 0)",
     )
     _add_cache_options(parser)
@@ -109,7 +102,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     parser.add_argument("--schedule", default=defaults.schedule, choices=SCHEDULES)
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument(
         "--workers", type=int, help="data-loader processes (default: one per CPU core, up to 8)"
     )
@@ -149,40 +142,17 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _train_config(arguments: argparse.Namespace, data_dir: Path, out_dir: Path) -> TrainConfig:
-    from tlvision.config import TrainConfig
-
-    return TrainConfig(
-        data_dir=data_dir,
-        out_dir=out_dir,
-        backbone=arguments.backbone,
-        weights=arguments.weights,
-        strategy=arguments.strategy,
-        freeze_until=arguments.freeze_until,
-        input_size=arguments.input_size,
-        stage=arguments.stage,
-        head=arguments.head,
-        views=arguments.views,
-        cache_dir=arguments.cache_dir,
-        no_cache=arguments.no_cache,
-        epochs=arguments.epochs,
-        batch_size=arguments.batch_size,
-        learning_rate=arguments.lr,
-        backbone_lr_mult=arguments.backbone_lr_mult,
-        momentum=arguments.momentum,
-        weight_decay=arguments.weight_decay,
-        schedule=arguments.schedule,
-        seed=arguments.seed,
-        device=arguments.device,
-        num_workers=arguments.workers,
-        val_split=arguments.val_split,
-        class_weights=arguments.class_weights,
-        precision=arguments.precision,
-        tensorboard=arguments.tensorboard,
-        overwrite=arguments.overwrite,
-        # settings with no option of their own, from --config (else the defaults)
-        **{name: getattr(arguments, name) for name in CONFIG_ONLY if hasattr(arguments, name)},
-    )
+def _train_options(arguments: argparse.Namespace) -> dict[str, Any]:
+    """The parsed train flags as api.train's keywords (the same names)."""
+    names = (
+        "strategy", "backbone", "epochs", "out", "overwrite", "weights", "freeze_until", "stage",
+        "head", "views", "cache_dir", "no_cache", "input_size", "batch_size", "lr",
+        "backbone_lr_mult", "momentum", "weight_decay", "schedule", "seed", "device", "workers",
+        "val_split", "class_weights", "precision", "tensorboard",
+    )  # fmt: skip
+    options = {name: getattr(arguments, name) for name in names}
+    # settings with no option of their own come only from --config
+    return options | {name: getattr(arguments, name) for name in CONFIG_ONLY if name in arguments}
 
 
 CONFIG_ONLY = ("step_epochs", "step_gamma")  # TrainConfig fields set only through --config
@@ -222,12 +192,11 @@ def announce_layout(data_dir: Path, val_split: float | None) -> None:
 
 def command_train(arguments: argparse.Namespace) -> int:
     from tlvision.distributed import launch, launched_by_torchrun
-    from tlvision.training import fit, resume
 
     if arguments.nproc is not None and not launched_by_torchrun():
         return launch(arguments.nproc, without_option(arguments.argv, "--nproc"))
     if arguments.resume is not None:
-        resume(arguments.resume)
+        api.resume(arguments.resume, log=print, verbose=_show_progress())
         return 0
     if arguments.data is None:
         raise UserError(
@@ -235,218 +204,141 @@ def command_train(arguments: argparse.Namespace) -> int:
             "or --resume RUN_DIR"
         )
     announce_layout(arguments.data, arguments.val_split)
-    out_dir = arguments.out or _default_out(arguments.strategy)
-    config = _train_config(arguments, arguments.data, out_dir)
-    if config.strategy != "auto":
-        fit(config)
-        return 0
-    from dataclasses import replace
-
-    from tlvision.advise import advise
-    from tlvision.checkpoint import write_json_atomic
-    from tlvision.runs import refuse_to_overwrite
-
-    # Refuse an occupied --out before spending the advisor's minutes, not after.
-    refuse_to_overwrite(out_dir, overwrite=config.overwrite)
-    advice = advise(
-        config.data_dir,
-        backbone_name=config.backbone,
-        weights_argument=config.weights,
-        seed=config.seed,
-        cache_dir=config.cache_dir,
-        use_cache=not config.no_cache,
-        val_split=config.val_split,
-    )
-    print(advice.to_text())
-    config = replace(
-        config,
-        strategy=advice.strategy,
-        stage=advice.stage if advice.strategy == "linear-probe" else None,
-        head=advice.head if advice.strategy == "linear-probe" else "linear",
-        input_size=advice.input_size,
-        epochs=advice.epochs,
-        learning_rate=advice.learning_rate,
-        backbone_lr_mult=advice.backbone_lr_mult,
-    )
-    fit(config)
-    write_json_atomic(out_dir / "advice.json", advice.to_json())
+    api.train(arguments.data, **_train_options(arguments), log=print, verbose=_show_progress())
     return 0
 
 
 def command_evaluate(arguments: argparse.Namespace) -> int:
-    from tlvision.checkpoint import json_text
-    from tlvision.devices import resolve_device
-    from tlvision.evaluation import evaluate_run
-
-    report = evaluate_run(
-        arguments.run_dir, arguments.split_dir, device=resolve_device(arguments.device)
-    )
+    report = api.load(arguments.run_dir).evaluate(arguments.split_dir, device=arguments.device)
     print(json_text(report.to_json()) if arguments.json else report.to_text())
     return 0
 
 
 def command_predict(arguments: argparse.Namespace) -> int:
-    from tlvision import distributed
-    from tlvision.checkpoint import json_text, load_run_model
-    from tlvision.data import default_num_workers
-    from tlvision.devices import resolve_device
-    from tlvision.predict import ImagePaths, stream_predictions
+    from tlvision.distributed import launched_by_torchrun
 
-    loaded = load_run_model(arguments.run_dir)
-    paths = ImagePaths(arguments.paths)
-    if distributed.launched_by_torchrun() and arguments.jsonl is None:
+    if arguments.jsonl is not None:
+        return _command_predict_jsonl(arguments)
+    if launched_by_torchrun():
         raise UserError("under torchrun, predict writes JSON lines: pass --jsonl FILE")
-    job, device = distributed.start(resolve_device(arguments.device))
-    try:
-        predictions = stream_predictions(
-            loaded, paths, top_k=arguments.top_k, batch_size=arguments.batch_size,
-            device=device, rank=job.rank, world_size=job.world_size, progress=job.is_main,
-            num_workers=default_num_workers() if arguments.workers is None else arguments.workers,
-        )  # fmt: skip
-        if arguments.jsonl is not None:
-            total, failed = _predict_to_jsonl(arguments, predictions, job, device)
-        else:
-            total, failed = _print_predictions(predictions, as_json=arguments.json, text=json_text)
-    finally:
-        distributed.stop(job)
+    run = api.load(arguments.run_dir)
+    predictions = run.predict(arguments.paths, top_k=arguments.top_k, device=arguments.device)
+    if arguments.json:
+        print(json_text([prediction.to_json() for prediction in predictions]))
+    else:
+        for prediction in predictions:
+            if prediction.error is not None:
+                print(f"{prediction.path}: error: {prediction.error}")
+                continue
+            ranked = ", ".join(f"{name} {probability:.3f}" for name, probability in prediction.top)
+            print(f"{prediction.path}: {ranked}")
+    if arguments.maps is not None:
+        from tlvision.class_maps import class_mapper, write_class_maps
+
+        readable = [item.path for item in predictions if item.error is None and item.path]
+        written = write_class_maps(
+            class_mapper(run.model()), readable, arguments.maps, top_k=arguments.top_k
+        )
+        print(f"wrote {len(written)} class-map images to {arguments.maps}", file=sys.stderr)
+    failed = [prediction for prediction in predictions if prediction.error is not None]
     if failed:
-        if job.is_main:
-            print(f"{failed} of {total} files could not be read", file=sys.stderr)
+        print(f"{len(failed)} of {len(predictions)} files could not be read", file=sys.stderr)
         return 1
     return 0
 
 
-def _predict_to_jsonl(
-    arguments: argparse.Namespace, predictions: Iterable[Prediction], job: Distributed, device: Any
-) -> tuple[int, int]:
-    """Write --jsonl (under torchrun: a part per rank, merged by rank 0); (total, failed)."""
-    from tlvision import distributed
-    from tlvision.predict import merge_parts, part_file, write_jsonl
+def _command_predict_jsonl(arguments: argparse.Namespace) -> int:
+    """Streaming: one JSON line per image as it goes, flat memory, sharded under torchrun."""
+    from tlvision.streaming import predict_to_jsonl
 
-    target = part_file(arguments.jsonl, job.rank) if job.active else arguments.jsonl
-    total, failed = write_jsonl(predictions, target)
-    total, failed = (int(n) for n in distributed.sum_over_ranks(job, [total, failed], device))
-    distributed.barrier(job)
-    if job.active and job.is_main:
-        merge_parts(arguments.jsonl, job.world_size, arguments.batch_size)
-    if job.is_main:
-        print(f"{total} predictions written to {arguments.jsonl}", file=sys.stderr)
-    return total, failed
-
-
-def _print_predictions(
-    predictions: Iterable[Prediction], *, as_json: bool, text: Callable[[Any], str]
-) -> tuple[int, int]:
-    """Text lines as they come, or one JSON array at the end; (total, failed)."""
-    collected, total, failed = [], 0, 0
-    for prediction in predictions:
-        total += 1
-        failed += prediction.error is not None
-        if as_json:
-            collected.append(prediction.to_json())
-        elif prediction.error is not None:
-            print(f"{prediction.path}: error: {prediction.error}")
-        else:
-            ranked = ", ".join(f"{name} {probability:.3f}" for name, probability in prediction.top)
-            print(f"{prediction.path}: {ranked}", flush=True)
-    if as_json:
-        print(text(collected))
-    return total, failed
+    if arguments.maps is not None:
+        raise UserError("--maps goes without --jsonl: draw maps for a handful of images")
+    total, failed = predict_to_jsonl(
+        arguments.run_dir, arguments.paths, arguments.jsonl, top_k=arguments.top_k,
+        batch_size=arguments.batch_size, workers=arguments.workers,
+        device_name=arguments.device,
+    )  # fmt: skip
+    if failed and int(os.environ.get("RANK", "0")) == 0:
+        print(f"{failed} of {total} files could not be read", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def command_probe(arguments: argparse.Namespace) -> int:
-    from tlvision.checkpoint import json_text
-    from tlvision.probe import run_probe
-
     announce_layout(arguments.data, arguments.val_split)
-    report = run_probe(
+    table = api.probe(
         arguments.data,
         val_split=arguments.val_split,
-        backbone_name=arguments.backbone,
-        weights_argument=arguments.weights,
+        backbone=arguments.backbone,
+        weights=arguments.weights,
         stages=arguments.stages,
         heads=arguments.heads,
         input_size=arguments.input_size,
-        cache_dir=None if arguments.no_cache else arguments.cache_dir,
-        use_cache=not arguments.no_cache,
+        cache_dir=arguments.cache_dir,
+        no_cache=arguments.no_cache,
         seed=arguments.seed,
-        device_name=arguments.device,
+        device=arguments.device,
         log=(lambda _: None) if arguments.json else print,
+        verbose=_show_progress(),
     )
-    print(json_text(report) if arguments.json else report["table"])
+    print(json_text(table.to_json()) if arguments.json else table)
     return 0
 
 
 def command_advise(arguments: argparse.Namespace) -> int:
-    from tlvision.advise import advise
-    from tlvision.checkpoint import json_text
-
     announce_layout(arguments.data, arguments.val_split)
-    advice = advise(
+    advice = api.advise(
         arguments.data,
-        backbone_name=arguments.backbone,
-        weights_argument=arguments.weights,
+        backbone=arguments.backbone,
+        weights=arguments.weights,
         seed=arguments.seed,
-        time_budget_minutes=arguments.time_budget,
+        time_budget=arguments.time_budget,
         cache_dir=arguments.cache_dir,
-        use_cache=not arguments.no_cache,
+        no_cache=arguments.no_cache,
         val_split=arguments.val_split,
         log=(lambda _: None) if arguments.json else print,
+        verbose=_show_progress(),
     )
-    print(json_text(advice.to_json()) if arguments.json else advice.to_text())
+    print(json_text(advice.to_json()) if arguments.json else advice)
     return 0
 
 
 def command_check(arguments: argparse.Namespace) -> int:
-    from tlvision.check import main_check
-
     announce_layout(arguments.data, None)
-    return main_check(arguments.data, as_json=arguments.json)
-
-
-def demo_data_dir() -> Path:
-    return Path(str(resources.files("tlvision") / "demo_data"))
+    report = api.check(arguments.data, verbose=_show_progress())
+    print(json_text(report.to_json()) if arguments.json else report)
+    return report.exit_status
 
 
 def command_demo(arguments: argparse.Namespace) -> int:
-    from tlvision.checkpoint import load_run_model
-    from tlvision.config import TrainConfig
-    from tlvision.devices import resolve_device
-    from tlvision.evaluation import evaluate_run
-    from tlvision.predict import predict_images
-    from tlvision.training import fit
-
-    data_dir = demo_data_dir()
-    out_dir = arguments.out or _default_out("demo")
+    data_dir = api.demo_data_dir()
+    out_dir = arguments.out or api.default_out_dir("demo")
     print(f"demo: a 3-class set of {data_dir} (fish, monument, tool; see ATTRIBUTION.md)")
     print(
         f"step 1: tlvision train {data_dir} --strategy feature-extract "
         f"--epochs {arguments.epochs} --out {out_dir}"
     )
-    config = TrainConfig(
-        data_dir=data_dir,
-        out_dir=out_dir,
+    run = api.train(
+        data_dir,
+        out=out_dir,
         epochs=arguments.epochs,
         overwrite=arguments.overwrite,
         device=arguments.device,
+        log=print,
+        verbose=_show_progress(),
     )
-    summary = fit(config)
-    device = resolve_device(arguments.device)
     print(f"\nstep 2: tlvision evaluate {out_dir} {data_dir / 'val'}")
-    print(evaluate_run(out_dir, data_dir / "val", device=device).to_text())
-    loaded = load_run_model(out_dir)
-    examples = [
-        next(iter(sorted((data_dir / "val" / name).iterdir()))) for name in loaded.class_names
-    ]
+    print(run.evaluate(data_dir / "val", device=arguments.device).to_text())
+    examples = [next(iter(sorted((data_dir / "val" / name).iterdir()))) for name in run.classes]
     print(f"\nstep 3: tlvision predict {out_dir} IMAGE")
-    for prediction in predict_images(loaded, examples, device=device):
+    for example, prediction in zip(
+        examples, run.predict(examples, device=arguments.device), strict=True
+    ):
         name, probability = prediction.top[0]
-        print(
-            f"  {prediction.path.parent.name}/{prediction.path.name} -> {name} ({probability:.3f})"
-        )
+        print(f"  {example.parent.name}/{example.name} -> {name} ({probability:.3f})")
     print(
-        f"\ndone in {summary['seconds']:.1f}s: best val accuracy {summary['best_val_acc']:.3f}; "
-        f"the run is in {out_dir} (model.safetensors, model.json, metrics.jsonl, summary.json)"
+        f"\ndone in {run.summary['seconds']:.1f}s: best val accuracy "
+        f"{run.summary['best_val_acc']:.3f}; the run is in {out_dir} (model.safetensors, "
+        "model.json, metrics.jsonl, summary.json)"
     )
     return 0
 
@@ -484,7 +376,7 @@ def command_weights_list(arguments: argparse.Namespace) -> int:
 
 
 def command_backbones(arguments: argparse.Namespace) -> int:
-    from tlvision.backbones import BACKBONES, DEFAULT_BACKBONE, get_backbone
+    from tlvision.backbones import BACKBONES, get_backbone
 
     for name in BACKBONES:
         spec = get_backbone(name)
@@ -501,10 +393,48 @@ def command_backbones(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from tlvision.backbones import DEFAULT_BACKBONE
-    from tlvision.heads import HEADS
+def command_export(arguments: argparse.Namespace) -> int:
+    from tlvision.export import ExportRequest, export_model
 
+    request = ExportRequest(
+        run_dir=arguments.run_dir,
+        format=arguments.format,
+        out=arguments.out,
+        class_maps=arguments.class_maps,
+        quantize=arguments.quantize,
+        data=arguments.data,
+    )
+    document = export_model(request, log=lambda message: print(message, file=sys.stderr))
+    if arguments.json:
+        from tlvision.checkpoint import json_text
+
+        print(json_text(document))
+    return 0
+
+
+def _add_export_command(commands: argparse._SubParsersAction) -> None:
+    export = commands.add_parser(
+        "export", help="the model as ONNX or TorchScript, checked against torch before written"
+    )
+    export.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    export.add_argument(
+        "--out", type=Path, help="default RUN_DIR/export/model[-maps][-int8].onnx or .pt"
+    )
+    export.add_argument(
+        "--class-maps", action="store_true",
+        help="fully convolutional variant: any height and width in, per-class score maps out",
+    )  # fmt: skip
+    export.add_argument("--quantize", choices=["int8"], help="ONNX Runtime static int8")
+    export.add_argument(
+        "--data", type=Path, metavar="DATA",
+        help="images for the parity check (DATA/val, DATA/train); default: the run's data",
+    )  # fmt: skip
+    export.add_argument("--json", action="store_true", help="print the sidecar JSON")
+    export.set_defaults(handler=command_export)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tlvision",
         description="Train, evaluate and use an image classifier by transfer learning.",
@@ -533,17 +463,22 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true")
     predict.add_argument("--device", default="auto")
     predict.add_argument(
+        "--maps", type=Path, metavar="OUT_DIR",
+        help="also write per image a heat map of the top-k classes over the whole image",
+    )  # fmt: skip
+    predict.add_argument(
         "--jsonl",
         type=Path,
         metavar="FILE",
-        help="write one JSON line per image as it goes (required under torchrun: the ranks' "
-        "parts are merged into FILE in input order)",
+        help="stream: one JSON line per image as it goes, memory flat for any number of files "
+        "(required under torchrun: the ranks' parts are merged into FILE in input order)",
     )
-    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--batch-size", type=int, default=32, help="with --jsonl")
     predict.add_argument(
-        "--workers", type=int, help="image-decoding processes (default: one per CPU core, up to 8)"
+        "--workers", type=int, help="with --jsonl: decoding processes (default: one per core)"
     )
     predict.set_defaults(handler=command_predict)
+    _add_export_command(commands)
 
     probe = commands.add_parser(
         "probe", help="val accuracy of linear heads on each stage's frozen codes"
@@ -563,8 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--input-size", type=int, metavar="PIXELS")
     probe.add_argument("--val-split", type=float, metavar="FRACTION", help=VAL_SPLIT_HELP)
     _add_cache_options(probe)
-    probe.add_argument("--seed", type=int, default=0)
-    probe.add_argument("--device", default="auto")
+    probe.add_argument("--seed", type=int, default=TrainConfig.seed)
+    probe.add_argument("--device", default=TrainConfig.device)
     probe.add_argument("--json", action="store_true")
     probe.set_defaults(handler=command_probe)
 
@@ -575,11 +510,15 @@ def build_parser() -> argparse.ArgumentParser:
     advise.add_argument("--backbone", default=DEFAULT_BACKBONE)
     advise.add_argument("--weights")
     advise.add_argument(
-        "--time-budget", type=float, default=30.0, metavar="MINUTES", help="for the training run"
+        "--time-budget",
+        type=float,
+        default=ADVISE_TIME_BUDGET_MINUTES,
+        metavar="MINUTES",
+        help="for the training run",
     )
     _add_cache_options(advise)
     advise.add_argument("--val-split", type=float, metavar="FRACTION", help=VAL_SPLIT_HELP)
-    advise.add_argument("--seed", type=int, default=0)
+    advise.add_argument("--seed", type=int, default=TrainConfig.seed)
     advise.add_argument("--json", action="store_true")
     advise.set_defaults(handler=command_advise)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from tlvision.config import PRECISIONS
 from tlvision.errors import UserError
 
 
@@ -22,9 +23,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: no CUDA GPU is visible here; use --device auto or cpu")
     return device
-
-
-PRECISIONS = ("auto", "32", "bf16", "16")
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:

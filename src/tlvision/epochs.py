@@ -6,7 +6,6 @@ torchrun the epoch's sums reduced over every rank (tlvision.distributed).
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import torch
@@ -17,6 +16,7 @@ from tqdm import tqdm
 from tlvision import distributed
 from tlvision.devices import autocast_for
 from tlvision.distributed import Distributed
+from tlvision.progress import progress_bar
 from tlvision.strategies import set_train_mode
 
 
@@ -75,9 +75,10 @@ def train_one_epoch(
 def _progress_bar(
     loader: DataLoader[tuple[torch.Tensor, int]], description: str, job: Distributed
 ) -> tqdm[Any]:
-    """A bar on a terminal, for rank 0 only."""
-    disable = None if job.is_main else True
-    return tqdm(loader, desc=description, leave=False, disable=disable, file=sys.stderr)
+    """A bar as the caller wants it (tlvision.progress), for rank 0 only."""
+    return progress_bar(
+        loader, desc=description, leave=False, disable=None if job.is_main else True
+    )
 
 
 def _reduced(

@@ -1,48 +1,29 @@
-"""Class predictions for image files with a trained run directory, streamed.
-
-Paths are listed lazily, decoded by DataLoader workers a batch at a time and classified as they
-arrive, so memory stays flat however many files there are: no list of decoded images, no list
-of all paths. Under torchrun each rank takes every world_size-th batch (`shard`): with
-`--jsonl FILE` rank r writes FILE.rank<r> and rank 0 then merges the parts, in input order, into
-FILE. Unreadable files get an error entry in their place.
-"""
+"""Class predictions from a trained run directory, for image files or images in memory."""
 
 from __future__ import annotations
 
-import itertools
-import json
 import os
-import sys
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from tqdm import tqdm
+from PIL import Image
 
 from tlvision.checkpoint import LoadedModel
 from tlvision.data import build_transforms, is_broken_link, is_image_file
 from tlvision.errors import UserError
-from tlvision.images import BadImageError, load_rgb_image
+from tlvision.images import BadImageError, load_rgb_image, rgb_from_array, rgb_from_pil
+from tlvision.results import ImageLike, Prediction
 
+__all__ = [
+    "ImageInput", "ImagePaths", "Prediction", "expand_image_paths", "image_inputs",
+    "iter_image_paths", "predict_images",
+]  # fmt: skip
 
-@dataclass(frozen=True)
-class Prediction:
-    path: Path
-    top: tuple[tuple[str, float], ...]  # (class name, probability), most likely first
-    error: str | None = None  # why the file could not be read; `top` is empty then
-
-    def to_json(self) -> dict[str, Any]:
-        if self.error is not None:
-            return {"path": str(self.path), "error": self.error}
-        return {
-            "path": str(self.path),
-            "class": self.top[0][0],
-            "probability": self.top[0][1],
-            "top": [{"class": name, "probability": probability} for name, probability in self.top],
-        }
+ImageInput = Path | Image.Image | np.ndarray
+"""A file (decoded by images.load_rgb_image), a PIL image or an array of pixels."""
 
 
 def _walk_sorted(folder: Path) -> Iterator[Path]:
@@ -99,156 +80,96 @@ def expand_image_paths(arguments: Sequence[Path]) -> list[Path]:
     return list(iter_image_paths(arguments))
 
 
-@dataclass
-class _Batch:
-    """A batch of paths: the decodable ones stacked in `images`, an error for the others."""
-
-    paths: list[Path]
-    images: torch.Tensor | None  # rows for the paths whose error is None, in order
-    errors: list[str | None]
-
-
-class _BatchStream(IterableDataset[_Batch]):
-    """Batches of decoded images, this rank's and this worker's share, in input order.
-
-    Batch i belongs to rank i % world_size; a rank's k-th batch to worker k % workers. The
-    DataLoader takes one batch from each worker in turn, so batches come out in input order.
-    """
-
-    def __init__(
-        self, paths: Iterable[Path], transform: Any, batch_size: int, rank: int, world_size: int
-    ) -> None:
-        self.paths, self.transform, self.batch_size = paths, transform, batch_size
-        self.rank, self.world_size = rank, world_size
-
-    def __iter__(self) -> Iterator[_Batch]:
-        worker = get_worker_info()
-        workers, worker_id = (worker.num_workers, worker.id) if worker is not None else (1, 0)
-        paths = iter(self.paths)
-        chunks = iter(lambda: list(itertools.islice(paths, self.batch_size)), [])
-        for index, chunk in enumerate(chunks):
-            local, rank = divmod(index, self.world_size)
-            if rank == self.rank and local % workers == worker_id:
-                yield self._decode(chunk)
-
-    def _decode(self, paths: list[Path]) -> _Batch:
-        tensors: list[torch.Tensor] = []
-        errors: list[str | None] = []
-        for path in paths:
-            try:
-                tensors.append(self.transform(load_rgb_image(path)))
-                errors.append(None)
-            except BadImageError as error:
-                errors.append(error.reason)
-        return _Batch(paths, torch.stack(tensors) if tensors else None, errors)
+def image_inputs(images: ImageLike | Sequence[ImageLike]) -> list[ImageInput]:
+    """One input or a list of them, as predict_images takes them: paths made Path, folders
+    expanded (see expand_image_paths); anything that is not an image is a UserError."""
+    single = isinstance(images, str | os.PathLike | Image.Image | np.ndarray)
+    inputs: list[ImageInput] = []
+    for item in [images] if single else list(images):  # type: ignore[arg-type]
+        if isinstance(item, str | os.PathLike):
+            inputs.extend(expand_image_paths([Path(item)]))
+        elif isinstance(item, Image.Image | np.ndarray):
+            inputs.append(item)
+        else:
+            raise UserError(
+                f"cannot predict on a {type(item).__name__}; pass image files or folders, PIL "
+                "images or numpy arrays of pixels"
+            )
+    return inputs
 
 
-def _keep(batch: _Batch) -> _Batch:
-    """The DataLoader's collate: batches arrive made."""
-    return batch
-
-
-def stream_predictions(
-    loaded: LoadedModel,
-    paths: Iterable[Path],
-    *,
-    top_k: int = 1,
-    batch_size: int = 32,
-    device: torch.device | None = None,
-    num_workers: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-    progress: bool = False,
-) -> Iterator[Prediction]:
-    """Top-k classes per image as each batch is classified; an `error` entry for unreadable
-    files. `paths` may be a lazy iterator: it is walked once per loader worker."""
-    if top_k < 1:
-        raise UserError("--top-k must be at least 1")
-    top_k = min(top_k, len(loaded.class_names))
-    device = device or torch.device("cpu")
-    model = loaded.model.to(device).to(memory_format=torch.channels_last).eval()
-    transform = build_transforms(loaded.preprocessing)["val"]
-    loader = DataLoader(
-        _BatchStream(paths, transform, batch_size, rank, world_size),
-        batch_size=None, num_workers=num_workers, collate_fn=_keep,  # type: ignore[arg-type]
-        pin_memory=device.type == "cuda", prefetch_factor=2 if num_workers else None,
-    )  # fmt: skip
-    bar = tqdm(desc="predict", unit="img", disable=None if progress else True, file=sys.stderr)
-    with bar, torch.inference_mode():
-        for batch in loader:
-            yield from _classify(model, loaded.class_names, batch, top_k, device)
-            bar.update(len(batch.paths))
-
-
-def _classify(
-    model: torch.nn.Module,
-    class_names: Sequence[str],
-    batch: _Batch,
-    top_k: int,
-    device: torch.device,
-) -> Iterator[Prediction]:
-    rows: Iterator[tuple[torch.Tensor, torch.Tensor]] = iter(())
-    if batch.images is not None:
-        images = batch.images.to(device, non_blocking=True, memory_format=torch.channels_last)
-        probabilities = torch.softmax(model(images).float(), dim=1).cpu()
-        values, indices = probabilities.topk(top_k, dim=1)
-        rows = zip(values, indices, strict=True)
-    for path, error in zip(batch.paths, batch.errors, strict=True):
-        if error is not None:
-            yield Prediction(path=path, top=(), error=error)
-            continue
-        row_values, row_indices = next(rows)
-        top = tuple(
-            (class_names[int(i)], float(v)) for v, i in zip(row_values, row_indices, strict=True)
-        )
-        yield Prediction(path=path, top=top)
+def rgb_image(source: ImageInput, index: int) -> Image.Image:
+    """The RGB image of one input; BadImageError when a file cannot be decoded."""
+    if isinstance(source, Path):
+        return load_rgb_image(source)
+    if isinstance(source, Image.Image):
+        return rgb_from_pil(source)
+    return rgb_from_array(source, name=f"image {index}")
 
 
 def predict_images(
     loaded: LoadedModel,
-    paths: Sequence[Path],
+    images: Sequence[ImageInput],
     *,
     top_k: int = 1,
     batch_size: int = 32,
     device: torch.device | None = None,
 ) -> list[Prediction]:
-    """Top-k classes per image, in order. Unreadable files get an `error` entry instead of
-    stopping."""
-    return list(
-        stream_predictions(loaded, paths, top_k=top_k, batch_size=batch_size, device=device)
+    """Top-k classes per image. Unreadable files get an `error` entry instead of stopping;
+    images in memory get `path` None."""
+    if top_k < 1:
+        raise UserError("--top-k must be at least 1")
+    errors: dict[int, str] = {}
+
+    def readable_images() -> Iterator[Image.Image]:
+        for index, source in enumerate(images):
+            try:
+                yield rgb_image(source, index)
+            except BadImageError as error:
+                errors[index] = error.reason
+
+    ranked = iter(
+        rank_classes(loaded, readable_images(), top_k=top_k, batch_size=batch_size, device=device)
     )
+    predictions = []
+    for index, source in enumerate(images):
+        path = source if isinstance(source, Path) else None
+        if index in errors:
+            predictions.append(Prediction(path=path, top=(), error=errors[index]))
+        else:
+            predictions.append(Prediction(path=path, top=next(ranked)))
+    return predictions
 
 
-def write_jsonl(predictions: Iterable[Prediction], jsonl: Path) -> tuple[int, int]:
-    """One JSON line per prediction, flushed a batch at a time; (lines, errors)."""
-    lines = errors = 0
-    with jsonl.open("w", encoding="utf-8") as out:
-        for prediction in predictions:
-            # ensure_ascii: a file name that is not UTF-8 is written with \\udcXX escapes
-            out.write(json.dumps(prediction.to_json()) + "\n")
-            lines += 1
-            errors += prediction.error is not None
-    return lines, errors
-
-
-def part_file(jsonl: Path, rank: int) -> Path:
-    return jsonl.with_name(f"{jsonl.name}.rank{rank}")
-
-
-def merge_parts(jsonl: Path, world_size: int, batch_size: int) -> None:
-    """Interleave the ranks' part files batch by batch into `jsonl` (input order), then delete
-    them. Each path has exactly one line, so rank r's k-th batch is its next batch_size lines."""
-    parts = [part_file(jsonl, rank) for rank in range(world_size)]
-    handles = [part.open(encoding="utf-8") for part in parts]
-    try:
-        with jsonl.open("w", encoding="utf-8") as out:
-            for rank in itertools.cycle(range(world_size)):
-                lines = list(itertools.islice(handles[rank], batch_size))
-                out.writelines(lines)
-                if len(lines) < batch_size:
-                    break  # the last batch: every later rank's parts are already empty
-    finally:
-        for handle in handles:
-            handle.close()
-    for part in parts:
-        part.unlink()
+@torch.inference_mode()
+def rank_classes(
+    loaded: LoadedModel,
+    images: Iterable[Image.Image],
+    *,
+    top_k: int,
+    batch_size: int,
+    device: torch.device | None,
+) -> list[tuple[tuple[str, float], ...]]:
+    """(class name, probability) pairs, most likely first, per RGB image; images are transformed
+    one batch at a time, so a long list never sits in memory as tensors."""
+    top_k = min(top_k, len(loaded.class_names))
+    device = device or torch.device("cpu")
+    model = loaded.model.to(device).eval()
+    transform = build_transforms(loaded.preprocessing)["val"]
+    ranked: list[tuple[tuple[str, float], ...]] = []
+    batch: list[torch.Tensor] = []
+    for image in chain(images, [None]):  # None: the end, flush the last batch
+        if image is not None:
+            batch.append(transform(image))
+        if batch and (len(batch) == batch_size or image is None):
+            probabilities = torch.softmax(model(torch.stack(batch).to(device)).float(), dim=1)
+            values, indices = probabilities.cpu().topk(top_k, dim=1)
+            for row_values, row_indices in zip(values, indices, strict=True):
+                ranked.append(
+                    tuple(
+                        (loaded.class_names[int(i)], float(v))
+                        for v, i in zip(row_values, row_indices, strict=True)
+                    )
+                )
+            batch = []
+    return ranked

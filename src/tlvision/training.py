@@ -34,7 +34,7 @@ from tlvision.checkpoint import (
     save_training_checkpoint,
 )
 from tlvision.codes_training import fit_on_codes
-from tlvision.config import TrainConfig, validate_config
+from tlvision.config import CODES_STRATEGIES, TrainConfig, validate_config
 from tlvision.data import (
     ImageDataset,
     build_transforms,
@@ -62,7 +62,6 @@ from tlvision.runs import (
 )
 from tlvision.schedules import make_scheduler
 from tlvision.strategies import (
-    CODES_STRATEGIES,
     apply_finetuning,
     count_parameters,
     parameter_groups,
