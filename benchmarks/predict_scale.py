@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
+from tlvision.api import demo_data_dir
 from tlvision.checkpoint import load_run_model
-from tlvision.cli import demo_data_dir
 from tlvision.config import TrainConfig
 from tlvision.data import build_transforms, is_image_file
 from tlvision.images import load_rgb_image
