@@ -113,8 +113,8 @@ def set_up(config: TrainConfig, log: Log, *, fresh: bool) -> RunSetup:
             backbone.stage(stage_name)  # an unknown name is a clear error before any work
     job, device = distributed.start(resolve_device(config.device))
     log = log if job.is_main else _silent
-    if fresh:  # every rank checks, so that all stop with the same clear error
-        refuse_to_overwrite(config.out_dir, overwrite=config.overwrite)
+    if fresh and not config.overwrite:  # every rank stops with the same clear error (rank 0
+        refuse_to_overwrite(config.out_dir, overwrite=False)  # alone deletes, with --overwrite)
     if fresh and job.is_main:
         prepare_run_dir(config.out_dir, overwrite=config.overwrite)
     distributed.barrier(job)  # the run directory exists (or rank 0 failed) before anyone goes on
