@@ -89,7 +89,8 @@ step() {  # NAME RUN ARGS...: run a command, time it, summarise the run it wrote
 
 TRAIN=(-m tlvision train "$DATA" --device "$DEVICE" --overwrite "${EXTRA_ARGS[@]}")
 step "finetune, precision auto" "$OUT/finetune-auto" \
-    "$PYTHON" "${TRAIN[@]}" --strategy finetune --epochs "$EPOCHS" --out "$OUT/finetune-auto"
+    "$PYTHON" "${TRAIN[@]}" --strategy finetune --epochs "$EPOCHS" --tensorboard \
+    --out "$OUT/finetune-auto"
 if [ "$DEVICE" != cpu ]; then
     step "finetune, precision 16" "$OUT/finetune-fp16" \
         "$PYTHON" "${TRAIN[@]}" --strategy finetune --epochs "$EPOCHS" --precision 16 \
