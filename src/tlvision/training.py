@@ -3,7 +3,9 @@
 `fit` reads top to bottom: set the run up (data, weights, device, run directory), hand the
 frozen routes to `codes_training`, else fine-tune: epochs of a train phase and a val phase, a
 checkpoint after each, the best val weights restored and saved at the end. The loop is plain
-PyTorch on purpose.
+PyTorch on purpose. The epoch passes are in `epochs`, the checkpoint's contents in
+`training_state`; under torchrun `distributed` joins the process group, wraps the model in DDP,
+shards the loaders and reduces the metrics, and rank 0 alone writes the run directory.
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ import json
 import math
 import random
 import time
-import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,7 @@ from tlvision.backbones import choose_weights, create_model, get_backbone, prepr
 from tlvision.checkpoint import (
     TRAINING_CHECKPOINT,
     TrainingCheckpoint,
-    capture_random_state,
     load_training_checkpoint,
-    restore_random_state,
-    save_training_checkpoint,
 )
 from tlvision.codes_training import fit_on_codes
 from tlvision.config import CODES_STRATEGIES, TrainConfig, validate_config
@@ -50,7 +48,6 @@ from tlvision.epochs import NonFiniteLoss, evaluate, train_one_epoch
 from tlvision.errors import UserError
 from tlvision.runs import (
     CODES_RUN_CONFIG,
-    METRICS_FILE,
     SUMMARY_FILE,
     Log,
     RunSetup,
@@ -67,6 +64,7 @@ from tlvision.strategies import (
     parameter_groups,
 )
 from tlvision.tracking import Tracker, write_config_toml
+from tlvision.training_state import Progress, restore, save_checkpoint
 
 
 def seed_everything(seed: int) -> None:
@@ -153,18 +151,6 @@ def set_up(config: TrainConfig, log: Log, *, fresh: bool) -> RunSetup:
     return setup
 
 
-@dataclass
-class _Progress:
-    """Where a fine-tuning run stands: what a checkpoint saves beside the tensors."""
-
-    first_epoch: int = 1
-    best_val_acc: float = -1.0
-    best_epoch: int = 0
-    skipped: set[Path] = field(default_factory=set)  # unreadable files met so far
-    seconds_before: float = 0.0
-    steps_per_epoch: int = 0  # batches per epoch per process (differs with the process count)
-
-
 def finetune(
     setup: RunSetup, model: nn.Module, log: Log, checkpoint: TrainingCheckpoint | None
 ) -> dict[str, Any]:
@@ -203,9 +189,9 @@ def finetune(
         f"{len(setup.splits.samples['val'])} val images, {trainable:,} of {total:,} parameters "
         f"trainable, device {device}, precision {setup.precision}"
     )
-    progress, best_state = _Progress(), copy.deepcopy(model.state_dict())
+    progress, best_state = Progress(), copy.deepcopy(model.state_dict())
     if checkpoint is not None:
-        progress, best_state = _restore(
+        progress, best_state = restore(
             checkpoint, setup, model, optimizer, scheduler, len(loaders["train"])
         )
     progress.steps_per_epoch = len(loaders["train"])
@@ -270,56 +256,6 @@ def _reseed(
             loader.sampler.set_epoch(epoch)
 
 
-def _restore(
-    checkpoint: TrainingCheckpoint,
-    setup: RunSetup,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    steps_per_epoch: int,
-) -> tuple[_Progress, dict[str, torch.Tensor]]:
-    """Put the model, optimizer, scheduler and random generators back as the checkpoint left
-    them; drop metrics lines written after it (killed between the two: that epoch is redone).
-
-    The checkpoint holds the unwrapped model, so any number of processes can resume it; with
-    another number the batches per epoch differ and the schedule is replayed for the new one.
-    """
-    device = next(model.parameters()).device
-    model.load_state_dict(checkpoint.model_state)
-    best_state = {name: tensor.to(device) for name, tensor in checkpoint.best_state.items()}
-    optimizer.load_state_dict(checkpoint.optimizer_state)
-    if checkpoint.info.get("steps_per_epoch", steps_per_epoch) == steps_per_epoch:
-        scheduler.load_state_dict(checkpoint.scheduler_state)
-    else:
-        _replay_schedule(optimizer, scheduler, checkpoint.epoch * steps_per_epoch)
-    restore_random_state(checkpoint.random_state)
-    metrics_path = setup.config.out_dir / METRICS_FILE
-    if setup.distributed.is_main:
-        lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
-        kept = lines[: checkpoint.epoch]
-        metrics_path.write_text("".join(line + "\n" for line in kept))
-    progress = _Progress(
-        first_epoch=checkpoint.epoch + 1,
-        best_val_acc=checkpoint.info["best_val_acc"],
-        best_epoch=checkpoint.info["best_epoch"],
-        skipped={Path(path) for path in checkpoint.info["skipped_files"]},
-        seconds_before=checkpoint.info["seconds"],
-    )
-    return progress, best_state
-
-
-def _replay_schedule(
-    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int
-) -> None:
-    """Step a fresh schedule `steps` times from the start, as if this run had made them."""
-    for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"]
-    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended
-        warnings.simplefilter("ignore", UserWarning)
-        for _ in range(steps):
-            scheduler.step()
-
-
 def _run_epochs(
     setup: RunSetup,
     models: tuple[nn.Module, nn.Module],
@@ -327,7 +263,7 @@ def _run_epochs(
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    progress: _Progress,
+    progress: Progress,
     best_state: dict[str, torch.Tensor],
     log: Log,
     started: float,
@@ -374,7 +310,7 @@ def _run_epochs(
             }  # fmt: skip
             if job.is_main:  # the others go straight on: nothing of theirs waits for the files
                 record_epoch(setup, record)
-                _save_checkpoint(
+                save_checkpoint(
                     setup, epoch, model, optimizer, scheduler, progress, best_state, started
                 )
             log(
@@ -395,40 +331,6 @@ def _run_epochs(
             f"{epoch - 1}: continue with `tlvision train --resume {config.out_dir}`"
         )
         raise
-
-
-def _save_checkpoint(
-    setup: RunSetup,
-    epoch: int,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    progress: _Progress,
-    best_state: dict[str, torch.Tensor],
-    started: float,
-) -> None:
-    """Everything needed to continue exactly after this epoch, in one atomically written file."""
-    info = {
-        "config": setup.config.to_json(),
-        "best_val_acc": progress.best_val_acc,
-        "best_epoch": progress.best_epoch,
-        "skipped_files": sorted(str(path) for path in progress.skipped),
-        "seconds": progress.seconds_before + time.perf_counter() - started,
-        "steps_per_epoch": progress.steps_per_epoch,
-        "processes": setup.distributed.world_size,
-    }
-    save_training_checkpoint(
-        setup.config.out_dir,
-        TrainingCheckpoint(
-            epoch=epoch,
-            model_state=model.state_dict(),
-            best_state=best_state,
-            optimizer_state=optimizer.state_dict(),
-            scheduler_state=scheduler.state_dict(),
-            random_state=capture_random_state(),
-            info=info,
-        ),
-    )
 
 
 def resume(run_dir: Path, *, log: Log = print) -> dict[str, Any]:
