@@ -265,7 +265,7 @@ def command_serve(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _add_serve_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from tlvision.serve.batching import BatchingConfig
     from tlvision.serve.config import RUNTIMES, TOKEN_ENVIRONMENT_VARIABLE, ServeConfig
 

@@ -1,6 +1,6 @@
 """The FastAPI application: the web page, model info, health, predictions and class maps.
 
-Endpoints stay small: FastAPI parses and limits the upload (max_body_size, form_limits),
+Endpoints stay small: middleware limits the body size, FastAPI parses the form (form_limits),
 dependencies check the token and decode images (uploads.py), the batcher runs the model on
 whatever arrived together (batching.py), and error_handlers.py answers every refusal as JSON.
 """
@@ -39,7 +39,12 @@ from tlvision.serve.schemas import (
     PredictResponse,
     run_metrics,
 )
-from tlvision.serve.uploads import DecodedUpload, uploaded_image, uploaded_images
+from tlvision.serve.uploads import (
+    BodySizeLimit,
+    DecodedUpload,
+    uploaded_image,
+    uploaded_images,
+)
 
 MAPS_IN_FLIGHT = 4  # class-map requests running or waiting; more get 503 (each is a full pass)
 PAGE_SECURITY_HEADERS = {
@@ -178,7 +183,9 @@ async def class_map(
     return Response(png, media_type="image/png", headers={"X-Class": shown})
 
 
-def describe_model(classifier: Classifier, config: ServeConfig, metadata: dict[str, object]) -> ModelInfo:
+def describe_model(
+    classifier: Classifier, config: ServeConfig, metadata: dict[str, object]
+) -> ModelInfo:
     return ModelInfo(
         classes=list(classifier.class_names),
         backbone=str(metadata.get("backbone", "")),
@@ -224,12 +231,12 @@ def create_app(
         title="tlvision",
         summary=f"{', '.join(classifier.class_names)} classifier from {config.run_dir.name}",
         lifespan=lifespan,
-        max_body_size=config.max_upload_bytes,
         form_limits={"max_files": config.max_files},
     )
     app.state.service = service
     app.state.decode_limiter = anyio.CapacityLimiter(max(1, min(4, os.cpu_count() or 1)))
-    install_error_handlers(app, config.max_upload_mb, config.max_files)
+    install_error_handlers(app, config.max_files)
+    app.add_middleware(BodySizeLimit, limit_mb=config.max_upload_mb)
     app.include_router(pages)
     app.include_router(api)
     app.mount("/static", StaticFiles(packages=[("tlvision.serve", "static")]), name="static")

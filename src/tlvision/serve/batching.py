@@ -12,6 +12,7 @@ when to retry, instead of letting waiting work (and memory) grow without bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
@@ -81,10 +82,8 @@ class Batcher:
     async def stop(self) -> None:
         if self._worker is not None:
             self._worker.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-            except asyncio.CancelledError:
-                pass
             self._worker = None
         for item in self._pending:
             item.future.cancel()

@@ -31,10 +31,6 @@ class ServeConfig:
     log_level: str = "info"
     access_log: bool = False  # one line per request: off by default, it costs time under load
 
-    @property
-    def max_upload_bytes(self) -> int:
-        return int(self.max_upload_mb * 1024 * 1024)
-
 
 def is_loopback(host: str) -> bool:
     """True for addresses only this machine can reach: 127.0.0.0/8, ::1 and 'localhost'."""

@@ -2,8 +2,8 @@
 
 FastAPI already answers HTTPException as ``{"detail": ...}``; these handlers keep that shape for
 the rest: validation errors (a missing or misnamed form field) become one readable line (the
-structured list stays under "errors"), an undecodable image names the file, the body-size limit
-names the limit, and a full queue is a 503 with Retry-After.
+structured list stays under "errors"), an undecodable image names the file, too many files names
+the limit, and a full queue is a 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ def describe_validation_errors(errors: list[dict[str, Any]]) -> str:
     parts = []
     for error in errors:
         location = [str(part) for part in error.get("loc", ())]
-        where, name = (location[0], location[-1]) if location else ("request", "?")
+        where = location[0] if location else "request"
+        name = location[1] if len(location) > 1 else where
         if where == "body":
             subject = f"form field '{name}'"
         elif where in ("query", "header", "path"):
@@ -37,8 +38,10 @@ def describe_validation_errors(errors: list[dict[str, Any]]) -> str:
         else:
             subject = name
         message = str(error.get("msg", "invalid"))
-        if error.get("type") == "missing" and name in FIELD_HINTS:
+        if name in FIELD_HINTS and error.get("type") == "missing":
             message = f"missing; {FIELD_HINTS[name]}"
+        elif name in FIELD_HINTS and "UploadFile" in message:
+            message = f"got a text value, not a file; {FIELD_HINTS[name]}"
         parts.append(f"{subject}: {message}")
     return "; ".join(parts) or "invalid request"
 
@@ -51,7 +54,7 @@ def _plain_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def install_error_handlers(app: FastAPI, max_upload_mb: float, max_files: int) -> None:
+def install_error_handlers(app: FastAPI, max_files: int) -> None:
     async def on_validation_error(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, RequestValidationError)
         errors = list(error.errors())
@@ -63,12 +66,7 @@ def install_error_handlers(app: FastAPI, max_upload_mb: float, max_files: int) -
     async def on_http_error(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, HTTPException)
         detail = str(error.detail)
-        if error.status_code == 413:
-            detail = (
-                f"upload too large: the request body is limited to {max_upload_mb:g} MB "
-                "(server option --max-upload-mb); send fewer or smaller images"
-            )
-        elif error.status_code == 400 and detail.startswith("Too many files"):
+        if error.status_code == 400 and detail.startswith("Too many files"):
             detail = (
                 f"too many files: at most {max_files} images per request (server option "
                 "--max-files); split them over several requests"

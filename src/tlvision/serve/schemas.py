@@ -6,23 +6,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from tlvision.training import METRICS_FILE, SUMMARY_FILE
 
 
 class ClassProbability(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
-
-    class_name: str = Field(alias="class", description="the class folder's name")
+    class_name: str = Field(serialization_alias="class", description="the class folder's name")
     probability: float
 
 
 class ImagePrediction(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
-
     file: str = Field(description="the upload's file name")
-    class_name: str = Field(alias="class", description="the most likely class")
+    class_name: str = Field(serialization_alias="class", description="the most likely class")
     probability: float
     top: list[ClassProbability]
 

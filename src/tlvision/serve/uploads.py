@@ -1,8 +1,10 @@
 """Uploaded files to decoded images: FastAPI dependencies around the package's safe loader.
 
-The request body's total size and the number of files are limited by FastAPI itself, while the
-body is read (``max_body_size`` and ``form_limits`` in app.py), so an oversized upload is refused
-before it is buffered. What arrives here is decoded by tlvision.images.decode_image_rgb, the
+BodySizeLimit refuses an oversized request while its body is read: at once when Content-Length
+declares too much, otherwise as soon as the bytes received pass the limit, so nothing larger is
+ever buffered. (FastAPI's own max_body_size does the same but answers plain text; this answers
+JSON like every other refusal.) The number of files is FastAPI's form_limits. What arrives here
+is decoded by tlvision.images.decode_image_rgb, the
 same loader training uses: zero-byte, truncated, non-image files and decompression bombs raise
 BadImageError, which the error handlers turn into a 422 naming the file. Decoding runs on worker
 threads, at most a few at a time, so a burst of large images cannot take all the memory.
@@ -14,8 +16,11 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import anyio.to_thread
-from fastapi import Depends, File, Request, UploadFile
+from fastapi import Depends, File, HTTPException, Request, UploadFile
+from fastapi.responses import JSONResponse
 from PIL import Image
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tlvision.images import decode_image_rgb
 
@@ -31,7 +36,9 @@ def decode_limiter(request: Request) -> anyio.CapacityLimiter:
     return limiter
 
 
-async def _decode(upload: UploadFile, position: int, limiter: anyio.CapacityLimiter) -> DecodedUpload:
+async def _decode(
+    upload: UploadFile, position: int, limiter: anyio.CapacityLimiter
+) -> DecodedUpload:
     name = upload.filename or f"upload {position + 1}"
     data = await upload.read()
     image, _notes = await anyio.to_thread.run_sync(decode_image_rgb, data, name, limiter=limiter)
@@ -53,3 +60,49 @@ async def uploaded_image(
     limiter: Annotated[anyio.CapacityLimiter, Depends(decode_limiter)],
 ) -> DecodedUpload:
     return await _decode(file, 0, limiter)
+
+
+def body_too_large_message(limit_mb: float) -> str:
+    return (
+        f"upload too large: the request body is limited to {limit_mb:g} MB (server option "
+        "--max-upload-mb); send fewer or smaller images"
+    )
+
+
+class BodySizeLimit:
+    """Pure ASGI middleware: a request body over ``limit_mb`` gets a 413, read or declared."""
+
+    def __init__(self, app: ASGIApp, limit_mb: float) -> None:
+        self.app = app
+        self.limit_mb = limit_mb
+        self.limit_bytes = int(limit_mb * 1024 * 1024)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.limit_bytes:
+            # Refused before a byte of the body is read; the client may still be sending, so
+            # the connection is closed after the answer rather than drained.
+            response = JSONResponse(
+                {"detail": body_too_large_message(self.limit_mb)},
+                status_code=413,
+                headers={"Connection": "close"},
+            )
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit_bytes:
+                    # FastAPI passes an HTTPException raised while reading the body on to the
+                    # exception handlers, which answer JSON.
+                    raise HTTPException(413, body_too_large_message(self.limit_mb))
+            return message
+
+        await self.app(scope, counting_receive, send)
