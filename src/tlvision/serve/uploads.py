@@ -62,6 +62,9 @@ async def uploaded_image(
     return await _decode(file, 0, limiter)
 
 
+DRAIN_FACTOR = 4  # a declared body up to this many times the limit is read and dropped
+
+
 def body_too_large_message(limit_mb: float) -> str:
     return (
         f"upload too large: the request body is limited to {limit_mb:g} MB (server option "
@@ -83,12 +86,15 @@ class BodySizeLimit:
             return
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > self.limit_bytes:
-            # Refused before a byte of the body is read; the client may still be sending, so
-            # the connection is closed after the answer rather than drained.
+            # Refused before a byte of the body is read. Most clients send the whole body
+            # before reading the answer, so uvicorn reads the rest and drops it (nothing is
+            # kept) and they get this JSON rather than a reset connection; a declared size far
+            # beyond the limit is not worth reading: the connection is closed instead.
+            close = int(declared) > DRAIN_FACTOR * self.limit_bytes
             response = JSONResponse(
                 {"detail": body_too_large_message(self.limit_mb)},
                 status_code=413,
-                headers={"Connection": "close"},
+                headers={"Connection": "close"} if close else None,
             )
             await response(scope, receive, send)
             return
@@ -101,8 +107,11 @@ class BodySizeLimit:
                 received += len(message.get("body", b""))
                 if received > self.limit_bytes:
                     # FastAPI passes an HTTPException raised while reading the body on to the
-                    # exception handlers, which answer JSON.
-                    raise HTTPException(413, body_too_large_message(self.limit_mb))
+                    # exception handlers, which answer JSON. A body of undeclared size may be
+                    # endless: the connection is closed after the answer.
+                    raise HTTPException(
+                        413, body_too_large_message(self.limit_mb), {"Connection": "close"}
+                    )
             return message
 
         await self.app(scope, counting_receive, send)
