@@ -37,7 +37,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(run_dir: Path) -> Iterator[Server]:
-    with running_server(run_dir, "--runtime", "torch") as running:
+    """The default runtime (auto: ONNX Runtime, exported on first use, where installed)."""
+    with running_server(run_dir) as running:
         yield running
 
 

@@ -231,6 +231,8 @@ def create_app(
         title="tlvision",
         summary=f"{', '.join(classifier.class_names)} classifier from {config.run_dir.name}",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's docs pages load their scripts from a CDN; /openapi.json stays
+        redoc_url=None,
         form_limits={"max_files": config.max_files},
     )
     app.state.service = service
