@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from tlvision.advise import advise
-from tlvision.training import TrainConfig, fit
+from tlvision.config import TrainConfig
+from tlvision.training import fit
 
 CANDIDATES: list[tuple[str, dict[str, Any]]] = [
     ("feature-extract", {"strategy": "feature-extract"}),

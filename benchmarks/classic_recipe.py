@@ -9,6 +9,7 @@ Everything runs in this one process, one after another, on the same machine and 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -16,12 +17,14 @@ from pathlib import Path
 
 import torch
 
-from tlvision.training import TrainConfig, fit
+from tlvision.config import TrainConfig
+from tlvision.training import fit
 
 sys.path.insert(0, str(Path(__file__).parent))
 from recipe_loop import run_recipe
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera_data"
+REPOSITORY = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPOSITORY.parent / "shared" / "data" / "hymenoptera_data"
 
 
 def run_tlvision(data: Path, out: Path, **options: object) -> dict[str, float]:
@@ -40,7 +43,8 @@ def main() -> None:
         choices=["feature-extract", "finetune"],
     )  # fmt: skip
     arguments = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, data {arguments.data}")
+    data = os.path.relpath(arguments.data, REPOSITORY)  # as the README writes it, not absolute
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, data {data}")
     rows: list[tuple[str, dict[str, float]]] = []
 
     def report(label: str, result: dict[str, float]) -> None:

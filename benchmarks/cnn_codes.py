@@ -11,6 +11,7 @@ then the probe table of every stage for the same data.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -18,13 +19,15 @@ from pathlib import Path
 
 import torch
 
+from tlvision.config import TrainConfig
 from tlvision.probe import run_probe
-from tlvision.training import TrainConfig, fit
+from tlvision.training import fit
 
 sys.path.insert(0, str(Path(__file__).parent))
 from recipe_loop import run_recipe
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera_data"
+REPOSITORY = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPOSITORY.parent / "shared" / "data" / "hymenoptera_data"
 
 
 def main() -> None:
@@ -32,7 +35,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--epochs", type=int, default=25)
     arguments = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, data {arguments.data}")
+    data = os.path.relpath(arguments.data, REPOSITORY)  # as the README writes it, not absolute
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, data {data}")
 
     recipe = run_recipe(arguments.data, fixed_features=True, epochs=arguments.epochs)
     print(

@@ -36,10 +36,11 @@ import numpy as np
 
 from tlvision.checkpoint import load_run_model
 from tlvision.cli import demo_data_dir
+from tlvision.config import TrainConfig
 from tlvision.images import load_rgb_image
 from tlvision.predict import predict_images
 from tlvision.runtime import open_classifier, prepare_pixels
-from tlvision.training import TrainConfig, fit
+from tlvision.training import fit
 
 OFFLINE_IMAGES = 256  # images timed through predict_images (the val set, repeated)
 WARM_UP_SECONDS = 10  # of the same load, before the timed part

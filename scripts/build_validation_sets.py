@@ -36,8 +36,8 @@ Datasets (``NAME``):
 How to run, from the repository root (``large`` needs ``apt-get`` with Debian 12's archive
 configured and ``apt-get update`` done once; ``far`` needs nothing but scikit-learn):
 
-    .venv/bin/python scripts/build_validation_sets.py far --out /work/datasets/far
-    .venv/bin/python scripts/build_validation_sets.py large --out /work/datasets/large
+    .venv/bin/python scripts/build_validation_sets.py far --out ../datasets/far
+    .venv/bin/python scripts/build_validation_sets.py large --out ../datasets/large
 
 ``large`` downloads the package itself (``apt-get download openclipart-png=1:0.18+dfsg-19`` in a
 temporary folder) unless ``--deb PATH`` names an already downloaded copy.

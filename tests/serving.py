@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 
 from tlvision.cli import demo_data_dir
-from tlvision.training import TrainConfig, fit
+from tlvision.config import TrainConfig
+from tlvision.training import fit
 
 STARTUP_SECONDS = 120  # importing torch and loading the model on a busy 2-core machine
 

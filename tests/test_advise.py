@@ -85,3 +85,17 @@ def test_train_auto_runs_the_advice_and_records_it(
     captured = capsys.readouterr()
     assert "--overwrite" in captured.err and "recommended:" not in captured.out
     assert json.loads((run / "summary.json").read_text()) == summary
+
+
+@pytest.mark.slow
+def test_train_auto_with_no_cache_writes_no_codes_to_disk(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from tlvision.cli import demo_data_dir
+
+    cache = tmp_path / "cache"
+    arguments = ["train", str(demo_data_dir()), "--strategy", "auto", "--no-cache"]
+    assert main([*arguments, "--cache-dir", str(cache), "--out", str(tmp_path / "run")]) == 0
+    assert "recommended:" in capsys.readouterr().out
+    assert not cache.exists()  # neither the advisor nor the training run wrote codes
+    assert (tmp_path / "run" / "model.safetensors").is_file()

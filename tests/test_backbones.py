@@ -15,6 +15,7 @@ from tlvision.backbones import (
     preprocessing_for,
 )
 from tlvision.errors import UserError
+from tlvision.stages import stage_graph
 from tlvision.weights import ensure_weights_file, hub_checkpoints_dir
 
 
@@ -109,3 +110,22 @@ def test_real_mobilenet_v2_weights_from_the_registry_package() -> None:
     # Pretrained, not random: the first conv's weights equal the file's.
     state = torch.load(path, map_location="cpu", weights_only=True)
     assert torch.equal(model.get_submodule("features.0.0").weight, state["features.0.0.weight"])
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_every_stage_has_the_channels_and_stride_its_registry_entry_records(name: str) -> None:
+    """The stage names promise depths; the registry records each one's real output shape."""
+    backbone = get_backbone(name)
+    model = backbone.build().eval()
+    side = 64  # a multiple of 32 keeps every stride exact; small keeps the test fast
+    with torch.no_grad():
+        maps = stage_graph(model, backbone, backbone.stage_names)(torch.zeros(1, 3, side, side))
+    for stage in backbone.stages:
+        assert maps[stage.name].shape == (
+            1,
+            stage.channels,
+            side // stage.stride,
+            side // stage.stride,
+        ), stage.name
+    assert backbone.stages[-1].stride == 32
+    assert [s.stride for s in backbone.stages] == sorted(s.stride for s in backbone.stages)

@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tlvision.data import Preprocessing, build_transforms, find_splits
+from tlvision.data import build_transforms, find_splits
 from tlvision.errors import UserError
+from tlvision.weights import Preprocessing
 
 
 def test_find_splits_matches_classes_by_name_and_ignores_hidden_files(tiny_dataset: Path) -> None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,23 +19,18 @@ from PIL import Image
 from torch import nn
 
 from tlvision.backbones import BACKBONES, get_backbone, head_of, replace_head
-from tlvision.data import DatasetSplits, Preprocessing, build_transforms, load_rgb_image
-from tlvision.features import (
-    VAL_VIEW,
+from tlvision.codes_cache import (
     CodesSpec,
     FeatureCache,
-    UnreadableImagesError,
     View,
     default_cache_dir,
-    extract_codes,
-    extract_split_codes,
-    extract_stage_codes,
-    model_fingerprint,
-    multi_stage_extractor,
-    stage_feature_extractor,
-    stage_feature_size,
     train_views,
 )
+from tlvision.data import DatasetSplits, build_transforms, load_rgb_image
+from tlvision.extraction import UnreadableImagesError, extract_codes
+from tlvision.split_codes import extract_split_codes
+from tlvision.stages import StageCodes, model_fingerprint, stage_channels
+from tlvision.weights import Preprocessing
 
 TINY = Preprocessing(resize_size=36, crop_size=32)
 
@@ -70,7 +66,12 @@ class Body(nn.Module):
 def counted(module: nn.Module) -> list[int]:
     """Record the batch size of every forward call of `module` (and of deep copies of it)."""
     calls: list[int] = []
-    module.register_forward_pre_hook(lambda _module, args: calls.append(args[0].shape[0]))
+
+    def count(_module: nn.Module, args: tuple[Any, ...]) -> None:
+        if isinstance(args[0], torch.Tensor):  # not the symbolic calls of torch.fx tracing
+            calls.append(args[0].shape[0])
+
+    module.register_forward_pre_hook(count)
     return calls
 
 
@@ -91,13 +92,23 @@ def spec(stage: str | None = None, **changes: object) -> CodesSpec:
     return CodesSpec(**fields)  # type: ignore[arg-type]
 
 
+def extract_one(
+    extractor: nn.Module, samples: list[Path], *, spec: CodesSpec, **options: Any
+) -> np.ndarray:
+    """One spec's codes: what most of these tests ask for."""
+    return extract_codes(extractor, samples, specs=[spec], **options)[spec.stage]
+
+
 def direct_codes(
     extractor: nn.Module, paths: list[Path], preprocessing: Preprocessing
 ) -> np.ndarray:
     transform = build_transforms(preprocessing)["val"]
     images = torch.stack([transform(load_rgb_image(path)) for path in paths])
     with torch.no_grad():
-        return extractor.eval()(images).numpy()
+        codes = extractor.eval()(images)
+    if isinstance(codes, dict):  # a StageCodes of one stage
+        (codes,) = codes.values()
+    return np.asarray(codes.numpy())
 
 
 # ------------------------------------------------------------------------------------------
@@ -113,7 +124,7 @@ def test_top_codes_are_exactly_the_heads_input() -> None:
     model.eval()
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        codes = stage_feature_extractor(model, backbone, None)(images)
+        codes = StageCodes(model, backbone, [None])(images)[None]
         expected = torch.flatten(
             nn.functional.adaptive_avg_pool2d(model.get_submodule("features")(images), 1), 1
         )
@@ -132,11 +143,11 @@ def test_every_backbone_gives_codes_for_every_stage_in_one_pass(name: str) -> No
     stages: list[str | None] = [None, *backbone.stage_names]
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        codes = multi_stage_extractor(model, backbone, stages)(images)
+        codes = StageCodes(model, backbone, stages)(images)
         logits = model(images)
     assert list(codes) == stages
     for stage in stages:
-        assert codes[stage].shape == (2, stage_feature_size(backbone, stage)), stage
+        assert codes[stage].shape == (2, stage_channels(backbone, stage)), stage
         assert codes[stage].dtype == torch.float32
     assert codes[None].shape == (2, backbone.feature_size)
     torch.testing.assert_close(logits, head_of(model, backbone)(codes[None]), rtol=0, atol=1e-4)
@@ -145,10 +156,11 @@ def test_every_backbone_gives_codes_for_every_stage_in_one_pass(name: str) -> No
 def test_stage_extractor_stops_after_its_stage_and_leaves_no_hooks() -> None:
     backbone = get_backbone("resnet18")
     model = backbone.build().eval()
+    extractor = StageCodes(model, backbone, ["stage2"])
     later = counted(model.get_submodule("layer3"))
     head = counted(model.get_submodule("fc"))
     with torch.no_grad():
-        codes = stage_feature_extractor(model, backbone, "stage2")(torch.randn(1, 3, 64, 64))
+        codes = extractor(torch.randn(1, 3, 64, 64))["stage2"]
     assert codes.shape == (1, 128)
     assert later == [] and head == []  # nothing after stage2 ran
     hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
@@ -158,19 +170,32 @@ def test_stage_extractor_stops_after_its_stage_and_leaves_no_hooks() -> None:
 def test_unknown_stage_is_a_clear_error() -> None:
     backbone = get_backbone("resnet18")
     with pytest.raises(Exception, match="unknown stage 'stage9'"):
-        stage_feature_extractor(backbone.build(), backbone, "stage9")
+        StageCodes(backbone.build(), backbone, ["stage9"])
 
 
 def test_fingerprint_follows_the_tensors_not_the_memory_format(body: Body) -> None:
     fingerprint = model_fingerprint(body)
     assert model_fingerprint(body.to(memory_format=torch.channels_last)) == fingerprint
-    assert model_fingerprint(body, exclude=("fc",)) != fingerprint
-    with torch.no_grad():
-        body.fc.weight.add_(1.0)
-    assert model_fingerprint(body, exclude=("fc",)) != model_fingerprint(body)
     with torch.no_grad():
         body.features.get_parameter("0.weight").add_(1e-3)
     assert model_fingerprint(body) != fingerprint
+
+
+def test_stage_codes_fingerprint_covers_the_body_up_to_the_stage_not_the_head() -> None:
+    backbone = get_backbone("resnet18")
+    torch.manual_seed(0)
+    model = backbone.build().eval()
+    top, stage2 = StageCodes(model, backbone, [None]), StageCodes(model, backbone, ["stage2"])
+    before = top.fingerprint(), stage2.fingerprint()
+    with torch.no_grad():
+        model.fc.weight.add_(1.0)  # the head: no code depends on it
+    assert (top.fingerprint(), stage2.fingerprint()) == before
+    with torch.no_grad():
+        model.layer4[0].conv1.weight.add_(1e-3)  # after stage2: only the top codes change
+    assert top.fingerprint() != before[0] and stage2.fingerprint() == before[1]
+    with torch.no_grad():
+        model.conv1.weight.add_(1e-3)
+    assert stage2.fingerprint() != before[1]
 
 
 # ------------------------------------------------------------------------------------------
@@ -193,16 +218,16 @@ def test_codes_match_a_direct_computation_and_a_hit_runs_nothing(
     calls = counted(body.features)
     messages: list[str] = []
     cache = FeatureCache(tmp_path / "cache", log=messages.append)
-    codes = extract_codes(extractor, paths, spec=spec(), cache=cache, batch_size=2)
+    codes = extract_one(extractor, paths, spec=spec(), cache=cache, batch_size=2)
     assert isinstance(codes, np.memmap) and codes.shape == (5, 16)
     assert sum(calls) == 5
     np.testing.assert_allclose(codes, direct_codes(extractor, paths, TINY), atol=1e-5)
-    uncached = extract_codes(extractor, paths, spec=spec(), cache=None, batch_size=2)
+    uncached = extract_one(extractor, paths, spec=spec(), cache=None, batch_size=2)
     np.testing.assert_array_equal(codes, uncached)
 
     messages.clear()
     calls.clear()
-    again = extract_codes(
+    again = extract_one(
         extractor, paths, spec=spec(), cache=FeatureCache(tmp_path / "cache", log=messages.append)
     )
     assert calls == []
@@ -224,15 +249,15 @@ def test_extraction_runs_in_eval_mode_and_leaves_the_model_as_it_was(
     before = {name: module.training for name, module in model.named_modules()}
     state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     paths = write_images(tmp_path / "images", 3)
-    codes = extract_stage_codes(
-        model, backbone, ["stage1"], paths, weights="none", preprocessing=TINY, cache=None,
+    codes = extract_one(
+        StageCodes(model, backbone, ["stage1"]), paths, spec=spec("stage1"), cache=None,
         channels_last=channels_last,
-    )["stage1"]  # fmt: skip
+    )  # fmt: skip
     assert {name: module.training for name, module in model.named_modules()} == before
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, state[name]), name  # running stats untouched
         assert tensor.is_contiguous(), name
-    expected = direct_codes(stage_feature_extractor(model, backbone, "stage1"), paths, TINY)
+    expected = direct_codes(StageCodes(model, backbone, ["stage1"]), paths, TINY)
     np.testing.assert_allclose(codes, expected, atol=1e-5)
 
 
@@ -243,10 +268,10 @@ def test_duplicate_images_and_subsets_reuse_entries(body: Body, tmp_path: Path) 
     extractor = Extractor(body)
     calls = counted(body.features)
     cache = FeatureCache(tmp_path / "cache", log=lambda message: None)
-    codes = extract_codes(extractor, [*paths, copy_path], spec=spec(), cache=cache)
+    codes = extract_one(extractor, [*paths, copy_path], spec=spec(), cache=cache)
     assert sum(calls) == 4  # identical content is one entry
     np.testing.assert_array_equal(codes[0], codes[4])
-    subset = extract_codes(extractor, [paths[2], paths[0]], spec=spec(), cache=cache)
+    subset = extract_one(extractor, [paths[2], paths[0]], spec=spec(), cache=cache)
     assert sum(calls) == 4
     np.testing.assert_array_equal(subset, codes[[2, 0]])
 
@@ -269,13 +294,13 @@ def test_a_changed_image_gets_new_codes_even_with_its_old_size_and_mtime(
     extractor = Extractor(body)
     calls = counted(body.features)
     cache = FeatureCache(tmp_path / "cache", log=lambda message: None)
-    before = np.array(extract_codes(extractor, paths, spec=spec(), cache=cache))
+    before = np.array(extract_one(extractor, paths, spec=spec(), cache=cache))
     stat = paths[1].stat()
     replacement = write_images(tmp_path / "other", 1, seed=99)[0].read_bytes()
     paths[1].write_bytes(replacement)
     os.utime(paths[1], ns=(stat.st_atime_ns, stat.st_mtime_ns))
     calls.clear()
-    after = extract_codes(extractor, paths, spec=spec(), cache=FeatureCache(cache.root))
+    after = extract_one(extractor, paths, spec=spec(), cache=FeatureCache(cache.root))
     assert sum(calls) == 1
     np.testing.assert_array_equal(after[[0, 2]], before[[0, 2]])
     assert not np.allclose(after[1], before[1])
@@ -289,7 +314,7 @@ def test_weights_stage_view_preprocessing_and_tensors_are_part_of_the_key(
     extractor = Extractor(body)
     calls = counted(body.features)
     cache = FeatureCache(tmp_path / "cache", log=lambda message: None)
-    extract_codes(extractor, paths, spec=spec(), cache=cache)
+    extract_one(extractor, paths, spec=spec(), cache=cache)
     variants = [
         spec(weights="IMAGENET1K_V1"),
         spec(stage="stage1"),
@@ -299,17 +324,17 @@ def test_weights_stage_view_preprocessing_and_tensors_are_part_of_the_key(
     ]
     for variant in variants:
         calls.clear()
-        extract_codes(extractor, paths, spec=variant, cache=cache)
+        extract_one(extractor, paths, spec=variant, cache=cache)
         assert sum(calls) == 2, variant
         calls.clear()
-        extract_codes(extractor, paths, spec=variant, cache=cache)
+        extract_one(extractor, paths, spec=variant, cache=cache)
         assert sum(calls) == 0, variant
     with torch.no_grad():
         body.features.get_parameter("2.bias").add_(
             0.5
         )  # the same labels, other tensors: other codes
     calls.clear()
-    extract_codes(extractor, paths, spec=spec(), cache=cache)
+    extract_one(extractor, paths, spec=spec(), cache=cache)
     assert sum(calls) == 2
 
 
@@ -320,17 +345,17 @@ def test_augmented_views_are_reproducible_distinct_and_cacheable(
     extractor = Extractor(body)
     first, second = train_views(2, seed=7)
     assert (first.name, second.name) == ("train-aug-0-seed-7", "train-aug-1-seed-7")
-    a = extract_codes(extractor, paths, spec=spec(view=first), cache=None)
-    b = extract_codes(extractor, paths[::-1], spec=spec(view=first), cache=None)[::-1]
+    a = extract_one(extractor, paths, spec=spec(view=first), cache=None)
+    b = extract_one(extractor, paths[::-1], spec=spec(view=first), cache=None)[::-1]
     np.testing.assert_array_equal(a, b)  # per image, not per position or order
-    c = extract_codes(extractor, paths, spec=spec(view=second), cache=None)
+    c = extract_one(extractor, paths, spec=spec(view=second), cache=None)
     assert not np.allclose(a, c)
-    cached = extract_codes(
+    cached = extract_one(
         extractor, paths, spec=spec(view=first), cache=FeatureCache(tmp_path / "cache")
     )
     np.testing.assert_array_equal(cached, a)
     rng_state = torch.random.get_rng_state()
-    extract_codes(extractor, paths, spec=spec(view=second), cache=None)
+    extract_one(extractor, paths, spec=spec(view=second), cache=None)
     assert torch.equal(torch.random.get_rng_state(), rng_state)  # the global RNG is untouched
 
 
@@ -367,19 +392,19 @@ def test_a_corrupt_shard_is_reported_once_and_recomputed(
     calls = counted(body.features)
     messages: list[str] = []
     cache = FeatureCache(tmp_path / "cache", log=messages.append)
-    good = np.array(extract_codes(extractor, paths, spec=spec(), cache=cache))
+    good = np.array(extract_one(extractor, paths, spec=spec(), cache=cache))
     shard = only_shard(cache)
     corrupt(shard)  # type: ignore[operator]
     calls.clear()
     messages.clear()
-    again = extract_codes(extractor, paths, spec=spec(), cache=cache)
+    again = extract_one(extractor, paths, spec=spec(), cache=cache)
     assert sum(calls) == 3
     np.testing.assert_array_equal(again, good)
     corrupt_lines = [message for message in messages if "is corrupt" in message]
     assert len(corrupt_lines) == 1 and str(shard) in corrupt_lines[0]
     calls.clear()
     messages.clear()
-    extract_codes(extractor, paths, spec=spec(), cache=cache)
+    extract_one(extractor, paths, spec=spec(), cache=cache)
     assert sum(calls) == 0 and not any("is corrupt" in message for message in messages), messages
 
 
@@ -395,13 +420,13 @@ def test_an_interrupted_extraction_keeps_finished_chunks(body: Body, tmp_path: P
     handle = body.features.register_forward_pre_hook(fail_on_third_batch)
     cache = FeatureCache(tmp_path / "cache", log=lambda message: None)
     with pytest.raises(KeyboardInterrupt):
-        extract_codes(extractor, paths, spec=spec(), cache=cache, batch_size=2, chunk_size=2)
+        extract_one(extractor, paths, spec=spec(), cache=cache, batch_size=2, chunk_size=2)
     handle.remove()
     files = sorted(path.name for path in cache.root.rglob("*") if path.is_file())
     assert sum(name.startswith("chunk-") for name in files) == 2
     assert not any(name.startswith(".tmp-") for name in files)  # the unfinished one is gone
     calls.clear()
-    codes = extract_codes(extractor, paths, spec=spec(), cache=cache, batch_size=2, chunk_size=2)
+    codes = extract_one(extractor, paths, spec=spec(), cache=cache, batch_size=2, chunk_size=2)
     assert sum(calls) == 2
     np.testing.assert_allclose(codes, direct_codes(extractor, paths, TINY), atol=1e-5)
     remaining = [path.name for path in cache.root.rglob("*.codes")]
@@ -418,12 +443,12 @@ def test_unreadable_images_are_listed_and_everything_else_is_cached(
     calls = counted(body.features)
     cache = FeatureCache(tmp_path / "cache", log=lambda message: None)
     with pytest.raises(UnreadableImagesError) as caught:
-        extract_codes(extractor, paths, spec=spec(), cache=cache, batch_size=2, chunk_size=2)
+        extract_one(extractor, paths, spec=spec(), cache=cache, batch_size=2, chunk_size=2)
     assert [path for path, _reason in caught.value.images] == [paths[1], paths[3]]
     assert "zero-byte" in caught.value.images[1][1] and str(paths[1]) in str(caught.value)
     assert sum(calls) == 3
     good = [paths[0], paths[2], paths[4]]
-    codes = extract_codes(extractor, good, spec=spec(), cache=cache)
+    codes = extract_one(extractor, good, spec=spec(), cache=cache)
     assert sum(calls) == 3  # all three were cached before the error
     np.testing.assert_allclose(codes, direct_codes(extractor, good, TINY), atol=1e-5)
 
@@ -448,7 +473,7 @@ def _extract_in_process(root: str, paths: list[str], barrier: object) -> None:
     torch.manual_seed(0)
     body = Body().eval()
     barrier.wait()  # type: ignore[attr-defined]
-    extract_codes(
+    extract_one(
         Extractor(body),
         [Path(path) for path in paths],
         spec=spec(),
@@ -477,7 +502,7 @@ def test_two_processes_writing_the_same_entries_leave_a_valid_cache(tmp_path: Pa
     body = Body().eval()
     calls = counted(body.features)
     messages: list[str] = []
-    codes = extract_codes(
+    codes = extract_one(
         Extractor(body),
         [Path(p) for p in paths],
         spec=spec(),
@@ -495,8 +520,9 @@ MEMORY_CHILD = textwrap.dedent(
     from pathlib import Path
     import numpy as np, torch
     from torch import nn
-    from tlvision.data import Preprocessing
-    from tlvision.features import CodesSpec, FeatureCache, extract_codes
+    from tlvision.weights import Preprocessing
+    from tlvision.codes_cache import CodesSpec, FeatureCache
+    from tlvision.extraction import extract_codes
 
     torch.set_num_threads(1)
     folder, cache_dir, headroom = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -518,8 +544,8 @@ MEMORY_CHILD = textwrap.dedent(
     for cache in (FeatureCache(Path(cache_dir), log=print),) * 2 + (None,):  # cold, warm, none
         try:
             codes = extract_codes(
-                model, paths, spec=spec, cache=cache, batch_size=16, chunk_size=256
-            )
+                model, paths, specs=[spec], cache=cache, batch_size=16, chunk_size=256
+            )[None]
         except MemoryError:
             print("MemoryError", flush=True)
             continue
@@ -593,11 +619,11 @@ def test_split_codes_have_one_array_per_view_and_stage(tmp_path: Path) -> None:
     assert any("skipped 1 unreadable image" in message for message in messages)
     stacked, labels = top.stacked_train()
     assert stacked.shape == (15, 1280) and labels.shape == (15,)
-    direct = extract_stage_codes(
-        model, backbone, [None], [path for path, _ in samples["val"]], weights="none",
-        preprocessing=TINY, cache=None, view=VAL_VIEW,
+    direct = extract_one(
+        StageCodes(model, backbone, [None]), [path for path, _ in samples["val"]],
+        spec=spec(), cache=None,
     )  # fmt: skip
-    np.testing.assert_allclose(top.val, direct[None], atol=1e-5)
+    np.testing.assert_allclose(top.val, direct, atol=1e-5)
     calls = counted(model.get_submodule("features"))
     again = extract_split_codes(model, backbone, splits, **kwargs)  # type: ignore[arg-type]
     assert calls == []  # all cached; only the unreadable file is tried (and skipped) again

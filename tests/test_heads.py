@@ -22,27 +22,22 @@ from tlvision.backbones import (
     create_model,
     get_backbone,
     head_of,
+    install_head,
     preprocessing_for,
 )
+from tlvision.codes_cache import FeatureCache
 from tlvision.data import ImageDataset, build_transforms, find_splits
 from tlvision.errors import UserError
-from tlvision.features import (
-    FeatureCache,
-    extract_split_codes,
-    multi_stage_extractor,
-    stage_feature_extractor,
-)
 from tlvision.heads import (
     HEADS,
-    StageClassifier,
     fit_sklearn_head,
-    format_probe_table,
-    install_head,
-    probe,
     select_C,
     sklearn_to_linear,
     train_linear_head,
 )
+from tlvision.probe import format_probe_table, probe
+from tlvision.split_codes import extract_split_codes
+from tlvision.stages import StageClassifier, StageCodes
 
 REFERENCE_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera_data"
 NO_WEIGHTS = WeightsChoice(spec=None, path=None, label="none")
@@ -216,7 +211,7 @@ def test_install_head_makes_full_model_logits_equal_head_of_top_codes() -> None:
     assert installed is head_of(model, backbone) and installed.out_features == 3
     images = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
-        codes = stage_feature_extractor(model, backbone, None)(images)
+        codes = StageCodes(model, backbone, [None])(images)[None]
         torch.testing.assert_close(model(images), trained(codes), rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="another stage"):
         install_head(model, backbone, nn.Linear(32, 3))
@@ -231,7 +226,7 @@ def test_stage_classifier_equals_codes_then_head_and_survives_safetensors(tmp_pa
     assert sum(isinstance(m, nn.Identity) for m in model.modules()) == 0  # model untouched
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        codes = multi_stage_extractor(model, backbone, ["stage2"])(images)["stage2"]
+        codes = StageCodes(model, backbone, ["stage2"])(images)["stage2"]
         expected = head(codes)
         torch.testing.assert_close(classifier(images), expected, rtol=0, atol=1e-5)
     keys = set(classifier.state_dict())

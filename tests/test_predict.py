@@ -11,9 +11,10 @@ import torch
 
 from tlvision.checkpoint import load_run_model
 from tlvision.cli import main
+from tlvision.config import TrainConfig
 from tlvision.evaluation import ClassificationReport
 from tlvision.predict import predict_images
-from tlvision.training import TrainConfig, fit
+from tlvision.training import fit
 
 
 @pytest.fixture

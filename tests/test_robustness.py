@@ -14,9 +14,10 @@ from salted_data import make_salted
 
 from tlvision.checkpoint import TRAINING_CHECKPOINT, load_training_checkpoint
 from tlvision.cli import main
+from tlvision.config import TrainConfig
 from tlvision.data import find_splits
 from tlvision.errors import UserError
-from tlvision.training import TrainConfig, fit
+from tlvision.training import fit
 
 FAST = ["--weights", "none", "--input-size", "48", "--batch-size", "8", "--workers", "0"]
 BROKEN = {"zero.jpg", "truncated.jpg", "text.jpg", "bomb.png"}

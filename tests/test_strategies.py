@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from tlvision.backbones import BackboneSpec, choose_weights, create_model, get_backbone, head_of
+from tlvision.config import TrainConfig, validate_config
 from tlvision.errors import UserError
-from tlvision.strategies import apply_strategy, parameter_groups, set_train_mode
+from tlvision.strategies import apply_finetuning, parameter_groups, set_train_mode
 
 
 def batchnorm_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -37,15 +38,17 @@ def build(name: str = "mobilenet_v2") -> tuple[nn.Module, BackboneSpec]:
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v2", "resnet18", "efficientnet_lite0"])
-def test_feature_extract_trains_only_the_head_and_keeps_batchnorm_statistics(name: str) -> None:
+def test_backbone_lr_mult_zero_trains_only_the_head_and_keeps_batchnorm_statistics(
+    name: str,
+) -> None:
     model, backbone = build(name)
-    apply_strategy(model, backbone, "feature-extract")
+    apply_finetuning(model, backbone, backbone_lr_mult=0)
     head = head_of(model, backbone)
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     assert trainable == {id(p) for p in head.parameters()}
     before = batchnorm_statistics(model)
     head_before = head.weight.clone()
-    groups = parameter_groups(model, backbone, learning_rate=0.1, backbone_lr_mult=0.1)
+    groups = parameter_groups(model, backbone, learning_rate=0.1, backbone_lr_mult=0)
     one_training_step(model, groups)
     after = batchnorm_statistics(model)
     assert before.keys() == after.keys() and before
@@ -56,7 +59,7 @@ def test_feature_extract_trains_only_the_head_and_keeps_batchnorm_statistics(nam
 
 def test_finetune_freeze_until_keeps_early_stages_and_their_batchnorm_fixed() -> None:
     model, backbone = build("mobilenet_v2")
-    apply_strategy(model, backbone, "finetune", freeze_until="stage2")
+    apply_finetuning(model, backbone, freeze_until="stage2")
     frozen_prefixes = [f"{module}." for stage in backbone.stages[:3] for module in stage.modules]
     for name, parameter in model.named_parameters():
         assert parameter.requires_grad != any(name.startswith(p) for p in frozen_prefixes), name
@@ -72,7 +75,7 @@ def test_finetune_freeze_until_keeps_early_stages_and_their_batchnorm_fixed() ->
 
 def test_discriminative_learning_rates() -> None:
     model, backbone = build("resnet18")
-    apply_strategy(model, backbone, "finetune")
+    apply_finetuning(model, backbone)
     groups = parameter_groups(model, backbone, learning_rate=0.01, backbone_lr_mult=0.1)
     by_name = {group["name"]: group for group in groups}
     assert by_name["head"]["lr"] == 0.01
@@ -84,9 +87,11 @@ def test_discriminative_learning_rates() -> None:
 def test_freeze_until_errors() -> None:
     model, backbone = build("resnet18")
     with pytest.raises(UserError, match="stage1"):
-        apply_strategy(model, backbone, "finetune", freeze_until="layer2")
+        apply_finetuning(model, backbone, freeze_until="layer2")
     with pytest.raises(UserError, match="finetune"):
-        apply_strategy(model, backbone, "feature-extract", freeze_until="stage1")
+        validate_config(
+            TrainConfig(Path("."), Path("."), strategy="feature-extract", freeze_until="stage1")
+        )
 
 
 @pytest.mark.parametrize("strategy", ["feature-extract", "linear-probe"])
@@ -98,7 +103,7 @@ def test_frozen_routes_leave_batchnorm_statistics_as_they_were(
     those statistics went through it."""
     from safetensors.torch import load_file
 
-    from tlvision.training import TrainConfig, fit
+    from tlvision.training import fit
 
     out = tmp_path / "run"
     config = TrainConfig(

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from tlvision.checkpoint import load_run_model
+from tlvision.config import TrainConfig
 from tlvision.errors import UserError
 from tlvision.evaluation import evaluate_run
-from tlvision.training import TrainConfig, fit
+from tlvision.training import fit
 
 
 def small_config(data: Path, out: Path, **overrides: object) -> TrainConfig:

@@ -30,7 +30,7 @@ import shlex
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +41,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tlvision.backbones import (
+    DEFAULT_BACKBONE,
     BackboneSpec,
+    WeightsChoice,
     choose_weights,
     create_model,
     get_backbone,
     preprocessing_for,
 )
+from tlvision.codes_cache import FeatureCache, default_cache_dir
 from tlvision.data import (
     DatasetSplits,
     ImageDataset,
@@ -55,8 +58,9 @@ from tlvision.data import (
     default_num_workers,
     find_splits,
 )
-from tlvision.features import FeatureCache, default_cache_dir, extract_split_codes, stage_label
-from tlvision.heads import probe
+from tlvision.probe import probe
+from tlvision.split_codes import extract_split_codes
+from tlvision.stages import TOP_LABEL, stage_label
 from tlvision.weights import load_state_dict_file
 
 Sample = tuple[Path, int]
@@ -308,14 +312,46 @@ def seconds_per_image(model: nn.Module, input_size: int, batch_size: int = 16) -
     return (time.perf_counter() - started) / batch_size
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """What the advisor measured; `decide` turns it into advice without measuring anything."""
+
+    size: SizeEvidence
+    pretrained_fit: PretrainedFit
+    probe_accuracy: dict[str, float]  # logreg val accuracy by stage label
+    probe_sample: dict[str, int]
+    learning_curve: dict[str, float]  # share of train -> val accuracy
+    seconds_per_image: float  # forward time on this machine at `input_size`
+    input_size: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "size": self.size.to_json(),
+            "pretrained_fit": self.pretrained_fit.to_json(),
+            "probe": self.probe_accuracy,
+            "probe_sample": self.probe_sample,
+            "learning_curve": self.learning_curve,
+            "seconds_per_image_forward": self.seconds_per_image,
+            "thresholds": {
+                "small_total": SMALL_TOTAL,
+                "small_per_class": SMALL_PER_CLASS,
+                "similar_confidence": SIMILAR_CONFIDENCE,
+                "similar_batchnorm_shift": SIMILAR_BATCHNORM_SHIFT,
+                "top_stage_margin": TOP_STAGE_MARGIN,
+                "curve_gain": CURVE_GAIN,
+            },
+        }
+
+
 def advise(
     data_dir: Path,
     *,
-    backbone_name: str = "mobilenet_v2",
+    backbone_name: str = DEFAULT_BACKBONE,
     weights_argument: str | None = None,
     seed: int = 0,
     time_budget_minutes: float = 30.0,
     cache_dir: Path | None = None,
+    use_cache: bool = True,
     val_split: float | None = None,
     log: Callable[[str], None] = print,
 ) -> Advice:
@@ -328,9 +364,42 @@ def advise(
     weights = choose_weights(backbone, weights_argument)
     if not weights.pretrained or weights.path is None:
         raise_no_weights(backbone.name)
+    cache = FeatureCache(cache_dir or default_cache_dir(), log=log) if use_cache else None
+    evidence = measure(splits, backbone, weights, seed=seed, cache=cache, log=log)
+    decision = decide(evidence, time_budget_minutes=time_budget_minutes)
+    command = ["tlvision", "train", str(data_dir), "--strategy", decision.strategy]
+    if backbone.name != DEFAULT_BACKBONE:
+        command += ["--backbone", backbone.name]
+    if weights_argument is not None:
+        command += ["--weights", weights_argument]
+    if val_split is not None:
+        command += ["--val-split", str(val_split)]
+    if evidence.input_size != preprocessing_for(backbone, weights).crop_size:
+        command += ["--input-size", str(evidence.input_size)]
+    if decision.strategy == "linear-probe":
+        command += ["--head", decision.head] + (
+            ["--stage", decision.stage] if decision.stage else []
+        )
+    if decision.strategy == "finetune":
+        command += ["--epochs", str(decision.epochs), "--lr", str(decision.learning_rate)]
+        command += ["--backbone-lr-mult", str(decision.backbone_lr_mult)]
+    command += ["--seed", str(seed)]
+    return replace(decision, command=shlex.join(command), evidence=evidence.to_json())
+
+
+def measure(
+    splits: DatasetSplits,
+    backbone: BackboneSpec,
+    weights: WeightsChoice,
+    *,
+    seed: int,
+    cache: FeatureCache | None,
+    log: Callable[[str], None],
+) -> Evidence:
+    """Size, the three similarity signals and the learning curve, on seeded samples."""
     size = measure_size(splits, seed=seed)
-    weights_preprocessing = preprocessing_for(backbone, weights)
-    input_size = recommended_input_size(size.native_short_side, weights_preprocessing.crop_size)
+    weights_crop = preprocessing_for(backbone, weights).crop_size
+    input_size = recommended_input_size(size.native_short_side, weights_crop)
     preprocessing = preprocessing_for(backbone, weights, input_size=input_size)
 
     # Similarity, signals 1 and 2: the pretrained network with its own ImageNet head.
@@ -341,13 +410,9 @@ def advise(
     val_sample = sample_per_class(splits.samples["val"], 40, seed)
     log(f"advise: measuring {len(val_sample)} val images against the pretrained network")
     pretrained_fit = measure_pretrained_fit(
-        imagenet_model,
-        backbone,
-        val_sample,
-        build_transforms(preprocessing)["val"],
+        imagenet_model, backbone, val_sample, build_transforms(preprocessing)["val"],
         num_workers=default_num_workers(),
-    )
-    per_image = seconds_per_image(imagenet_model, input_size)
+    )  # fmt: skip
 
     # Signal 3 and the learning curve: logistic regression on each stage's codes, one pass.
     sampled = DatasetSplits(
@@ -358,69 +423,52 @@ def advise(
             "val": sample_per_class(splits.samples["val"], PROBE_VAL_PER_CLASS, seed),
         },
     )
-    model = create_model(backbone, len(splits.class_names), weights)
     codes = extract_split_codes(
-        model, backbone, sampled, weights=weights.label, preprocessing=preprocessing,
-        cache=FeatureCache(cache_dir or default_cache_dir(), log=log), stages=PROBE_STAGES,
+        create_model(backbone, len(splits.class_names), weights), backbone, sampled,
+        weights=weights.label, preprocessing=preprocessing, cache=cache, stages=PROBE_STAGES,
         seed=seed, num_workers=default_num_workers(), log=log,
     )  # fmt: skip
     rows = probe(
         {stage: codes[stage].train_views for stage in PROBE_STAGES},
         {stage: codes[stage].val for stage in PROBE_STAGES},
-        codes[None].train_labels,
-        codes[None].val_labels,
-        num_classes=len(splits.class_names),
-        heads=("logreg",),
-        seed=seed,
-        C=PROBE_C,
-    )
+        codes[None].train_labels, codes[None].val_labels,
+        num_classes=len(splits.class_names), heads=("logreg",), seed=seed, C=PROBE_C,
+    )  # fmt: skip
     probe_accuracy = {stage_label(row.stage): row.val_acc for row in rows}
-    best_stage_label = max(probe_accuracy, key=lambda name: (probe_accuracy[name], name == "top"))
-    best_stage = None if best_stage_label == "top" else best_stage_label
-    curve = learning_curve(codes[best_stage], len(splits.class_names), seed)
-
-    # The two axes.
-    is_small = size.train_images < SMALL_TOTAL or size.per_class_median < SMALL_PER_CLASS
-    top_gap = max(probe_accuracy.values()) - probe_accuracy["top"]
-    early_shift = float(
-        np.mean([pretrained_fit.batchnorm_shift.get(name, 0.0) for name in ("stem", "stage1")])
+    return Evidence(
+        size=size,
+        pretrained_fit=pretrained_fit,
+        probe_accuracy=probe_accuracy,
+        probe_sample={k: len(v) for k, v in sampled.samples.items()},
+        learning_curve=learning_curve(
+            codes[_best_stage(probe_accuracy)], len(splits.class_names), seed
+        ),
+        seconds_per_image=seconds_per_image(imagenet_model, input_size),
+        input_size=input_size,
     )
-    votes = [
-        pretrained_fit.imagenet_confidence >= SIMILAR_CONFIDENCE,
-        early_shift <= SIMILAR_BATCHNORM_SHIFT,
-        top_gap <= TOP_STAGE_MARGIN,
-    ]
-    is_similar = sum(votes) >= 2
-    still_learning = curve["1"] - curve["0.5"] >= CURVE_GAIN
-    reasons = [
-        f"{size.train_images} train images, median {size.per_class_median:g} per class: "
-        + ("small" if is_small else "large")
-        + f" (small means under {SMALL_TOTAL} in all or {SMALL_PER_CLASS} per class)",
-        f"ImageNet head confidence {pretrained_fit.imagenet_confidence:.2f} "
-        f"({'>=' if votes[0] else '<'} {SIMILAR_CONFIDENCE}); early BatchNorm shift "
-        f"{early_shift:.2f} ({'<=' if votes[1] else '>'} {SIMILAR_BATCHNORM_SHIFT}); top codes "
-        f"{top_gap:.3f} below the best stage ({best_stage_label}, "
-        f"{'<=' if votes[2] else '>'} {TOP_STAGE_MARGIN}): {sum(votes)} of 3 say similar: "
-        + ("similar" if is_similar else "different"),
-        f"learning curve gains {curve['1'] - curve['0.5']:+.3f} from half to all of the "
-        "sample: " + ("still learning" if still_learning else "flat"),
-    ]
 
+
+def _best_stage(probe_accuracy: dict[str, float]) -> str | None:
+    """The stage whose codes the probe read best (ties: the top); None for the top."""
+    best = max(probe_accuracy, key=lambda name: (probe_accuracy[name], name == TOP_LABEL))
+    return None if best == TOP_LABEL else best
+
+
+def decide(evidence: Evidence, *, time_budget_minutes: float) -> Advice:
+    """The recipe's quadrants on the measured axes, then the time budget (no measuring here);
+    the returned Advice has no command or evidence yet."""
+    size, probe_accuracy = evidence.size, evidence.probe_accuracy
+    best_stage = _best_stage(probe_accuracy)
+    is_small, is_similar, still_learning, reasons = _axes(evidence)
     epochs, stage, head = 25, None, "linear"
-    learning_rate, backbone_lr_mult = 0.01, 0.1
-    train_count = size.train_images
-    frozen_seconds = (train_count + size.val_images) * per_image + 5
     if is_small and is_similar:
         quadrant, strategy = (
             "small and similar: a linear classifier on the top codes",
-            "feature-extract",
+            ("feature-extract"),
         )
     elif is_small:
-        quadrant, strategy = (
-            "small and different: a linear classifier on codes from an earlier stage",
-            "linear-probe",
-        )
-        stage, head = best_stage, "logreg"
+        quadrant = "small and different: a linear classifier on codes from an earlier stage"
+        strategy, stage, head = "linear-probe", best_stage, "logreg"
     else:
         quadrant = (
             "large and similar: fine-tune" if is_similar
@@ -428,13 +476,12 @@ def advise(
         )  # fmt: skip
         strategy = "finetune"
         if not still_learning and max(probe_accuracy.values()) >= 0.97:
-            strategy = "feature-extract" if best_stage is None else "linear-probe"
-            stage, head = (best_stage, "logreg") if best_stage else (None, "linear")
+            strategy, stage, head = _frozen_route(best_stage)
             reasons.append(
                 f"but the frozen codes already reach {max(probe_accuracy.values()):.3f} and the "
                 "learning curve is flat: fine-tuning is unlikely to pay for its cost"
             )
-    finetune_epoch_seconds = (3 * train_count + size.val_images) * per_image
+    finetune_epoch_seconds = (3 * size.train_images + size.val_images) * evidence.seconds_per_image
     if strategy == "finetune":
         budget_epochs = int(time_budget_minutes * 60 // max(finetune_epoch_seconds, 1e-6))
         epochs = max(0, min(MAX_FINETUNE_EPOCHS, budget_epochs))
@@ -444,53 +491,59 @@ def advise(
                 f"{time_budget_minutes:g}-minute budget allows {budget_epochs}: taking the "
                 "frozen route instead"
             )
-            strategy = "feature-extract" if best_stage is None else "linear-probe"
-            stage, head, epochs = (best_stage, "logreg", 25) if best_stage else (None, "linear", 25)
+            (strategy, stage, head), epochs = _frozen_route(best_stage), 25
         else:
             reasons.append(f"{epochs} epochs fit the {time_budget_minutes:g}-minute budget")
-    predicted = frozen_seconds if strategy != "finetune" else epochs * finetune_epoch_seconds + 10
-
-    command = ["tlvision", "train", str(data_dir), "--strategy", strategy]
-    if backbone.name != "mobilenet_v2":
-        command += ["--backbone", backbone.name]
-    if weights_argument is not None:
-        command += ["--weights", weights_argument]
-    if val_split is not None:
-        command += ["--val-split", str(val_split)]
-    if input_size != weights_preprocessing.crop_size:
-        command += ["--input-size", str(input_size)]
-    if strategy == "linear-probe":
-        command += ["--head", head] + (["--stage", stage] if stage else [])
-    if strategy == "finetune":
-        command += ["--epochs", str(epochs), "--lr", str(learning_rate)]
-        command += ["--backbone-lr-mult", str(backbone_lr_mult)]
-    command += ["--seed", str(seed)]
-    evidence = {
-        "size": size.to_json(),
-        "pretrained_fit": pretrained_fit.to_json(),
-        "probe": probe_accuracy,
-        "probe_sample": {
-            "train": len(sampled.samples["train"]),
-            "val": len(sampled.samples["val"]),
-        },
-        "learning_curve": curve,
-        "seconds_per_image_forward": per_image,
-        "thresholds": {
-            "small_total": SMALL_TOTAL,
-            "small_per_class": SMALL_PER_CLASS,
-            "similar_confidence": SIMILAR_CONFIDENCE,
-            "similar_batchnorm_shift": SIMILAR_BATCHNORM_SHIFT,
-            "top_stage_margin": TOP_STAGE_MARGIN,
-            "curve_gain": CURVE_GAIN,
-        },
-    }
+    frozen_seconds = (size.train_images + size.val_images) * evidence.seconds_per_image + 5
     return Advice(
         strategy=strategy, stage=stage, size="small" if is_small else "large",
         similarity="similar" if is_similar else "different", quadrant=quadrant,
-        input_size=input_size, epochs=epochs, learning_rate=learning_rate,
-        backbone_lr_mult=backbone_lr_mult, head=head, predicted_seconds=predicted,
-        command=shlex.join(command), reasons=reasons, evidence=evidence,
+        input_size=evidence.input_size, epochs=epochs, learning_rate=0.01,
+        backbone_lr_mult=0.1, head=head,
+        predicted_seconds=frozen_seconds if strategy != "finetune"
+        else epochs * finetune_epoch_seconds + 10,
+        command="", reasons=reasons,
     )  # fmt: skip
+
+
+def _frozen_route(best_stage: str | None) -> tuple[str, str | None, str]:
+    """(strategy, stage, head) of the frozen route reading `best_stage`."""
+    if best_stage is None:
+        return "feature-extract", None, "linear"
+    return "linear-probe", best_stage, "logreg"
+
+
+def _axes(evidence: Evidence) -> tuple[bool, bool, bool, list[str]]:
+    """(small, similar, still learning) from the evidence, and the reasons, as sentences."""
+    size, fit, curve = evidence.size, evidence.pretrained_fit, evidence.learning_curve
+    probe_accuracy = evidence.probe_accuracy
+    best_label = stage_label(_best_stage(probe_accuracy))
+    is_small = size.train_images < SMALL_TOTAL or size.per_class_median < SMALL_PER_CLASS
+    top_gap = max(probe_accuracy.values()) - probe_accuracy[TOP_LABEL]
+    early_shift = float(
+        np.mean([fit.batchnorm_shift.get(name, 0.0) for name in ("stem", "stage1")])
+    )
+    votes = [
+        fit.imagenet_confidence >= SIMILAR_CONFIDENCE,
+        early_shift <= SIMILAR_BATCHNORM_SHIFT,
+        top_gap <= TOP_STAGE_MARGIN,
+    ]
+    is_similar = sum(votes) >= 2
+    still_learning = curve["1"] - curve["0.5"] >= CURVE_GAIN
+    reasons = [
+        f"{size.train_images} train images, median {size.per_class_median:g} per class: "
+        + ("small" if is_small else "large")
+        + f" (small means under {SMALL_TOTAL} in all or {SMALL_PER_CLASS} per class)",
+        f"ImageNet head confidence {fit.imagenet_confidence:.2f} "
+        f"({'>=' if votes[0] else '<'} {SIMILAR_CONFIDENCE}); early BatchNorm shift "
+        f"{early_shift:.2f} ({'<=' if votes[1] else '>'} {SIMILAR_BATCHNORM_SHIFT}); top codes "
+        f"{top_gap:.3f} below the best stage ({best_label}, "
+        f"{'<=' if votes[2] else '>'} {TOP_STAGE_MARGIN}): {sum(votes)} of 3 say similar: "
+        + ("similar" if is_similar else "different"),
+        f"learning curve gains {curve['1'] - curve['0.5']:+.3f} from half to all of the "
+        "sample: " + ("still learning" if still_learning else "flat"),
+    ]
+    return is_small, is_similar, still_learning, reasons
 
 
 def raise_no_weights(backbone: str) -> None:

@@ -17,62 +17,16 @@ import torch
 import torchvision
 from torch import nn
 
-from tlvision.data import Preprocessing
+from tlvision.backbone_spec import BackboneSpec, Stage
 from tlvision.errors import UserError
 from tlvision.weights import (
+    Preprocessing,
     RegistryPackage,
     WeightsSpec,
     ensure_weights_file,
     load_state_dict_file,
     sha256_of_file,
 )
-
-
-@dataclass(frozen=True)
-class Stage:
-    """A named group of modules; `output` is the module whose output is the stage's output."""
-
-    name: str
-    modules: tuple[str, ...]
-    output: str
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    name: str
-    build: Callable[[], nn.Module]  # the architecture with its original 1000-class head
-    weights: tuple[WeightsSpec, ...]  # the first is the default
-    head: str  # dotted path of the final classifier layer, an nn.Linear
-    feature_size: int  # in_features of that layer: the size of the top CNN codes
-    stages: tuple[Stage, ...]  # forward order, early to late
-    # --input-size must be a multiple of this (1: any size; a conv net accepts any resolution).
-    input_multiple: int = 1
-
-    @property
-    def stage_names(self) -> list[str]:
-        return [stage.name for stage in self.stages]
-
-    def stage(self, name: str) -> Stage:
-        for stage in self.stages:
-            if stage.name == name:
-                return stage
-        raise UserError(
-            f"unknown stage {name!r} for {self.name}; its stages, early to late, are "
-            f"{', '.join(self.stage_names)}"
-        )
-
-    def weights_named(self, name: str) -> WeightsSpec:
-        for spec in self.weights:
-            if spec.name == name:
-                return spec
-        known = ", ".join(spec.name for spec in self.weights)
-        raise UserError(
-            f"unknown weights {name!r} for {self.name}; choose one of {known}, a file path, or none"
-        )
-
-    @property
-    def default_weights(self) -> WeightsSpec:
-        return self.weights[0]
 
 
 def _torchvision_builder(name: str) -> Callable[[], nn.Module]:
@@ -114,37 +68,43 @@ def _indexed(prefix: str, first: int, last: int) -> tuple[str, ...]:
     return tuple(f"{prefix}.{index}" for index in range(first, last + 1))
 
 
-def _resnet(name: str, feature_size: int) -> BackboneSpec:
+def _resnet(name: str, channels: tuple[int, int, int, int, int]) -> BackboneSpec:
     weights = tuple(
         _torchvision_weights(name, entry.name)
         for entry in torchvision.models.get_model_weights(name)
     )
+    # The stem ends in a stride-2 max pool, so it already has stride 4, like stage1.
+    layers = [("stem", ("conv1", "bn1"), "maxpool")] + [
+        (f"stage{index}", (f"layer{index}",), f"layer{index}") for index in range(1, 5)
+    ]
     return BackboneSpec(
         name=name,
         build=_torchvision_builder(name),
         weights=weights,
         head="fc",
-        feature_size=feature_size,
-        stages=(
-            Stage("stem", ("conv1", "bn1"), output="maxpool"),
-            Stage("stage1", ("layer1",), output="layer1"),
-            Stage("stage2", ("layer2",), output="layer2"),
-            Stage("stage3", ("layer3",), output="layer3"),
-            Stage("stage4", ("layer4",), output="layer4"),
+        feature_size=channels[-1],
+        stages=tuple(
+            Stage(stage, modules, output=output, channels=width, stride=stride)
+            for (stage, modules, output), width, stride in zip(
+                layers, channels, (4, 4, 8, 16, 32), strict=True
+            )
         ),
     )
 
 
 def _features_stages(
-    groups: list[tuple[str, int, int]], extra_last: tuple[str, ...] = ()
+    groups: list[tuple[str, int, int, int, int]], extra_last: tuple[str, ...] = ()
 ) -> tuple[Stage, ...]:
-    """Stages over a `features` nn.Sequential, as (name, first index, last index) groups."""
+    """Stages over a `features` nn.Sequential: (name, first index, last index, channels,
+    stride) groups."""
     stages = []
-    for position, (name, first, last) in enumerate(groups):
+    for position, (name, first, last, channels, stride) in enumerate(groups):
         modules = _indexed("features", first, last)
         if position == len(groups) - 1:
             modules += extra_last
-        stages.append(Stage(name, modules, output=f"features.{last}"))
+        stages.append(
+            Stage(name, modules, output=f"features.{last}", channels=channels, stride=stride)
+        )
     return tuple(stages)
 
 
@@ -157,9 +117,9 @@ def _efficientnet_lite0() -> BackboneSpec:
     return efficientnet_lite.backbone_spec()
 
 
-# Stages group blocks by output resolution (stride 2, 4, 8, 16, 32), so a stage name means the
-# same depth in every backbone: stem is generic edges and colours, stage4 the most
-# ImageNet-specific.
+# Stages group blocks by output resolution (strides 2 or 4, then 4, 8, 16, 32: each Stage records
+# its own), so a stage name means the same depth in every backbone: stem is generic edges and
+# colours, stage4 the most ImageNet-specific.
 BACKBONES: dict[str, Callable[[], BackboneSpec]] = {
     "mobilenet_v2": lambda: BackboneSpec(
         name="mobilenet_v2",
@@ -179,11 +139,11 @@ BACKBONES: dict[str, Callable[[], BackboneSpec]] = {
         feature_size=1280,
         stages=_features_stages(
             [
-                ("stem", 0, 1),
-                ("stage1", 2, 3),
-                ("stage2", 4, 6),
-                ("stage3", 7, 13),
-                ("stage4", 14, 18),
+                ("stem", 0, 1, 16, 2),
+                ("stage1", 2, 3, 24, 4),
+                ("stage2", 4, 6, 32, 8),
+                ("stage3", 7, 13, 96, 16),
+                ("stage4", 14, 18, 1280, 32),
             ]
         ),
     ),
@@ -198,11 +158,11 @@ BACKBONES: dict[str, Callable[[], BackboneSpec]] = {
         feature_size=1280,
         stages=_features_stages(
             [
-                ("stem", 0, 1),
-                ("stage1", 2, 3),
-                ("stage2", 4, 6),
-                ("stage3", 7, 12),
-                ("stage4", 13, 16),
+                ("stem", 0, 1, 16, 2),
+                ("stage1", 2, 3, 24, 4),
+                ("stage2", 4, 6, 40, 8),
+                ("stage3", 7, 12, 112, 16),
+                ("stage4", 13, 16, 960, 32),
             ],
             extra_last=("classifier.0",),
         ),
@@ -214,7 +174,13 @@ BACKBONES: dict[str, Callable[[], BackboneSpec]] = {
         head="classifier.1",
         feature_size=1280,
         stages=_features_stages(
-            [("stem", 0, 1), ("stage1", 2, 2), ("stage2", 3, 3), ("stage3", 4, 5), ("stage4", 6, 8)]
+            [
+                ("stem", 0, 1, 16, 2),
+                ("stage1", 2, 2, 24, 4),
+                ("stage2", 3, 3, 40, 8),
+                ("stage3", 4, 5, 112, 16),
+                ("stage4", 6, 8, 1280, 32),
+            ]
         ),
     ),
     "convnext_tiny": lambda: BackboneSpec(
@@ -225,17 +191,18 @@ BACKBONES: dict[str, Callable[[], BackboneSpec]] = {
         feature_size=768,
         stages=_features_stages(
             [
-                ("stem", 0, 0),
-                ("stage1", 1, 1),
-                ("stage2", 2, 3),
-                ("stage3", 4, 5),
-                ("stage4", 6, 7),
+                # ConvNeXt's patchify stem is a 4x4 convolution with stride 4.
+                ("stem", 0, 0, 96, 4),
+                ("stage1", 1, 1, 96, 4),
+                ("stage2", 2, 3, 192, 8),
+                ("stage3", 4, 5, 384, 16),
+                ("stage4", 6, 7, 768, 32),
             ],
             extra_last=("classifier.0",),
         ),
     ),
-    "resnet18": lambda: _resnet("resnet18", 512),
-    "resnet50": lambda: _resnet("resnet50", 2048),
+    "resnet18": lambda: _resnet("resnet18", (64, 64, 128, 256, 512)),
+    "resnet50": lambda: _resnet("resnet50", (64, 256, 512, 1024, 2048)),
     "efficientnet_lite0": _efficientnet_lite0,
 }
 
@@ -326,6 +293,27 @@ def replace_head(model: nn.Module, backbone: BackboneSpec, num_classes: int) -> 
 def head_of(model: nn.Module, backbone: BackboneSpec) -> nn.Linear:
     head = model.get_submodule(backbone.head)
     assert isinstance(head, nn.Linear)
+    return head
+
+
+def install_head(model: nn.Module, backbone: BackboneSpec, linear: nn.Linear) -> nn.Linear:
+    """Copy a head trained on top codes into the model's final classifier layer.
+
+    A head of another class count replaces the layer first. The model's logits then equal
+    `linear(top codes)`. Returns the model's head.
+    """
+    if linear.in_features != backbone.feature_size:
+        raise ValueError(
+            f"{backbone.name} top codes have {backbone.feature_size} features; the head reads "
+            f"{linear.in_features}: it was trained on another stage's codes"
+        )
+    head = head_of(model, backbone)
+    if head.out_features != linear.out_features:
+        head = replace_head(model, backbone, linear.out_features)
+        head.to(next(model.parameters()).device)
+    with torch.no_grad():
+        head.weight.copy_(linear.weight)
+        head.bias.copy_(linear.bias)
     return head
 
 

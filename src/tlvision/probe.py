@@ -1,23 +1,144 @@
-"""`tlvision probe`: how well a linear head reads each stage's frozen codes, from one pass."""
+"""The probe: how well each linear head reads each stage's frozen codes, from one pass.
+
+`probe` scores heads on codes already extracted; `run_probe` is `tlvision probe`: extract every
+asked stage's codes of a dataset in one pass, then probe them.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tlvision.backbones import choose_weights, create_model, get_backbone, preprocessing_for
-from tlvision.data import default_num_workers, find_splits
-from tlvision.features import (
-    TOP_LABEL,
-    FeatureCache,
-    default_cache_dir,
-    extract_split_codes,
-    stage_label,
+from tlvision.backbones import (
+    DEFAULT_BACKBONE,
+    choose_weights,
+    create_model,
+    get_backbone,
+    preprocessing_for,
 )
-from tlvision.heads import format_probe_table, probe
-from tlvision.training import resolve_device
+from tlvision.codes_cache import FeatureCache, default_cache_dir
+from tlvision.data import default_num_workers, find_splits
+from tlvision.devices import resolve_device
+from tlvision.errors import UserError
+from tlvision.heads import (
+    HEADS,
+    Codes,
+    TrainCodes,
+    accuracy,
+    code_views,
+    fit_sklearn_head,
+    label_array,
+    select_C,
+    train_linear_head,
+)
+from tlvision.split_codes import extract_split_codes
+from tlvision.stages import TOP_LABEL, stage_label
+
+
+@dataclass(frozen=True)
+class ProbeRow:
+    stage: str | None  # None: the top codes
+    head: str
+    val_acc: float
+    train_acc: float
+    seconds: float
+    C: float | None = None  # the sklearn heads' chosen C
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stage": stage_label(self.stage),
+            "head": self.head,
+            "val_acc": self.val_acc,
+            "train_acc": self.train_acc,
+            "seconds": self.seconds,
+            "C": self.C,
+        }
+
+
+def probe(
+    train_codes_by_stage: Mapping[str | None, TrainCodes],
+    val_codes_by_stage: Mapping[str | None, Codes],
+    train_labels: Any,
+    val_labels: Any,
+    *,
+    num_classes: int | None = None,
+    heads: Sequence[str] = HEADS,
+    seed: int = 0,
+    linear_epochs: int = 30,
+    linear_learning_rate: float = 1e-2,
+    linear_weight_decay: float = 1e-4,
+    batch_size: int = 32,
+    C: float | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[ProbeRow]:
+    """Validation accuracy of each head on each stage's codes, one row per (stage, head).
+
+    Nothing is tuned on the validation set: the linear head trains a fixed number of epochs
+    (AdamW, cosine schedule, standardised codes) and reports its last epoch; the sklearn heads
+    pick C by cross-validation on the training codes unless `C` is given.
+    """
+    unknown = [head for head in heads if head not in HEADS]
+    if unknown:
+        raise UserError(f"unknown head(s) {', '.join(unknown)}; choose from {', '.join(HEADS)}")
+    labels = label_array(train_labels)
+    val_targets = label_array(val_labels)
+    classes = (
+        num_classes if num_classes is not None else int(max(labels.max(), val_targets.max())) + 1
+    )
+    rows: list[ProbeRow] = []
+    for stage, train_codes in train_codes_by_stage.items():
+        val_codes = val_codes_by_stage[stage]
+        views = code_views(train_codes)
+        for head in heads:
+            started = time.perf_counter()
+            chosen: float | None = None
+            if head == "linear":
+                layer, _history = train_linear_head(
+                    views, labels, val_codes, val_targets, num_classes=classes,
+                    epochs=linear_epochs, learning_rate=linear_learning_rate,
+                    batch_size=batch_size, weight_decay=linear_weight_decay, optimizer="adamw",
+                    schedule="cosine", seed=seed, standardize=True, keep_best=False,
+                )  # fmt: skip
+            else:
+                chosen = C if C is not None else select_C(head, views, labels, seed=seed)
+                layer = fit_sklearn_head(
+                    head, views, labels, num_classes=classes, C=chosen, seed=seed
+                )
+            row = ProbeRow(
+                stage=stage,
+                head=head,
+                val_acc=accuracy(layer, val_codes, val_targets),
+                train_acc=accuracy(layer, views[0], labels),
+                seconds=time.perf_counter() - started,
+                C=chosen,
+            )
+            rows.append(row)
+            if log is not None:
+                c_text = f"  C={chosen:g}" if chosen is not None else ""
+                log(
+                    f"probe {stage_label(stage):>8} {head:<6}  val acc {row.val_acc:.4f}  "
+                    f"train acc {row.train_acc:.4f}  {row.seconds:.1f}s{c_text}"
+                )
+    return rows
+
+
+def format_probe_table(rows: Sequence[ProbeRow]) -> str:
+    """Val accuracy as a table: one line per stage (early to late as given), one column per head."""
+    stages = list(dict.fromkeys(row.stage for row in rows))
+    heads = list(dict.fromkeys(row.head for row in rows))
+    by_cell = {(row.stage, row.head): row for row in rows}
+    width = max(5, *(len(stage_label(stage)) for stage in stages))
+    lines = [f"{'stage':<{width}}  " + "  ".join(f"{head:>7}" for head in heads)]
+    for stage in stages:
+        cells = []
+        for head in heads:
+            row = by_cell.get((stage, head))
+            cells.append(f"{row.val_acc:>7.4f}" if row is not None else f"{'-':>7}")
+        lines.append(f"{stage_label(stage):<{width}}  " + "  ".join(cells))
+    return "\n".join(lines)
 
 
 def parse_stages(names: Sequence[str] | None, all_stages: Sequence[str]) -> list[str | None]:
@@ -30,10 +151,10 @@ def parse_stages(names: Sequence[str] | None, all_stages: Sequence[str]) -> list
 def run_probe(
     data_dir: Path,
     *,
-    backbone_name: str = "mobilenet_v2",
+    backbone_name: str = DEFAULT_BACKBONE,
     weights_argument: str | None = None,
     stages: Sequence[str] | None = None,
-    heads: Sequence[str] = ("linear", "logreg", "svm"),
+    heads: Sequence[str] = HEADS,
     input_size: int | None = None,
     cache_dir: Path | None = None,
     use_cache: bool = True,

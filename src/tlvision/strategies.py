@@ -17,7 +17,6 @@ from typing import Any
 from torch import nn
 
 from tlvision.backbones import BackboneSpec, head_of, stage_parameters
-from tlvision.errors import UserError
 
 STRATEGIES = ("feature-extract", "linear-probe", "finetune")
 # The frozen routes: the body never trains, so its codes are computed once and cached.
@@ -34,29 +33,27 @@ def unfreeze(parameters: Any) -> None:
         parameter.requires_grad_(True)
 
 
-def apply_strategy(
-    model: nn.Module, backbone: BackboneSpec, strategy: str, *, freeze_until: str | None = None
+def apply_finetuning(
+    model: nn.Module,
+    backbone: BackboneSpec,
+    *,
+    freeze_until: str | None = None,
+    backbone_lr_mult: float = 0.1,
 ) -> None:
-    """Set requires_grad on every parameter as the strategy says."""
-    head = head_of(model, backbone)
-    if strategy in ("feature-extract", "linear-probe"):
-        if freeze_until is not None:
-            raise UserError(
-                "--freeze-until applies to --strategy finetune; feature-extract already "
-                "freezes every pretrained layer"
-            )
+    """Set requires_grad for fine-tuning: every layer trains but the stages up to and including
+    `freeze_until`. A `backbone_lr_mult` of 0 means the pretrained layers do not learn, so they
+    are frozen outright: their BatchNorm statistics must not move either."""
+    unfreeze(model.parameters())
+    if backbone_lr_mult == 0:
         freeze(model.parameters())
-        unfreeze(head.parameters())
-    elif strategy == "finetune":
-        unfreeze(model.parameters())
-        if freeze_until is not None:
-            backbone.stage(freeze_until)  # an unknown name is a clear error
-            for stage in backbone.stages:
-                freeze(stage_parameters(model, stage))
-                if stage.name == freeze_until:
-                    break
-    else:
-        raise UserError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        unfreeze(head_of(model, backbone).parameters())
+        return
+    if freeze_until is not None:
+        backbone.stage(freeze_until)  # an unknown name is a clear error
+        for stage in backbone.stages:
+            freeze(stage_parameters(model, stage))
+            if stage.name == freeze_until:
+                break
 
 
 def parameter_groups(

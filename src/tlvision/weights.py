@@ -24,11 +24,42 @@ from pathlib import Path
 
 import torch
 
-from tlvision.data import Preprocessing
 from tlvision.errors import UserError
 
 DOWNLOAD_TIMEOUT_SECONDS = 20
 PIP_TIMEOUT_SECONDS = 600
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images are turned into tensors: taken from the backbone's pretrained weights."""
+
+    resize_size: int = 256
+    crop_size: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bilinear"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "resize_size": self.resize_size,
+            "crop_size": self.crop_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Preprocessing:
+        mean = tuple(float(value) for value in data["mean"])  # type: ignore[attr-defined]
+        std = tuple(float(value) for value in data["std"])  # type: ignore[attr-defined]
+        return cls(
+            resize_size=int(data["resize_size"]),  # type: ignore[call-overload]
+            crop_size=int(data["crop_size"]),  # type: ignore[call-overload]
+            mean=mean,  # type: ignore[arg-type]
+            std=std,  # type: ignore[arg-type]
+            interpolation=str(data["interpolation"]),
+        )
 
 
 @dataclass(frozen=True)

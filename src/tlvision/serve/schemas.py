@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from tlvision.training import METRICS_FILE, SUMMARY_FILE
+from tlvision.runs import METRICS_FILE, SUMMARY_FILE
 
 
 class ClassProbability(BaseModel):

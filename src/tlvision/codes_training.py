@@ -1,0 +1,102 @@
+"""The frozen routes: the body runs once per image and view, then a head trains on CNN codes.
+
+feature-extract trains the new last layer as the classic loop would (same optimizer, schedule
+and epochs), but on cached codes, and puts it back into the full model. linear-probe fits a head
+(softmax, logistic regression or linear SVM) on the pooled codes of any stage; the saved model
+is the body cut at that stage plus the head. Neither keeps a per-epoch checkpoint: the codes are
+cached, so a killed run is simply run again from its recorded config (`CODES_RUN_CONFIG`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from tlvision.backbones import head_of, install_head
+from tlvision.checkpoint import write_json_atomic
+from tlvision.codes_cache import FeatureCache, default_cache_dir
+from tlvision.heads import accuracy, fit_sklearn_head, train_linear_head
+from tlvision.runs import CODES_RUN_CONFIG, METRICS_FILE, Log, RunSetup, append_metrics, finish_run
+from tlvision.split_codes import SplitCodes, extract_split_codes
+from tlvision.stages import StageClassifier, stage_label
+
+
+def fit_on_codes(setup: RunSetup, model: nn.Module, log: Log) -> dict[str, Any]:
+    """Train the head of a frozen route on codes and save the run; returns the summary."""
+    started = time.perf_counter()
+    config = setup.config
+    stage = config.stage if config.strategy == "linear-probe" else None
+    # --no-cache means no cache at all: codes stay in memory and nothing is written to disk.
+    cache = (
+        None if config.no_cache else FeatureCache(config.cache_dir or default_cache_dir(), log=log)
+    )
+    codes = extract_split_codes(
+        model, setup.backbone, setup.splits, weights=setup.weights.label,
+        preprocessing=setup.preprocessing, cache=cache, stages=[stage],
+        augmented_views=config.views, seed=config.seed, batch_size=config.batch_size,
+        num_workers=setup.num_workers, device=setup.device, log=log,
+    )[stage]  # fmt: skip
+    (config.out_dir / METRICS_FILE).write_text("")
+    write_json_atomic(config.out_dir / CODES_RUN_CONFIG, config.to_json())
+    head_name = "linear" if config.strategy == "feature-extract" else config.head
+    log(
+        f"{config.strategy}: {setup.backbone.name} ({setup.weights.label}) codes from "
+        f"{stage_label(stage)}, head {head_name}, {len(codes.train_labels)} train x "
+        f"{len(codes.train_views)} views / {len(codes.val_labels)} val images"
+    )
+    layer = _train_head(setup, codes, head_name, head_of(model, setup.backbone), log)
+    final: nn.Module
+    if stage is None:
+        install_head(model, setup.backbone, layer)
+        final = model
+    else:
+        final = StageClassifier.from_trained(setup.backbone, stage, model, layer)
+    return finish_run(
+        setup, final.cpu(), log,
+        seconds=time.perf_counter() - started,
+        skipped={Path(path) for path, *_ in codes.skipped},
+        extra={"views": config.views, "head": head_name, "stage": stage},
+    )  # fmt: skip
+
+
+def _train_head(
+    setup: RunSetup, codes: SplitCodes, head_name: str, init: nn.Linear, log: Log
+) -> nn.Linear:
+    """The head on the codes, each epoch logged and appended to metrics.jsonl."""
+    config = setup.config
+    num_classes = len(setup.splits.class_names)
+
+    def record_epoch(record: dict[str, Any]) -> None:
+        append_metrics(config.out_dir, record)
+        train = f"  train acc {record['train_acc']:.4f}" if "train_acc" in record else ""
+        log(f"epoch {record['epoch']:>3}  val acc {record['val_acc']:.4f}{train}")
+
+    if head_name == "linear":
+        layer, _history = train_linear_head(
+            codes.train_views, codes.train_labels, codes.val, codes.val_labels,
+            num_classes=num_classes, epochs=config.epochs,
+            learning_rate=config.learning_rate, batch_size=config.batch_size,
+            weight_decay=config.weight_decay, momentum=config.momentum,
+            schedule=config.schedule, step_epochs=config.step_epochs,
+            step_gamma=config.step_gamma, seed=config.seed,
+            # the top's head starts from the model's new head, as the classic loop's would
+            init=init if config.stage is None else None,
+            class_weights=setup.class_weights, on_epoch=record_epoch,
+        )  # fmt: skip
+        return layer
+    fit_started = time.perf_counter()
+    layer = fit_sklearn_head(
+        head_name, codes.train_views, codes.train_labels,
+        num_classes=num_classes, seed=config.seed,
+    )  # fmt: skip
+    record_epoch(
+        {
+            "epoch": 1,
+            "val_acc": accuracy(layer, codes.val, codes.val_labels),
+            "seconds": time.perf_counter() - fit_started,
+        }
+    )
+    return layer

@@ -1,0 +1,88 @@
+"""What a training run is asked to do: one frozen dataclass, saved with every run."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from tlvision.backbones import DEFAULT_BACKBONE
+from tlvision.errors import UserError
+from tlvision.heads import HEADS
+from tlvision.schedules import SCHEDULES
+from tlvision.strategies import STRATEGIES
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data_dir: Path
+    out_dir: Path
+    backbone: str = DEFAULT_BACKBONE
+    weights: str | None = None  # a registry name (default: the backbone's first), a path, "none"
+    strategy: str = "feature-extract"
+    freeze_until: str | None = None
+    input_size: int | None = None  # crop side in pixels; None: the weights' own (224 for most)
+    epochs: int = 25
+    batch_size: int = 32
+    learning_rate: float = 0.01  # the new head's; pretrained layers get backbone_lr_mult x this
+    backbone_lr_mult: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "step"
+    step_epochs: int = 7  # the classic recipe: x0.1 every 7 epochs
+    step_gamma: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int | None = None  # None: one per core
+    stage: str | None = None  # linear-probe: the stage whose pooled codes the head reads; None: top
+    head: str = "linear"  # linear-probe: linear (softmax, torch), logreg or svm (scikit-learn)
+    views: int = 0  # frozen routes: augmented views per train image, beside the centre crop
+    cache_dir: Path | None = None  # CNN-codes cache; None: ~/.cache/tlvision/features
+    no_cache: bool = False  # keep codes in memory only
+    val_split: float | None = None  # hold out this fraction of train/ when there is no val/
+    class_weights: str | None = None  # "auto": weight the loss by inverse class frequency
+    overwrite: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            key: str(value.absolute()) if isinstance(value, Path) else value
+            for key, value in asdict(self).items()
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {field.name for field in fields(cls)}
+        values = {key: value for key, value in data.items() if key in known}
+        for key in ("data_dir", "out_dir", "cache_dir"):
+            values[key] = None if values.get(key) is None else Path(values[key])
+        return cls(**values)
+
+
+def validate_config(config: TrainConfig) -> None:
+    if config.strategy not in STRATEGIES:
+        raise UserError(
+            f"unknown strategy {config.strategy!r}; choose one of {', '.join(STRATEGIES)}"
+        )
+    if config.schedule not in SCHEDULES:
+        raise UserError(
+            f"unknown schedule {config.schedule!r}; choose one of {', '.join(SCHEDULES)}"
+        )
+    if config.freeze_until is not None and config.strategy != "finetune":
+        raise UserError(
+            "--freeze-until applies to --strategy finetune; the frozen routes already freeze "
+            "every pretrained layer"
+        )
+    if config.input_size is not None and config.input_size < 32:
+        raise UserError("--input-size must be at least 32 pixels")
+    if config.epochs < 1 or config.batch_size < 1:
+        raise UserError("--epochs and --batch-size must be at least 1")
+    if not (config.learning_rate > 0 and config.backbone_lr_mult >= 0):
+        raise UserError("--lr must be positive and --backbone-lr-mult zero or more")
+    if config.head not in HEADS:
+        raise UserError(f"unknown head {config.head!r}; choose one of {', '.join(HEADS)}")
+    if config.strategy != "linear-probe" and (config.stage is not None or config.head != "linear"):
+        raise UserError("--stage and --head apply to --strategy linear-probe")
+    if config.views < 0:
+        raise UserError("--views must be 0 or more")
+    if config.class_weights not in (None, "auto"):
+        raise UserError(f"--class-weights {config.class_weights}: the only choice is auto")

@@ -1,0 +1,173 @@
+"""Run directories: made safely, filled at the end with the model and the summary.
+
+A run directory holds model.safetensors + model.json (checkpoint.py), metrics.jsonl (one line
+per epoch), summary.json, and while a run is under way its checkpoint or, for the frozen routes,
+the config it was started with (for --resume).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tlvision.backbone_spec import BackboneSpec
+from tlvision.backbones import WeightsChoice
+from tlvision.checkpoint import TRAINING_CHECKPOINT, save_run_model, write_json_atomic
+from tlvision.config import TrainConfig
+from tlvision.data import DatasetSplits
+from tlvision.errors import UserError
+from tlvision.images import BadImageError, open_image_rgb
+from tlvision.weights import Preprocessing
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+CODES_RUN_CONFIG = "run_config.json"  # the frozen routes' config, written first: for --resume
+VAL_SPLIT_FILE = "val_split.json"
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """Everything a run resolves from its config before it trains: data, model and device."""
+
+    config: TrainConfig
+    splits: DatasetSplits
+    backbone: BackboneSpec
+    weights: WeightsChoice
+    preprocessing: Preprocessing
+    device: torch.device
+    num_workers: int
+    class_weights: list[float] | None
+
+
+def refuse_to_overwrite(out_dir: Path, *, overwrite: bool) -> None:
+    """Never overwrite a run without --overwrite, and never delete anything but a run."""
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise UserError(
+                f"{out_dir}: already exists and is not empty; choose a new --out or pass "
+                "--overwrite"
+            )
+        markers = (SUMMARY_FILE, METRICS_FILE, TRAINING_CHECKPOINT, CODES_RUN_CONFIG)
+        if not any((out_dir / marker).exists() for marker in markers):
+            raise UserError(
+                f"{out_dir}: --overwrite replaces only tlvision run directories, and this one "
+                "has no metrics.jsonl, summary.json or checkpoint; choose a new --out"
+            )
+
+
+def prepare_run_dir(out_dir: Path, *, overwrite: bool) -> None:
+    """An empty run directory, replacing an earlier run only when `overwrite` allows it."""
+    refuse_to_overwrite(out_dir, overwrite=overwrite)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def write_val_split(setup: RunSetup) -> None:
+    """Which files a --val-split run held out, so the split can be seen and reproduced."""
+    if setup.splits.val_split is None:
+        return
+    write_json_atomic(
+        setup.config.out_dir / VAL_SPLIT_FILE,
+        {
+            "fraction": setup.splits.val_split,
+            "seed": setup.config.seed,
+            "val_files": [str(path) for path, _ in setup.splits.samples["val"]],
+        },
+    )
+
+
+def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+    with (run_dir / METRICS_FILE).open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def describe_skipped(paths: set[Path]) -> list[dict[str, str]]:
+    """Why each skipped file could not be read (decoded again once, at the end)."""
+    described = []
+    for path in sorted(paths):
+        try:
+            open_image_rgb(path)
+            reason = "could not be read during training"
+        except BadImageError as error:
+            reason = error.reason
+        described.append({"path": str(path), "reason": reason})
+    return described
+
+
+def finish_run(
+    setup: RunSetup,
+    model: nn.Module,
+    log: Log,
+    *,
+    seconds: float,
+    skipped: set[Path],
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Save the model (safetensors + model.json) and summary.json; report skipped files.
+
+    The saved weights are the best val epoch's; the summary gives the final epoch's val
+    accuracy beside the best one, since the best was chosen on val.
+    """
+    config, backbone, weights = setup.config, setup.backbone, setup.weights
+    metadata = {
+        "classes": list(setup.splits.class_names),
+        "backbone": backbone.name,
+        "weights": weights.label,
+        "pretrained": weights.pretrained,
+        "preprocessing": setup.preprocessing.to_json(),
+        "strategy": config.strategy,
+        "config": config.to_json(),
+    }
+    if config.strategy == "linear-probe":
+        metadata.update({"stage": config.stage, "head": config.head})
+    save_run_model(config.out_dir, model, metadata)
+    metrics = read_metrics(config.out_dir)
+    best = max(metrics, key=lambda record: record["val_acc"])  # ties: the earliest epoch
+    skipped_files = describe_skipped(skipped)
+    summary = {
+        "final_val_acc": metrics[-1]["val_acc"],
+        "best_val_acc": best["val_acc"],
+        "best_epoch": best["epoch"],
+        "epochs": config.epochs,
+        "seconds": seconds,
+        "strategy": config.strategy,
+        "backbone": backbone.name,
+        "weights": weights.label,
+        "classes": list(setup.splits.class_names),
+        "train_images": len(setup.splits.samples["train"]),
+        "val_images": len(setup.splits.samples["val"]),
+        "val_split": setup.splits.val_split,
+        "class_weights": setup.class_weights,
+        "skipped_files": skipped_files,
+        **extra,
+        "device": str(setup.device),
+        "torch_threads": torch.get_num_threads(),
+        "loader_workers": setup.num_workers,
+    }
+    write_json_atomic(config.out_dir / SUMMARY_FILE, summary)
+    if skipped_files:
+        log(f"skipped {len(skipped_files)} unreadable files (listed in summary.json):")
+        for entry in skipped_files:
+            log(f"  {entry['path']}: {entry['reason']}")
+    log(
+        f"final val acc {summary['final_val_acc']:.4f} (best {best['val_acc']:.4f} at epoch "
+        f"{best['epoch']}, the weights saved); {seconds:.0f}s; model saved to {config.out_dir}"
+    )
+    return summary
