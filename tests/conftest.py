@@ -41,6 +41,22 @@ def write_dataset(
     return root
 
 
+def write_flat_dataset(
+    root: Path, classes: tuple[str, ...] = ("circles", "squares"), count: int = 10
+) -> Path:
+    """DATA/<class>/*.jpg with no train/ or val/: the layout most downloaded datasets have."""
+    for class_name in classes:
+        (root / class_name).mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            make_image(class_name, index).save(root / class_name / f"{class_name}_{index}.jpg")
+    return root
+
+
+@pytest.fixture
+def flat_dataset(tmp_path: Path) -> Path:
+    return write_flat_dataset(tmp_path / "flat")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def private_feature_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tests never write CNN codes into the user's own cache directory."""

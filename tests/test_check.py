@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -11,12 +12,14 @@ from PIL import Image
 from salted_data import make_salted, save_jpegs, texture
 
 from tlvision.check import (
+    FLAT_SPLIT,
     MIN_SIDE,
     CheckReport,
     Problem,
     check_dataset,
     main_check,
 )
+from tlvision.cli import main
 from tlvision.errors import UserError
 
 
@@ -224,3 +227,47 @@ def test_not_a_dataset_is_a_user_error(tmp_path: Path) -> None:
     save_jpegs(tmp_path / "train" / "cats", "c", range(2))
     with pytest.raises(UserError, match=r"did you mean"):
         check_dataset(tmp_path / "train")
+
+
+def test_flat_dataset_is_checked_as_one_pool(tmp_path: Path) -> None:
+    save_jpegs(tmp_path / "cats", "c", range(0, 4))
+    save_jpegs(tmp_path / "dogs", "d", range(10, 12))
+    texture(20).save(tmp_path / "stray.jpg")
+    shutil.copy(tmp_path / "cats" / "c0.jpg", tmp_path / "dogs" / "x.jpg")
+    report = check_dataset(tmp_path, progress=False)
+    assert report.layout == "flat" and report.to_json()["layout"] == "flat"
+    assert report.class_counts == {FLAT_SPLIT: {"cats": 4, "dogs": 3}}
+    assert report.suggested_class_weights == {"cats": round(7 / 8, 3), "dogs": round(7 / 6, 3)}
+    found = kinds_by_name(report.problems)
+    assert found == {"stray.jpg": {"loose-file"}, "c0.jpg": {"duplicate-across-classes"}}
+    assert "missing-split" not in report.problem_counts()
+
+
+def test_broken_link_is_a_problem_naming_the_fix(tmp_path: Path) -> None:
+    for split, start in (("train", 0), ("val", 100)):
+        save_jpegs(tmp_path / split / "cats", "c", range(start, start + 2))
+        save_jpegs(tmp_path / split / "dogs", "d", range(start + 10, start + 12))
+    link = tmp_path / "train" / "cats" / "x.jpg"
+    link.symlink_to(tmp_path / "gone.jpg")
+    report = check_dataset(tmp_path, progress=False)
+    [problem] = report.problems
+    assert (problem.kind, problem.path) == ("broken-link", str(link))
+    assert str(tmp_path / "gone.jpg") in problem.message
+    assert "restore the file it points to, or delete the link" in problem.message
+    assert report.class_counts["train"] == {"cats": 2, "dogs": 2}
+
+
+def test_names_that_are_not_utf8_survive_json_and_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for split, start in (("train", 0), ("val", 100)):
+        save_jpegs(tmp_path / split / "cats", "c", range(start, start + 2))
+        save_jpegs(tmp_path / split / "dogs", "d", range(start + 10, start + 12))
+    broken = Path(os.fsdecode(os.fsencode(tmp_path / "train" / "dogs") + b"/bad_\xff.jpg"))
+    broken.write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    assert main(["check", str(tmp_path), "--json"]) == 1
+    [problem] = json.loads(capsys.readouterr().out)["problems"]
+    assert Path(problem["path"]) == broken and os.fsencode(problem["path"]).endswith(b"_\xff.jpg")
+    # capsys's stream is strict UTF-8, as stdout is in an en_US.UTF-8 locale
+    assert main(["check", str(tmp_path)]) == 1
+    assert "bad_\\udcff.jpg: truncated image data" in capsys.readouterr().out

@@ -7,7 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from tlvision.data import build_transforms, find_splits
+from tlvision.data import (
+    FLAT_VAL_SPLIT,
+    build_transforms,
+    find_splits,
+    layout_note,
+)
 from tlvision.errors import UserError
 from tlvision.weights import Preprocessing
 
@@ -74,3 +79,44 @@ def test_transforms_take_size_and_normalisation_from_preprocessing() -> None:
 def test_preprocessing_json_round_trip() -> None:
     preprocessing = Preprocessing(resize_size=292, crop_size=256, interpolation="bicubic")
     assert Preprocessing.from_json(preprocessing.to_json()) == preprocessing
+
+
+def test_flat_layout_is_split_seeded_and_stratified(flat_dataset: Path) -> None:
+    splits = find_splits(flat_dataset, seed=3)
+    assert (splits.layout, splits.val_split) == ("flat", FLAT_VAL_SPLIT)
+    assert splits.class_names == ("circles", "squares")
+    assert splits.class_counts("train") == [8, 8] and splits.class_counts("val") == [2, 2]
+    assert find_splits(flat_dataset, seed=3).samples == splits.samples
+    assert find_splits(flat_dataset, seed=4).samples != splits.samples
+    wider = find_splits(flat_dataset, val_split=0.5, seed=3)
+    assert wider.val_split == 0.5 and wider.class_counts("val") == [5, 5]
+    for phase in ("train", "val"):
+        for path, label in splits.samples[phase]:
+            assert path.parent == flat_dataset / splits.class_names[label]
+    note = layout_note(flat_dataset, None)
+    assert note is not None and "80/20" in note and "--val-split" in note and "\n" not in note
+    assert layout_note(flat_dataset, 0.5) is not None and "50/50" in layout_note(flat_dataset, 0.5)
+
+
+def test_split_layout_has_no_layout_note(tiny_dataset: Path) -> None:
+    assert find_splits(tiny_dataset).layout == "split"
+    assert layout_note(tiny_dataset, None) is None
+
+
+def test_flat_layout_errors_name_the_folder(flat_dataset: Path, tiny_dataset: Path) -> None:
+    with pytest.raises(UserError, match="between 0 and 1"):
+        find_splits(flat_dataset, val_split=1.5)
+    shutil.rmtree(flat_dataset / "squares")
+    with pytest.raises(UserError, match="one class"):
+        find_splits(flat_dataset)
+    with pytest.raises(UserError, match=f"did you mean {tiny_dataset}"):
+        find_splits(tiny_dataset / "train")
+
+
+def test_a_broken_link_is_set_apart_not_dropped(tiny_dataset: Path, tmp_path: Path) -> None:
+    link = tiny_dataset / "train" / "circles" / "x.jpg"
+    link.symlink_to(tmp_path / "gone.jpg")
+    splits = find_splits(tiny_dataset)
+    assert splits.broken_links == (link,)
+    assert link not in {path for path, _ in splits.samples["train"]}
+    assert len(splits.samples["train"]) == 16

@@ -11,9 +11,8 @@ as training ignores them.
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -22,15 +21,16 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from tlvision.checkpoint import json_text
 from tlvision.data import (
     IMAGE_EXTENSIONS,
     PHASES,
+    dataset_layout,
+    image_files,
     is_image_file,
     list_class_folders,
-    require_directory,
 )
-from tlvision.errors import UserError
-from tlvision.images import BAD_IMAGE_KINDS, BadImageError, decode_image_rgb
+from tlvision.images import BadImageError, decode_image_rgb, read_image_bytes
 
 MIN_SIDE = 32
 """Images with a side shorter than this (in pixels, after EXIF rotation) are reported."""
@@ -45,56 +45,17 @@ noise, so they are only compared exactly (otherwise every blank image matches ev
 IMBALANCE_RATIO = 3.0
 """Largest/smallest train class size at which class imbalance is reported."""
 
+FLAT_SPLIT = "all"
+"""The split name of a flat dataset's images: train holds out its val share from them itself."""
+
 SYSTEM_FILE_NAMES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r"})
 SYSTEM_DIR_NAMES = frozenset({"__MACOSX"})
 
-UNSUPPORTED_IMAGE_EXTENSIONS = frozenset(
-    {
-        ".heic",
-        ".heif",
-        ".avif",
-        ".jxl",
-        ".jfif",
-        ".jpe",
-        ".jp2",
-        ".j2k",
-        ".svg",
-        ".ico",
-        ".psd",
-        ".pgm",
-        ".pbm",
-        ".pnm",
-        ".dng",
-        ".cr2",
-        ".nef",
-        ".arw",
-        ".raw",
-    }
-)
+UNSUPPORTED_IMAGE_EXTENSIONS = frozenset({
+    ".heic", ".heif", ".avif", ".jxl", ".jfif", ".jpe", ".jp2", ".j2k", ".svg", ".ico",
+    ".psd", ".pgm", ".pbm", ".pnm", ".dng", ".cr2", ".nef", ".arw", ".raw",
+})  # fmt: skip
 """Image formats people keep in datasets that training does not load (not in IMAGE_EXTENSIONS)."""
-
-PROBLEM_KINDS = (
-    "missing-split",
-    "no-classes",
-    "single-class",
-    "class-mismatch",
-    "loose-file",
-    "unsupported-format",
-    *BAD_IMAGE_KINDS,  # each reason images.py gives for a file it cannot decode
-    "tiny-image",
-    "empty-class",
-    "duplicate-across-splits",
-    "near-duplicate-across-splits",
-    "duplicate-across-classes",
-    "class-imbalance",
-)
-NOTE_KINDS = (
-    "converted",
-    "exif-orientation",
-    "decoder-warning",
-    "exif-unreadable",
-    "non-image-file",
-)
 
 _BAD_IMAGE_FIXES = {
     "zero-byte": "an interrupted copy or download? re-copy the file or delete it",
@@ -103,8 +64,8 @@ _BAD_IMAGE_FIXES = {
     "decompression-bomb": "downscale it (a few thousand pixels a side is plenty) or delete it",
     "corrupt": "re-export the file from its source, or delete it",
     "unreadable": "fix the file's permissions, or delete it",
+    "broken-link": "restore the file it points to, or delete the link",
 }
-_LAYOUT = "DATA/train/<class>/*.jpg and DATA/val/<class>/*.jpg"
 _TEXT_LINES_PER_KIND = 20
 
 
@@ -131,6 +92,7 @@ class CheckReport:
     """n_total / (n_classes * n_class) over train counts; None unless every class of at
     least two has a loadable train image."""
     images_checked: int = 0
+    layout: str = "split"  # or "flat": one folder per class, checked as the split FLAT_SPLIT
 
     @property
     def exit_status(self) -> int:
@@ -145,6 +107,7 @@ class CheckReport:
     def to_json(self) -> dict[str, object]:
         return {
             "data_dir": str(self.data_dir),
+            "layout": self.layout,
             "ok": not self.problems,
             "exit_status": self.exit_status,
             "images_checked": self.images_checked,
@@ -206,55 +169,29 @@ class _Image:
 
 
 def check_dataset(data_dir: Path, *, progress: bool = True) -> CheckReport:
-    """Scan DATA/train and DATA/val and report problems, notes and per-class counts.
+    """Scan DATA/train and DATA/val, or a flat DATA/<class>/, and report problems, notes and
+    per-class counts. A flat dataset is checked as one split named FLAT_SPLIT.
 
-    Raises UserError when ``data_dir`` is not a dataset at all (missing, or no train/).
+    Raises UserError when ``data_dir`` is not a dataset at all (see data.dataset_layout).
     """
     data_dir = Path(data_dir)
-    _require_dataset_dir(data_dir)
+    split_dirs = _split_dirs(data_dir)
+    training_split = next(iter(split_dirs))  # train/, or the flat pool train splits itself
     problems: list[Problem] = []
     notes: list[Problem] = []
     ignored: list[Path] = []
     classes_by_split: dict[str, list[str]] = {}
     candidates: list[tuple[str, str, Path]] = []
-    candidate_counts: dict[str, dict[str, int]] = {}
-
-    for split in PHASES:
-        split_dir = data_dir / split
+    for split, split_dir in split_dirs.items():
         if not split_dir.is_dir():
             problems.append(_missing_split(data_dir, split))
             continue
-        classes = list_class_folders(split_dir)
-        classes_by_split[split] = classes
+        classes_by_split[split] = list_class_folders(split_dir)
         _scan_split_root(split_dir, problems, notes, ignored)
-        if not classes:
-            problems.append(
-                Problem(
-                    "no-classes",
-                    str(split_dir),
-                    f"no class folders; put each class's images in {split_dir}/<class name>/",
-                )
-            )
-        candidate_counts[split] = {}
-        for class_name in classes:
-            class_dir = split_dir / class_name
-            found = _scan_class_dir(class_dir, problems, notes, ignored)
-            candidate_counts[split][class_name] = len(found)
+        for class_name in classes_by_split[split]:
+            found = _scan_class_dir(split_dir / class_name, problems, notes, ignored)
             candidates.extend((split, class_name, path) for path in found)
-
-    train_classes = classes_by_split.get("train", [])
-    if len(train_classes) == 1:
-        problems.append(
-            Problem(
-                "single-class",
-                str(data_dir / "train"),
-                f"only one class folder ({train_classes[0]}); a classifier needs at least two",
-            )
-        )
-    if "train" in classes_by_split and "val" in classes_by_split:
-        mismatch = _class_mismatch(data_dir, classes_by_split["train"], classes_by_split["val"])
-        if mismatch is not None:
-            problems.append(mismatch)
+    problems += _class_structure(data_dir, split_dirs, training_split, classes_by_split)
 
     class_counts = {split: dict.fromkeys(classes, 0) for split, classes in classes_by_split.items()}
     images: list[_Image] = []
@@ -272,24 +209,15 @@ def check_dataset(data_dir: Path, *, progress: bool = True) -> CheckReport:
             class_counts[split][class_name] += 1
             images.append(image)
 
-    for split, classes in classes_by_split.items():
-        for class_name in classes:
-            empty = _empty_class(
-                data_dir / split / class_name,
-                candidate_counts[split][class_name],
-                class_counts[split][class_name],
-            )
-            if empty is not None:
-                problems.append(empty)
-
+    problems += _empty_classes(split_dirs, candidates, class_counts)
     problems += _exact_duplicates(images)
     problems += _near_duplicates(images)
-
-    weights = _suggested_class_weights(class_counts.get("train", {}))
-    imbalance = _imbalance(data_dir, class_counts.get("train", {}), weights)
+    weights = _suggested_class_weights(class_counts.get(training_split, {}))
+    imbalance = _imbalance(
+        split_dirs[training_split], class_counts.get(training_split, {}), weights
+    )
     if imbalance is not None:
         problems.append(imbalance)
-
     return CheckReport(
         data_dir=data_dir,
         problems=problems,
@@ -298,29 +226,22 @@ def check_dataset(data_dir: Path, *, progress: bool = True) -> CheckReport:
         class_counts=class_counts,
         suggested_class_weights=weights,
         images_checked=len(candidates),
+        layout="flat" if FLAT_SPLIT in split_dirs else "split",
     )
 
 
 def main_check(data_dir: Path, *, as_json: bool) -> int:
     """Print the report (JSON on stdout with ``as_json``, else text) and return its exit status."""
     report = check_dataset(data_dir)
-    if as_json:
-        print(json.dumps(report.to_json(), indent=2))
-    else:
-        print(report.to_text())
+    print(json_text(report.to_json()) if as_json else report.to_text())
     return report.exit_status
 
 
-def _require_dataset_dir(data_dir: Path) -> None:
-    require_directory(data_dir)
-    if not (data_dir / "train").is_dir():
-        hint = ""
-        if data_dir.name in PHASES and (data_dir.parent / "train").is_dir():
-            hint = f" (did you mean {data_dir.parent}?)"
-        raise UserError(
-            f"{data_dir}: no train/ folder, so not a dataset{hint}; pass the folder laid out "
-            f"as {_LAYOUT}"
-        )
+def _split_dirs(data_dir: Path) -> dict[str, Path]:
+    """The folders to scan, by split name: train/ and val/, or the flat dataset itself."""
+    if dataset_layout(data_dir) == "flat":
+        return {FLAT_SPLIT: data_dir}
+    return {split: data_dir / split for split in PHASES}
 
 
 def _missing_split(data_dir: Path, split: str) -> Problem:
@@ -331,6 +252,37 @@ def _missing_split(data_dir: Path, split: str) -> Problem:
         f"{data_dir / split}/<class>/ with some held-out images of each class, or pass "
         "--val-split 0.2 to hold out 20% of train",
     )
+
+
+def _class_structure(
+    data_dir: Path,
+    split_dirs: dict[str, Path],
+    training_split: str,
+    classes_by_split: dict[str, list[str]],
+) -> list[Problem]:
+    """Splits without class folders, a single class, and class folders that differ by split."""
+    problems = [
+        Problem(
+            "no-classes",
+            str(split_dirs[split]),
+            f"no class folders; put each class's images in {split_dirs[split]}/<class name>/",
+        )
+        for split, classes in classes_by_split.items()
+        if not classes
+    ]
+    training_classes = classes_by_split.get(training_split, [])
+    if len(training_classes) == 1:
+        problems.append(
+            Problem(
+                "single-class",
+                str(split_dirs[training_split]),
+                f"only one class folder ({training_classes[0]}); a classifier needs at least two",
+            )
+        )
+    if "train" in classes_by_split and "val" in classes_by_split:
+        mismatch = _class_mismatch(data_dir, classes_by_split["train"], classes_by_split["val"])
+        problems += [mismatch] if mismatch is not None else []
+    return problems
 
 
 def _is_system_name(name: str) -> bool:
@@ -362,12 +314,11 @@ def _scan_split_root(
 def _scan_class_dir(
     class_dir: Path, problems: list[Problem], notes: list[Problem], ignored: list[Path]
 ) -> list[Path]:
-    """The candidate images of a class (as data.scan_split finds them); sorts out the rest."""
-    candidates: list[Path] = []
-    for path in sorted(p for p in class_dir.rglob("*") if p.is_file()):
-        if is_image_file(path):
-            candidates.append(path)
-        elif any(_is_system_name(part) for part in path.relative_to(class_dir).parts):
+    """The candidate images of a class, broken links included (data.image_files, as training
+    finds them); sorts out the other files."""
+    files, broken_links = image_files(class_dir)
+    for path in sorted(p for p in class_dir.rglob("*") if p.is_file() and not is_image_file(p)):
+        if any(_is_system_name(part) for part in path.relative_to(class_dir).parts):
             ignored.append(path)
         elif path.suffix.lower() in UNSUPPORTED_IMAGE_EXTENSIONS:
             problems.append(
@@ -380,7 +331,7 @@ def _scan_class_dir(
             )
         else:
             notes.append(_non_image_note(path))
-    return candidates
+    return sorted(files + broken_links)
 
 
 def _non_image_note(path: Path) -> Problem:
@@ -398,14 +349,7 @@ def _check_image(
 ) -> _Image | None:
     """Decode one file; record its problems and notes; its hashes if it loads."""
     try:
-        data = path.read_bytes()
-    except OSError as error:
-        reason = f"cannot read file ({error.strerror or error})"
-        problems.append(
-            Problem("unreadable", str(path), f"{reason}; {_BAD_IMAGE_FIXES['unreadable']}")
-        )
-        return None
-    try:
+        data = read_image_bytes(path)
         image, image_notes = decode_image_rgb(data, path)
     except BadImageError as error:
         fix = _BAD_IMAGE_FIXES.get(error.kind, _BAD_IMAGE_FIXES["corrupt"])
@@ -461,6 +405,21 @@ def _class_mismatch(data_dir: Path, train: list[str], val: list[str]) -> Problem
     )
 
 
+def _empty_classes(
+    split_dirs: dict[str, Path],
+    candidates: list[tuple[str, str, Path]],
+    class_counts: dict[str, dict[str, int]],
+) -> list[Problem]:
+    """Class folders without image files, or whose image files all fail to load."""
+    found = Counter((split, class_name) for split, class_name, _ in candidates)
+    problems = [
+        _empty_class(split_dirs[split] / name, found[(split, name)], loadable)
+        for split, counts in class_counts.items()
+        for name, loadable in counts.items()
+    ]
+    return [problem for problem in problems if problem is not None]
+
+
 def _empty_class(class_dir: Path, candidates: int, loadable: int) -> Problem | None:
     if candidates == 0:
         return Problem(
@@ -504,7 +463,7 @@ def _exact_duplicates(images: list[_Image]) -> list[Problem]:
                         "are inflated by images the model trained on; delete the val copy",
                     )
                 )
-        for split in PHASES:
+        for split in sorted({image.split for image in group}):
             in_split = [image for image in group if image.split == split]
             if len({image.class_name for image in in_split}) > 1:
                 listed = ", ".join(f"{image.path} ({image.class_name})" for image in in_split)
@@ -582,7 +541,7 @@ def _suggested_class_weights(train_counts: dict[str, int]) -> dict[str, float] |
 
 
 def _imbalance(
-    data_dir: Path, train_counts: dict[str, int], weights: dict[str, float] | None
+    train_dir: Path, train_counts: dict[str, int], weights: dict[str, float] | None
 ) -> Problem | None:
     if weights is None:
         return None
@@ -594,7 +553,7 @@ def _imbalance(
     listed = ", ".join(f"{name}={weight:g}" for name, weight in weights.items())
     return Problem(
         "class-imbalance",
-        str(data_dir / "train"),
+        str(train_dir),
         f"train classes are imbalanced: {largest} has {train_counts[largest]} images, "
         f"{smallest} has {train_counts[smallest]} ({ratio:.1f}x); pass --class-weights auto "
         f"to weight the loss (suggested weights: {listed}), or add images to the small classes",

@@ -7,7 +7,7 @@ exit status 2, no traceback.
 from __future__ import annotations
 
 import argparse
-import json
+import io
 import sys
 import time
 from collections.abc import Sequence
@@ -20,6 +20,13 @@ from tlvision.errors import UserError
 
 if TYPE_CHECKING:
     from tlvision.config import TrainConfig
+
+
+DATA_HELP = "dataset folder: with train/ and val/, or flat with one folder per class"
+VAL_SPLIT_HELP = (
+    "hold out this stratified, seeded share of each class as val when there is no val/ folder "
+    "(default 0.2 for a flat DATA/<class>/ folder)"
+)
 
 
 def _default_out(prefix: str) -> Path:
@@ -103,12 +110,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers", type=int, help="data-loader processes (default: one per CPU core, up to 8)"
     )
-    parser.add_argument(
-        "--val-split",
-        type=float,
-        metavar="FRACTION",
-        help="no val/ folder: hold out this stratified, seeded share of train/ (e.g. 0.2)",
-    )
+    parser.add_argument("--val-split", type=float, metavar="FRACTION", help=VAL_SPLIT_HELP)
     parser.add_argument(
         "--class-weights",
         choices=["auto"],
@@ -154,6 +156,15 @@ def _train_config(arguments: argparse.Namespace, data_dir: Path, out_dir: Path) 
     )
 
 
+def announce_layout(data_dir: Path, val_split: float | None) -> None:
+    """One line on stderr when a flat dataset is split for the user (stdout may be JSON)."""
+    from tlvision.data import layout_note
+
+    note = layout_note(data_dir, val_split)
+    if note is not None:
+        print(note, file=sys.stderr)
+
+
 def command_train(arguments: argparse.Namespace) -> int:
     from tlvision.training import fit, resume
 
@@ -161,7 +172,11 @@ def command_train(arguments: argparse.Namespace) -> int:
         resume(arguments.resume)
         return 0
     if arguments.data is None:
-        raise UserError("train needs DATA (a folder with train/ and val/) or --resume RUN_DIR")
+        raise UserError(
+            "train needs DATA (a folder with train/ and val/, or with one folder per class) "
+            "or --resume RUN_DIR"
+        )
+    announce_layout(arguments.data, arguments.val_split)
     out_dir = arguments.out or _default_out(arguments.strategy)
     config = _train_config(arguments, arguments.data, out_dir)
     if config.strategy != "auto":
@@ -201,18 +216,19 @@ def command_train(arguments: argparse.Namespace) -> int:
 
 
 def command_evaluate(arguments: argparse.Namespace) -> int:
+    from tlvision.checkpoint import json_text
     from tlvision.devices import resolve_device
     from tlvision.evaluation import evaluate_run
 
     report = evaluate_run(
         arguments.run_dir, arguments.split_dir, device=resolve_device(arguments.device)
     )
-    print(json.dumps(report.to_json(), indent=2) if arguments.json else report.to_text())
+    print(json_text(report.to_json()) if arguments.json else report.to_text())
     return 0
 
 
 def command_predict(arguments: argparse.Namespace) -> int:
-    from tlvision.checkpoint import load_run_model
+    from tlvision.checkpoint import json_text, load_run_model
     from tlvision.devices import resolve_device
     from tlvision.predict import expand_image_paths, predict_images
 
@@ -222,7 +238,7 @@ def command_predict(arguments: argparse.Namespace) -> int:
         loaded, paths, top_k=arguments.top_k, device=resolve_device(arguments.device)
     )
     if arguments.json:
-        print(json.dumps([prediction.to_json() for prediction in predictions], indent=2))
+        print(json_text([prediction.to_json() for prediction in predictions]))
     else:
         for prediction in predictions:
             if prediction.error is not None:
@@ -335,10 +351,13 @@ def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
 
 
 def command_probe(arguments: argparse.Namespace) -> int:
+    from tlvision.checkpoint import json_text
     from tlvision.probe import run_probe
 
+    announce_layout(arguments.data, arguments.val_split)
     report = run_probe(
         arguments.data,
+        val_split=arguments.val_split,
         backbone_name=arguments.backbone,
         weights_argument=arguments.weights,
         stages=arguments.stages,
@@ -350,13 +369,15 @@ def command_probe(arguments: argparse.Namespace) -> int:
         device_name=arguments.device,
         log=(lambda _: None) if arguments.json else print,
     )
-    print(json.dumps(report, indent=2) if arguments.json else report["table"])
+    print(json_text(report) if arguments.json else report["table"])
     return 0
 
 
 def command_advise(arguments: argparse.Namespace) -> int:
     from tlvision.advise import advise
+    from tlvision.checkpoint import json_text
 
+    announce_layout(arguments.data, arguments.val_split)
     advice = advise(
         arguments.data,
         backbone_name=arguments.backbone,
@@ -368,13 +389,14 @@ def command_advise(arguments: argparse.Namespace) -> int:
         val_split=arguments.val_split,
         log=(lambda _: None) if arguments.json else print,
     )
-    print(json.dumps(advice.to_json(), indent=2) if arguments.json else advice.to_text())
+    print(json_text(advice.to_json()) if arguments.json else advice.to_text())
     return 0
 
 
 def command_check(arguments: argparse.Namespace) -> int:
     from tlvision.check import main_check
 
+    announce_layout(arguments.data, None)
     return main_check(arguments.data, as_json=arguments.json)
 
 
@@ -528,9 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train", help="train a classifier on DATA/train, validate on DATA/val"
     )
-    train.add_argument(
-        "data", type=Path, nargs="?", metavar="DATA", help="folder with train/ and val/"
-    )
+    train.add_argument("data", type=Path, nargs="?", metavar="DATA", help=DATA_HELP)
     _add_train_options(train)
     train.set_defaults(handler=command_train)
 
@@ -559,7 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe = commands.add_parser(
         "probe", help="val accuracy of linear heads on each stage's frozen codes"
     )
-    probe.add_argument("data", type=Path, metavar="DATA")
+    probe.add_argument("data", type=Path, metavar="DATA", help=DATA_HELP)
     probe.add_argument("--backbone", default=DEFAULT_BACKBONE)
     probe.add_argument("--weights")
     probe.add_argument(
@@ -572,6 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=HEADS,
     )
     probe.add_argument("--input-size", type=int, metavar="PIXELS")
+    probe.add_argument("--val-split", type=float, metavar="FRACTION", help=VAL_SPLIT_HELP)
     _add_cache_options(probe)
     probe.add_argument("--seed", type=int, default=0)
     probe.add_argument("--device", default="auto")
@@ -581,17 +602,14 @@ def build_parser() -> argparse.ArgumentParser:
     advise = commands.add_parser(
         "advise", help="measure the data and recommend a strategy, with the evidence"
     )
-    advise.add_argument("data", type=Path, metavar="DATA")
+    advise.add_argument("data", type=Path, metavar="DATA", help=DATA_HELP)
     advise.add_argument("--backbone", default=DEFAULT_BACKBONE)
     advise.add_argument("--weights")
     advise.add_argument(
         "--time-budget", type=float, default=30.0, metavar="MINUTES", help="for the training run"
     )
     _add_cache_options(advise)
-    advise.add_argument(
-        "--val-split", type=float, metavar="FRACTION",
-        help="for a dataset with only train/: measure on the split train would make",
-    )  # fmt: skip
+    advise.add_argument("--val-split", type=float, metavar="FRACTION", help=VAL_SPLIT_HELP)
     advise.add_argument("--seed", type=int, default=0)
     advise.add_argument("--json", action="store_true")
     advise.set_defaults(handler=command_advise)
@@ -599,7 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check", help="find broken, odd, duplicated and leaking files in a dataset"
     )
-    check.add_argument("data", type=Path, metavar="DATA")
+    check.add_argument("data", type=Path, metavar="DATA", help=DATA_HELP)
     check.add_argument("--json", action="store_true")
     check.set_defaults(handler=command_check)
 
@@ -625,7 +643,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def never_fail_on_file_names() -> None:
+    """Let stdout and stderr write any file name.
+
+    A name that is not valid UTF-8 arrives as a str with lone surrogates (see tlvision.data); a
+    strict stream (a UTF-8 locale such as en_US.UTF-8, or PYTHONIOENCODING=utf-8) would raise
+    on it half-way through a report. Such a stream writes it as a backslash escape instead
+    ("\\udcff", the spelling of the JSON files). Streams that already cope are left alone:
+    surrogateescape (C and C.UTF-8 locales) writes the name's original bytes, as `ls` does.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    never_fail_on_file_names()
     parser = build_parser()
     arguments = parser.parse_args(argv)
     try:

@@ -135,9 +135,9 @@ def evaluate_run(
         )
     # Label each folder with the model's index for that name, so the order of folders on disk
     # cannot shift the labels.
+    found, broken_links = scan_split(split_dir, folder_names)
     samples = [
-        (path, loaded.class_names.index(folder_names[folder_index]))
-        for path, folder_index in scan_split(split_dir, folder_names)
+        (path, loaded.class_names.index(folder_names[folder_index])) for path, folder_index in found
     ]
     transform = build_transforms(loaded.preprocessing)["val"]
     dataset = ImageDataset(samples, loaded.class_names, transform)
@@ -154,5 +154,6 @@ def evaluate_run(
     matrix = confusion_matrix(
         labels.numpy(), predictions.numpy(), labels=np.arange(len(loaded.class_names))
     )
-    skipped = tuple(str(samples[index][0]) for index in sorted(unreadable))
+    unreadable_paths = [samples[index][0] for index in unreadable]
+    skipped = tuple(str(path) for path in sorted([*broken_links, *unreadable_paths]))
     return ClassificationReport(loaded.class_names, matrix, skipped_files=skipped)

@@ -19,6 +19,7 @@ image); that is safe in DataLoader worker processes and in a single thread.
 from __future__ import annotations
 
 import io
+import os
 import re
 import struct
 import warnings
@@ -45,6 +46,7 @@ BAD_IMAGE_KINDS = (
     "decompression-bomb",
     "corrupt",
     "unreadable",
+    "broken-link",
 )
 
 
@@ -73,13 +75,20 @@ def open_image_rgb(path: Path) -> tuple[Image.Image, list[str]]:
     decompression bombs (more than MAX_IMAGE_PIXELS pixels, refused before decoding).
     """
     path = Path(path)
+    return decode_image_rgb(read_image_bytes(path), path)
+
+
+def read_image_bytes(path: Path) -> bytes:
+    """The file's bytes, or a BadImageError: "broken-link" for a symbolic link whose target is
+    gone (named, so the user knows which file to restore), "unreadable" for other OS errors."""
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as error:
-        raise BadImageError(
-            path, f"cannot read file ({error.strerror or error})", "unreadable"
-        ) from error
-    return decode_image_rgb(data, path)
+        if path.is_symlink() and not path.exists():
+            reason = f"broken symbolic link: its target {os.readlink(path)} does not exist"
+            raise BadImageError(path, reason, "broken-link") from error
+        reason = f"cannot read file ({error.strerror or error})"
+        raise BadImageError(path, reason, "unreadable") from error
 
 
 def load_rgb_image(path: Path) -> Image.Image:

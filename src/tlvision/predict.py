@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from tlvision.checkpoint import LoadedModel
-from tlvision.data import build_transforms, is_image_file
+from tlvision.data import build_transforms, image_files, is_broken_link
 from tlvision.errors import UserError
 from tlvision.images import BadImageError, load_rgb_image
 
@@ -33,17 +33,20 @@ class Prediction:
 
 
 def expand_image_paths(arguments: Sequence[Path]) -> list[Path]:
-    """Files as given; directories searched recursively for images, in a stable order."""
+    """Files as given; directories searched recursively for images, in a stable order.
+
+    Broken links are kept, so that each gets an error entry naming it rather than vanishing.
+    """
     paths: list[Path] = []
     for argument in arguments:
         if argument.is_dir():
-            found = sorted(p for p in argument.rglob("*") if p.is_file() and is_image_file(p))
-            if not found:
+            files, broken = image_files(argument)
+            if not files:
                 raise UserError(
                     f"{argument}: directory holds no images; pass image files or folders"
                 )
-            paths.extend(found)
-        elif argument.is_file():
+            paths.extend(sorted(files + broken))
+        elif argument.is_file() or is_broken_link(argument):
             paths.append(argument)
         else:
             raise UserError(f"{argument}: no such file or directory; pass image files or folders")

@@ -159,12 +159,14 @@ def run_probe(
     cache_dir: Path | None = None,
     use_cache: bool = True,
     seed: int = 0,
+    val_split: float | None = None,
     device_name: str = "auto",
     batch_size: int = 32,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
+    """`val_split` (or a flat dataset) holds out the seeded split that `train` would make."""
     started = time.perf_counter()
-    splits = find_splits(data_dir)
+    splits = find_splits(data_dir, val_split=val_split, seed=seed)
     backbone = get_backbone(backbone_name)
     stage_list = parse_stages(stages, backbone.stage_names)
     for stage in stage_list:

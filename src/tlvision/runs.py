@@ -140,7 +140,7 @@ def finish_run(
     save_run_model(config.out_dir, model, metadata)
     metrics = read_metrics(config.out_dir)
     best = max(metrics, key=lambda record: record["val_acc"])  # ties: the earliest epoch
-    skipped_files = describe_skipped(skipped)
+    skipped_files = describe_skipped(skipped | set(setup.splits.broken_links))
     summary = {
         "final_val_acc": metrics[-1]["val_acc"],
         "best_val_acc": best["val_acc"],
