@@ -498,6 +498,7 @@ def command_backbones(arguments: argparse.Namespace) -> int:
 
 
 def command_export(arguments: argparse.Namespace) -> int:
+    from tlvision.checkpoint import json_text
     from tlvision.export import ExportRequest, export_model
 
     request = ExportRequest(
@@ -510,7 +511,7 @@ def command_export(arguments: argparse.Namespace) -> int:
     )
     document = export_model(request, log=lambda message: print(message, file=sys.stderr))
     if arguments.json:
-        print(json.dumps(document, indent=2))
+        print(json_text(document))
     return 0
 
 
