@@ -69,6 +69,8 @@ def test_health_and_model_info(server: Server, run_dir: Path) -> None:
     assert info["metrics"]["best_val_acc"] == summary["best_val_acc"]
     assert info["metrics"]["final_val_acc"] == last_epoch["val_acc"]
     assert info["limits"]["max_upload_mb"] == 20
+    schema = httpx.get(f"{server.url}/openapi.json").json()
+    assert {"/v1/predict", "/v1/maps", "/v1/model", "/healthz"} <= set(schema["paths"])
 
 
 def test_predict_matches_the_predict_command(server: Server, run_dir: Path) -> None:

@@ -35,14 +35,20 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_demo_run(tmp_path_factory.mktemp("page") / "run")
 
 
+TOKEN = "page-token-81c3"
+
+
 @pytest.fixture(scope="module")
 def server(run_dir: Path) -> Iterator[Server]:
-    """The default runtime (auto: ONNX Runtime, exported on first use, where installed)."""
-    with running_server(run_dir) as running:
+    """The default runtime (auto: ONNX Runtime, exported on first use, where installed), with
+    a token, so the page has to ask for it."""
+    with running_server(run_dir, environment={"TLVISION_TOKEN": TOKEN}) as running:
         yield running
 
 
-def test_page_classifies_an_uploaded_image(server: Server, run_dir: Path, tmp_path: Path) -> None:
+def test_page_asks_for_the_token_then_classifies_an_upload(
+    server: Server, run_dir: Path, tmp_path: Path
+) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     image = next(path for path in demo_val_images() if path.parent.name == "tool")
@@ -57,8 +63,12 @@ def test_page_classifies_an_uploaded_image(server: Server, run_dir: Path, tmp_pa
         try:
             page = browser.new_page()
             page.goto(f"{server.url}/")
+            expect(page.locator("#token-box")).to_be_visible(timeout=30_000)
+            expect(page.locator("#model")).to_contain_text("token")
+            page.fill("#token", TOKEN)
+            page.click("#token-save")
             expect(page.locator("#model")).to_contain_text("fish, monument, tool", timeout=30_000)
-            expect(page.locator("#token-box")).to_be_hidden()  # no token on this server
+            expect(page.locator("#token-box")).to_be_hidden()
             page.set_input_files("#file-input", str(image))
             predicted = page.locator(".result .predicted-class")
             expect(predicted).not_to_have_text("…", timeout=60_000)
