@@ -498,7 +498,6 @@ def command_backbones(arguments: argparse.Namespace) -> int:
 
 
 def command_export(arguments: argparse.Namespace) -> int:
-    from tlvision.checkpoint import json_text
     from tlvision.export import ExportRequest, export_model
 
     request = ExportRequest(
@@ -511,6 +510,8 @@ def command_export(arguments: argparse.Namespace) -> int:
     )
     document = export_model(request, log=lambda message: print(message, file=sys.stderr))
     if arguments.json:
+        from tlvision.checkpoint import json_text
+
         print(json_text(document))
     return 0
 
