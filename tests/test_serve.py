@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import shutil
 import struct
 import threading
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import unquote
 
 import httpx
 import numpy as np
@@ -18,6 +21,7 @@ import pytest
 from PIL import Image
 from serving import (
     Server,
+    demo_data_dir,
     demo_val_images,
     running_server,
     stream_until_answered,
@@ -26,10 +30,12 @@ from serving import (
 
 from tlvision.checkpoint import load_run_model
 from tlvision.cli import main
+from tlvision.config import TrainConfig
 from tlvision.errors import UserError
 from tlvision.predict import predict_images
 from tlvision.serve.batching import Batcher, BatchingConfig, QueueFull, retry_after_seconds
 from tlvision.serve.config import ServeConfig, is_loopback, startup_lines, validate_config
+from tlvision.training import fit
 
 TOKEN = "test-token-4f9c2a"
 
@@ -110,6 +116,32 @@ def test_maps_answers_a_png_overlay(server: Server, run_dir: Path) -> None:
     )
     assert other.status_code == 200 and other.headers["x-class"] == "tool"
     assert other.content != response.content
+
+
+def test_class_names_neither_ascii_nor_utf8(tmp_path: Path) -> None:
+    """Folder names are class names: 'poisson café' and Latin-1 bytes 't\\xffol' (not UTF-8)
+    come back as JSON escapes and a percent-encoded header, never as a 500."""
+    data = tmp_path / "data"
+    shutil.copytree(demo_data_dir(), data)
+    odd_names = {"fish": "poisson café", "tool": os.fsdecode(b"t\xffol")}
+    try:
+        for split in ("train", "val"):
+            for old, new in odd_names.items():
+                (data / split / old).rename(data / split / new)
+    except OSError as error:  # e.g. a file system that only takes UTF-8 names
+        pytest.skip(f"cannot make a non-UTF-8 folder name here: {error}")
+    run = tmp_path / "run"
+    fit(TrainConfig(data_dir=data, out_dir=run, epochs=2, num_workers=0), log=lambda _: None)
+    hammer = data / "val" / odd_names["tool"] / "hammer1.jpg"
+    with running_server(run, "--runtime", "torch") as odd:
+        classes = httpx.get(f"{odd.url}/v1/model").json()["classes"]
+        assert classes == sorted(["monument", *odd_names.values()])
+        response = httpx.post(f"{odd.url}/v1/predict", files=image_files([hammer]), timeout=60)
+        assert response.status_code == 200 and response.content.isascii()
+        assert response.json()["predictions"][0]["class"] in classes
+        overlay = httpx.post(f"{odd.url}/v1/maps", files=image_files([hammer], "file"), timeout=60)
+        assert overlay.status_code == 200
+        assert unquote(overlay.headers["x-class"], errors="surrogateescape") in classes
 
 
 def bomb_png() -> bytes:

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated
+from urllib.parse import quote
 
 import anyio
 import anyio.to_thread
@@ -30,6 +31,7 @@ from tlvision.serve.config import ServeConfig
 from tlvision.serve.error_handlers import install_error_handlers
 from tlvision.serve.maps import render_class_map
 from tlvision.serve.schemas import (
+    AsciiJSONResponse,
     ClassProbability,
     ErrorBody,
     Health,
@@ -99,8 +101,13 @@ def require_token(
 ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     status: {"model": ErrorBody} for status in (400, 401, 413, 422, 503)
 }
-api = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses=ERROR_RESPONSES)
-pages = APIRouter()
+api = APIRouter(
+    prefix="/v1",
+    dependencies=[Depends(require_token)],
+    responses=ERROR_RESPONSES,
+    default_response_class=AsciiJSONResponse,
+)
+pages = APIRouter(default_response_class=AsciiJSONResponse)
 
 
 @pages.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -180,7 +187,9 @@ async def class_map(
     png, shown = await anyio.to_thread.run_sync(
         render_class_map, service.mapper, upload.image, class_name, limiter=limiter
     )
-    return Response(png, media_type="image/png", headers={"X-Class": shown})
+    # Headers are Latin-1: the class name is percent-encoded (its bytes, if not UTF-8).
+    header = quote(shown, safe="", errors="surrogateescape")
+    return Response(png, media_type="image/png", headers={"X-Class": header})
 
 
 def describe_model(

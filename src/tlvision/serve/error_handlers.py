@@ -12,11 +12,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from tlvision.images import BadImageError
 from tlvision.serve.batching import QueueFull
+from tlvision.serve.schemas import AsciiJSONResponse
 
 FIELD_HINTS = {
     "files": "send one or more images as multipart/form-data field 'files'",
@@ -55,15 +55,15 @@ def _plain_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def install_error_handlers(app: FastAPI, max_files: int) -> None:
-    async def on_validation_error(request: Request, error: Exception) -> JSONResponse:
+    async def on_validation_error(request: Request, error: Exception) -> AsciiJSONResponse:
         assert isinstance(error, RequestValidationError)
         errors = list(error.errors())
-        return JSONResponse(
+        return AsciiJSONResponse(
             {"detail": describe_validation_errors(errors), "errors": _plain_errors(errors)},
             status_code=422,
         )
 
-    async def on_http_error(request: Request, error: Exception) -> JSONResponse:
+    async def on_http_error(request: Request, error: Exception) -> AsciiJSONResponse:
         assert isinstance(error, HTTPException)
         detail = str(error.detail)
         if error.status_code == 400 and detail.startswith("Too many files"):
@@ -71,19 +71,19 @@ def install_error_handlers(app: FastAPI, max_files: int) -> None:
                 f"too many files: at most {max_files} images per request (server option "
                 "--max-files); split them over several requests"
             )
-        return JSONResponse(
+        return AsciiJSONResponse(
             {"detail": detail}, status_code=error.status_code, headers=error.headers
         )
 
-    async def on_bad_image(request: Request, error: Exception) -> JSONResponse:
+    async def on_bad_image(request: Request, error: Exception) -> AsciiJSONResponse:
         assert isinstance(error, BadImageError)
-        return JSONResponse(
+        return AsciiJSONResponse(
             {"detail": f"{error.path}: {error.reason}", "kind": error.kind}, status_code=422
         )
 
-    async def on_queue_full(request: Request, error: Exception) -> JSONResponse:
+    async def on_queue_full(request: Request, error: Exception) -> AsciiJSONResponse:
         assert isinstance(error, QueueFull)
-        return JSONResponse(
+        return AsciiJSONResponse(
             {"detail": f"server busy: the queue is full; retry after {error.retry_after} s"},
             status_code=503,
             headers={"Retry-After": str(error.retry_after)},

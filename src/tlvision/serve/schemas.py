@@ -1,4 +1,4 @@
-"""The JSON the server answers with, as typed models (they also make the OpenAPI page)."""
+"""The JSON the server answers with: typed models (they also make the OpenAPI schema), in ASCII."""
 
 from __future__ import annotations
 
@@ -6,9 +6,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from tlvision.runs import METRICS_FILE, SUMMARY_FILE
+
+
+class AsciiJSONResponse(JSONResponse):
+    """JSON in pure ASCII, as tlvision writes all its JSON (checkpoint.json_text): a class
+    folder whose name is not valid UTF-8 is held with lone surrogates, which strict UTF-8 JSON
+    cannot encode; escaped ("\\udcff") they round-trip."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 class ClassProbability(BaseModel):

@@ -17,12 +17,12 @@ from typing import Annotated
 
 import anyio.to_thread
 from fastapi import Depends, File, HTTPException, Request, UploadFile
-from fastapi.responses import JSONResponse
 from PIL import Image
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tlvision.images import decode_image_rgb
+from tlvision.serve.schemas import AsciiJSONResponse
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ class BodySizeLimit:
             # kept) and they get this JSON rather than a reset connection; a declared size far
             # beyond the limit is not worth reading: the connection is closed instead.
             close = int(declared) > DRAIN_FACTOR * self.limit_bytes
-            response = JSONResponse(
+            response = AsciiJSONResponse(
                 {"detail": body_too_large_message(self.limit_mb)},
                 status_code=413,
                 headers={"Connection": "close"} if close else None,

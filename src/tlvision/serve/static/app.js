@@ -44,6 +44,15 @@ async function callApi(path, options = {}) {
   return response;
 }
 
+// X-Class is percent-encoded UTF-8 (or the raw bytes of a name that is not UTF-8).
+function headerText(value) {
+  try {
+    return value ? decodeURIComponent(value) : "";
+  } catch {
+    return unescape(value);
+  }
+}
+
 function percent(probability) {
   return `${(probability * 100).toFixed(1)}%`;
 }
@@ -115,7 +124,7 @@ async function showMap(card, file) {
     const figure = card.querySelector(".map-figure");
     figure.querySelector(".map").src = URL.createObjectURL(await response.blob());
     figure.querySelector(".map-caption").textContent =
-      `where the network sees ${response.headers.get("X-Class") || "the top class"}`;
+      `where the network sees ${headerText(response.headers.get("X-Class")) || "the top class"}`;
     figure.hidden = false;
   } catch (error) {
     card.querySelector(".map-caption").textContent = `no class map: ${error.message}`;
