@@ -160,6 +160,13 @@ def bomb_png() -> bytes:
     )
 
 
+def thin_png() -> bytes:
+    """1 x 50,000 pixels in a few hundred bytes: scaled to a short side of 256 it is ~10 GB."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 50_000), (200, 10, 10)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def truncated_jpeg() -> bytes:
     return demo_val_images()[0].read_bytes()[:3000]
 
@@ -170,6 +177,7 @@ BAD_REQUESTS = {
     "text": ("/v1/predict", [("files", ("notes.jpg", b"hello"))], {}, None, "not an image"),
     "truncated": ("/v1/predict", [("files", ("cut.jpg", truncated_jpeg()))], {}, None, "trunc"),
     "bomb": ("/v1/predict", [("files", ("bomb.png", bomb_png()))], {}, None, "bomb"),
+    "elongated": ("/v1/predict", [("files", ("thin.png", thin_png()))], {}, None, "elongated"),
     "wrong-field": ("/v1/predict", [("image", ("a.jpg", b"x"))], {}, None, "'files'"),
     "text-not-file": ("/v1/predict", [], {"files": "hello"}, None, "not a file"),
     "bad-top-k": ("/v1/predict", "good", {"top_k": "many"}, None, "top_k"),

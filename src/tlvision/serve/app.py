@@ -44,6 +44,7 @@ from tlvision.serve.schemas import (
 from tlvision.serve.uploads import (
     BodySizeLimit,
     DecodedUpload,
+    refuse_elongated,
     uploaded_image,
     uploaded_images,
 )
@@ -139,6 +140,8 @@ async def predict(
     top_k: Annotated[int, Form(ge=1, le=1000, description="classes per image")] = 1,
 ) -> PredictResponse:
     preprocessing = service.classifier.preprocessing
+    for upload in images:
+        refuse_elongated(upload, preprocessing.resize_size)
     pixels = [
         await anyio.to_thread.run_sync(prepare_pixels, upload.image, preprocessing)
         for upload in images

@@ -21,7 +21,7 @@ from PIL import Image
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tlvision.images import decode_image_rgb
+from tlvision.images import BadImageError, decode_image_rgb
 from tlvision.serve.schemas import AsciiJSONResponse
 
 
@@ -60,6 +60,26 @@ async def uploaded_image(
     limiter: Annotated[anyio.CapacityLimiter, Depends(decode_limiter)],
 ) -> DecodedUpload:
     return await _decode(file, 0, limiter)
+
+
+MAX_ASPECT_RATIO = 64  # long side / short side that prediction resizes; see refuse_elongated
+
+
+def refuse_elongated(upload: DecodedUpload, resize_size: int) -> None:
+    """Refuse an image the prediction resize would blow up (a 1 x 50,000 pixel PNG is a few
+    hundred bytes; scaled to a short side of 256 it would take about 10 GB). The class-map
+    path caps the long side instead and needs no such limit."""
+    width, height = upload.image.size
+    ratio = max(width, height) / max(1, min(width, height))
+    if ratio > MAX_ASPECT_RATIO:
+        long_side = round(resize_size * ratio)
+        raise BadImageError(
+            upload.name,
+            f"too elongated to classify ({width}x{height}: scaling its short side to "
+            f"{resize_size} would make it {long_side:,} pixels long; the limit is "
+            f"{MAX_ASPECT_RATIO}:1); crop it first",
+            "decompression-bomb",
+        )
 
 
 DRAIN_FACTOR = 4  # a declared body up to this many times the limit is read and dropped
