@@ -25,7 +25,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 
 from tlvision.class_maps import ClassMapper
-from tlvision.runtime import Classifier, prepare_pixels
+from tlvision.runtime import Classifier
 from tlvision.serve.batching import Batcher, QueueFull
 from tlvision.serve.config import ServeConfig
 from tlvision.serve.error_handlers import install_error_handlers
@@ -43,10 +43,10 @@ from tlvision.serve.schemas import (
 )
 from tlvision.serve.uploads import (
     BodySizeLimit,
-    DecodedUpload,
-    refuse_elongated,
-    uploaded_image,
-    uploaded_images,
+    Upload,
+    pixels_for_prediction,
+    uploaded_file,
+    uploaded_files,
 )
 
 MAPS_IN_FLIGHT = 4  # class-map requests running or waiting; more get 503 (each is a full pass)
@@ -65,7 +65,8 @@ class Service:
     config: ServeConfig
     batcher: Batcher
     info: ModelInfo
-    maps_limiter: anyio.CapacityLimiter
+    decode_limiter: anyio.CapacityLimiter  # images decoded and resized at once, all requests
+    maps_limiter: anyio.CapacityLimiter  # class maps computed at once
 
 
 def softmax_rows(logits: np.ndarray) -> np.ndarray:
@@ -136,21 +137,21 @@ def model_info(service: Annotated[Service, Depends(get_service)]) -> ModelInfo:
 @api.post("/predict")
 async def predict(
     service: Annotated[Service, Depends(get_service)],
-    images: Annotated[list[DecodedUpload], Depends(uploaded_images)],
+    uploads: Annotated[list[Upload], Depends(uploaded_files)],
     top_k: Annotated[int, Form(ge=1, le=1000, description="classes per image")] = 1,
 ) -> PredictResponse:
     preprocessing = service.classifier.preprocessing
-    for upload in images:
-        refuse_elongated(upload, preprocessing.resize_size)
     pixels = [
-        await anyio.to_thread.run_sync(prepare_pixels, upload.image, preprocessing)
-        for upload in images
+        await anyio.to_thread.run_sync(
+            pixels_for_prediction, upload, preprocessing, limiter=service.decode_limiter
+        )
+        for upload in uploads
     ]
     rows = await service.batcher.submit(pixels)
     names = service.classifier.class_names
     count = min(top_k, len(names))
     predictions = []
-    for upload, probabilities in zip(images, rows, strict=True):
+    for upload, probabilities in zip(uploads, rows, strict=True):
         order = np.argsort(-probabilities, kind="stable")[:count]
         top = [
             ClassProbability(class_name=names[index], probability=float(probabilities[index]))
@@ -174,7 +175,7 @@ async def predict(
 )
 async def class_map(
     service: Annotated[Service, Depends(get_service)],
-    upload: Annotated[DecodedUpload, Depends(uploaded_image)],
+    upload: Annotated[Upload, Depends(uploaded_file)],
     class_name: Annotated[
         str | None, Form(alias="class", description="default: the most likely class")
     ] = None,
@@ -188,7 +189,7 @@ async def class_map(
     if limiter.statistics().tasks_waiting + limiter.borrowed_tokens >= MAPS_IN_FLIGHT:
         raise QueueFull(retry_after=2)
     png, shown = await anyio.to_thread.run_sync(
-        render_class_map, service.mapper, upload.image, class_name, limiter=limiter
+        render_class_map, service.mapper, upload, class_name, limiter=limiter
     )
     # Headers are Latin-1: the class name is percent-encoded (its bytes, if not UTF-8).
     header = quote(shown, safe="", errors="surrogateescape")
@@ -230,6 +231,7 @@ def create_app(
         config=config,
         batcher=Batcher(probabilities, config.batching),
         info=describe_model(classifier, config, metadata),
+        decode_limiter=anyio.CapacityLimiter(max(1, min(4, os.cpu_count() or 1))),
         maps_limiter=anyio.CapacityLimiter(1),
     )
 
@@ -248,7 +250,6 @@ def create_app(
         form_limits={"max_files": config.max_files},
     )
     app.state.service = service
-    app.state.decode_limiter = anyio.CapacityLimiter(max(1, min(4, os.cpu_count() or 1)))
     install_error_handlers(app, config.max_files)
     app.add_middleware(BodySizeLimit, limit_mb=config.max_upload_mb)
     app.include_router(pages)

@@ -7,17 +7,17 @@ app bounds how many run at once.
 
 from __future__ import annotations
 
-from PIL import Image
-
 from tlvision.class_maps import ClassMapper, class_maps, overlay_png
+from tlvision.serve.uploads import Upload, decode_upload
 
 
 def render_class_map(
-    mapper: ClassMapper, image: Image.Image, class_name: str | None
+    mapper: ClassMapper, upload: Upload, class_name: str | None
 ) -> tuple[bytes, str]:
     """PNG of the probability map of `class_name` (default: the most likely) over the image,
-    on an absolute 0..1 scale; also the class shown."""
-    maps = class_maps(mapper, image)
+    on an absolute 0..1 scale; also the class shown. Decodes the upload here, on the map's
+    worker thread, so only the maps running hold a full-size image."""
+    maps = class_maps(mapper, decode_upload(upload))
     if class_name is None:
         index, class_name, _ = maps.top(1)[0]
     else:

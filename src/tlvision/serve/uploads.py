@@ -1,13 +1,13 @@
-"""Uploaded files to decoded images: FastAPI dependencies around the package's safe loader.
+"""Uploaded files: the body-size limit, FastAPI dependencies for the files, safe decoding.
 
 BodySizeLimit refuses an oversized request while its body is read: at once when Content-Length
 declares too much, otherwise as soon as the bytes received pass the limit, so nothing larger is
 ever buffered. (FastAPI's own max_body_size does the same but answers plain text; this answers
-JSON like every other refusal.) The number of files is FastAPI's form_limits. What arrives here
-is decoded by tlvision.images.decode_image_rgb, the
-same loader training uses: zero-byte, truncated, non-image files and decompression bombs raise
-BadImageError, which the error handlers turn into a 422 naming the file. Decoding runs on worker
-threads, at most a few at a time, so a burst of large images cannot take all the memory.
+JSON like every other refusal.) The number of files is FastAPI's form_limits. Files are decoded
+by tlvision.images.decode_image_rgb, the loader training uses: zero-byte, truncated, non-image
+files and decompression bombs raise BadImageError, which the error handlers turn into a 422
+naming the file. Decoding runs on worker threads, a few at a time (the app's limiters), each
+image resized as soon as it is decoded, so a burst of large images cannot take all the memory.
 """
 
 from __future__ import annotations
@@ -15,66 +15,71 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-import anyio.to_thread
-from fastapi import Depends, File, HTTPException, Request, UploadFile
+import numpy as np
+from fastapi import File, HTTPException, UploadFile
 from PIL import Image
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tlvision.data import Preprocessing
 from tlvision.images import BadImageError, decode_image_rgb
+from tlvision.runtime import prepare_pixels
 from tlvision.serve.schemas import AsciiJSONResponse
 
 
 @dataclass(frozen=True)
-class DecodedUpload:
+class Upload:
     name: str  # the client's file name, or "upload N" when it sent none
-    image: Image.Image  # 8-bit RGB, EXIF orientation applied
+    data: bytes
 
 
-def decode_limiter(request: Request) -> anyio.CapacityLimiter:
-    limiter: anyio.CapacityLimiter = request.app.state.decode_limiter
-    return limiter
+async def _read(upload: UploadFile, position: int) -> Upload:
+    return Upload(name=upload.filename or f"upload {position + 1}", data=await upload.read())
 
 
-async def _decode(
-    upload: UploadFile, position: int, limiter: anyio.CapacityLimiter
-) -> DecodedUpload:
-    name = upload.filename or f"upload {position + 1}"
-    data = await upload.read()
-    image, _notes = await anyio.to_thread.run_sync(decode_image_rgb, data, name, limiter=limiter)
-    return DecodedUpload(name=name, image=image)
-
-
-async def uploaded_images(
+async def uploaded_files(
     files: Annotated[
         list[UploadFile],
         File(description="one or more images (JPEG, PNG, WebP, ...), multipart field 'files'"),
     ],
-    limiter: Annotated[anyio.CapacityLimiter, Depends(decode_limiter)],
-) -> list[DecodedUpload]:
-    return [await _decode(upload, position, limiter) for position, upload in enumerate(files)]
+) -> list[Upload]:
+    return [await _read(upload, position) for position, upload in enumerate(files)]
 
 
-async def uploaded_image(
+async def uploaded_file(
     file: Annotated[UploadFile, File(description="one image, multipart field 'file'")],
-    limiter: Annotated[anyio.CapacityLimiter, Depends(decode_limiter)],
-) -> DecodedUpload:
-    return await _decode(file, 0, limiter)
+) -> Upload:
+    return await _read(file, 0)
+
+
+def decode_upload(upload: Upload) -> Image.Image:
+    """8-bit RGB, EXIF orientation applied; BadImageError naming the upload otherwise."""
+    image, _notes = decode_image_rgb(upload.data, upload.name)
+    return image
+
+
+def pixels_for_prediction(upload: Upload, preprocessing: Preprocessing) -> np.ndarray:
+    """Decode, check, resize and centre-crop (runtime.prepare_pixels) in one call on a worker
+    thread: the full-size image (up to 268 MB for the largest the loader takes) lives only
+    while this runs, one per thread, never one per file of every request waiting."""
+    image = decode_upload(upload)
+    refuse_elongated(upload.name, image.size, preprocessing.resize_size)
+    return prepare_pixels(image, preprocessing)
 
 
 MAX_ASPECT_RATIO = 64  # long side / short side that prediction resizes; see refuse_elongated
 
 
-def refuse_elongated(upload: DecodedUpload, resize_size: int) -> None:
+def refuse_elongated(name: str, size: tuple[int, int], resize_size: int) -> None:
     """Refuse an image the prediction resize would blow up (a 1 x 50,000 pixel PNG is a few
     hundred bytes; scaled to a short side of 256 it would take about 10 GB). The class-map
     path caps the long side instead and needs no such limit."""
-    width, height = upload.image.size
+    width, height = size
     ratio = max(width, height) / max(1, min(width, height))
     if ratio > MAX_ASPECT_RATIO:
         long_side = round(resize_size * ratio)
         raise BadImageError(
-            upload.name,
+            name,
             f"too elongated to classify ({width}x{height}: scaling its short side to "
             f"{resize_size} would make it {long_side:,} pixels long; the limit is "
             f"{MAX_ASPECT_RATIO}:1); crop it first",
