@@ -21,6 +21,7 @@ from tlvision.data import (
     scan_split,
 )
 from tlvision.errors import UserError
+from tlvision.results import html_table
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,25 @@ class ClassificationReport:
             "confusion_matrix": self.confusion.astype(int).tolist(),
             "skipped_files": list(self.skipped_files),
         }
+
+    def _repr_html_(self) -> str:
+        """In a notebook: per-class precision, recall and F1, then the confusion matrix."""
+        per_class = html_table(
+            ["class", "precision", "recall", "f1", "support"],
+            [
+                [r["class"], r["precision"], r["recall"], r["f1"], r["support"]]
+                for r in self.per_class()
+            ],
+            caption=f"accuracy {self.accuracy:.4f} on {self.total} images",
+        )
+        confusion = html_table(
+            ["true \\ predicted", *self.class_names],
+            [
+                [name, *map(int, row)]
+                for name, row in zip(self.class_names, self.confusion, strict=True)
+            ],
+        )
+        return per_class + confusion
 
     def to_text(self) -> str:
         width = max(8, *(len(name) for name in self.class_names))
