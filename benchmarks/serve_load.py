@@ -29,12 +29,12 @@ import tempfile
 import time
 import zlib
 from collections import Counter
-from importlib import resources
 from pathlib import Path
 
 import httpx
 import numpy as np
 
+from tlvision import demo_data_dir
 from tlvision.checkpoint import load_run_model
 from tlvision.config import TrainConfig
 from tlvision.images import load_rgb_image
@@ -45,11 +45,6 @@ from tlvision.training import fit
 OFFLINE_IMAGES = 256  # images timed through predict_images (the val set, repeated)
 WARM_UP_SECONDS = 10  # of the same load, before the timed part
 CONNECTION_ERROR = 0  # the status counted when a request got no HTTP answer at all
-
-
-def demo_data_dir() -> Path:
-    """The demo set shipped inside the package (fish, monument, tool)."""
-    return Path(str(resources.files("tlvision") / "demo_data"))
 
 
 def offline_rate(run_dir: Path, images: list[Path]) -> float:

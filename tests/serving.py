@@ -12,20 +12,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import httpx
 
+from tlvision import demo_data_dir
 from tlvision.config import TrainConfig
 from tlvision.training import fit
 
 STARTUP_SECONDS = 120  # importing torch and loading the model on a busy 2-core machine
-
-
-def demo_data_dir() -> Path:
-    """The demo set shipped inside the package (fish, monument, tool)."""
-    return Path(str(resources.files("tlvision") / "demo_data"))
 
 
 def train_demo_run(out_dir: Path) -> Path:
