@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
+import re
 import statistics
 import struct
 import subprocess
@@ -80,12 +80,6 @@ def resident_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def malformed_uploads(good: bytes) -> list[tuple[str, dict[str, object]]]:
@@ -172,18 +166,17 @@ async def run_load(
     return latencies, statuses, results[-1], elapsed, rss_warm  # type: ignore[return-value]
 
 
-def wait_until_healthy(
-    url: str, process: subprocess.Popen[bytes], seconds: float, log_path: Path
-) -> None:
+def wait_until_healthy(process: subprocess.Popen[bytes], seconds: float, log_path: Path) -> str:
+    """The server's URL, from its start-up line (it was started with --port 0), once healthy."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
+        log = log_path.read_text()
         if process.poll() is not None:
-            raise SystemExit(
-                f"server exited with status {process.returncode}:\n{log_path.read_text()}"
-            )
+            raise SystemExit(f"server exited with status {process.returncode}:\n{log}")
+        listening = re.search(r"on (http://127\.0\.0\.1:\d+)/", log)
         try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
+            if listening and httpx.get(f"{listening[1]}/healthz", timeout=2).status_code == 200:
+                return listening[1]
         except httpx.TransportError:
             pass
         time.sleep(0.5)
@@ -209,15 +202,13 @@ def main() -> None:
         print(f"predict (offline, batch 32, {OFFLINE_IMAGES} images): {offline:.1f} images/s")
         engine, engine_rate = offline_runtime_rate(run_dir, images, arguments.runtime)
         print(f"{engine} runtime offline (decode + logits, batch 32): {engine_rate:.1f} images/s")
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        command = [sys.executable, "-m", "tlvision.cli", "serve", str(run_dir), "--port"]
-        command += [str(port), "--runtime", arguments.runtime, "--log-level", "warning"]
+        command = [sys.executable, "-m", "tlvision.cli", "serve", str(run_dir), "--port", "0"]
+        command += ["--runtime", arguments.runtime, "--log-level", "warning"]
         log_path = Path(scratch) / "server.log"
         with log_path.open("w") as log:
             server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_until_healthy(url, server, 300, log_path)
+            url = wait_until_healthy(server, 300, log_path)
             runtime = httpx.get(f"{url}/healthz").json()["runtime"]
             rss_idle = resident_mb(server.pid)
             latencies, statuses, malformed, elapsed, rss_warm = asyncio.run(

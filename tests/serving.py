@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import select
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from tlvision import demo_data_dir
 from tlvision.config import TrainConfig
 from tlvision.training import fit
 
+LISTENING = re.compile(r"on (http://127\.0\.0\.1:(\d+))/")  # from the start-up line
 STARTUP_SECONDS = 120  # importing torch and loading the model on a busy 2-core machine
 
 
@@ -38,17 +40,11 @@ def demo_val_images() -> list[Path]:
     return sorted((demo_data_dir() / "val").rglob("*.jpg"))
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @dataclass
 class Server:
-    url: str
-    port: int
     process: subprocess.Popen[str]
+    url: str = ""
+    port: int = 0
     lines: list[str] = field(default_factory=list)  # what it printed so far
 
     @property
@@ -60,9 +56,9 @@ class Server:
 def running_server(
     run_dir: Path, *options: str, environment: dict[str, str] | None = None
 ) -> Iterator[Server]:
-    """`tlvision serve RUN_DIR --port P OPTIONS` in a subprocess, stopped on exit."""
-    port = free_port()
-    command = [sys.executable, "-m", "tlvision.cli", "serve", str(run_dir), "--port", str(port)]
+    """`tlvision serve RUN_DIR --port 0 OPTIONS` in a subprocess (the port it got is read from
+    its start-up line), stopped on exit."""
+    command = [sys.executable, "-m", "tlvision.cli", "serve", str(run_dir), "--port", "0"]
     process = subprocess.Popen(
         [*command, *options],
         stdout=subprocess.PIPE,
@@ -70,7 +66,7 @@ def running_server(
         text=True,
         env={**os.environ, **(environment or {})},
     )
-    server = Server(url=f"http://127.0.0.1:{port}", port=port, process=process)
+    server = Server(process=process)
     # Drain its output all along: a full pipe would block the server.
     reader = threading.Thread(target=_collect, args=(process, server.lines), daemon=True)
     reader.start()
@@ -99,13 +95,18 @@ def _wait_until_healthy(server: Server) -> None:
         if server.process.poll() is not None:
             time.sleep(0.5)  # let the reader take the last lines
             raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.output}")
+        listening = LISTENING.search(server.output)
+        if listening is None:  # still loading the model
+            time.sleep(0.25)
+            continue
+        server.url, server.port = listening.group(1), int(listening.group(2))
         try:
             if httpx.get(f"{server.url}/healthz", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.25)
-    raise RuntimeError(f"server not healthy after {STARTUP_SECONDS}s")
+    raise RuntimeError(f"server not healthy after {STARTUP_SECONDS}s:\n{server.output}")
 
 
 def stream_until_answered(

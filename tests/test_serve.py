@@ -297,11 +297,18 @@ def test_non_loopback_host_needs_a_token(run_dir: Path, capsys: pytest.CaptureFi
     validate_config(ServeConfig(run_dir=run_dir, host="0.0.0.0", token="secret"))
     insecure = ServeConfig(run_dir=run_dir, host="0.0.0.0", insecure_no_token=True)
     validate_config(insecure)
-    assert "WARNING" in startup_lines(insecure, "torch")[1]
+    assert "WARNING" in startup_lines(insecure, "torch", 8000)[1]
     with pytest.raises(UserError, match="queue-size"):
         validate_config(
             ServeConfig(run_dir=run_dir, max_files=8, batching=BatchingConfig(queue_size=4))
         )
+
+
+def test_busy_port_is_a_one_line_error(
+    server: Server, run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", str(run_dir), "--port", str(server.port)]) == 2  # before loading
+    assert f"cannot listen on 127.0.0.1:{server.port}" in capsys.readouterr().err
 
 
 def test_batcher_batches_concurrent_items_and_refuses_past_its_queue() -> None:

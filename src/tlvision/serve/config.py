@@ -70,11 +70,11 @@ def validate_config(config: ServeConfig) -> None:
         )
 
 
-def startup_lines(config: ServeConfig, runtime: str) -> list[str]:
+def startup_lines(config: ServeConfig, runtime: str, port: int) -> list[str]:
     """What the server prints before it listens: where, with what, and who may call it."""
     shown_host = f"[{config.host}]" if ":" in config.host else config.host
     lines = [
-        f"tlvision serve: {config.run_dir} with {runtime} on http://{shown_host}:{config.port}/ "
+        f"tlvision serve: {config.run_dir} with {runtime} on http://{shown_host}:{port}/ "
         f"(uploads up to {config.max_upload_mb:g} MB, {config.max_files} images per request)"
     ]
     if config.token is not None:
@@ -85,7 +85,7 @@ def startup_lines(config: ServeConfig, runtime: str) -> list[str]:
         lines.append("no token: only this machine can connect (loopback address)")
     else:
         lines.append(
-            f"WARNING: --insecure-no-token: anyone who can reach {config.host}:{config.port} "
+            f"WARNING: --insecure-no-token: anyone who can reach {config.host}:{port} "
             "can use this model; pass --token to require one"
         )
     return lines
