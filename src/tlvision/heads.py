@@ -144,26 +144,20 @@ def train_linear_head(
 ) -> tuple[nn.Linear, list[dict[str, Any]]]:
     """Train a softmax linear layer on codes; return it (on the CPU) and per-epoch metrics.
 
-    `train_codes` is one (N, C) array or one per view of the same N images: each epoch every
-    image is seen once, under a view drawn at random, so an epoch has as many steps as the
-    classic loop's and the schedules mean the same. `init` starts from that layer's weights
-    (the model's new head, as the slow path would). With `keep_best` the weights of the epoch
-    with the best val accuracy are returned (ties: the earliest), else the last epoch's.
-    With `standardize` the layer trains on standardised codes and the scaler is folded into
-    the returned layer, which reads raw codes. `class_weights` weight the cross-entropy (train
-    and val losses) like the slow path's class weights. Each history record has epoch, train_loss,
-    train_acc, val_loss, val_acc, lr and seconds; `on_epoch` gets each as it is made.
+    `train_codes`: one (N, C) array, or one per view of the same N images (each epoch sees every
+    image once, under a random view, so epochs and schedules mean what the classic loop's do).
+    `init`: start from that layer (the model's new head). `keep_best`: return the best val
+    epoch's weights (ties: the earliest), else the last's. `standardize`: train on standardised
+    codes, the scaler folded into the returned layer. `class_weights` weight the cross-entropy.
+    History records: epoch, train_loss, train_acc, val_loss, val_acc, lr, seconds (`on_epoch`).
     """
     views = code_views(train_codes)
     labels = label_array(train_labels)
     val_targets = label_array(val_labels)
     count, dim = views[0].shape
-    if labels.shape[0] != count or val_targets.shape[0] != val_codes.shape[0]:
-        raise ValueError("codes and labels differ in length")
-    if count == 0:
-        raise UserError("no training codes to train a head on")
-    if epochs < 1 or batch_size < 1 or not learning_rate > 0:
-        raise UserError("epochs and batch size must be at least 1 and the learning rate positive")
+    _check_head_inputs(
+        labels, val_targets, count, len(val_codes), epochs, batch_size, learning_rate
+    )
     device = torch.device(device)
     weight = _class_weight_tensor(class_weights, num_classes, device)
 
@@ -178,8 +172,7 @@ def train_linear_head(
     rng = np.random.default_rng(seed)
     best_acc, best_state, history = -1.0, copy.deepcopy(layer.state_dict()), []
     for epoch in range(1, epochs + 1):
-        started = time.perf_counter()
-        lr = float(opt.param_groups[0]["lr"])
+        started, lr = time.perf_counter(), float(opt.param_groups[0]["lr"])
         # Each epoch: every image once, in a new order, under a view drawn at random.
         view_of: np.ndarray = np.asarray(rng.integers(len(views), size=count))
         train_loss, train_acc = _epoch(
@@ -188,10 +181,7 @@ def train_linear_head(
         )  # fmt: skip
         val_loss, val_acc = _score(layer, val_codes, val_targets, device, transform, weight)
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-            raise UserError(
-                f"epoch {epoch}: the loss became non-finite; lower the learning rate "
-                f"(now {learning_rate})"
-            )
+            raise UserError(f"epoch {epoch}: the loss became non-finite; lower the learning rate")
         record = {
             "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
             "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
@@ -208,6 +198,23 @@ def train_linear_head(
     # the scaler folded in: the returned layer reads raw codes (an identity fold without it)
     weights = layer.weight.detach().numpy(), layer.bias.detach().numpy()
     return fold_standardization(*weights, mean, std), history
+
+
+def _check_head_inputs(
+    labels: np.ndarray,
+    val_labels: np.ndarray,
+    count: int,
+    val_count: int,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+) -> None:
+    if labels.shape[0] != count or val_labels.shape[0] != val_count:
+        raise ValueError("codes and labels differ in length")
+    if count == 0:
+        raise UserError("no training codes to train a head on")
+    if epochs < 1 or batch_size < 1 or not learning_rate > 0:
+        raise UserError("epochs and batch size must be at least 1 and the learning rate positive")
 
 
 def _epoch(
