@@ -246,6 +246,13 @@ def command_predict(arguments: argparse.Namespace) -> int:
                 continue
             ranked = ", ".join(f"{name} {probability:.3f}" for name, probability in prediction.top)
             print(f"{prediction.path}: {ranked}")
+    if arguments.maps is not None:
+        from tlvision.class_maps import class_mapper, write_class_maps
+
+        written = write_class_maps(
+            class_mapper(loaded), paths, arguments.maps, top_k=arguments.top_k
+        )
+        print(f"wrote {len(written)} class-map images to {arguments.maps}", file=sys.stderr)
     failed = [prediction for prediction in predictions if prediction.error is not None]
     if failed:
         print(f"{len(failed)} of {len(predictions)} files could not be read", file=sys.stderr)
@@ -400,6 +407,45 @@ def command_backbones(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def command_export(arguments: argparse.Namespace) -> int:
+    from tlvision.export import ExportRequest, export_model
+
+    request = ExportRequest(
+        run_dir=arguments.run_dir,
+        format=arguments.format,
+        out=arguments.out,
+        class_maps=arguments.class_maps,
+        quantize=arguments.quantize,
+        data=arguments.data,
+    )
+    document = export_model(request, log=lambda message: print(message, file=sys.stderr))
+    if arguments.json:
+        print(json.dumps(document, indent=2))
+    return 0
+
+
+def _add_export_command(commands: argparse._SubParsersAction) -> None:
+    export = commands.add_parser(
+        "export", help="the model as ONNX or TorchScript, checked against torch before written"
+    )
+    export.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    export.add_argument(
+        "--out", type=Path, help="default RUN_DIR/export/model[-maps][-int8].onnx or .pt"
+    )
+    export.add_argument(
+        "--class-maps", action="store_true",
+        help="fully convolutional variant: any height and width in, per-class score maps out",
+    )  # fmt: skip
+    export.add_argument("--quantize", choices=["int8"], help="ONNX Runtime static int8")
+    export.add_argument(
+        "--data", type=Path, metavar="DATA",
+        help="images for the parity check (DATA/val, DATA/train); default: the run's data",
+    )  # fmt: skip
+    export.add_argument("--json", action="store_true", help="print the sidecar JSON")
+    export.set_defaults(handler=command_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tlvision.backbones import DEFAULT_BACKBONE
     from tlvision.heads import HEADS
@@ -431,7 +477,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=int, default=1)
     predict.add_argument("--json", action="store_true")
     predict.add_argument("--device", default="auto")
+    predict.add_argument(
+        "--maps", type=Path, metavar="OUT_DIR",
+        help="also write per image a heat map of the top-k classes over the whole image",
+    )  # fmt: skip
     predict.set_defaults(handler=command_predict)
+    _add_export_command(commands)
 
     probe = commands.add_parser(
         "probe", help="val accuracy of linear heads on each stage's frozen codes"

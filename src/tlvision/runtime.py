@@ -1,0 +1,149 @@
+"""One interface over the runtimes a trained run can be served with: torch eager or ONNX Runtime.
+
+Both take what a decoder gives, uint8 RGB pixels (N, H, W, 3) already resized and centre-cropped
+by `prepare_pixels`, and return float32 logits; the scaling and normalisation are inside the
+model (see tlvision.pixels), so both give `predict`'s probabilities to float rounding.
+
+"auto" picks ONNX Runtime when it is installed: benchmarks/export_runtime.py measures it faster
+than torch eager on CPU (see benchmarks/RESULTS.md). The ONNX file is exported into RUN/export/
+on first use, with the same parity check as `tlvision export`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from tlvision.checkpoint import LoadedModel, load_run_model
+from tlvision.data import Preprocessing
+from tlvision.errors import UserError
+from tlvision.pixels import PixelClassifier, prepare_pixels
+
+RUNTIMES = ("auto", "torch", "onnx")
+ONNX_THREADS = 2  # intra-op threads per session: this project's reference CPU has 2 cores
+EXPORT_DIR = "export"
+RUNTIME_ONNX_FILE = "model.onnx"
+
+__all__ = [
+    "RUNTIMES",
+    "Classifier",
+    "OnnxClassifier",
+    "TorchClassifier",
+    "onnxruntime_available",
+    "open_classifier",
+    "prepare_pixels",
+]
+
+
+class Classifier(Protocol):
+    class_names: tuple[str, ...]
+    preprocessing: Preprocessing  # from the run's model.json
+    runtime: str  # "torch" or "onnx"
+
+    def logits(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 RGB at the crop size -> (N, num_classes) float32 logits."""
+        ...
+
+
+def check_pixels(pixels: np.ndarray, crop_size: int) -> None:
+    expected = (crop_size, crop_size, 3)
+    if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != expected:
+        raise ValueError(
+            f"pixels must be uint8 (N, {crop_size}, {crop_size}, 3); got {pixels.dtype} "
+            f"{pixels.shape}: use prepare_pixels"
+        )
+
+
+class TorchClassifier:
+    runtime = "torch"
+
+    def __init__(self, loaded: LoadedModel, device: torch.device | None = None) -> None:
+        self.class_names = loaded.class_names
+        self.preprocessing = loaded.preprocessing
+        self.metadata = loaded.metadata
+        self.device = device or torch.device("cpu")
+        self.network = PixelClassifier(loaded.model, loaded.preprocessing).to(self.device).eval()
+
+    @torch.inference_mode()
+    def logits(self, pixels: np.ndarray) -> np.ndarray:
+        check_pixels(pixels, self.preprocessing.crop_size)
+        batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
+        output: np.ndarray = self.network(batch).float().cpu().numpy()
+        return output
+
+
+def onnxruntime_available() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def onnx_session(path: Path, threads: int = ONNX_THREADS) -> Any:
+    """An ONNX Runtime CPU session with a set number of intra-op threads (not one per core)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return onnxruntime.InferenceSession(
+        str(path), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+
+
+class OnnxClassifier:
+    runtime = "onnx"
+
+    def __init__(self, path: Path, loaded: LoadedModel, threads: int = ONNX_THREADS) -> None:
+        self.class_names = loaded.class_names
+        self.preprocessing = loaded.preprocessing
+        self.metadata = loaded.metadata
+        self.path = path
+        self.session = onnx_session(path, threads)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def logits(self, pixels: np.ndarray) -> np.ndarray:
+        check_pixels(pixels, self.preprocessing.crop_size)
+        outputs = self.session.run(None, {self.input_name: np.ascontiguousarray(pixels)})
+        return np.asarray(outputs[0], dtype=np.float32)
+
+
+def runtime_onnx_path(run_dir: Path) -> Path:
+    return run_dir / EXPORT_DIR / RUNTIME_ONNX_FILE
+
+
+def ensure_onnx_export(run_dir: Path, log: Any = None) -> Path:
+    """RUN/export/model.onnx, exported and parity-checked now unless a current one is there."""
+    from tlvision.export import ExportRequest, export_is_current, export_model
+
+    path = runtime_onnx_path(run_dir)
+    if export_is_current(path, run_dir):
+        return path
+    path.parent.mkdir(exist_ok=True)
+    export_model(ExportRequest(run_dir=run_dir, format="onnx", out=path), log=log)
+    return path
+
+
+def open_classifier(run_dir: Path, runtime: str = "auto") -> Classifier:
+    """The run's classifier on `runtime`: torch, onnx, or auto (onnx when installed and its
+    export passes the parity check, otherwise torch, saying why on stderr)."""
+    if runtime not in RUNTIMES:
+        raise UserError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    loaded = load_run_model(run_dir)
+    if runtime == "torch" or (runtime == "auto" and not onnxruntime_available()):
+        return TorchClassifier(loaded)
+    if runtime == "onnx" and not onnxruntime_available():
+        raise UserError(
+            "--runtime onnx needs onnxruntime: pip install 'tlvision[export]', or use torch"
+        )
+    try:
+        path = ensure_onnx_export(run_dir)
+    except UserError as error:
+        if runtime == "onnx":
+            raise
+        print(f"runtime auto: using torch, the ONNX export failed: {error}", file=sys.stderr)
+        return TorchClassifier(loaded)
+    return OnnxClassifier(path, loaded)

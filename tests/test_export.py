@@ -1,0 +1,179 @@
+"""Export round trips with the parity check, on small real-image runs with real weights."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_dataset
+
+from tlvision.checkpoint import load_run_model
+from tlvision.cli import main
+from tlvision.config import TrainConfig
+from tlvision.errors import UserError
+from tlvision.export import ExportRequest, export_is_current, export_model, sidecar_path
+from tlvision.images import load_rgb_image
+from tlvision.predict import predict_images
+from tlvision.runtime import open_classifier, prepare_pixels, runtime_onnx_path
+from tlvision.training import fit
+
+pytest.importorskip("onnxruntime")
+
+STRATEGIES = {
+    "feature-extract": {},
+    "linear-probe": {"stage": "stage2"},
+    "finetune": {},
+}
+
+
+@pytest.fixture(scope="module")
+def export_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # 16 val images a class: the parity check's 32 all come from val.
+    root = tmp_path_factory.mktemp("export-data")
+    return write_dataset(root, per_class={"train": 6, "val": 16})
+
+
+@pytest.fixture(scope="module")
+def runs(export_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    """One run per strategy, 1 epoch, real mobilenet_v2 ImageNet weights, 64 px inputs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    made = {}
+    for strategy, options in STRATEGIES.items():
+        out = tmp_path_factory.mktemp("runs") / strategy
+        config = TrainConfig(
+            data_dir=export_data,
+            out_dir=out,
+            strategy=strategy,
+            input_size=64,
+            epochs=1,
+            batch_size=8,
+            num_workers=0,
+            device="cpu",
+            **options,  # type: ignore[arg-type]
+        )
+        fit(config, log=lambda _message: None)
+        made[strategy] = out
+    yield made
+    torch.set_num_threads(threads)
+
+
+def val_images(data: Path) -> list[Path]:
+    return sorted((data / "val").rglob("*.jpg"))
+
+
+def predict_probabilities(run: Path, paths: list[Path]) -> np.ndarray:
+    loaded = load_run_model(run)
+    predictions = predict_images(loaded, paths, top_k=len(loaded.class_names))
+    return np.array([[dict(p.top)[name] for name in loaded.class_names] for p in predictions])
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_onnx_export_round_trip_matches_predict(
+    strategy: str, runs: dict[str, Path], export_data: Path
+) -> None:
+    import onnxruntime
+
+    run = runs[strategy]
+    document = export_model(ExportRequest(run_dir=run, format="onnx"))
+    out = run / "export" / "model.onnx"
+    assert out.is_file() and export_is_current(out, run)
+    parity = document["parity"]
+    assert parity["images"] >= 32 and parity["top1_agreement"] == 1.0
+    assert parity["max_abs_logit_difference"] <= 1e-4
+    assert document["input"]["layout"] == "NHWC" and document["input"]["dtype"] == "uint8"
+    assert document["classes"] == ["circles", "squares"] and document["strategy"] == strategy
+    assert json.loads(sidecar_path(out).read_text()) == document
+
+    # A client of the file alone: uint8 pixels in (any batch size), probabilities as predict's.
+    paths = val_images(export_data)[:5]
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    crop = document["preprocessing"]["crop_size"]
+    loaded = load_run_model(run)
+    pixels = np.stack([prepare_pixels(load_rgb_image(p), loaded.preprocessing) for p in paths])
+    assert pixels.shape == (5, crop, crop, 3)
+    logits = session.run(None, {"pixels": pixels})[0]
+    probabilities = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    np.testing.assert_allclose(probabilities, predict_probabilities(run, paths), atol=1e-5)
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_runtime_logits_match_predict(
+    runtime: str, runs: dict[str, Path], export_data: Path
+) -> None:
+    run = runs["finetune"]
+    classifier = open_classifier(run, runtime)
+    assert classifier.runtime == runtime
+    paths = val_images(export_data)
+    pixels = np.stack([prepare_pixels(load_rgb_image(p), classifier.preprocessing) for p in paths])
+    logits = classifier.logits(pixels)
+    assert logits.dtype == np.float32 and logits.shape == (len(paths), 2)
+    probabilities = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    np.testing.assert_allclose(probabilities, predict_probabilities(run, paths), atol=1e-5)
+
+
+def test_auto_runtime_is_onnx_and_reexports_a_damaged_file(runs: dict[str, Path]) -> None:
+    run = runs["feature-extract"]
+    assert open_classifier(run, "auto").runtime == "onnx"
+    path = runtime_onnx_path(run)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the weights
+    path.write_bytes(bytes(data))
+    assert not export_is_current(path, run)
+    assert open_classifier(run, "onnx").runtime == "onnx"
+    assert export_is_current(path, run)
+
+
+def test_failed_parity_check_is_an_error_and_writes_nothing(runs: dict[str, Path]) -> None:
+    run = runs["feature-extract"]
+    out = run / "strict" / "model.onnx"
+    # fp32 ONNX Runtime differs from torch by ~1e-6: a zero tolerance must fail the check.
+    with pytest.raises(UserError, match="parity check failed"):
+        export_model(ExportRequest(run_dir=run, format="onnx", out=out, tolerance=0.0))
+    assert list(out.parent.iterdir()) == []
+
+
+def test_torchscript_export_and_class_maps_variant(runs: dict[str, Path]) -> None:
+    run = runs["finetune"]
+    document = export_model(ExportRequest(run_dir=run, format="torchscript"))
+    assert document["parity"]["max_abs_logit_difference"] <= 1e-4
+    module = torch.jit.load(str(run / "export" / "model.pt"))
+    assert module(torch.zeros(3, 64, 64, 3, dtype=torch.uint8)).shape == (3, 2)
+
+    maps = export_model(ExportRequest(run_dir=run, format="onnx", class_maps=True))
+    assert maps["kind"] == "class-maps" and maps["parity"]["other_size"]["max_abs"] <= 1e-4
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(
+        str(run / "export" / "model-maps.onnx"), providers=["CPUExecutionProvider"]
+    )
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 96, 160, 3), dtype=np.uint8)
+    output = session.run(None, {"pixels": pixels})[0]
+    assert output.shape == (2, 2, 3, 5)  # stride 32
+
+
+def test_int8_export_is_smaller_and_reports_accuracy(runs: dict[str, Path]) -> None:
+    run = runs["feature-extract"]
+    document = export_model(ExportRequest(run_dir=run, format="onnx", quantize="int8"))
+    measured = document["parity"]["int8"]
+    assert measured["int8_bytes"] * 2.5 < measured["fp32_bytes"]
+    assert 0.0 <= measured["int8_val_accuracy"] <= 1.0 and measured["val_images"] == 32
+    assert document["parity"]["top1_agreement"] >= 0.9
+    assert (run / "export" / "model-int8.onnx").stat().st_size == measured["int8_bytes"]
+
+
+def test_cli_export_and_bad_requests(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = runs["feature-extract"]
+    out = tmp_path / "model.pt"
+    assert main(["export", str(run), "--format", "torchscript", "--out", str(out)]) == 0
+    assert out.is_file() and sidecar_path(out).is_file()
+    assert main(["export", str(run), "--format", "torchscript", "--quantize", "int8"]) == 2
+    assert "--quantize int8 applies to --format onnx" in capsys.readouterr().err
+    assert main(["export", str(tmp_path), "--format", "onnx"]) == 2
+    assert "not a tlvision run directory" in capsys.readouterr().err
