@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING
 
 from tlvision import __version__
 from tlvision.errors import UserError
+from tlvision.report_cli import register as register_report_commands
 
 if TYPE_CHECKING:
     from tlvision.config import TrainConfig
 
 
 DATA_HELP = "dataset folder: with train/ and val/, or flat with one folder per class"
+TTA_HELP = "test-time augmentation: average the centre crop, its mirror and the 4 corner crops"
 VAL_SPLIT_HELP = (
     "hold out this stratified, seeded share of each class as val when there is no val/ folder "
     "(default 0.2 for a flat DATA/<class>/ folder)"
@@ -101,7 +103,12 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="the new head's")
+    parser.add_argument(
+        "--lr",
+        type=learning_rate_argument,
+        default=defaults.learning_rate,
+        help="the new head's; `find`: run the learning-rate range test first (tlvision lr-find)",
+    )
     parser.add_argument("--momentum", type=float, default=defaults.momentum)
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     parser.add_argument("--schedule", default=defaults.schedule, choices=SCHEDULES)
@@ -117,11 +124,24 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         help="auto: weight the loss by inverse class frequency, for imbalanced classes",
     )
     parser.add_argument(
+        "--no-report", action="store_true", help="do not write RUN/report.html at the end"
+    )
+    parser.add_argument(
         "--resume",
         type=Path,
         metavar="RUN_DIR",
         help="continue a stopped run from its last checkpoint (other options are ignored)",
     )
+
+
+def learning_rate_argument(text: str) -> float | str:
+    """--lr: a positive number, or `find` for the range test's suggestion."""
+    if text == "find":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or `find`") from None
 
 
 def _train_config(arguments: argparse.Namespace, data_dir: Path, out_dir: Path) -> TrainConfig:
@@ -142,7 +162,7 @@ def _train_config(arguments: argparse.Namespace, data_dir: Path, out_dir: Path) 
         no_cache=arguments.no_cache,
         epochs=arguments.epochs,
         batch_size=arguments.batch_size,
-        learning_rate=arguments.lr,
+        learning_rate=1.0 if arguments.lr == "find" else arguments.lr,
         backbone_lr_mult=arguments.backbone_lr_mult,
         momentum=arguments.momentum,
         weight_decay=arguments.weight_decay,
@@ -166,6 +186,7 @@ def announce_layout(data_dir: Path, val_split: float | None) -> None:
 
 
 def command_train(arguments: argparse.Namespace) -> int:
+    from tlvision.report_cli import fit_with_found_rate
     from tlvision.training import fit, resume
 
     if arguments.resume is not None:
@@ -180,8 +201,8 @@ def command_train(arguments: argparse.Namespace) -> int:
     out_dir = arguments.out or _default_out(arguments.strategy)
     config = _train_config(arguments, arguments.data, out_dir)
     if config.strategy != "auto":
-        fit(config)
-        return 0
+        fit_with_found_rate(config) if arguments.lr == "find" else fit(config)
+        return finish_training(arguments, out_dir)
     from dataclasses import replace
 
     from tlvision.advise import advise
@@ -210,8 +231,17 @@ def command_train(arguments: argparse.Namespace) -> int:
         learning_rate=advice.learning_rate,
         backbone_lr_mult=advice.backbone_lr_mult,
     )
-    fit(config)
+    fit_with_found_rate(config) if arguments.lr == "find" else fit(config)
     write_json_atomic(out_dir / "advice.json", advice.to_json())
+    return finish_training(arguments, out_dir)
+
+
+def finish_training(arguments: argparse.Namespace, out_dir: Path) -> int:
+    """The run's report.html, unless --no-report."""
+    if not arguments.no_report:
+        from tlvision.report_cli import report_after_training
+
+        report_after_training(out_dir, arguments.data)
     return 0
 
 
@@ -221,7 +251,10 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
     from tlvision.evaluation import evaluate_run
 
     report = evaluate_run(
-        arguments.run_dir, arguments.split_dir, device=resolve_device(arguments.device)
+        arguments.run_dir,
+        arguments.split_dir,
+        device=resolve_device(arguments.device),
+        tta=arguments.tta,
     )
     print(json_text(report.to_json()) if arguments.json else report.to_text())
     return 0
@@ -235,7 +268,11 @@ def command_predict(arguments: argparse.Namespace) -> int:
     loaded = load_run_model(arguments.run_dir)
     paths = expand_image_paths(arguments.paths)
     predictions = predict_images(
-        loaded, paths, top_k=arguments.top_k, device=resolve_device(arguments.device)
+        loaded,
+        paths,
+        top_k=arguments.top_k,
+        device=resolve_device(arguments.device),
+        tta=arguments.tta,
     )
     if arguments.json:
         print(json_text([prediction.to_json() for prediction in predictions]))
@@ -469,6 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("split_dir", type=Path, metavar="DATA_SPLIT_DIR", help="e.g. DATA/val")
     evaluate.add_argument("--json", action="store_true")
     evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--tta", action="store_true", help=TTA_HELP)
     evaluate.set_defaults(handler=command_evaluate)
 
     predict = commands.add_parser("predict", help="classify image files or folders")
@@ -477,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=int, default=1)
     predict.add_argument("--json", action="store_true")
     predict.add_argument("--device", default="auto")
+    predict.add_argument("--tta", action="store_true", help=TTA_HELP)
     predict.add_argument(
         "--maps", type=Path, metavar="OUT_DIR",
         help="also write per image a heat map of the top-k classes over the whole image",
@@ -548,6 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     backbones = commands.add_parser("backbones", help="list backbones and their stages")
     backbones.set_defaults(handler=command_backbones)
+    register_report_commands(commands)
     return parser
 
 

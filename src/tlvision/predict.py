@@ -61,14 +61,22 @@ def predict_images(
     top_k: int = 1,
     batch_size: int = 32,
     device: torch.device | None = None,
+    tta: bool = False,
 ) -> list[Prediction]:
-    """Top-k classes per image. Unreadable files get an `error` entry instead of stopping."""
+    """Top-k classes per image. Unreadable files get an `error` entry instead of stopping.
+
+    tta: average the probabilities of the flip and crop views of tlvision.tta.
+    """
+    from tlvision.tta import AveragedViews, tta_transform
+
     if top_k < 1:
         raise UserError("--top-k must be at least 1")
     top_k = min(top_k, len(loaded.class_names))
     device = device or torch.device("cpu")
-    model = loaded.model.to(device).eval()
+    model: torch.nn.Module = loaded.model.to(device).eval()
     transform = build_transforms(loaded.preprocessing)["val"]
+    if tta:
+        model, transform = AveragedViews(model), tta_transform(loaded.preprocessing)
     results: dict[int, Prediction] = {}
     readable: list[tuple[int, torch.Tensor]] = []
     for index, path in enumerate(paths):
