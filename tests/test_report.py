@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import write_dataset
 from PIL import Image
 
-from conftest import write_dataset
 from tlvision.checkpoint import load_run_model
 from tlvision.cli import build_parser, main
 from tlvision.data import build_transforms

@@ -141,7 +141,7 @@ def _codes_stepper(config: TrainConfig, log: Log) -> Callable[[float], float]:
         loss = criterion(layer(inputs[rows]), targets[rows])
         loss.backward()
         optimizer.step()
-        return float(loss)
+        return loss.item()
 
     return step
 
@@ -179,7 +179,7 @@ def _image_stepper(config: TrainConfig, log: Log) -> Callable[[float], float]:
         loss = criterion(model(images.to(setup.device)), labels.to(setup.device))
         loss.backward()
         optimizer.step()
-        return float(loss)
+        return loss.item()
 
     return step
 
