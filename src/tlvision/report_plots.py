@@ -33,7 +33,7 @@ def _series(metrics: Sequence[dict[str, Any]], key: str) -> tuple[list[int], lis
 
 def learning_curves(metrics: Sequence[dict[str, Any]]) -> bytes:
     """Loss, accuracy (train and val) and the learning rate, per epoch."""
-    figure = Figure(figsize=(12, 3.4))
+    figure = Figure(figsize=(12, 3.4), layout="constrained")
     panels = figure.subplots(1, 3)
     for panel, (title, keys) in zip(
         panels,
@@ -79,7 +79,7 @@ def _heat_map(panel: Any, values: np.ndarray, names: Sequence[str], title: str, 
 def confusion_heat_maps(confusion: np.ndarray, names: Sequence[str]) -> bytes:
     """Counts, and each row divided by its class's images (recall on the diagonal)."""
     side = max(4.0, 0.45 * len(names) + 2.5)
-    figure = Figure(figsize=(2 * side + 1, side))
+    figure = Figure(figsize=(2 * side + 1, side), layout="constrained")
     counts_panel, rates_panel = figure.subplots(1, 2)
     totals = confusion.sum(axis=1, keepdims=True)
     normalised = np.divide(confusion, totals, out=np.zeros(confusion.shape), where=totals > 0)
@@ -89,7 +89,7 @@ def confusion_heat_maps(confusion: np.ndarray, names: Sequence[str]) -> bytes:
 
 
 def reliability_diagram(result: Calibration) -> bytes:
-    figure = Figure(figsize=(4.6, 4.2))
+    figure = Figure(figsize=(4.6, 4.2), layout="constrained")
     panel = figure.subplots()
     centres = (result.edges[:-1] + result.edges[1:]) / 2
     width = result.edges[1] - result.edges[0]
@@ -117,7 +117,7 @@ def _bars(panel: Any, labels: list[str], values: list[float], title: str) -> Non
 def advice_evidence(evidence: dict[str, Any]) -> bytes:
     """Probe accuracy by stage, the learning curve, and the similarity signals against the
     thresholds the advisor compares them with (each signal divided by its threshold)."""
-    figure = Figure(figsize=(13, 3.6))
+    figure = Figure(figsize=(13, 3.6), layout="constrained")
     probe_panel, curve_panel, signal_panel = figure.subplots(1, 3)
     probe = evidence.get("probe", {})
     _bars(probe_panel, list(probe), [float(v) for v in probe.values()], "probe val accuracy")
@@ -133,6 +133,8 @@ def advice_evidence(evidence: dict[str, Any]) -> bytes:
     colours = ["tab:green" if ratio >= 1 else "tab:orange" for ratio in ratios]
     signal_panel.bar(range(len(ratios)), ratios, color=colours)
     signal_panel.axhline(1.0, color="black", linestyle="--", linewidth=1)
+    if ratios and min(ratios) > 0:
+        signal_panel.set_yscale("log")  # ratios of 0.5 and 20 both readable
     signal_panel.set_xticks(range(len(ratios)), labels=labels, rotation=30, ha="right")
     signal_panel.set_title("signals / threshold (>= 1: past it)")
     return png_bytes(figure)
@@ -162,7 +164,7 @@ def similarity_ratios(evidence: dict[str, Any]) -> tuple[list[str], list[float]]
 
 def overlaid_val_curves(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> bytes:
     """Val accuracy and val loss per epoch of several runs on shared axes."""
-    figure = Figure(figsize=(12, 4))
+    figure = Figure(figsize=(12, 4), layout="constrained")
     accuracy_panel, loss_panel = figure.subplots(1, 2)
     for name, metrics in runs:
         for panel, key in ((accuracy_panel, "val_acc"), (loss_panel, "val_loss")):
@@ -179,7 +181,7 @@ def overlaid_val_curves(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]]) ->
 
 
 def lr_find_plot(rates: Sequence[float], losses: Sequence[float], suggested: float) -> bytes:
-    figure = Figure(figsize=(6, 4))
+    figure = Figure(figsize=(6, 4), layout="constrained")
     panel = figure.subplots()
     panel.semilogx(rates, losses)
     panel.axvline(suggested, color="tab:red", linestyle="--", label=f"suggested {suggested:.2g}")
