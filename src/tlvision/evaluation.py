@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import torch
 from sklearn.metrics import confusion_matrix
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from tlvision.checkpoint import LoadedModel, load_run_model
 from tlvision.data import (
@@ -100,7 +102,10 @@ def predict_probabilities(
     the dataset indices of the unreadable ones (see data.collate_readable)."""
     model.eval()
     probabilities, labels, unreadable = [], [], []
-    for images, batch_labels, batch_unreadable in loader:
+    # progress on a terminal only (disable=None): --json output and logs stay clean
+    batches = tqdm(loader, desc="predicting", unit="batch", file=sys.stderr, disable=None,
+                   leave=False)  # fmt: skip
+    for images, batch_labels, batch_unreadable in batches:
         unreadable.extend(batch_unreadable)
         if len(batch_labels) == 0:
             continue
