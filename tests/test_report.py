@@ -6,7 +6,11 @@ characters in its name) trained through the CLI, which writes report.html at the
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 import json
+import re
 import shlex
 import shutil
 from pathlib import Path
@@ -44,6 +48,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     )  # fmt: skip
     for split in ("train", "val"):
         (data / split / "stripes").rename(data / split / ODD_CLASS)
+    (data / "train" / "circles" / "empty.jpg").write_bytes(b"")  # a problem `check` reports
     run = root / "run"
     status = main(
         ["train", str(data), "--strategy", "feature-extract", "--epochs", "2", "--lr", "0.003",
@@ -113,6 +118,7 @@ def test_report_opens_in_a_browser_and_matches_evaluate(
     assert (tmp_path / "report.png").stat().st_size > 10_000
     for name in ("circles", "squares", ODD_CLASS):
         assert name in found["text"]
+    assert "Dataset problems" in found["text"] and "empty.jpg" in found["text"]
     assert ODD_CLASS not in report.read_text()  # escaped in the HTML source
 
     capsys.readouterr()
@@ -146,6 +152,26 @@ def test_report_command_reproduces_the_run_config(trained: tuple[Path, Path]) ->
     }
 
 
+def advice_for(data: Path) -> dict[str, Any]:
+    """The advisor's decision (the pure part of `advise`) on evidence shaped like its
+    measurements of a small photo set, as saved in advice.json."""
+    from dataclasses import replace
+
+    from tlvision.advise import Evidence, PretrainedFit, SizeEvidence, decide
+
+    evidence = Evidence(
+        size=SizeEvidence(18, 18, 3, 6, 6.0, 6, 1.0, 48),
+        pretrained_fit=PretrainedFit(0.4, {"stem": 0.1, "stage1": 0.2, "stage2": 0.3}, 18),
+        probe_accuracy={"stage2": 0.8, "stage3": 0.9, "stage4": 0.95, "top": 0.95},
+        probe_sample={"train": 18, "val": 18},
+        learning_curve={"0.25": 0.7, "0.5": 0.85, "1": 0.95},
+        seconds_per_image=0.01,
+        input_size=96,
+    )
+    advice = decide(evidence, time_budget_minutes=30.0)
+    return replace(advice, command=f"tlvision train {data}", evidence=evidence.to_json()).to_json()
+
+
 def test_report_command_with_data_and_no_report(
     trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -153,8 +179,17 @@ def test_report_command_with_data_and_no_report(
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     (copy / "report.html").unlink()
+    advice = advice_for(data)
+    (copy / "advice.json").write_text(json.dumps(advice))
     assert main(["report", str(copy), "--data", str(data)]) == 0
-    assert "wrote" in capsys.readouterr().out and (copy / "report.html").is_file()
+    assert "wrote" in capsys.readouterr().out
+    page = (copy / "report.html").read_text()
+    assert "Why this strategy" in page and advice["quadrant"] in page
+    for reason in advice["reasons"]:
+        assert html.escape(reason) in page
+    for encoded in re.findall(r'src="data:image/png;base64,([^"]+)"', page):
+        with Image.open(io.BytesIO(base64.b64decode(encoded))) as image:
+            assert image.format == "PNG" and image.width > 0
     quiet = tmp_path / "quiet"
     main(["train", str(data), "--epochs", "1", "--input-size", "96", "--workers", "0",
           "--no-report", "--out", str(quiet)])  # fmt: skip

@@ -129,37 +129,54 @@ def advice_evidence(evidence: dict[str, Any]) -> bytes:
     curve_panel.set_xlabel("share of the train set")
     curve_panel.set_ylabel("val accuracy")
     curve_panel.grid(alpha=0.3)
-    labels, ratios = similarity_ratios(evidence)
-    colours = ["tab:green" if ratio >= 1 else "tab:orange" for ratio in ratios]
+    signals = advisor_signals(evidence)
+    ratios = [max(value / threshold, RATIO_FLOOR) for _label, value, threshold, _met in signals]
+    colours = ["tab:green" if met else "tab:orange" for *_rest, met in signals]
     signal_panel.bar(range(len(ratios)), ratios, color=colours)
     signal_panel.axhline(1.0, color="black", linestyle="--", linewidth=1)
-    if ratios and min(ratios) > 0:
-        signal_panel.set_yscale("log")  # ratios of 0.5 and 20 both readable
+    signal_panel.set_yscale("log")  # ratios of 0.02 and 20 both readable
+    labels = [label for label, *_rest in signals]
     signal_panel.set_xticks(range(len(ratios)), labels=labels, rotation=30, ha="right")
-    signal_panel.set_title("signals / threshold (>= 1: past it)")
+    signal_panel.set_title("signal / threshold (green: the rule holds)")
     return png_bytes(figure)
 
 
-def similarity_ratios(evidence: dict[str, Any]) -> tuple[list[str], list[float]]:
-    """Each signal over its threshold, oriented so that >= 1 means 'small' or 'similar'."""
+RATIO_FLOOR = 0.01  # a signal of 0 (no gap) drawn at this height on the log axis
+
+
+def advisor_signals(evidence: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
+    """(label with its rule, value, threshold, rule holds) for each signal the advisor votes
+    with, read from advice.json's evidence as tlvision.advise._axes reads them."""
     thresholds = evidence.get("thresholds", {})
     size = evidence.get("size", {})
     fit = evidence.get("pretrained_fit", {})
-    shifts = list(fit.get("batchnorm_shift", {}).values())[:2]
-    rows = [
-        ("small: 1000 / train images", thresholds.get("small_total"), size.get("train_images")),
-        ("similar: ImageNet confidence", fit.get("imagenet_confidence"),
-         thresholds.get("similar_confidence")),
-        ("similar: shift threshold / BN shift", thresholds.get("similar_batchnorm_shift"),
-         float(np.mean(shifts)) if shifts else None),
+    probe = evidence.get("probe", {})
+    curve = evidence.get("learning_curve", {})
+    shifts = fit.get("batchnorm_shift", {})
+    rows: list[tuple[str, Any, Any, str]] = [
+        ("train images (small if <)", size.get("train_images"), thresholds.get("small_total"), "<"),
+        ("median per class (small if <)", size.get("per_class_median"),
+         thresholds.get("small_per_class"), "<"),
+        ("ImageNet confidence (similar if >=)", fit.get("imagenet_confidence"),
+         thresholds.get("similar_confidence"), ">="),
+        ("early BN shift (similar if <=)",
+         float(np.mean([shifts.get(name, 0.0) for name in ("stem", "stage1")])),
+         thresholds.get("similar_batchnorm_shift"), "<="),
+        ("top codes below best stage (similar if <=)",
+         max(probe.values()) - probe["top"] if "top" in probe else None,
+         thresholds.get("top_stage_margin"), "<="),
+        ("curve gain, half to all (learning if >=)",
+         curve["1"] - curve["0.5"] if {"1", "0.5"} <= set(curve) else None,
+         thresholds.get("curve_gain"), ">="),
     ]  # fmt: skip
-    labels, ratios = [], []
-    for label, numerator, denominator in rows:
-        if numerator is None or not denominator or not math.isfinite(float(denominator)):
+    signals = []
+    for label, value, threshold, rule in rows:
+        if value is None or not threshold or not math.isfinite(float(value)):
             continue
-        labels.append(label)
-        ratios.append(float(numerator) / float(denominator))
-    return labels, ratios
+        value, threshold = float(value), float(threshold)
+        met = {"<": value < threshold, "<=": value <= threshold, ">=": value >= threshold}[rule]
+        signals.append((label, value, threshold, met))
+    return signals
 
 
 def overlaid_val_curves(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> bytes:
