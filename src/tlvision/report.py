@@ -61,8 +61,7 @@ img.plot { max-width: 100%; }
 
 def escape(value: object) -> str:
     """HTML-escaped text; a file name that is not UTF-8 shows its bytes as backslash escapes."""
-    text = str(value).encode("utf-8", "backslashreplace").decode("utf-8")
-    return html.escape(text, quote=True)
+    return html.escape(report_plots.printable(value), quote=True)
 
 
 def image_tag(png: bytes, alt: str, css_class: str = "plot") -> str:

@@ -20,6 +20,12 @@ from tlvision.interpretation import Calibration
 DPI = 80
 
 
+def printable(value: object) -> str:
+    """The text of a name that may not be UTF-8 (a lone surrogate from os.fsdecode, see
+    tlvision.data) with such bytes shown as backslash escapes: fonts and files take it."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def png_bytes(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
@@ -83,6 +89,7 @@ def confusion_heat_maps(confusion: np.ndarray, names: Sequence[str]) -> bytes:
     counts_panel, rates_panel = figure.subplots(1, 2)
     totals = confusion.sum(axis=1, keepdims=True)
     normalised = np.divide(confusion, totals, out=np.zeros(confusion.shape), where=totals > 0)
+    names = [printable(name) for name in names]
     _heat_map(counts_panel, confusion, names, "counts", "d")
     _heat_map(rates_panel, normalised, names, "share of each true class", ".2f")
     return png_bytes(figure)
@@ -187,7 +194,7 @@ def overlaid_val_curves(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]]) ->
         for panel, key in ((accuracy_panel, "val_acc"), (loss_panel, "val_loss")):
             epochs, values = _series(metrics, key)
             if epochs:
-                panel.plot(epochs, values, marker="o", markersize=3, label=name)
+                panel.plot(epochs, values, marker="o", markersize=3, label=printable(name))
     for panel, title in ((accuracy_panel, "val accuracy"), (loss_panel, "val loss")):
         panel.set_title(title)
         panel.set_xlabel("epoch")
