@@ -44,15 +44,17 @@ def compare_rows(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
     return [compare_row(run_dir) for run_dir in run_dirs]
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}" if value <= 1 else f"{value:.1f}"
-    return "-" if value is None else str(value)
+def _cell(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key == "seconds":
+        return f"{value:.1f}"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def compare_text(rows: Sequence[dict[str, Any]]) -> str:
     cells = [[title for _key, title in COLUMNS]]
-    cells += [[_cell(row[key]) for key, _title in COLUMNS] for row in rows]
+    cells += [[_cell(key, row[key]) for key, _title in COLUMNS] for row in rows]
     widths = [max(len(line[column]) for line in cells) for column in range(len(COLUMNS))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
@@ -70,7 +72,7 @@ def write_compare_page(
     curves = overlaid_val_curves([(str(run_dir), read_metrics(run_dir)) for run_dir in run_dirs])
     body = table(
         [title for _key, title in COLUMNS],
-        [[row[key] if row[key] is not None else "-" for key, _title in COLUMNS] for row in rows],
+        [[_cell(key, row[key]) for key, _title in COLUMNS] for row in rows],
         css_id="runs",
     )
     page = (
