@@ -191,7 +191,7 @@ def command_train(arguments: argparse.Namespace) -> int:
 
     if arguments.resume is not None:
         resume(arguments.resume)
-        return 0
+        return finish_training(arguments, arguments.resume)
     if arguments.data is None:
         raise UserError(
             "train needs DATA (a folder with train/ and val/, or with one folder per class) "
