@@ -17,6 +17,7 @@ import torch
 import torchvision
 from torch import nn
 
+from tlvision import efficientnet_lite
 from tlvision.backbone_spec import BackboneSpec, Stage
 from tlvision.errors import UserError
 from tlvision.weights import (
@@ -111,12 +112,6 @@ def _features_stages(
 MOBILENET_V2_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
 
 
-def _efficientnet_lite0() -> BackboneSpec:
-    from tlvision import efficientnet_lite
-
-    return efficientnet_lite.backbone_spec()
-
-
 # Stages group blocks by output resolution (strides 2 or 4, then 4, 8, 16, 32: each Stage records
 # its own), so a stage name means the same depth in every backbone: stem is generic edges and
 # colours, stage4 the most ImageNet-specific.
@@ -203,7 +198,7 @@ BACKBONES: dict[str, Callable[[], BackboneSpec]] = {
     ),
     "resnet18": lambda: _resnet("resnet18", (64, 64, 128, 256, 512)),
     "resnet50": lambda: _resnet("resnet50", (64, 256, 512, 1024, 2048)),
-    "efficientnet_lite0": _efficientnet_lite0,
+    "efficientnet_lite0": efficientnet_lite.backbone_spec,
 }
 
 DEFAULT_BACKBONE = "mobilenet_v2"

@@ -457,7 +457,9 @@ def command_export(arguments: argparse.Namespace) -> int:
     )
     document = export_model(request, log=lambda message: print(message, file=sys.stderr))
     if arguments.json:
-        print(json.dumps(document, indent=2))
+        from tlvision.checkpoint import json_text
+
+        print(json_text(document))
     return 0
 
 

@@ -19,6 +19,7 @@ torch.jit.trace: a .pt that libtorch (C++) loads without Python.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import time
 import warnings
@@ -40,6 +41,7 @@ from tlvision.runtime import onnx_session
 
 FORMATS = ("onnx", "torchscript")
 OPSET = 18
+ONNX_MODULES = ("onnx", "onnxscript", "onnxruntime")  # the exporter's and the check's
 TOLERANCE = 1e-4  # max abs logit difference allowed for an fp32 export
 MAPS_SIZE_OFFSET = (32, -32)  # the maps check also runs at crop + these (height, width)
 Log = Callable[[str], None]
@@ -92,8 +94,9 @@ def default_out(request: ExportRequest) -> Path:
     return request.run_dir / "export" / (name + suffix)
 
 
-def export_is_current(path: Path, run_dir: Path) -> bool:
-    """True when `path` and its sidecar exist, match each other and the run's weights."""
+def export_is_current(path: Path, run_dir: Path, *, kind: str | None = None) -> bool:
+    """True when `path` and its sidecar exist, match each other and the run's weights (and,
+    given `kind`, the export is an unquantized one of that kind: "classifier" or "class-maps")."""
     import json
 
     sidecar = sidecar_path(path)
@@ -104,6 +107,7 @@ def export_is_current(path: Path, run_dir: Path) -> bool:
         return bool(
             document["file_sha256"] == sha256_file(path)
             and document["source"]["model_sha256"] == sha256_file(run_dir / MODEL_WEIGHTS)
+            and (kind is None or (document["kind"] == kind and not document["quantized"]))
         )
     except (KeyError, TypeError, ValueError):
         return False
@@ -118,6 +122,13 @@ def validate_request(request: ExportRequest) -> None:
         raise UserError("--quantize int8 applies to --format onnx without --class-maps")
     if request.tolerance < 0:
         raise UserError("the parity tolerance must be >= 0")
+    if request.format == "onnx":
+        missing = [name for name in ONNX_MODULES if importlib.util.find_spec(name) is None]
+        if missing:
+            raise UserError(
+                f"--format onnx needs {', '.join(missing)}: pip install 'tlvision[export]' "
+                "(or use --format torchscript)"
+            )
 
 
 def build_network(loaded: LoadedModel, class_maps: bool) -> nn.Module:
@@ -245,6 +256,16 @@ def parity_failure(report: ParityReport, request: ExportRequest, path: Path) -> 
     return None
 
 
+def runtime_versions(export_format: str) -> dict[str, str]:
+    versions = {"tlvision": tlvision.__version__, "torch": torch.__version__}
+    if export_format == "onnx":
+        import onnx
+        import onnxruntime
+
+        versions.update(onnx=onnx.__version__, onnxruntime=onnxruntime.__version__)
+    return versions
+
+
 def sidecar(
     loaded: LoadedModel, request: ExportRequest, path: Path, report: ParityReport, seconds: float
 ) -> dict[str, Any]:
@@ -287,8 +308,11 @@ def sidecar(
             "run_dir": str(request.run_dir.absolute()),
             "model_sha256": sha256_file(request.run_dir / MODEL_WEIGHTS),
         },
-        "versions": {"tlvision": tlvision.__version__, "torch": torch.__version__},
-        "parity": {**report.to_json(), "tolerance": request.tolerance},
+        "versions": runtime_versions(request.format),
+        "parity": {
+            **report.to_json(),
+            "tolerance": None if request.quantize else request.tolerance,
+        },
         "export_seconds": round(seconds, 2),
     }
 

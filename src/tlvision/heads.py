@@ -177,31 +177,24 @@ def train_linear_head(
         step_epochs=step_epochs, step_gamma=step_gamma,
     )  # fmt: skip
     rng = np.random.default_rng(seed)
-    best_acc, best_state = -1.0, copy.deepcopy(layer.state_dict())
-    history: list[dict[str, Any]] = []
+    best_acc, best_state, history = -1.0, copy.deepcopy(layer.state_dict()), []
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         lr = float(opt.param_groups[0]["lr"])
         # Each epoch: every image once, in a new order, under a view drawn at random.
-        order = rng.permutation(count)
         view_of: np.ndarray = np.asarray(rng.integers(len(views), size=count))
-        layer.train()
-        loss_sum, correct = 0.0, 0
-        for start in range(0, count, batch_size):
-            rows = order[start : start + batch_size]
-            inputs = transform(torch.from_numpy(_gather(views, view_of[rows], rows)).to(device))
-            loss, batch_correct = _step(layer, inputs, labels[rows], weight, opt, scheduler)
-            loss_sum, correct = loss_sum + loss * len(rows), correct + batch_correct
-        layer.eval()
+        train_loss, train_acc = _epoch(
+            layer, views, labels, rng.permutation(count), view_of, batch_size, transform,
+            weight, opt, scheduler,
+        )  # fmt: skip
         val_loss, val_acc = _score(layer, val_codes, val_targets, device, transform, weight)
-        train_loss = loss_sum / count
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             raise UserError(
                 f"epoch {epoch}: the loss became non-finite; lower the learning rate "
                 f"(now {learning_rate})"
             )
         record = {
-            "epoch": epoch, "train_loss": train_loss, "train_acc": correct / count,
+            "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
             "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
             "seconds": time.perf_counter() - started,
         }  # fmt: skip
@@ -216,6 +209,31 @@ def train_linear_head(
     # the scaler folded in: the returned layer reads raw codes (an identity fold without it)
     weights = layer.weight.detach().numpy(), layer.bias.detach().numpy()
     return fold_standardization(*weights, mean, std), history
+
+
+def _epoch(
+    layer: nn.Linear,
+    views: Sequence[np.ndarray],
+    labels: np.ndarray,
+    order: np.ndarray,
+    view_of: np.ndarray,
+    batch_size: int,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    weight: torch.Tensor | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> tuple[float, float]:
+    """One pass over the images in `order`, image i under view `view_of[i]`; (loss, accuracy)."""
+    device = next(layer.parameters()).device
+    layer.train()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        inputs = transform(torch.from_numpy(_gather(views, view_of[rows], rows)).to(device))
+        loss, batch_correct = _step(layer, inputs, labels[rows], weight, optimizer, scheduler)
+        loss_sum, correct = loss_sum + loss * len(rows), correct + batch_correct
+    layer.eval()
+    return loss_sum / len(order), correct / len(order)
 
 
 def _initial_layer(dim: int, num_classes: int, init: nn.Linear | None, seed: int) -> nn.Linear:

@@ -40,10 +40,10 @@ def run_splits(loaded: LoadedModel, data: Path | None) -> DatasetSplits:
     """The labelled splits of `data`, or of the data_dir the run was trained on."""
     config = loaded.metadata.get("config", {})
     data_dir = data if data is not None else Path(config.get("data_dir") or ".")
-    if not (data_dir / "train").is_dir():
+    if not data_dir.is_dir():
         raise UserError(
-            f"{data_dir}: no train/ images to check the export with; pass --data DIR (a folder "
-            "with train/<class>/ and val/<class>/ images of this model's classes)"
+            f"{data_dir}: no images to check the export with (the run's data is gone); pass "
+            "--data DIR, a dataset folder with images of this model's classes"
         )
     splits = find_splits(data_dir, val_split=config.get("val_split"), seed=config.get("seed", 0))
     if tuple(splits.class_names) != loaded.class_names:

@@ -120,14 +120,16 @@ def ensure_onnx_export(run_dir: Path, log: Any = None) -> Path:
     from tlvision.export import ExportRequest, export_is_current, export_model
 
     path = runtime_onnx_path(run_dir)
-    if export_is_current(path, run_dir):
+    if export_is_current(path, run_dir, kind="classifier"):
         return path
     path.parent.mkdir(exist_ok=True)
     export_model(ExportRequest(run_dir=run_dir, format="onnx", out=path), log=log)
     return path
 
 
-def open_classifier(run_dir: Path, runtime: str = "auto") -> Classifier:
+def open_classifier(
+    run_dir: Path, runtime: str = "auto", *, onnx_threads: int = ONNX_THREADS
+) -> Classifier:
     """The run's classifier on `runtime`: torch, onnx, or auto (onnx when installed and its
     export passes the parity check, otherwise torch, saying why on stderr)."""
     if runtime not in RUNTIMES:
@@ -140,10 +142,10 @@ def open_classifier(run_dir: Path, runtime: str = "auto") -> Classifier:
             "--runtime onnx needs onnxruntime: pip install 'tlvision[export]', or use torch"
         )
     try:
-        path = ensure_onnx_export(run_dir)
+        path = ensure_onnx_export(run_dir, log=lambda message: print(message, file=sys.stderr))
     except UserError as error:
         if runtime == "onnx":
             raise
         print(f"runtime auto: using torch, the ONNX export failed: {error}", file=sys.stderr)
         return TorchClassifier(loaded)
-    return OnnxClassifier(path, loaded)
+    return OnnxClassifier(path, loaded, onnx_threads)
