@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tlvision.advise import advise
+from tlvision.advisor import advise
 from tlvision.config import TrainConfig
 from tlvision.training import fit
 

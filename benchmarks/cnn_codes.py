@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from tlvision.config import TrainConfig
-from tlvision.probe import run_probe
+from tlvision.probing import run_probe
 from tlvision.training import fit
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tlvision.advise import recommended_input_size
+from tlvision import demo_data_dir
+from tlvision.advisor import recommended_input_size
 from tlvision.cli import main
 
 
@@ -23,8 +24,6 @@ def test_input_size_follows_native_resolution() -> None:
 def test_advice_on_demo_photos_is_frozen_features_and_reproducible(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    from tlvision.cli import demo_data_dir
-
     arguments = ["advise", str(demo_data_dir()), "--json", "--cache-dir", str(tmp_path)]
     assert main(arguments) == 0
     first = json.loads(capsys.readouterr().out)
@@ -34,7 +33,8 @@ def test_advice_on_demo_photos_is_frozen_features_and_reproducible(
         assert first[key] == second[key]
     assert first["evidence"]["probe"] == second["evidence"]["probe"]
     assert first["size"] == "small" and first["similarity"] == "similar"
-    assert first["strategy"] in {"feature-extract", "linear-probe"}
+    # Small and similar: a linear classifier on the top codes.
+    assert first["strategy"] == "feature-extract" and first["stage"] is None
     assert first["command"].startswith("tlvision train ")
     evidence = first["evidence"]
     assert evidence["size"]["train_images"] == 51
@@ -55,8 +55,6 @@ def test_train_auto_runs_the_advice_and_records_it(
 ) -> None:
     import shutil
 
-    from tlvision.cli import demo_data_dir
-
     # Only train/: the advisor must measure the same seeded split that training then uses.
     data = tmp_path / "photos"
     shutil.copytree(demo_data_dir() / "train", data / "train")
@@ -69,7 +67,8 @@ def test_train_auto_runs_the_advice_and_records_it(
     advice = json.loads((run / "advice.json").read_text())
     model = json.loads((run / "model.json").read_text())
     summary = json.loads((run / "summary.json").read_text())
-    assert advice["strategy"] in {"feature-extract", "linear-probe"}
+    assert (advice["size"], advice["similarity"]) == ("small", "similar")
+    assert advice["strategy"] == "feature-extract"
     assert model["strategy"] == summary["strategy"] == advice["strategy"]
     assert "--val-split 0.25" in advice["command"]
     size = advice["evidence"]["size"]
@@ -91,7 +90,6 @@ def test_train_auto_runs_the_advice_and_records_it(
 def test_train_auto_with_no_cache_writes_no_codes_to_disk(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    from tlvision.cli import demo_data_dir
 
     cache = tmp_path / "cache"
     arguments = ["train", str(demo_data_dir()), "--strategy", "auto", "--no-cache"]

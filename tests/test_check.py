@@ -11,15 +11,14 @@ import pytest
 from PIL import Image
 from salted_data import make_salted, save_jpegs, texture
 
-from tlvision.check import (
+from tlvision.cli import main
+from tlvision.dataset_check import (
     FLAT_SPLIT,
     MIN_SIDE,
     CheckReport,
     Problem,
     check_dataset,
-    main_check,
 )
-from tlvision.cli import main
 from tlvision.errors import UserError
 
 
@@ -141,14 +140,14 @@ def test_json_and_text_reports(salted: tuple[Path, CheckReport]) -> None:
     assert "--class-weights auto" in text
 
 
-def test_main_check_prints_and_returns_status(
+def test_check_command_prints_and_returns_status(
     salted: tuple[Path, CheckReport], capsys: pytest.CaptureFixture[str]
 ) -> None:
     data, _ = salted
-    assert main_check(data, as_json=True) == 1
+    assert main(["check", str(data), "--json"]) == 1
     document = json.loads(capsys.readouterr().out)  # stdout is pure JSON
     assert document["problem_counts"]["zero-byte"] == 1
-    assert main_check(data, as_json=False) == 1
+    assert main(["check", str(data)]) == 1
     assert "Result: 8 problems" in capsys.readouterr().out
 
 
@@ -160,7 +159,7 @@ def test_clean_dataset_exits_zero(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert (report.problems, report.notes, report.ignored) == ([], [], [])
     assert report.exit_status == 0
     assert report.suggested_class_weights == {"cats": 1.0, "dogs": 1.0}
-    assert main_check(tmp_path, as_json=False) == 0
+    assert main(["check", str(tmp_path)]) == 0
     assert "no problems found" in capsys.readouterr().out
 
 

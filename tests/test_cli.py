@@ -120,4 +120,7 @@ def test_probe_json(tiny_dataset: Path, capsys: pytest.CaptureFixture[str]) -> N
         ("stage1", "logreg"),
         ("top", "logreg"),
     ]
-    assert all(0.0 <= row["val_acc"] <= 1.0 for row in report["rows"])
+    # Circles are red (200, 40, 40), squares blue (40, 60, 210), with noise of 25 levels: even a
+    # random network's pooled codes keep the mean colour, so every head on them is right on all
+    # 8 val images (1.0 with every seed tried).
+    assert [row["val_acc"] for row in report["rows"]] == [1.0, 1.0]

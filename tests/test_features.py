@@ -629,3 +629,20 @@ def test_split_codes_have_one_array_per_view_and_stage(tmp_path: Path) -> None:
     assert calls == []  # all cached; only the unreadable file is tried (and skipped) again
     assert [path for path, _ in again[None].skipped] == [broken]
     np.testing.assert_array_equal(again["stage2"].train_views[2], codes["stage2"].train_views[2])
+
+
+def test_a_stage_already_cached_is_served_while_another_is_computed(tmp_path: Path) -> None:
+    backbone = get_backbone("resnet18")
+    torch.manual_seed(0)
+    model = backbone.build().eval()
+    paths = write_images(tmp_path / "images", 3)
+    cache = FeatureCache(tmp_path / "cache", log=lambda message: None)
+    options: dict[str, Any] = {"cache": cache, "channels_last": False}
+    top = extract_one(StageCodes(model, backbone, [None]), paths, spec=spec(), **options)
+    both = extract_codes(
+        StageCodes(model, backbone, [None, "stage2"]), paths,
+        specs=[spec(), spec("stage2")], **options,
+    )  # fmt: skip
+    np.testing.assert_array_equal(both[None], top)
+    expected = direct_codes(StageCodes(model, backbone, ["stage2"]), paths, TINY)
+    np.testing.assert_allclose(both["stage2"], expected, atol=1e-5)

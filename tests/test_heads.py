@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,16 +25,16 @@ from tlvision.backbones import (
     preprocessing_for,
 )
 from tlvision.codes_cache import FeatureCache
+from tlvision.config import HEADS
 from tlvision.data import ImageDataset, build_transforms, find_splits
 from tlvision.errors import UserError
 from tlvision.heads import (
-    HEADS,
     fit_sklearn_head,
     select_C,
     sklearn_to_linear,
     train_linear_head,
 )
-from tlvision.probe import format_probe_table, probe
+from tlvision.probing import format_probe_table, probe
 from tlvision.split_codes import extract_split_codes
 from tlvision.stages import StageClassifier, StageCodes
 
@@ -62,14 +61,12 @@ def argmax_of(layer: nn.Linear, codes: np.ndarray) -> np.ndarray:
         return layer(torch.from_numpy(np.array(codes))).argmax(dim=1).numpy()
 
 
-def test_linear_head_learns_a_separable_problem_in_well_under_a_second() -> None:
+def test_linear_head_learns_a_separable_problem() -> None:
     train, train_labels = blobs(600, 4, 32, seed=0)
     val, val_labels = blobs(300, 4, 32, seed=1)
-    started = time.perf_counter()
     layer, history = train_linear_head(
         train, train_labels, val, val_labels, num_classes=4, epochs=10, seed=0
     )
-    assert time.perf_counter() - started < 5
     assert isinstance(layer, nn.Linear) and (layer.in_features, layer.out_features) == (32, 4)
     assert [record["epoch"] for record in history] == list(range(1, 11))
     assert set(history[0]) == {
@@ -173,11 +170,19 @@ def test_a_class_missing_from_training_is_never_predicted() -> None:
     assert set(predictions.tolist()) <= {0, 2}
 
 
-def test_select_c_picks_from_the_grid_by_cross_validation_on_train() -> None:
-    train, train_labels = blobs(120, 3, 16, seed=0, spread=2.0)
-    chosen = select_C("logreg", train, train_labels, grid=(0.01, 1.0), folds=3)
-    assert chosen in (0.01, 1.0)
-    assert select_C("svm", train, train_labels, grid=(0.3,)) == 0.3
+def test_select_c_picks_the_c_that_cross_validates_best() -> None:
+    # 72 codes of class 0 and 27 of class 1, far apart. A tiny C squeezes the weights to about
+    # zero, so every image gets the prior's class: 73% in cross-validation at C <= 0.001, about
+    # 96% at 0.01, every fold right from 0.1 up. Ties go to the smallest C: 0.1.
+    codes, labels = blobs(160, 2, 8, seed=0)
+    keep = np.flatnonzero((labels == 0) | (np.cumsum(labels == 1) <= 27))
+    codes, labels = codes[keep], labels[keep]
+    assert np.bincount(labels).tolist() == [72, 27]
+    assert select_C("logreg", codes, labels) == 0.1
+    # The scores decide, not the grid's order.
+    assert select_C("logreg", codes, labels, grid=(0.0001, 1.0)) == 1.0
+    assert select_C("logreg", codes, labels, grid=(1.0, 0.0001)) == 1.0
+    assert select_C("svm", codes, labels, grid=(0.3,)) == 0.3
 
 
 def test_probe_scores_every_head_on_every_stage() -> None:

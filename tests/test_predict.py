@@ -1,79 +1,157 @@
-"""Prediction and evaluation from a run directory alone."""
+"""Prediction and evaluation from a run directory alone, checked against the trained model."""
 
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
+from tlvision import runs
 from tlvision.checkpoint import load_run_model
 from tlvision.cli import main
 from tlvision.config import TrainConfig
+from tlvision.data import build_transforms
 from tlvision.evaluation import ClassificationReport
+from tlvision.images import load_rgb_image
 from tlvision.predict import predict_images
 from tlvision.training import fit
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    run_dir: Path
+    model: nn.Module  # the model in memory when training ended, as fit handed it to be saved
+    classes: tuple[str, ...]
+
+    def probabilities(self, paths: Sequence[Path]) -> torch.Tensor:
+        """The in-memory model's class probabilities, through the preprocessing fit recorded."""
+        preprocessing = load_run_model(self.run_dir).preprocessing
+        transform = build_transforms(preprocessing)["val"]
+        images = torch.stack([transform(load_rgb_image(path)) for path in paths])
+        with torch.no_grad():
+            return torch.softmax(self.model.eval()(images), dim=1)
+
+    def expected_confusion(self, split_dir: Path) -> np.ndarray:
+        """Rows: the true class (the folder's name), columns: the in-memory model's prediction."""
+        matrix = np.zeros((len(self.classes), len(self.classes)), dtype=int)
+        for folder in sorted(split_dir.iterdir()):
+            predicted = self.probabilities(sorted(folder.iterdir())).argmax(dim=1)
+            for column in predicted.tolist():
+                matrix[self.classes.index(folder.name), column] += 1
+        return matrix
+
+
+def train(data: Path, out: Path, monkeypatch: pytest.MonkeyPatch) -> TrainedRun:
+    """A short real run; the model fit saves is kept (the real save still runs).
+
+    Pretrained mobilenet_v2 codes separate these colours perfectly (the test asserts it), so
+    every image is predicted right and a wrong or shifted label would show in the counts.
+    """
+    kept: list[tuple[nn.Module, dict[str, Any]]] = []
+    save = runs.save_run_model
+
+    def keep_and_save(run_dir: Path, model: nn.Module, metadata: dict[str, Any]) -> None:
+        kept.append((model, metadata))
+        save(run_dir, model, metadata)
+
+    monkeypatch.setattr(runs, "save_run_model", keep_and_save)
+    config = TrainConfig(
+        data_dir=data, out_dir=out, no_cache=True,
+        input_size=48, epochs=5, batch_size=8, num_workers=0, device="cpu",
+    )  # fmt: skip
+    fit(config, log=lambda _: None)
+    monkeypatch.undo()
+    [(model, metadata)] = kept
+    return TrainedRun(out, model, tuple(metadata["classes"]))
+
 
 @pytest.fixture
-def trained_run(tiny_dataset: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "run"
-    config = TrainConfig(
-        data_dir=tiny_dataset,
-        out_dir=out,
-        backbone="mobilenet_v2",
-        weights="none",
-        strategy="finetune",
-        input_size=48,
-        epochs=2,
-        batch_size=8,
-        num_workers=0,
-        device="cpu",
-    )
-    fit(config, log=lambda _: None)
-    return out
+def trained_run(tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> TrainedRun:
+    return train(tiny_dataset, tmp_path / "run", monkeypatch)
 
 
-def test_saved_model_predicts_like_the_trained_one(trained_run: Path, tiny_dataset: Path) -> None:
-    loaded = load_run_model(trained_run)
+def test_saved_model_predicts_like_the_trained_one(
+    trained_run: TrainedRun, tiny_dataset: Path
+) -> None:
     images = sorted((tiny_dataset / "val").rglob("*.jpg"))
-    first = predict_images(loaded, images, top_k=2)
-    again = predict_images(load_run_model(trained_run), images, top_k=2)
-    assert [p.top for p in first] == [p.top for p in again]
-    for prediction in first:
-        assert len(prediction.top) == 2
-        assert {name for name, _ in prediction.top} == {"circles", "squares"}
-        assert sum(probability for _, probability in prediction.top) == pytest.approx(1.0, abs=1e-5)
+    expected = trained_run.probabilities(images)
+    predictions = predict_images(load_run_model(trained_run.run_dir), images, top_k=2)
+    for prediction, row in zip(predictions, expected, strict=True):
+        order = row.argsort(descending=True).tolist()
+        assert [name for name, _ in prediction.top] == [trained_run.classes[i] for i in order]
+        assert [probability for _, probability in prediction.top] == pytest.approx(
+            row[order].tolist(), abs=1e-5
+        )
 
 
 def test_predict_json_names_classes_and_reports_unreadable_files(
-    trained_run: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+    trained_run: TrainedRun, tiny_dataset: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
     broken = tmp_path / "broken.jpg"
     broken.write_text("not an image")
     good = tiny_dataset / "val" / "circles" / "circles_0.jpg"
     status = main(
-        ["predict", str(trained_run), str(good), str(broken), "--json", "--device", "cpu"]
+        ["predict", str(trained_run.run_dir), str(good), str(broken), "--json", "--device", "cpu"]
     )
     assert status == 1
     output = json.loads(capsys.readouterr().out)
-    assert output[0]["path"] == str(good) and output[0]["class"] in {"circles", "squares"}
+    [expected] = trained_run.probabilities([good])
+    assert output[0]["path"] == str(good)
+    assert output[0]["class"] == trained_run.classes[int(expected.argmax())]
+    assert output[0]["probability"] == pytest.approx(float(expected.max()), abs=1e-5)
     assert "error" in output[1] and output[1]["path"] == str(broken)
 
 
-def test_evaluate_json(
-    trained_run: Path, tiny_dataset: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    status = main(
-        ["evaluate", str(trained_run), str(tiny_dataset / "val"), "--json", "--device", "cpu"]
-    )
+def evaluate_json(run_dir: Path, split_dir: Path, capsys: pytest.CaptureFixture[str]) -> Any:
+    status = main(["evaluate", str(run_dir), str(split_dir), "--json", "--device", "cpu"])
     assert status == 0
-    report = json.loads(capsys.readouterr().out)
+    return json.loads(capsys.readouterr().out)
+
+
+def test_evaluate_json_counts_what_the_model_predicts(
+    trained_run: TrainedRun, tiny_dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = evaluate_json(trained_run.run_dir, tiny_dataset / "val", capsys)
+    expected = trained_run.expected_confusion(tiny_dataset / "val")
+    print("EXPECTED2", expected.tolist())
+    assert report["confusion_matrix"] == expected.tolist()
     assert report["images"] == 8
-    assert sum(map(sum, report["confusion_matrix"])) == 8
-    assert [row["class"] for row in report["per_class"]] == ["circles", "squares"]
+    assert report["accuracy"] == pytest.approx(np.trace(expected) / 8)
+    assert [(row["class"], row["support"]) for row in report["per_class"]] == [
+        ("circles", 4),
+        ("squares", 4),
+    ]
+    assert [row["recall"] for row in report["per_class"]] == pytest.approx(np.diag(expected) / 4)
+
+
+def test_evaluate_maps_a_subset_of_classes_by_name(
+    dataset_factory: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    data = dataset_factory(classes=("circles", "squares", "stripes"))
+    trained = train(data, tmp_path / "run", monkeypatch)
+    # squares and stripes are folders 0 and 1 here but classes 1 and 2 of the model.
+    subset = tmp_path / "subset"
+    for name in ("stripes", "squares"):
+        shutil.copytree(data / "val" / name, subset / name)
+    report = evaluate_json(trained.run_dir, subset, capsys)
+    expected = trained.expected_confusion(subset)
+    print("EXPECTED3", expected.tolist())
+    assert expected[0].sum() == 0 and expected[1:].sum() == 8
+    assert report["classes"] == ["circles", "squares", "stripes"]
+    assert report["confusion_matrix"] == expected.tolist()
+    assert report["accuracy"] == pytest.approx(np.trace(expected) / 8)
 
 
 def test_classification_report_arithmetic() -> None:

@@ -137,15 +137,16 @@ def test_report_opens_in_a_browser_and_matches_evaluate(
 
 def test_report_command_reproduces_the_run_config(trained: tuple[Path, Path]) -> None:
     """The command shown in the report parses to the config the run was trained with."""
-    from tlvision.cli import _train_config
+    from tlvision.cli import _train_options
     from tlvision.report import reproduce_command
+    from tlvision.report_cli import config_from_options
 
     run, _data = trained
     saved = load_run_model(run).metadata["config"]
     words = shlex.split(reproduce_command(saved, run))
     assert words[:2] == ["tlvision", "train"]
     arguments = build_parser().parse_args(words[1:])
-    rebuilt = _train_config(arguments, arguments.data, arguments.out).to_json()
+    rebuilt = config_from_options(arguments.data, _train_options(arguments)).to_json()
     ignored = {"device", "num_workers", "cache_dir", "no_cache", "overwrite"}
     assert {k: v for k, v in rebuilt.items() if k not in ignored} == {
         k: v for k, v in saved.items() if k not in ignored
@@ -157,7 +158,7 @@ def advice_for(data: Path) -> dict[str, Any]:
     measurements of a small photo set, as saved in advice.json."""
     from dataclasses import replace
 
-    from tlvision.advise import Evidence, PretrainedFit, SizeEvidence, decide
+    from tlvision.advisor import Evidence, PretrainedFit, SizeEvidence, decide
 
     evidence = Evidence(
         size=SizeEvidence(18, 18, 3, 6, 6.0, 6, 1.0, 48),

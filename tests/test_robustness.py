@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import signal
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from salted_data import make_salted
 
-from tlvision.checkpoint import TRAINING_CHECKPOINT, load_training_checkpoint
+from tlvision.checkpoint import load_run_model, load_training_checkpoint
 from tlvision.cli import main
 from tlvision.config import TrainConfig
-from tlvision.data import find_splits
+from tlvision.data import ImageDataset, build_transforms, find_splits
 from tlvision.errors import UserError
+from tlvision.images import load_rgb_image
 from tlvision.training import fit
 
 FAST = ["--weights", "none", "--input-size", "48", "--batch-size", "8", "--workers", "0"]
 BROKEN = {"zero.jpg", "truncated.jpg", "text.jpg", "bomb.png"}
 ODD_MODES = {"cmyk.jpg", "rgba.png", "sixteen.png", "palette.png", "gray.jpg", "rotated.jpg"}
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_training_skips_broken_files_and_uses_odd_modes(tmp_path: Path) -> None:
@@ -45,62 +51,103 @@ def metrics(run: Path) -> list[dict[str, float]]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def train_command(data: Path, out: Path, epochs: int) -> list[str]:
+def train_arguments(data: Path, out: Path, epochs: int, schedule: str = "cosine") -> list[str]:
     return [
-        sys.executable, "-m", "tlvision.cli", "train", str(data), "--out", str(out),
-        "--strategy", "finetune", "--backbone", "resnet18", "--epochs", str(epochs),
-        "--lr", "0.02", "--schedule", "cosine", *FAST,
+        "train", str(data), "--out", str(out), "--strategy", "finetune", "--backbone", "resnet18",
+        "--epochs", str(epochs), "--lr", "0.02", "--schedule", schedule, *FAST,
     ]  # fmt: skip
 
 
-def wait_for_epoch(run: Path, epoch: int, process: subprocess.Popen[bytes]) -> int:
-    """Poll the checkpoint until it reaches `epoch`; return the epoch it holds."""
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the run ended before it could be interrupted"
-        if (run / TRAINING_CHECKPOINT).exists():
-            saved = load_training_checkpoint(run).epoch
-            if saved >= epoch:
-                return saved
-        time.sleep(0.02)
-    raise AssertionError("no checkpoint appeared")
+def start_training(
+    arguments: list[str], stderr: int = subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
+    """`tlvision train` in its own process, its log unbuffered so the test can follow it, on
+    as many threads as this one (so that its numbers match a run made here)."""
+    return subprocess.Popen(
+        [sys.executable, "-u", "-m", "tlvision.cli", *arguments],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())},
+    )
+
+
+def wait_for_epoch(process: subprocess.Popen[bytes], epoch: int) -> None:
+    """Read the run's log until it reports `epoch`: that line comes after its checkpoint."""
+    assert process.stdout is not None
+    for line in process.stdout:
+        words = line.decode().split()
+        if words[:1] == ["epoch"] and words[1].startswith(f"{epoch}/"):
+            return
+    raise AssertionError("the run ended before it could be interrupted")
+
+
+def from_the_second_pass(
+    monkeypatch: pytest.MonkeyPatch, change: Callable[[torch.Tensor], torch.Tensor]
+) -> None:
+    """Doctor the data source, not the loop: from each dataset's second pass on (epoch 2 for
+    the train images), every image read goes through `change`."""
+    reads: dict[int, int] = {}
+    read_image = ImageDataset.__getitem__
+
+    def doctored(dataset: ImageDataset, index: int) -> tuple[torch.Tensor, int]:
+        image, label = read_image(dataset, index)
+        reads[id(dataset)] = reads.get(id(dataset), 0) + 1
+        return (change(image) if reads[id(dataset)] > len(dataset) else image), label
+
+    monkeypatch.setattr(ImageDataset, "__getitem__", doctored)
+
+
+def press_ctrl_c(image: torch.Tensor) -> torch.Tensor:
+    raise KeyboardInterrupt
 
 
 @pytest.fixture
 def resume_dataset(dataset_factory) -> Path:  # type: ignore[no-untyped-def]
     return dataset_factory(
-        classes=("circles", "squares", "stripes"), per_class={"train": 24, "val": 8}
+        classes=("circles", "squares", "stripes"), per_class={"train": 12, "val": 4}
     )
 
 
-def test_sigkill_then_resume_gives_the_uninterrupted_results(
-    resume_dataset: Path, tmp_path: Path
-) -> None:
-    epochs = 4
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run(train_command(resume_dataset, whole, epochs), check=True, capture_output=True)
+# One SIGKILL (a run in its own process) is enough: how a run ended does not change what its
+# checkpoint holds, so the other schedules stop in-process, by Ctrl-C in epoch 2 (faster).
+@pytest.mark.parametrize(
+    ("schedule", "interruption"),
+    [("cosine", "sigkill"), ("onecycle", "ctrl-c"), ("constant", "ctrl-c")],
+)
+def test_interrupted_then_resumed_gives_the_uninterrupted_results(
+    resume_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    schedule: str, interruption: str,
+) -> None:  # fmt: skip
+    epochs = 3
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    assert main(train_arguments(resume_dataset, whole, epochs, schedule)) == 0
 
-    process = subprocess.Popen(
-        train_command(resume_dataset, killed, epochs),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    saved = wait_for_epoch(killed, 2, process)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert saved < epochs, "killed too late to test resuming"
-    assert not (killed / "summary.json").exists()
+    if interruption == "sigkill":
+        process = start_training(train_arguments(resume_dataset, stopped, epochs, schedule))
+        wait_for_epoch(process, 1)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    else:
+        from_the_second_pass(monkeypatch, press_ctrl_c)
+        assert main(train_arguments(resume_dataset, stopped, epochs, schedule)) == 130
+        monkeypatch.undo()
+    saved = load_training_checkpoint(stopped).epoch
+    assert saved < epochs, "stopped too late to test resuming"
+    assert not (stopped / "summary.json").exists()
 
-    assert main(["train", "--resume", str(killed)]) == 0
-    resumed, uninterrupted = metrics(killed), metrics(whole)
-    assert [r["epoch"] for r in resumed] == [1, 2, 3, 4]
+    assert main(["train", "--resume", str(stopped)]) == 0
+    resumed, uninterrupted = metrics(stopped), metrics(whole)
+    assert [r["epoch"] for r in resumed] == [1, 2, 3]
     for a, b in zip(resumed, uninterrupted, strict=True):
         # val_acc alone saturates on this easy set; the losses show the runs are the same run.
         assert a["val_acc"] == b["val_acc"] and a["train_acc"] == b["train_acc"]
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6, abs=1e-7)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6, abs=1e-7)
         assert a["lr"] == pytest.approx(b["lr"])
-    summary = json.loads((killed / "summary.json").read_text())
+    # The schedule really ran: one rate throughout for constant, a new one each epoch otherwise.
+    distinct_rates = len({record["lr"] for record in uninterrupted})
+    assert distinct_rates == (1 if schedule == "constant" else epochs)
+    summary = json.loads((stopped / "summary.json").read_text())
     assert summary["resumed_from_epoch"] == saved
     assert (
         summary["best_val_acc"] == json.loads((whole / "summary.json").read_text())["best_val_acc"]
@@ -111,10 +158,8 @@ def test_ctrl_c_keeps_the_last_epoch_and_says_how_to_resume(
     resume_dataset: Path, tmp_path: Path
 ) -> None:
     run = tmp_path / "run"
-    process = subprocess.Popen(
-        train_command(resume_dataset, run, 20), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    wait_for_epoch(run, 1, process)
+    process = start_training(train_arguments(resume_dataset, run, 20), stderr=subprocess.PIPE)
+    wait_for_epoch(process, 1)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130
@@ -123,23 +168,32 @@ def test_ctrl_c_keeps_the_last_epoch_and_says_how_to_resume(
     assert load_training_checkpoint(run).epoch >= 1
 
 
-def test_a_nan_loss_stops_with_a_clear_message(
-    tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_nan_loss_after_a_good_epoch_stops_and_keeps_that_epoch(
+    tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    # From the second pass over the train images (epoch 2) every pixel is NaN: epoch 1 is good
+    # and epoch 2's first loss is NaN.
+    from_the_second_pass(monkeypatch, lambda image: torch.full_like(image, float("nan")))
     run = tmp_path / "run"
     status = main(
         ["train", str(tiny_dataset), "--out", str(run), "--strategy", "finetune",
-         "--backbone", "resnet18", "--lr", "1e30", "--epochs", "3", *FAST]
+         "--backbone", "resnet18", "--epochs", "3", *FAST]
     )  # fmt: skip
     error = capsys.readouterr().err
     assert status == 2
-    assert "loss became" in error and "--lr" in error and "\n" not in error.strip()
+    assert "loss became nan" in error and "--lr" in error and "\n" not in error.strip()
+    assert "epoch 2:" in error and "last good epoch (1)" in error
     assert not (run / "model.safetensors").exists()
-    if (run / TRAINING_CHECKPOINT).exists():  # a good epoch before the blow-up is kept intact
-        checkpoint = load_training_checkpoint(run)
-        assert all(
-            t.isfinite().all() for t in checkpoint.model_state.values() if t.is_floating_point()
-        )
+    records = metrics(run)
+    assert [record["epoch"] for record in records] == [1]
+    assert all(math.isfinite(records[0][key]) for key in ("train_loss", "val_loss"))
+    checkpoint = load_training_checkpoint(run)
+    assert checkpoint.epoch == 1
+    assert checkpoint.info["best_epoch"] == 1
+    assert checkpoint.info["best_val_acc"] == records[0]["val_acc"]
+    for state in (checkpoint.model_state, checkpoint.best_state):
+        assert all(t.isfinite().all() for t in state.values() if t.is_floating_point())
 
 
 def test_val_split_is_stratified_seeded_and_recorded(tiny_dataset: Path, tmp_path: Path) -> None:
@@ -162,15 +216,58 @@ def test_val_split_is_stratified_seeded_and_recorded(tiny_dataset: Path, tmp_pat
     assert json.loads((run / "summary.json").read_text())["val_split"] == 0.25
 
 
-def test_class_weights_auto(dataset_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def eight_circles_two_squares(dataset_factory: Callable[..., Path]) -> Path:
     data = dataset_factory(per_class={"train": 8, "val": 2})
     for file in sorted((data / "train" / "squares").iterdir())[:6]:
-        file.unlink()  # 8 circles, 2 squares
+        file.unlink()
+    return data
+
+
+def test_class_weights_auto(dataset_factory: Callable[..., Path], tmp_path: Path) -> None:
+    data = eight_circles_two_squares(dataset_factory)
     run = tmp_path / "run"
     assert main(["train", str(data), "--out", str(run), "--class-weights", "auto",
                  "--epochs", "1", *FAST]) == 0  # fmt: skip
     weights = json.loads((run / "summary.json").read_text())["class_weights"]
     assert weights == pytest.approx([10 / (2 * 8), 10 / (2 * 2)])
+
+
+def val_logits(run: Path, data: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The saved model's logits on the val images, and their labels."""
+    loaded = load_run_model(run)
+    transform = build_transforms(loaded.preprocessing)["val"]
+    samples = find_splits(data).samples["val"]
+    images = torch.stack([transform(load_rgb_image(path)) for path, _ in samples])
+    with torch.no_grad():
+        return loaded.model.eval()(images), torch.tensor([label for _, label in samples])
+
+
+def test_class_weights_reach_the_fine_tuning_loss(
+    dataset_factory: Callable[..., Path], tmp_path: Path
+) -> None:
+    data = eight_circles_two_squares(dataset_factory)
+    records: dict[str, dict[str, float]] = {}
+    for choice in ("none", "auto"):
+        weighting = ["--class-weights", "auto"] if choice == "auto" else []
+        assert main(["train", str(data), "--out", str(tmp_path / choice), "--strategy",
+                     "finetune", "--backbone", "resnet18", "--epochs", "1", *weighting,
+                     *FAST]) == 0  # fmt: skip
+        records[choice] = metrics(tmp_path / choice)[0]
+    # Same seed, data and order: only the loss can set the two runs apart from the first batch.
+    assert records["auto"]["train_loss"] != records["none"]["train_loss"]
+
+    # The val loss by hand from the saved model (the only epoch's): sum of w[y] * -log p(y) over
+    # sum of w[y], on the one val batch of 4 images; w = 10 / (2 * count): 0.625 and 2.5.
+    def by_hand(choice: str, weights: list[float]) -> float:
+        logits, labels = val_logits(tmp_path / choice, data)
+        losses = -torch.log_softmax(logits, dim=1)[torch.arange(len(labels)), labels]
+        per_image = torch.tensor(weights)[labels]
+        return float((per_image * losses).sum() / per_image.sum())
+
+    weighted, unweighted = by_hand("auto", [0.625, 2.5]), by_hand("auto", [1.0, 1.0])
+    assert records["auto"]["val_loss"] == pytest.approx(weighted, rel=1e-4)
+    assert records["auto"]["val_loss"] != pytest.approx(unweighted, rel=1e-2)
+    assert records["none"]["val_loss"] == pytest.approx(by_hand("none", [1.0, 1.0]), rel=1e-4)
 
 
 def test_resume_of_a_frozen_route_reruns_it(tiny_dataset: Path, tmp_path: Path) -> None:

@@ -201,8 +201,6 @@ BACKBONES: dict[str, Callable[[], BackboneSpec]] = {
     "efficientnet_lite0": efficientnet_lite.backbone_spec,
 }
 
-DEFAULT_BACKBONE = "mobilenet_v2"
-
 
 def get_backbone(name: str) -> BackboneSpec:
     if name not in BACKBONES:

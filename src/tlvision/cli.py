@@ -1,7 +1,8 @@
 """The `tlvision` command: train, evaluate, predict, demo, weights, backbones.
 
-Every problem the user can fix is a UserError: one line on stderr naming the file and the fix,
-exit status 2, no traceback.
+The commands are the Python API (api.py) plus printing: each handler calls the API function of
+the same name with the parsed options and prints what it returns. Every problem the user can fix
+is a UserError: one line on stderr naming the file and the fix, exit status 2, no traceback.
 """
 
 from __future__ import annotations
@@ -9,19 +10,15 @@ from __future__ import annotations
 import argparse
 import io
 import sys
-import time
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-from tlvision import __version__
+from tlvision import __version__, api
+from tlvision.checkpoint import json_text
+from tlvision.config import ADVISE_TIME_BUDGET_MINUTES, DEFAULT_BACKBONE, HEADS, TrainConfig
 from tlvision.errors import UserError
 from tlvision.report_cli import register as register_report_commands
-
-if TYPE_CHECKING:
-    from tlvision.config import TrainConfig
-
 
 DATA_HELP = "dataset folder: with train/ and val/, or flat with one folder per class"
 TTA_HELP = "test-time augmentation: average the centre crop, its mirror and the 4 corner crops"
@@ -31,8 +28,9 @@ VAL_SPLIT_HELP = (
 )
 
 
-def _default_out(prefix: str) -> Path:
-    return Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+def _show_progress() -> bool:
+    """Progress bars when someone watches: stderr is a terminal (tqdm's own rule)."""
+    return sys.stderr.isatty()
 
 
 def _add_cache_options(parser: argparse.ArgumentParser) -> None:
@@ -43,17 +41,14 @@ def _add_cache_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
-    from tlvision.backbones import BACKBONES, DEFAULT_BACKBONE
-    from tlvision.config import TrainConfig
-    from tlvision.heads import HEADS
-    from tlvision.schedules import SCHEDULES
-    from tlvision.strategies import STRATEGIES
+    from tlvision.backbones import BACKBONES
+    from tlvision.config import SCHEDULES, STRATEGIES
 
     defaults = TrainConfig(data_dir=Path("."), out_dir=Path("."))
     parser.add_argument("--out", type=Path, help="run directory (default: runs/<strategy>-<time>)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     parser.add_argument(
-        "--backbone", default=DEFAULT_BACKBONE, help=f"one of {', '.join(BACKBONES)}"
+        "--backbone", default=defaults.backbone, help=f"one of {', '.join(BACKBONES)}"
     )
     parser.add_argument(
         "--weights",
@@ -78,14 +73,14 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--head",
-        default="linear",
+        default=defaults.head,
         choices=HEADS,
         help="linear-probe: softmax layer (torch), logistic regression or linear SVM (sklearn)",
     )
     parser.add_argument(
         "--views",
         type=int,
-        default=0,
+        default=defaults.views,
         help="frozen routes: augmented views per train image beside the centre crop (default 0)",
     )
     _add_cache_options(parser)
@@ -113,7 +108,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     parser.add_argument("--schedule", default=defaults.schedule, choices=SCHEDULES)
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument(
         "--workers", type=int, help="data-loader processes (default: one per CPU core, up to 8)"
     )
@@ -144,36 +139,15 @@ def learning_rate_argument(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number or `find`") from None
 
 
-def _train_config(arguments: argparse.Namespace, data_dir: Path, out_dir: Path) -> TrainConfig:
-    from tlvision.config import TrainConfig
-
-    return TrainConfig(
-        data_dir=data_dir,
-        out_dir=out_dir,
-        backbone=arguments.backbone,
-        weights=arguments.weights,
-        strategy=arguments.strategy,
-        freeze_until=arguments.freeze_until,
-        input_size=arguments.input_size,
-        stage=arguments.stage,
-        head=arguments.head,
-        views=arguments.views,
-        cache_dir=arguments.cache_dir,
-        no_cache=arguments.no_cache,
-        epochs=arguments.epochs,
-        batch_size=arguments.batch_size,
-        learning_rate=1.0 if arguments.lr == "find" else arguments.lr,
-        backbone_lr_mult=arguments.backbone_lr_mult,
-        momentum=arguments.momentum,
-        weight_decay=arguments.weight_decay,
-        schedule=arguments.schedule,
-        seed=arguments.seed,
-        device=arguments.device,
-        num_workers=arguments.workers,
-        val_split=arguments.val_split,
-        class_weights=arguments.class_weights,
-        overwrite=arguments.overwrite,
-    )
+def _train_options(arguments: argparse.Namespace) -> dict[str, Any]:
+    """The parsed train flags as api.train's keywords (the same names)."""
+    names = (
+        "strategy", "backbone", "epochs", "out", "overwrite", "weights", "freeze_until", "stage",
+        "head", "views", "cache_dir", "no_cache", "input_size", "batch_size", "lr",
+        "backbone_lr_mult", "momentum", "weight_decay", "schedule", "seed", "device", "workers",
+        "val_split", "class_weights",
+    )  # fmt: skip
+    return {name: getattr(arguments, name) for name in names}
 
 
 def announce_layout(data_dir: Path, val_split: float | None) -> None:
@@ -186,11 +160,8 @@ def announce_layout(data_dir: Path, val_split: float | None) -> None:
 
 
 def command_train(arguments: argparse.Namespace) -> int:
-    from tlvision.report_cli import fit_with_found_rate
-    from tlvision.training import fit, resume
-
     if arguments.resume is not None:
-        resume(arguments.resume)
+        api.resume(arguments.resume, log=print, verbose=_show_progress())
         return finish_training(arguments, arguments.resume)
     if arguments.data is None:
         raise UserError(
@@ -198,81 +169,38 @@ def command_train(arguments: argparse.Namespace) -> int:
             "or --resume RUN_DIR"
         )
     announce_layout(arguments.data, arguments.val_split)
-    out_dir = arguments.out or _default_out(arguments.strategy)
-    config = _train_config(arguments, arguments.data, out_dir)
-    if config.strategy != "auto":
-        fit_with_found_rate(config) if arguments.lr == "find" else fit(config)
-        return finish_training(arguments, out_dir)
-    from dataclasses import replace
+    options = _train_options(arguments)
+    if arguments.lr == "find":
+        from tlvision.report_cli import train_with_found_rate
 
-    from tlvision.advise import advise
-    from tlvision.checkpoint import write_json_atomic
-    from tlvision.runs import refuse_to_overwrite
-
-    # Refuse an occupied --out before spending the advisor's minutes, not after.
-    refuse_to_overwrite(out_dir, overwrite=config.overwrite)
-    advice = advise(
-        config.data_dir,
-        backbone_name=config.backbone,
-        weights_argument=config.weights,
-        seed=config.seed,
-        cache_dir=config.cache_dir,
-        use_cache=not config.no_cache,
-        val_split=config.val_split,
-    )
-    print(advice.to_text())
-    config = replace(
-        config,
-        strategy=advice.strategy,
-        stage=advice.stage if advice.strategy == "linear-probe" else None,
-        head=advice.head if advice.strategy == "linear-probe" else "linear",
-        input_size=advice.input_size,
-        epochs=advice.epochs,
-        learning_rate=advice.learning_rate,
-        backbone_lr_mult=advice.backbone_lr_mult,
-    )
-    fit_with_found_rate(config) if arguments.lr == "find" else fit(config)
-    write_json_atomic(out_dir / "advice.json", advice.to_json())
-    return finish_training(arguments, out_dir)
+        run_dir = train_with_found_rate(arguments.data, options, verbose=_show_progress())
+    else:
+        run = api.train(arguments.data, **options, log=print, verbose=_show_progress())
+        run_dir = run.run_dir
+    return finish_training(arguments, run_dir)
 
 
-def finish_training(arguments: argparse.Namespace, out_dir: Path) -> int:
+def finish_training(arguments: argparse.Namespace, run_dir: Path) -> int:
     """The run's report.html, unless --no-report."""
     if not arguments.no_report:
         from tlvision.report_cli import report_after_training
 
-        report_after_training(out_dir, arguments.data)
+        report_after_training(run_dir, arguments.data)
     return 0
 
 
 def command_evaluate(arguments: argparse.Namespace) -> int:
-    from tlvision.checkpoint import json_text
-    from tlvision.devices import resolve_device
-    from tlvision.evaluation import evaluate_run
-
-    report = evaluate_run(
-        arguments.run_dir,
-        arguments.split_dir,
-        device=resolve_device(arguments.device),
-        tta=arguments.tta,
+    report = api.load(arguments.run_dir).evaluate(
+        arguments.split_dir, device=arguments.device, tta=arguments.tta
     )
     print(json_text(report.to_json()) if arguments.json else report.to_text())
     return 0
 
 
 def command_predict(arguments: argparse.Namespace) -> int:
-    from tlvision.checkpoint import json_text, load_run_model
-    from tlvision.devices import resolve_device
-    from tlvision.predict import expand_image_paths, predict_images
-
-    loaded = load_run_model(arguments.run_dir)
-    paths = expand_image_paths(arguments.paths)
-    predictions = predict_images(
-        loaded,
-        paths,
-        top_k=arguments.top_k,
-        device=resolve_device(arguments.device),
-        tta=arguments.tta,
+    run = api.load(arguments.run_dir)
+    predictions = run.predict(
+        arguments.paths, top_k=arguments.top_k, device=arguments.device, tta=arguments.tta
     )
     if arguments.json:
         print(json_text([prediction.to_json() for prediction in predictions]))
@@ -286,8 +214,9 @@ def command_predict(arguments: argparse.Namespace) -> int:
     if arguments.maps is not None:
         from tlvision.class_maps import class_mapper, write_class_maps
 
+        readable = [item.path for item in predictions if item.error is None and item.path]
         written = write_class_maps(
-            class_mapper(loaded), paths, arguments.maps, top_k=arguments.top_k
+            class_mapper(run.model()), readable, arguments.maps, top_k=arguments.top_k
         )
         print(f"wrote {len(written)} class-map images to {arguments.maps}", file=sys.stderr)
     failed = [prediction for prediction in predictions if prediction.error is not None]
@@ -298,98 +227,81 @@ def command_predict(arguments: argparse.Namespace) -> int:
 
 
 def command_probe(arguments: argparse.Namespace) -> int:
-    from tlvision.checkpoint import json_text
-    from tlvision.probe import run_probe
-
     announce_layout(arguments.data, arguments.val_split)
-    report = run_probe(
+    table = api.probe(
         arguments.data,
         val_split=arguments.val_split,
-        backbone_name=arguments.backbone,
-        weights_argument=arguments.weights,
+        backbone=arguments.backbone,
+        weights=arguments.weights,
         stages=arguments.stages,
         heads=arguments.heads,
         input_size=arguments.input_size,
-        cache_dir=None if arguments.no_cache else arguments.cache_dir,
-        use_cache=not arguments.no_cache,
+        cache_dir=arguments.cache_dir,
+        no_cache=arguments.no_cache,
         seed=arguments.seed,
-        device_name=arguments.device,
+        device=arguments.device,
         log=(lambda _: None) if arguments.json else print,
+        verbose=_show_progress(),
     )
-    print(json_text(report) if arguments.json else report["table"])
+    print(json_text(table.to_json()) if arguments.json else table)
     return 0
 
 
 def command_advise(arguments: argparse.Namespace) -> int:
-    from tlvision.advise import advise
-    from tlvision.checkpoint import json_text
-
     announce_layout(arguments.data, arguments.val_split)
-    advice = advise(
+    advice = api.advise(
         arguments.data,
-        backbone_name=arguments.backbone,
-        weights_argument=arguments.weights,
+        backbone=arguments.backbone,
+        weights=arguments.weights,
         seed=arguments.seed,
-        time_budget_minutes=arguments.time_budget,
+        time_budget=arguments.time_budget,
         cache_dir=arguments.cache_dir,
-        use_cache=not arguments.no_cache,
+        no_cache=arguments.no_cache,
         val_split=arguments.val_split,
         log=(lambda _: None) if arguments.json else print,
+        verbose=_show_progress(),
     )
-    print(json_text(advice.to_json()) if arguments.json else advice.to_text())
+    print(json_text(advice.to_json()) if arguments.json else advice)
     return 0
 
 
 def command_check(arguments: argparse.Namespace) -> int:
-    from tlvision.check import main_check
-
     announce_layout(arguments.data, None)
-    return main_check(arguments.data, as_json=arguments.json)
-
-
-def demo_data_dir() -> Path:
-    return Path(str(resources.files("tlvision") / "demo_data"))
+    report = api.check(arguments.data, verbose=_show_progress())
+    print(json_text(report.to_json()) if arguments.json else report)
+    return report.exit_status
 
 
 def command_demo(arguments: argparse.Namespace) -> int:
-    from tlvision.checkpoint import load_run_model
-    from tlvision.config import TrainConfig
-    from tlvision.devices import resolve_device
-    from tlvision.evaluation import evaluate_run
-    from tlvision.predict import predict_images
-    from tlvision.training import fit
-
-    data_dir = demo_data_dir()
-    out_dir = arguments.out or _default_out("demo")
+    data_dir = api.demo_data_dir()
+    out_dir = arguments.out or api.default_out_dir("demo")
     print(f"demo: a 3-class set of {data_dir} (fish, monument, tool; see ATTRIBUTION.md)")
     print(
         f"step 1: tlvision train {data_dir} --strategy feature-extract "
         f"--epochs {arguments.epochs} --out {out_dir}"
     )
-    config = TrainConfig(
-        data_dir=data_dir,
-        out_dir=out_dir,
+    run = api.train(
+        data_dir,
+        out=out_dir,
         epochs=arguments.epochs,
         overwrite=arguments.overwrite,
         device=arguments.device,
+        log=print,
+        verbose=_show_progress(),
     )
-    summary = fit(config)
-    device = resolve_device(arguments.device)
     print(f"\nstep 2: tlvision evaluate {out_dir} {data_dir / 'val'}")
-    print(evaluate_run(out_dir, data_dir / "val", device=device).to_text())
-    loaded = load_run_model(out_dir)
-    examples = [
-        next(iter(sorted((data_dir / "val" / name).iterdir()))) for name in loaded.class_names
-    ]
+    print(run.evaluate(data_dir / "val", device=arguments.device).to_text())
+    examples = [next(iter(sorted((data_dir / "val" / name).iterdir()))) for name in run.classes]
     print(f"\nstep 3: tlvision predict {out_dir} IMAGE")
-    for prediction in predict_images(loaded, examples, device=device):
+    for example, prediction in zip(
+        examples, run.predict(examples, device=arguments.device), strict=True
+    ):
         name, probability = prediction.top[0]
-        print(
-            f"  {prediction.path.parent.name}/{prediction.path.name} -> {name} ({probability:.3f})"
-        )
+        print(f"  {example.parent.name}/{example.name} -> {name} ({probability:.3f})")
     print(
-        f"\ndone in {summary['seconds']:.1f}s: best val accuracy {summary['best_val_acc']:.3f}; "
-        f"the run is in {out_dir} (model.safetensors, model.json, metrics.jsonl, summary.json)"
+        f"\ndone in {run.summary['seconds']:.1f}s: best val accuracy "
+        f"{run.summary['best_val_acc']:.3f}; the run is in {out_dir} (model.safetensors, "
+        "model.json, metrics.jsonl, summary.json)"
     )
     return 0
 
@@ -427,7 +339,7 @@ def command_weights_list(arguments: argparse.Namespace) -> int:
 
 
 def command_backbones(arguments: argparse.Namespace) -> int:
-    from tlvision.backbones import BACKBONES, DEFAULT_BACKBONE, get_backbone
+    from tlvision.backbones import BACKBONES, get_backbone
 
     for name in BACKBONES:
         spec = get_backbone(name)
@@ -486,9 +398,6 @@ def _add_export_command(commands: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tlvision.backbones import DEFAULT_BACKBONE
-    from tlvision.heads import HEADS
-
     parser = argparse.ArgumentParser(
         prog="tlvision",
         description="Train, evaluate and use an image classifier by transfer learning.",
@@ -543,8 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--input-size", type=int, metavar="PIXELS")
     probe.add_argument("--val-split", type=float, metavar="FRACTION", help=VAL_SPLIT_HELP)
     _add_cache_options(probe)
-    probe.add_argument("--seed", type=int, default=0)
-    probe.add_argument("--device", default="auto")
+    probe.add_argument("--seed", type=int, default=TrainConfig.seed)
+    probe.add_argument("--device", default=TrainConfig.device)
     probe.add_argument("--json", action="store_true")
     probe.set_defaults(handler=command_probe)
 
@@ -555,11 +464,15 @@ def build_parser() -> argparse.ArgumentParser:
     advise.add_argument("--backbone", default=DEFAULT_BACKBONE)
     advise.add_argument("--weights")
     advise.add_argument(
-        "--time-budget", type=float, default=30.0, metavar="MINUTES", help="for the training run"
+        "--time-budget",
+        type=float,
+        default=ADVISE_TIME_BUDGET_MINUTES,
+        metavar="MINUTES",
+        help="for the training run",
     )
     _add_cache_options(advise)
     advise.add_argument("--val-split", type=float, metavar="FRACTION", help=VAL_SPLIT_HELP)
-    advise.add_argument("--seed", type=int, default=0)
+    advise.add_argument("--seed", type=int, default=TrainConfig.seed)
     advise.add_argument("--json", action="store_true")
     advise.set_defaults(handler=command_advise)
 

@@ -35,7 +35,6 @@ import numpy as np
 import PIL
 import torch
 import torchvision
-from tqdm import tqdm
 
 from tlvision.codes_shards import (
     FORMAT_VERSION,
@@ -46,6 +45,7 @@ from tlvision.codes_shards import (
     rows_per_block,
     shard_name,
 )
+from tlvision.progress import progress_bar
 from tlvision.stages import stage_label
 from tlvision.weights import Preprocessing
 
@@ -336,9 +336,9 @@ class FeatureCache:
         known = self._signatures(names)
         hashes: list[str] = []
         fresh: dict[str, tuple[str, int, int, int, int, str]] = {}
-        progress = tqdm(
+        progress = progress_bar(
             total=len(names), desc="hashing images", unit="img", leave=False,
-            disable=None if len(names) - len(known) > 1000 else True, file=sys.stderr,
+            disable=None if len(names) - len(known) > 1000 else True,
         )  # fmt: skip
         with progress:
             for name in names:

@@ -1,4 +1,9 @@
-"""What a training run is asked to do: one frozen dataclass, saved with every run."""
+"""The options of a training run, in one place: the CLI's flags and the Python API's keyword
+arguments take their defaults and choices from here, and `validate_config` checks them.
+
+Kept free of torch so that `import tlvision` (and the API signatures built on these defaults)
+stays fast; training.py re-exports TrainConfig where it always was.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,14 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from tlvision.backbones import DEFAULT_BACKBONE
 from tlvision.errors import UserError
-from tlvision.heads import HEADS
-from tlvision.schedules import SCHEDULES
-from tlvision.strategies import STRATEGIES
+
+DEFAULT_BACKBONE = "mobilenet_v2"
+STRATEGIES = ("feature-extract", "linear-probe", "finetune")
+# The frozen routes: the body never trains, so its codes are computed once and cached.
+CODES_STRATEGIES = ("feature-extract", "linear-probe")
+HEADS = ("linear", "logreg", "svm")  # linear: softmax layer (torch); logreg, svm: scikit-learn
+SCHEDULES = ("step", "cosine", "onecycle", "constant")
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,9 @@ class TrainConfig:
         for key in ("data_dir", "out_dir", "cache_dir"):
             values[key] = None if values.get(key) is None else Path(values[key])
         return cls(**values)
+
+
+ADVISE_TIME_BUDGET_MINUTES = 30.0  # `tlvision advise`: the time the training run may take
 
 
 def validate_config(config: TrainConfig) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,6 @@ import torch
 from sklearn.metrics import confusion_matrix
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from tlvision.checkpoint import LoadedModel, load_run_model
 from tlvision.data import (
@@ -23,6 +21,8 @@ from tlvision.data import (
     scan_split,
 )
 from tlvision.errors import UserError
+from tlvision.progress import progress_bar
+from tlvision.results import html_table
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,25 @@ class ClassificationReport:
             "skipped_files": list(self.skipped_files),
         }
 
+    def _repr_html_(self) -> str:
+        """In a notebook: per-class precision, recall and F1, then the confusion matrix."""
+        per_class = html_table(
+            ["class", "precision", "recall", "f1", "support"],
+            [
+                [r["class"], r["precision"], r["recall"], r["f1"], r["support"]]
+                for r in self.per_class()
+            ],
+            caption=f"accuracy {self.accuracy:.4f} on {self.total} images",
+        )
+        confusion = html_table(
+            ["true \\ predicted", *self.class_names],
+            [
+                [name, *map(int, row)]
+                for name, row in zip(self.class_names, self.confusion, strict=True)
+            ],
+        )
+        return per_class + confusion
+
     def to_text(self) -> str:
         width = max(8, *(len(name) for name in self.class_names))
         lines = [f"accuracy {self.accuracy:.4f} on {self.total} images", ""]
@@ -102,9 +121,8 @@ def predict_probabilities(
     the dataset indices of the unreadable ones (see data.collate_readable)."""
     model.eval()
     probabilities, labels, unreadable = [], [], []
-    # progress on a terminal only (disable=None): --json output and logs stay clean
-    batches = tqdm(loader, desc="predicting", unit="batch", file=sys.stderr, disable=None,
-                   leave=False)  # fmt: skip
+    # a bar when someone watches (tlvision.progress): --json output and logs stay clean
+    batches = progress_bar(loader, desc="predicting", unit="batch", leave=False)
     for images, batch_labels, batch_unreadable in batches:
         unreadable.extend(batch_unreadable)
         if len(batch_labels) == 0:

@@ -18,7 +18,6 @@ torch.jit.trace: a .pt that libtorch (C++) loads without Python.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import time
@@ -38,6 +37,7 @@ from tlvision.errors import UserError
 from tlvision.parity_data import ParityImages, parity_pixels
 from tlvision.pixels import INPUT_DTYPE, INPUT_LAYOUT, PixelClassifier
 from tlvision.runtime import onnx_session
+from tlvision.weights import sha256_of_file
 
 FORMATS = ("onnx", "torchscript")
 OPSET = 18
@@ -75,14 +75,6 @@ class ParityReport:
         }
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def sidecar_path(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
@@ -105,8 +97,8 @@ def export_is_current(path: Path, run_dir: Path, *, kind: str | None = None) -> 
     try:
         document = json.loads(sidecar.read_text())
         return bool(
-            document["file_sha256"] == sha256_file(path)
-            and document["source"]["model_sha256"] == sha256_file(run_dir / MODEL_WEIGHTS)
+            document["file_sha256"] == sha256_of_file(path)
+            and document["source"]["model_sha256"] == sha256_of_file(run_dir / MODEL_WEIGHTS)
             and (kind is None or (document["kind"] == kind and not document["quantized"]))
         )
     except (KeyError, TypeError, ValueError):
@@ -273,7 +265,7 @@ def sidecar(
     crop: int | str = preprocessing.crop_size
     return {
         "file": path.name,
-        "file_sha256": sha256_file(path),
+        "file_sha256": sha256_of_file(path),
         "format": request.format,
         "opset": OPSET if request.format == "onnx" else None,
         "exporter": "torch.onnx dynamo" if request.format == "onnx" else "torch.jit.trace",
@@ -306,7 +298,7 @@ def sidecar(
         "stage": loaded.metadata.get("stage"),
         "source": {
             "run_dir": str(request.run_dir.absolute()),
-            "model_sha256": sha256_file(request.run_dir / MODEL_WEIGHTS),
+            "model_sha256": sha256_of_file(request.run_dir / MODEL_WEIGHTS),
         },
         "versions": runtime_versions(request.format),
         "parity": {

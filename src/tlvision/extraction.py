@@ -11,7 +11,6 @@ other image's codes are stored.
 from __future__ import annotations
 
 import copy
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,6 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from tlvision.codes_cache import (
     CodesGroup,
@@ -36,6 +34,7 @@ from tlvision.codes_shards import ShardWriter, shard_name
 from tlvision.data import build_transforms
 from tlvision.errors import UserError
 from tlvision.images import BadImageError, decode_image_rgb
+from tlvision.progress import progress_bar
 from tlvision.stages import model_fingerprint
 
 DEFAULT_CHUNK_SIZE = 4096  # images per chunk shard: what an interrupted extraction keeps
@@ -175,7 +174,8 @@ def extract_codes(
     plan = _plan(cache, extractor, specs, paths, _describe_transform(transform))
     if plan.compute:
         log(plan.message(description, cache.root))
-        run.hashes, run.keys = plan.hashes, plan.keys
+        # only the stages with codes still missing: the others are served by exact shards
+        run.stages, run.hashes, run.keys = list(plan.groups), plan.hashes, plan.keys
         writers = _ChunkWriters(plan.groups, plan.missing, plan.keys, plan.compute, chunk_size)
         run.execute(extractor, plan.compute, writers=writers)
     elif plan.reused:
@@ -368,10 +368,7 @@ class _Run:
         modes = {module: module.training for module in work.modules()}
         work.eval()
         unreadable: list[tuple[Path, str]] = []
-        progress = tqdm(
-            total=len(compute), desc=self.description, unit="img", leave=False, disable=None,
-            file=sys.stderr,
-        )  # fmt: skip
+        progress = progress_bar(total=len(compute), desc=self.description, unit="img", leave=False)
         try:
             with torch.inference_mode():
                 for images, indices, bad in self._loader(compute):

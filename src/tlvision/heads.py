@@ -23,7 +23,6 @@ from tlvision.codes_shards import rows_per_block
 from tlvision.errors import UserError
 from tlvision.schedules import make_scheduler
 
-HEADS = ("linear", "logreg", "svm")
 SKLEARN_HEADS = ("logreg", "svm")
 OPTIMIZERS = ("sgd", "adamw")
 DEFAULT_C_GRID = (0.0001, 0.001, 0.01, 0.1, 1.0, 10.0)
@@ -369,7 +368,8 @@ def select_C(
             scores[position] += float(
                 (estimator.predict(test_codes) == labels[np.sort(test_rows)]).mean()
             )
-    return float(grid[int(np.argmax(scores))])
+    best = [C for C, score in zip(grid, scores, strict=True) if score == scores.max()]
+    return float(min(best))  # ties: the most regularised
 
 
 def sklearn_to_linear(

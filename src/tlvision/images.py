@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from tlvision.errors import UserError
+
 MAX_IMAGE_PIXELS = 89_478_485
 """Largest image (width * height) that is decoded: PIL's default decompression-bomb limit."""
 
@@ -133,6 +135,30 @@ def decode_image_rgb(data: bytes, path: Path | str = "<bytes>") -> tuple[Image.I
                 warning.message, warning.category, warning.filename, warning.lineno
             )
     return rgb, notes
+
+
+def rgb_from_pil(image: Image.Image) -> Image.Image:
+    """An image already in memory, made 8-bit RGB as a decoded file would be (EXIF orientation,
+    the same mode conversions), so a PIL image and its file get the same prediction."""
+    return _to_rgb(_apply_exif_orientation(image, []), [])
+
+
+def rgb_from_array(pixels: np.ndarray, name: str = "array") -> Image.Image:
+    """Pixels as height x width (grayscale) or height x width x 1, 3 or 4 (RGB, RGBA), made an
+    8-bit RGB image: uint8 as they are, other types by their range (floats in 0..1, 16-bit).
+
+    Any other shape is the caller's mistake, not a bad file: a UserError naming ``name``.
+    """
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] not in (3, 4)):
+        raise UserError(
+            f"{name}: pixels of shape {tuple(pixels.shape)}; pass height x width or height x "
+            "width x 3 (RGB) or 4 (RGBA), channels last"
+        )
+    if pixels.dtype != np.uint8:
+        pixels = _scale_to_uint8(pixels)
+    return _to_rgb(Image.fromarray(np.ascontiguousarray(pixels)), [])
 
 
 def _refuse_bomb(path: Path, size: tuple[int, int]) -> None:

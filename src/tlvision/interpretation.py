@@ -16,10 +16,10 @@ import torch
 
 from tlvision.checkpoint import LoadedModel
 from tlvision.codes_cache import VAL_VIEW, CodesSpec, FeatureCache, default_cache_dir
+from tlvision.config import CODES_STRATEGIES
 from tlvision.data import DatasetSplits, find_splits
 from tlvision.errors import UserError
 from tlvision.evaluation import ClassificationReport, SamplePredictions, predict_samples, report_of
-from tlvision.strategies import CODES_STRATEGIES
 
 
 @dataclass(frozen=True)

@@ -214,13 +214,11 @@ def find_learning_rate(
 def _with_progress(
     step: Callable[[float], float], total: int, enabled: bool
 ) -> Callable[[float], float]:
-    """tqdm on a terminal only (disable=None turns it off when stderr is not a tty)."""
-    import sys
+    """A bar when someone watches (tlvision.progress); never in --json mode (`enabled` off)."""
+    from tlvision.progress import progress_bar
 
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc="lr-find", unit="step", file=sys.stderr,
-               disable=None if enabled else True, leave=False)  # fmt: skip
+    bar = progress_bar(total=total, desc="lr-find", unit="step", leave=False,
+                       disable=None if enabled else True)  # fmt: skip
 
     def counted(rate: float) -> float:
         loss = step(rate)

@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import v2 as transforms
 
-from tlvision.data import Preprocessing
+from tlvision.weights import Preprocessing
 
 INPUT_LAYOUT = "NHWC"  # (batch, height, width, RGB channel)
 INPUT_DTYPE = "uint8"

@@ -1,35 +1,26 @@
-"""Class predictions for image files with a trained run directory, and nothing else."""
+"""Class predictions from a trained run directory, for image files or images in memory."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import chain
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
 from tlvision.checkpoint import LoadedModel
 from tlvision.data import build_transforms, image_files, is_broken_link
 from tlvision.errors import UserError
-from tlvision.images import BadImageError, load_rgb_image
+from tlvision.images import BadImageError, load_rgb_image, rgb_from_array, rgb_from_pil
+from tlvision.results import ImageLike, Prediction
 
+__all__ = ["ImageInput", "Prediction", "expand_image_paths", "image_inputs", "predict_images"]
 
-@dataclass(frozen=True)
-class Prediction:
-    path: Path
-    top: tuple[tuple[str, float], ...]  # (class name, probability), most likely first
-    error: str | None = None  # why the file could not be read; `top` is empty then
-
-    def to_json(self) -> dict[str, Any]:
-        if self.error is not None:
-            return {"path": str(self.path), "error": self.error}
-        return {
-            "path": str(self.path),
-            "class": self.top[0][0],
-            "probability": self.top[0][1],
-            "top": [{"class": name, "probability": probability} for name, probability in self.top],
-        }
+ImageInput = Path | Image.Image | np.ndarray
+"""A file (decoded by images.load_rgb_image), a PIL image or an array of pixels."""
 
 
 def expand_image_paths(arguments: Sequence[Path]) -> list[Path]:
@@ -53,46 +44,105 @@ def expand_image_paths(arguments: Sequence[Path]) -> list[Path]:
     return paths
 
 
-@torch.inference_mode()
+def image_inputs(images: ImageLike | Sequence[ImageLike]) -> list[ImageInput]:
+    """One input or a list of them, as predict_images takes them: paths made Path, folders
+    expanded (see expand_image_paths); anything that is not an image is a UserError."""
+    single = isinstance(images, str | os.PathLike | Image.Image | np.ndarray)
+    inputs: list[ImageInput] = []
+    for item in [images] if single else list(images):  # type: ignore[arg-type]
+        if isinstance(item, str | os.PathLike):
+            inputs.extend(expand_image_paths([Path(item)]))
+        elif isinstance(item, Image.Image | np.ndarray):
+            inputs.append(item)
+        else:
+            raise UserError(
+                f"cannot predict on a {type(item).__name__}; pass image files or folders, PIL "
+                "images or numpy arrays of pixels"
+            )
+    return inputs
+
+
+def rgb_image(source: ImageInput, index: int) -> Image.Image:
+    """The RGB image of one input; BadImageError when a file cannot be decoded."""
+    if isinstance(source, Path):
+        return load_rgb_image(source)
+    if isinstance(source, Image.Image):
+        return rgb_from_pil(source)
+    return rgb_from_array(source, name=f"image {index}")
+
+
 def predict_images(
     loaded: LoadedModel,
-    paths: Sequence[Path],
+    images: Sequence[ImageInput],
     *,
     top_k: int = 1,
     batch_size: int = 32,
     device: torch.device | None = None,
     tta: bool = False,
 ) -> list[Prediction]:
-    """Top-k classes per image. Unreadable files get an `error` entry instead of stopping.
-
-    tta: average the probabilities of the flip and crop views of tlvision.tta.
-    """
-    from tlvision.tta import AveragedViews, tta_transform
-
+    """Top-k classes per image. Unreadable files get an `error` entry instead of stopping;
+    images in memory get `path` None. tta: average the probabilities of the mirror and crop
+    views of tlvision.tta."""
     if top_k < 1:
         raise UserError("--top-k must be at least 1")
+    errors: dict[int, str] = {}
+
+    def readable_images() -> Iterator[Image.Image]:
+        for index, source in enumerate(images):
+            try:
+                yield rgb_image(source, index)
+            except BadImageError as error:
+                errors[index] = error.reason
+
+    ranked = iter(
+        rank_classes(
+            loaded, readable_images(), top_k=top_k, batch_size=batch_size, device=device, tta=tta
+        )
+    )
+    predictions = []
+    for index, source in enumerate(images):
+        path = source if isinstance(source, Path) else None
+        if index in errors:
+            predictions.append(Prediction(path=path, top=(), error=errors[index]))
+        else:
+            predictions.append(Prediction(path=path, top=next(ranked)))
+    return predictions
+
+
+@torch.inference_mode()
+def rank_classes(
+    loaded: LoadedModel,
+    images: Iterable[Image.Image],
+    *,
+    top_k: int,
+    batch_size: int,
+    device: torch.device | None,
+    tta: bool = False,
+) -> list[tuple[tuple[str, float], ...]]:
+    """(class name, probability) pairs, most likely first, per RGB image; images are transformed
+    one batch at a time, so a long list never sits in memory as tensors."""
     top_k = min(top_k, len(loaded.class_names))
     device = device or torch.device("cpu")
     model: torch.nn.Module = loaded.model.to(device).eval()
     transform = build_transforms(loaded.preprocessing)["val"]
     if tta:
+        from tlvision.tta import AveragedViews, tta_transform
+
         model, transform = AveragedViews(model), tta_transform(loaded.preprocessing)
-    results: dict[int, Prediction] = {}
-    readable: list[tuple[int, torch.Tensor]] = []
-    for index, path in enumerate(paths):
-        try:
-            readable.append((index, transform(load_rgb_image(path))))
-        except BadImageError as error:
-            results[index] = Prediction(path=path, top=(), error=error.reason)
-    for start in range(0, len(readable), batch_size):
-        batch = readable[start : start + batch_size]
-        images = torch.stack([tensor for _, tensor in batch]).to(device)
-        probabilities = torch.softmax(model(images).float(), dim=1).cpu()
-        values, indices = probabilities.topk(top_k, dim=1)
-        for (index, _), row_values, row_indices in zip(batch, values, indices, strict=True):
-            top = tuple(
-                (loaded.class_names[int(i)], float(v))
-                for v, i in zip(row_values, row_indices, strict=True)
-            )
-            results[index] = Prediction(path=paths[index], top=top)
-    return [results[index] for index in range(len(paths))]
+    ranked: list[tuple[tuple[str, float], ...]] = []
+    batch: list[torch.Tensor] = []
+    for image in chain(images, [None]):  # None: the end, flush the last batch
+        if image is not None:
+            batch.append(transform(image))
+        if batch and (len(batch) == batch_size or image is None):
+            probabilities = torch.softmax(model(torch.stack(batch).to(device)).float(), dim=1)
+            values, indices = probabilities.cpu().topk(top_k, dim=1)
+            for row_values, row_indices in zip(values, indices, strict=True):
+                ranked.append(
+                    tuple(
+                        (loaded.class_names[int(i)], float(v))
+                        for v, i in zip(row_values, row_indices, strict=True)
+                    )
+                )
+            batch = []
+    return ranked

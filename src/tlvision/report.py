@@ -253,7 +253,7 @@ def advice_section(run_dir: Path) -> str:
 
 
 def check_section(data_dir: Path) -> str:
-    from tlvision.check import check_dataset
+    from tlvision.dataset_check import check_dataset
 
     problems = check_dataset(data_dir, progress=False).problems
     if not problems:

@@ -92,11 +92,20 @@ def command_compare(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _train_config(arguments: argparse.Namespace) -> TrainConfig:
-    from tlvision.cli import _train_config as config_of
+# api.train's keyword names that differ from TrainConfig's fields
+CONFIG_FIELD_OF_OPTION = {"out": "out_dir", "lr": "learning_rate", "workers": "num_workers"}
 
-    # --lr is not read: cli._train_config puts a placeholder for `find`
-    return config_of(arguments, arguments.data, arguments.out or Path("unused"))
+
+def config_from_options(data: Path, options: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig that `api.train(data, **options)` would run (`lr` `find`: a placeholder
+    the range test does not read)."""
+    from tlvision.config import TrainConfig
+
+    values = {CONFIG_FIELD_OF_OPTION.get(name, name): value for name, value in options.items()}
+    if values.get("learning_rate") == "find":
+        values["learning_rate"] = 1.0
+    values["out_dir"] = Path(values.get("out_dir") or "runs/lr-find")
+    return TrainConfig(data_dir=Path(data), **values)
 
 
 def save_range_test(result: RangeTest, plot: Path, data: Path | None = None) -> None:
@@ -120,8 +129,11 @@ def command_lr_find(arguments: argparse.Namespace) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr)
 
+    from tlvision.cli import _train_options
+
+    config = config_from_options(arguments.data, _train_options(arguments))
     result = find_learning_rate(
-        _train_config(arguments), start=arguments.start_lr, end=arguments.end_lr,
+        config, start=arguments.start_lr, end=arguments.end_lr,
         steps=arguments.steps, log=log, progress=not quiet,
     )  # fmt: skip
     save_range_test(result, arguments.plot)
@@ -135,20 +147,24 @@ def command_lr_find(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def fit_with_found_rate(config: TrainConfig) -> dict[str, Any]:
+def train_with_found_rate(data: Path, options: dict[str, Any], *, verbose: bool) -> Path:
     """train --lr find: the range test, then the run at the suggested rate; the test's plot
-    and numbers are kept in the run directory."""
-    from dataclasses import replace
-
+    and numbers are kept in the run directory. Returns the run directory."""
+    from tlvision import api
+    from tlvision.errors import UserError
     from tlvision.lr_find import find_learning_rate
-    from tlvision.training import fit
 
+    if options.get("strategy") == "auto":
+        raise UserError(
+            "--lr find needs a --strategy: with --strategy auto the advisor sets the rate "
+            "(or run `tlvision advise`, then train its strategy with --lr find)"
+        )
     started = time.perf_counter()
-    result = find_learning_rate(config)
+    result = find_learning_rate(config_from_options(data, options), progress=verbose)
     print(
         f"lr-find: suggested --lr {result.suggested:.3g} "
         f"({len(result.rates)} steps on {result.route}, {time.perf_counter() - started:.0f}s)"
     )
-    summary = fit(replace(config, learning_rate=result.suggested))
-    save_range_test(result, config.out_dir / LR_FIND_PLOT, config.out_dir / LR_FIND_JSON)
-    return summary
+    run = api.train(data, **{**options, "lr": result.suggested}, log=print, verbose=verbose)
+    save_range_test(result, run.run_dir / LR_FIND_PLOT, run.run_dir / LR_FIND_JSON)
+    return Path(run.run_dir)

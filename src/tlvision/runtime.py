@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from tlvision.checkpoint import LoadedModel, load_run_model
-from tlvision.data import Preprocessing
 from tlvision.errors import UserError
 from tlvision.pixels import PixelClassifier, prepare_pixels
+from tlvision.weights import Preprocessing
 
 RUNTIMES = ("auto", "torch", "onnx")
 ONNX_THREADS = 2  # intra-op threads per session: this project's reference CPU has 2 cores

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from tlvision.config import SCHEDULES
 from tlvision.errors import UserError
-
-SCHEDULES = ("step", "cosine", "onecycle", "constant")
 
 
 def make_scheduler(

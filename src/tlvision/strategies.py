@@ -18,10 +18,6 @@ from torch import nn
 
 from tlvision.backbones import BackboneSpec, head_of, stage_parameters
 
-STRATEGIES = ("feature-extract", "linear-probe", "finetune")
-# The frozen routes: the body never trains, so its codes are computed once and cached.
-CODES_STRATEGIES = ("feature-extract", "linear-probe")
-
 
 def freeze(parameters: Any) -> None:
     for parameter in parameters:

@@ -12,7 +12,6 @@ import copy
 import json
 import math
 import random
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,7 +21,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from tlvision.backbones import choose_weights, create_model, get_backbone, preprocessing_for
 from tlvision.checkpoint import (
@@ -34,7 +32,7 @@ from tlvision.checkpoint import (
     save_training_checkpoint,
 )
 from tlvision.codes_training import fit_on_codes
-from tlvision.config import TrainConfig, validate_config
+from tlvision.config import CODES_STRATEGIES, TrainConfig, validate_config
 from tlvision.data import (
     ImageDataset,
     build_transforms,
@@ -46,6 +44,7 @@ from tlvision.data import (
 )
 from tlvision.devices import resolve_device
 from tlvision.errors import UserError
+from tlvision.progress import progress_bar
 from tlvision.runs import (
     CODES_RUN_CONFIG,
     METRICS_FILE,
@@ -59,7 +58,6 @@ from tlvision.runs import (
 )
 from tlvision.schedules import make_scheduler
 from tlvision.strategies import (
-    CODES_STRATEGIES,
     apply_finetuning,
     count_parameters,
     parameter_groups,
@@ -380,7 +378,7 @@ def train_one_epoch(
     """One pass over the training data; returns (mean loss, accuracy, unreadable indices)."""
     set_train_mode(model)
     loss_sum, correct, seen, unreadable = 0.0, 0, 0, []
-    batches = tqdm(loader, desc=description, leave=False, disable=None, file=sys.stderr)
+    batches = progress_bar(loader, desc=description, leave=False)
     for batch, (images, labels, batch_unreadable) in enumerate(batches):
         unreadable.extend(batch_unreadable)
         if len(labels) == 0:
@@ -414,7 +412,7 @@ def evaluate(
     """One pass over the validation data; returns (mean loss, accuracy, unreadable indices)."""
     model.eval()
     loss_sum, correct, seen, unreadable = 0.0, 0, 0, []
-    batches = tqdm(loader, desc=description, leave=False, disable=None, file=sys.stderr)
+    batches = progress_bar(loader, desc=description, leave=False)
     for images, labels, batch_unreadable in batches:
         unreadable.extend(batch_unreadable)
         if len(labels) == 0:

@@ -41,7 +41,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tlvision.backbones import (
-    DEFAULT_BACKBONE,
     BackboneSpec,
     WeightsChoice,
     choose_weights,
@@ -50,6 +49,7 @@ from tlvision.backbones import (
     preprocessing_for,
 )
 from tlvision.codes_cache import FeatureCache, default_cache_dir
+from tlvision.config import DEFAULT_BACKBONE
 from tlvision.data import (
     DatasetSplits,
     ImageDataset,
@@ -58,7 +58,8 @@ from tlvision.data import (
     default_num_workers,
     find_splits,
 )
-from tlvision.probe import probe
+from tlvision.errors import UserError
+from tlvision.probing import probe
 from tlvision.split_codes import extract_split_codes
 from tlvision.stages import TOP_LABEL, stage_label
 from tlvision.weights import load_state_dict_file
@@ -547,7 +548,6 @@ def _axes(evidence: Evidence) -> tuple[bool, bool, bool, list[str]]:
 
 
 def raise_no_weights(backbone: str) -> None:
-    from tlvision.errors import UserError
 
     raise UserError(
         f"advise measures how the data looks to pretrained {backbone} weights; pass "

@@ -13,18 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from tlvision.backbones import (
-    DEFAULT_BACKBONE,
     choose_weights,
     create_model,
     get_backbone,
     preprocessing_for,
 )
 from tlvision.codes_cache import FeatureCache, default_cache_dir
+from tlvision.config import DEFAULT_BACKBONE, HEADS
 from tlvision.data import default_num_workers, find_splits
 from tlvision.devices import resolve_device
 from tlvision.errors import UserError
 from tlvision.heads import (
-    HEADS,
     Codes,
     TrainCodes,
     accuracy,

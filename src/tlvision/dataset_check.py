@@ -11,7 +11,6 @@ as training ignores them.
 from __future__ import annotations
 
 import hashlib
-import sys
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from itertools import pairwise
@@ -19,9 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
-from tlvision.checkpoint import json_text
 from tlvision.data import (
     IMAGE_EXTENSIONS,
     PHASES,
@@ -31,6 +28,7 @@ from tlvision.data import (
     list_class_folders,
 )
 from tlvision.images import BadImageError, decode_image_rgb, read_image_bytes
+from tlvision.progress import progress_bar
 
 MIN_SIDE = 32
 """Images with a side shorter than this (in pixels, after EXIF rotation) are reported."""
@@ -195,11 +193,10 @@ def check_dataset(data_dir: Path, *, progress: bool = True) -> CheckReport:
 
     class_counts = {split: dict.fromkeys(classes, 0) for split, classes in classes_by_split.items()}
     images: list[_Image] = []
-    scan = tqdm(
+    scan = progress_bar(
         candidates,
         desc=f"checking {data_dir}",
         unit="image",
-        file=sys.stderr,
         disable=None if progress else True,
         leave=False,
     )
@@ -228,13 +225,6 @@ def check_dataset(data_dir: Path, *, progress: bool = True) -> CheckReport:
         images_checked=len(candidates),
         layout="flat" if FLAT_SPLIT in split_dirs else "split",
     )
-
-
-def main_check(data_dir: Path, *, as_json: bool) -> int:
-    """Print the report (JSON on stdout with ``as_json``, else text) and return its exit status."""
-    report = check_dataset(data_dir)
-    print(json_text(report.to_json()) if as_json else report.to_text())
-    return report.exit_status
 
 
 def _split_dirs(data_dir: Path) -> dict[str, Path]:
