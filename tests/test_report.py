@@ -22,6 +22,7 @@ import torch
 from conftest import write_dataset
 from PIL import Image
 
+import tlvision
 from tlvision.checkpoint import load_run_model
 from tlvision.cli import build_parser, main
 from tlvision.data import build_transforms
@@ -217,6 +218,8 @@ def test_compare_table_and_page(
     found = open_in_browser(page, tmp_path / "compare.png")
     assert found["errors"] == [] and found["widths"] and all(found["widths"])
     assert str(probe) in found["text"]
+    written = tlvision.load(probe).report()  # the API, on the logistic-regression run
+    assert written == probe / "report.html" and "linear-probe" in written.read_text()
 
 
 def symmetric_image() -> Image.Image:

@@ -309,6 +309,15 @@ class Run:
             tta=tta,
         )
 
+    def report(self, data: str | Path | None = None, *, device: str = "auto") -> Path:
+        """Write RUN/report.html as `tlvision report` does (`data`: default the run's own
+        dataset); returns its path."""
+        from tlvision.devices import resolve_device
+        from tlvision.report import write_report
+
+        data_dir = None if data is None else Path(data)
+        return write_report(self.run_dir, data_dir, device=resolve_device(device)).path
+
     def export(
         self,
         format: str = "onnx",
