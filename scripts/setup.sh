@@ -10,5 +10,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-.venv/bin/python -m pip install --quiet -e ".[dev,export]"
+.venv/bin/python -m pip install --quiet -e ".[dev,export,serve]"
 echo "tlvision installed in $(pwd)/.venv; try: .venv/bin/tlvision demo"

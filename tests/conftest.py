@@ -59,7 +59,11 @@ def flat_dataset(tmp_path: Path) -> Path:
 
 @pytest.fixture(autouse=True, scope="session")
 def private_feature_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Tests never write CNN codes into the user's own cache directory."""
+    """Tests never write CNN codes into the user's own cache directory. The pretrained weights
+    stay where torch keeps them (TORCH_HOME follows XDG_CACHE_HOME unless set), so they are
+    fetched once per machine, not once per test session."""
+    user_cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    os.environ.setdefault("TORCH_HOME", str(Path(user_cache) / "torch"))
     os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
 
 

@@ -1,4 +1,4 @@
-"""The `tlvision` command: train, evaluate, predict, demo, weights, backbones.
+"""The `tlvision` command: train, evaluate, predict, serve, demo, weights, backbones.
 
 The commands are the Python API (api.py) plus printing: each handler calls the API function of
 the same name with the parsed options and prints what it returns. Every problem the user can fix
@@ -226,6 +226,96 @@ def command_predict(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def command_serve(arguments: argparse.Namespace) -> int:
+    import os
+
+    from tlvision.serve.batching import BatchingConfig
+    from tlvision.serve.config import TOKEN_ENVIRONMENT_VARIABLE, ServeConfig
+    from tlvision.serve.server import run_server
+
+    if arguments.max_batch < 1 or arguments.queue_size < 1 or arguments.batch_wait_ms < 0:
+        raise UserError("--max-batch and --queue-size must be at least 1, --batch-wait-ms >= 0")
+    run_server(
+        ServeConfig(
+            run_dir=arguments.run_dir,
+            host=arguments.host,
+            port=arguments.port,
+            runtime=arguments.runtime,
+            token=arguments.token or os.environ.get(TOKEN_ENVIRONMENT_VARIABLE) or None,
+            insecure_no_token=arguments.insecure_no_token,
+            max_upload_mb=arguments.max_upload_mb,
+            max_files=arguments.max_files,
+            batching=BatchingConfig(
+                max_batch=arguments.max_batch,
+                max_wait_seconds=arguments.batch_wait_ms / 1000,
+                queue_size=arguments.queue_size,
+            ),
+            log_level=arguments.log_level,
+            access_log=arguments.access_log,
+        )
+    )
+    return 0
+
+
+def _add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from tlvision.serve.batching import BatchingConfig
+    from tlvision.serve.config import RUNTIMES, TOKEN_ENVIRONMENT_VARIABLE, ServeConfig
+
+    defaults = ServeConfig(run_dir=Path("."))
+    batching = BatchingConfig()
+    serve = commands.add_parser(
+        "serve", help="a web page and a JSON API for a trained run (FastAPI on uvicorn)"
+    )
+    serve.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    serve.add_argument(
+        "--host",
+        default=defaults.host,
+        help="address to listen on (default %(default)s: this machine only; any other needs "
+        "--token or --insecure-no-token)",
+    )
+    serve.add_argument("--port", type=int, default=defaults.port)
+    serve.add_argument(
+        "--runtime", default=defaults.runtime, choices=RUNTIMES,
+        help="auto: ONNX Runtime when installed, else torch",
+    )  # fmt: skip
+    serve.add_argument(
+        "--token",
+        help=f"require 'Authorization: Bearer TOKEN' on every /v1/ call (or set "
+        f"{TOKEN_ENVIRONMENT_VARIABLE})",
+    )
+    serve.add_argument(
+        "--insecure-no-token",
+        action="store_true",
+        help="allow a non-loopback --host without a token: anyone who can reach it may call",
+    )
+    serve.add_argument(
+        "--max-upload-mb", type=float, default=defaults.max_upload_mb,
+        help="request body limit, enforced while reading (default %(default)s)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--max-files", type=int, default=defaults.max_files,
+        help="images per request (default %(default)s)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--max-batch", type=int, default=batching.max_batch,
+        help="images per model call (default %(default)s)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--batch-wait-ms", type=float, default=batching.max_wait_seconds * 1000,
+        help="how long a lone request waits for others to batch with (default %(default)s)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--queue-size", type=int, default=batching.queue_size,
+        help="images waiting for the model before requests get 503 (default %(default)s)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--log-level", default=defaults.log_level,
+        choices=["critical", "error", "warning", "info", "debug"],
+    )  # fmt: skip
+    serve.add_argument("--access-log", action="store_true", help="log one line per request")
+    serve.set_defaults(handler=command_serve)
+
+
 def command_probe(arguments: argparse.Namespace) -> int:
     announce_layout(arguments.data, arguments.val_split)
     table = api.probe(
@@ -433,6 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     predict.set_defaults(handler=command_predict)
     _add_export_command(commands)
+
+    _add_serve_parser(commands)
 
     probe = commands.add_parser(
         "probe", help="val accuracy of linear heads on each stage's frozen codes"

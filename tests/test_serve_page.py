@@ -1,0 +1,84 @@
+"""The web page of `tlvision serve` in a real headless browser: Debian's chromium via playwright."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from serving import Server, demo_val_images, running_server, train_demo_run
+
+from tlvision.checkpoint import load_run_model
+from tlvision.predict import predict_images
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.is_file(),
+    reason=f"{CHROMIUM} is absent: install Debian's chromium (.ci/run does: apt-get install "
+    "chromium)",
+)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_demo_run(tmp_path_factory.mktemp("page") / "run")
+
+
+TOKEN = "page-token-81c3"
+
+
+@pytest.fixture(scope="module")
+def server(run_dir: Path) -> Iterator[Server]:
+    """The default runtime (auto: ONNX Runtime, exported on first use, where installed), with
+    a token, so the page has to ask for it."""
+    with running_server(run_dir, environment={"TLVISION_TOKEN": TOKEN}) as running:
+        yield running
+
+
+def test_page_asks_for_the_token_then_classifies_an_upload(
+    server: Server, run_dir: Path, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    image = next(path for path in demo_val_images() if path.parent.name == "tool")
+    expected = predict_images(load_run_model(run_dir), [image])[0].top[0][0]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_FLAGS,
+        )
+        try:
+            page = browser.new_page()
+            page.goto(f"{server.url}/")
+            expect(page.locator("#token-box")).to_be_visible(timeout=30_000)
+            expect(page.locator("#model")).to_contain_text("token")
+            page.fill("#token", TOKEN)
+            page.click("#token-save")
+            expect(page.locator("#model")).to_contain_text("fish, monument, tool", timeout=30_000)
+            expect(page.locator("#token-box")).to_be_hidden()
+            page.set_input_files("#file-input", str(image))
+            predicted = page.locator(".result .predicted-class")
+            expect(predicted).not_to_have_text("…", timeout=60_000)
+            assert predicted.inner_text() == expected
+            bars = page.locator(".result .bars li")
+            expect(bars).to_have_count(3)  # the page asks for the top 3 by default
+            expect(page.locator(".result .map-figure")).to_be_visible(timeout=60_000)
+            assert page.locator(".result .map").evaluate("image => image.naturalWidth") > 0
+            screenshot = tmp_path / "page.png"
+            page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            browser.close()
+    assert screenshot.stat().st_size > 10_000
