@@ -11,4 +11,14 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
 .venv/bin/python -m pip install --quiet -e ".[dev,export,serve,tensorboard]"
+# The serve page and report tests drive Debian's chromium with playwright (its own browser
+# download needs the internet): install it where apt can, else say what the tests will skip.
+if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" -eq 0 ] || command -v sudo > /dev/null; then
+        SUDO=$([ "$(id -u)" -eq 0 ] || echo sudo)
+        $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium > /dev/null
+    else
+        echo "note: no /usr/bin/chromium and no root: the browser tests will be skipped"
+    fi
+fi
 echo "tlvision installed in $(pwd)/.venv; try: .venv/bin/tlvision demo"

@@ -20,8 +20,10 @@ from tlvision.checkpoint import json_text
 from tlvision.cli_deploy import add_commands as add_deploy_commands
 from tlvision.config import ADVISE_TIME_BUDGET_MINUTES, DEFAULT_BACKBONE, HEADS, TrainConfig
 from tlvision.errors import UserError
+from tlvision.report_cli import register as register_report_commands
 
 DATA_HELP = "dataset folder: with train/ and val/, or flat with one folder per class"
+TTA_HELP = "test-time augmentation: average the centre crop, its mirror and the 4 corner crops"
 VAL_SPLIT_HELP = (
     "hold out this stratified, seeded share of each class as val when there is no val/ folder "
     "(default 0.2 for a flat DATA/<class>/ folder)"
@@ -98,7 +100,12 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="the new head's")
+    parser.add_argument(
+        "--lr",
+        type=learning_rate_argument,
+        default=defaults.learning_rate,
+        help="the new head's; `find`: run the learning-rate range test first (tlvision lr-find)",
+    )
     parser.add_argument("--momentum", type=float, default=defaults.momentum)
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     parser.add_argument("--schedule", default=defaults.schedule, choices=SCHEDULES)
@@ -112,6 +119,9 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         "--class-weights",
         choices=["auto"],
         help="auto: weight the loss by inverse class frequency, for imbalanced classes",
+    )
+    parser.add_argument(
+        "--no-report", action="store_true", help="do not write RUN/report.html at the end"
     )
     parser.add_argument(
         "--resume",
@@ -141,6 +151,16 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="a run's config.toml: train as it says (options given here override it)",
     )
+
+
+def learning_rate_argument(text: str) -> float | str:
+    """--lr: a positive number, or `find` for the range test's suggestion."""
+    if text == "find":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or `find`") from None
 
 
 def _train_options(arguments: argparse.Namespace) -> dict[str, Any]:
@@ -198,19 +218,37 @@ def command_train(arguments: argparse.Namespace) -> int:
         return launch(arguments.nproc, without_option(arguments.argv, "--nproc"))
     if arguments.resume is not None:
         api.resume(arguments.resume, log=print, verbose=_show_progress())
-        return 0
+        return finish_training(arguments, arguments.resume)
     if arguments.data is None:
         raise UserError(
             "train needs DATA (a folder with train/ and val/, or with one folder per class) "
             "or --resume RUN_DIR"
         )
     announce_layout(arguments.data, arguments.val_split)
-    api.train(arguments.data, **_train_options(arguments), log=print, verbose=_show_progress())
+    options = _train_options(arguments)
+    if arguments.lr == "find":
+        from tlvision.report_cli import train_with_found_rate
+
+        run_dir = train_with_found_rate(arguments.data, options, verbose=_show_progress())
+    else:
+        run = api.train(arguments.data, **options, log=print, verbose=_show_progress())
+        run_dir = run.run_dir
+    return finish_training(arguments, run_dir)
+
+
+def finish_training(arguments: argparse.Namespace, run_dir: Path) -> int:
+    """The run's report.html, unless --no-report."""
+    if not arguments.no_report:
+        from tlvision.report_cli import report_after_training
+
+        report_after_training(run_dir, arguments.data)
     return 0
 
 
 def command_evaluate(arguments: argparse.Namespace) -> int:
-    report = api.load(arguments.run_dir).evaluate(arguments.split_dir, device=arguments.device)
+    report = api.load(arguments.run_dir).evaluate(
+        arguments.split_dir, device=arguments.device, tta=arguments.tta
+    )
     print(json_text(report.to_json()) if arguments.json else report.to_text())
     return 0
 
@@ -223,7 +261,9 @@ def command_predict(arguments: argparse.Namespace) -> int:
     if launched_by_torchrun():
         raise UserError("under torchrun, predict writes JSON lines: pass --jsonl FILE")
     run = api.load(arguments.run_dir)
-    predictions = run.predict(arguments.paths, top_k=arguments.top_k, device=arguments.device)
+    predictions = run.predict(
+        arguments.paths, top_k=arguments.top_k, device=arguments.device, tta=arguments.tta
+    )
     if arguments.json:
         print(json_text([prediction.to_json() for prediction in predictions]))
     else:
@@ -414,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("split_dir", type=Path, metavar="DATA_SPLIT_DIR", help="e.g. DATA/val")
     evaluate.add_argument("--json", action="store_true")
     evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--tta", action="store_true", help=TTA_HELP)
     evaluate.set_defaults(handler=command_evaluate)
 
     predict = commands.add_parser("predict", help="classify image files or folders")
@@ -422,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=int, default=1)
     predict.add_argument("--json", action="store_true")
     predict.add_argument("--device", default="auto")
+    predict.add_argument("--tta", action="store_true", help=TTA_HELP)
     predict.add_argument(
         "--maps", type=Path, metavar="OUT_DIR",
         help="also write per image a heat map of the top-k classes over the whole image",
@@ -509,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     backbones = commands.add_parser("backbones", help="list backbones and their stages")
     backbones.set_defaults(handler=command_backbones)
+    register_report_commands(commands)
     return parser
 
 

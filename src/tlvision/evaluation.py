@@ -12,7 +12,7 @@ from sklearn.metrics import confusion_matrix
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tlvision.checkpoint import load_run_model
+from tlvision.checkpoint import LoadedModel, load_run_model
 from tlvision.data import (
     ImageDataset,
     build_transforms,
@@ -21,6 +21,7 @@ from tlvision.data import (
     scan_split,
 )
 from tlvision.errors import UserError
+from tlvision.progress import progress_bar
 from tlvision.results import html_table
 
 
@@ -120,7 +121,9 @@ def predict_probabilities(
     the dataset indices of the unreadable ones (see data.collate_readable)."""
     model.eval()
     probabilities, labels, unreadable = [], [], []
-    for images, batch_labels, batch_unreadable in loader:
+    # a bar when someone watches (tlvision.progress): --json output and logs stay clean
+    batches = progress_bar(loader, desc="predicting", unit="batch", leave=False)
+    for images, batch_labels, batch_unreadable in batches:
         unreadable.extend(batch_unreadable)
         if len(batch_labels) == 0:
             continue
@@ -132,16 +135,76 @@ def predict_probabilities(
     return torch.cat(probabilities), torch.cat(labels), unreadable
 
 
-def evaluate_run(
-    run_dir: Path,
-    split_dir: Path,
+@dataclass(frozen=True)
+class SamplePredictions:
+    """Class probabilities for the readable samples of a list, in the list's order."""
+
+    samples: tuple[tuple[Path, int], ...]  # the readable (path, model class index) pairs
+    probabilities: np.ndarray  # (len(samples), classes) float32
+    unreadable: tuple[Path, ...]  # files that could not be decoded, left out
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.asarray([label for _path, label in self.samples], dtype=np.int64)
+
+
+def predict_samples(
+    loaded: LoadedModel,
+    samples: list[tuple[Path, int]],
     *,
     device: torch.device,
+    tta: bool = False,
     batch_size: int = 32,
     num_workers: int = 0,
+) -> SamplePredictions:
+    """Run the model on every (path, class index) sample: one view each, or the TTA views
+    averaged (tlvision.tta)."""
+    from tlvision.tta import AveragedViews, tta_transform
+
+    transform = (
+        tta_transform(loaded.preprocessing)
+        if tta
+        else build_transforms(loaded.preprocessing)["val"]
+    )
+    dataset = ImageDataset(samples, loaded.class_names, transform)
+    loader = DataLoader(
+        dataset,
+        batch_size=max(1, batch_size // 6) if tta else batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_readable,
+    )
+    model: nn.Module = loaded.model.to(device)
+    if tta:
+        model = AveragedViews(model)
+    probabilities, _labels, unreadable = predict_probabilities(model, loader, device)
+    missing = set(unreadable)
+    kept = tuple(sample for index, sample in enumerate(samples) if index not in missing)
+    return SamplePredictions(
+        samples=kept,
+        probabilities=probabilities.numpy().reshape(len(kept), len(loaded.class_names)),
+        unreadable=tuple(samples[index][0] for index in unreadable),
+    )
+
+
+def report_of(
+    class_names: tuple[str, ...], predictions: SamplePredictions, skipped: tuple[Path, ...] = ()
 ) -> ClassificationReport:
-    """Score a trained run on a folder of class subfolders whose names the model knows."""
-    loaded = load_run_model(run_dir)
+    """The confusion counts (scikit-learn) of a set of predictions."""
+    predicted = (
+        predictions.probabilities.argmax(axis=1) if len(predictions.samples) else predictions.labels
+    )
+    matrix = confusion_matrix(predictions.labels, predicted, labels=np.arange(len(class_names)))
+    unreadable = sorted([*skipped, *predictions.unreadable])
+    return ClassificationReport(
+        class_names, matrix, skipped_files=tuple(str(path) for path in unreadable)
+    )
+
+
+def labelled_split(
+    loaded: LoadedModel, split_dir: Path
+) -> tuple[list[tuple[Path, int]], list[Path]]:
+    """The images of a split folder labelled with the model's class indices, and broken links."""
     if not split_dir.is_dir():
         raise UserError(f"{split_dir}: no such directory; pass a split folder such as DATA/val")
     folder_names = list_class_folders(split_dir)
@@ -159,21 +222,22 @@ def evaluate_run(
     samples = [
         (path, loaded.class_names.index(folder_names[folder_index])) for path, folder_index in found
     ]
-    transform = build_transforms(loaded.preprocessing)["val"]
-    dataset = ImageDataset(samples, loaded.class_names, transform)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=collate_readable,
+    return samples, list(broken_links)
+
+
+def evaluate_run(
+    run_dir: Path,
+    split_dir: Path,
+    *,
+    device: torch.device,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    tta: bool = False,
+) -> ClassificationReport:
+    """Score a trained run on a folder of class subfolders whose names the model knows."""
+    loaded = load_run_model(run_dir)
+    samples, broken_links = labelled_split(loaded, split_dir)
+    predictions = predict_samples(
+        loaded, samples, device=device, tta=tta, batch_size=batch_size, num_workers=num_workers
     )
-    model = loaded.model.to(device)
-    probabilities, labels, unreadable = predict_probabilities(model, loader, device)
-    predictions = probabilities.argmax(dim=1) if len(labels) else labels
-    matrix = confusion_matrix(
-        labels.numpy(), predictions.numpy(), labels=np.arange(len(loaded.class_names))
-    )
-    unreadable_paths = [samples[index][0] for index in unreadable]
-    skipped = tuple(str(path) for path in sorted([*broken_links, *unreadable_paths]))
-    return ClassificationReport(loaded.class_names, matrix, skipped_files=skipped)
+    return report_of(loaded.class_names, predictions, tuple(broken_links))

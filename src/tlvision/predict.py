@@ -114,9 +114,11 @@ def predict_images(
     top_k: int = 1,
     batch_size: int = 32,
     device: torch.device | None = None,
+    tta: bool = False,
 ) -> list[Prediction]:
     """Top-k classes per image. Unreadable files get an `error` entry instead of stopping;
-    images in memory get `path` None."""
+    images in memory get `path` None. tta: average the probabilities of the mirror and crop
+    views of tlvision.tta."""
     if top_k < 1:
         raise UserError("--top-k must be at least 1")
     errors: dict[int, str] = {}
@@ -129,7 +131,9 @@ def predict_images(
                 errors[index] = error.reason
 
     ranked = iter(
-        rank_classes(loaded, readable_images(), top_k=top_k, batch_size=batch_size, device=device)
+        rank_classes(
+            loaded, readable_images(), top_k=top_k, batch_size=batch_size, device=device, tta=tta
+        )
     )
     predictions = []
     for index, source in enumerate(images):
@@ -149,13 +153,18 @@ def rank_classes(
     top_k: int,
     batch_size: int,
     device: torch.device | None,
+    tta: bool = False,
 ) -> list[tuple[tuple[str, float], ...]]:
     """(class name, probability) pairs, most likely first, per RGB image; images are transformed
     one batch at a time, so a long list never sits in memory as tensors."""
     top_k = min(top_k, len(loaded.class_names))
     device = device or torch.device("cpu")
-    model = loaded.model.to(device).eval()
+    model: torch.nn.Module = loaded.model.to(device).eval()
     transform = build_transforms(loaded.preprocessing)["val"]
+    if tta:
+        from tlvision.tta import AveragedViews, tta_transform
+
+        model, transform = AveragedViews(model), tta_transform(loaded.preprocessing)
     ranked: list[tuple[tuple[str, float], ...]] = []
     batch: list[torch.Tensor] = []
     for image in chain(images, [None]):  # None: the end, flush the last batch

@@ -271,9 +271,11 @@ class Run:
         top_k: int = 1,
         device: str = "auto",
         batch_size: int = 32,
+        tta: bool = False,
     ) -> list[Prediction]:
         """Top-k classes for each image: files, folders (searched recursively), PIL images or
-        arrays of pixels, one or a list. An unreadable file gets an `error` instead of stopping."""
+        arrays of pixels, one or a list. An unreadable file gets an `error` instead of stopping.
+        tta: average the mirror and corner-crop views' probabilities (tlvision.tta)."""
         from tlvision.devices import resolve_device
         from tlvision.predict import image_inputs, predict_images
 
@@ -283,10 +285,16 @@ class Run:
             top_k=top_k,
             batch_size=batch_size,
             device=resolve_device(device),
+            tta=tta,
         )
 
     def evaluate(
-        self, split_dir: str | Path, *, device: str = "auto", batch_size: int = 32
+        self,
+        split_dir: str | Path,
+        *,
+        device: str = "auto",
+        batch_size: int = 32,
+        tta: bool = False,
     ) -> ClassificationReport:
         """Accuracy, per-class precision/recall/F1 and confusion matrix on a split folder whose
         class folders this model knows (as `tlvision evaluate`)."""
@@ -294,8 +302,21 @@ class Run:
         from tlvision.evaluation import evaluate_run
 
         return evaluate_run(
-            self.run_dir, Path(split_dir), device=resolve_device(device), batch_size=batch_size
+            self.run_dir,
+            Path(split_dir),
+            device=resolve_device(device),
+            batch_size=batch_size,
+            tta=tta,
         )
+
+    def report(self, data: str | Path | None = None, *, device: str = "auto") -> Path:
+        """Write RUN/report.html as `tlvision report` does (`data`: default the run's own
+        dataset); returns its path."""
+        from tlvision.devices import resolve_device
+        from tlvision.report import write_report
+
+        data_dir = None if data is None else Path(data)
+        return write_report(self.run_dir, data_dir, device=resolve_device(device)).path
 
     def export(
         self,
