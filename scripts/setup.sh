@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up tlvision in ./.venv on a fresh machine: torch and torchvision first (from the local
-# disk where the machine has them), then tlvision itself with its dev tools and
-# the export extra (ONNX, ONNX Runtime).
+# disk where the machine has them), then tlvision itself with its dev tools and every extra
+# (export: ONNX and ONNX Runtime; serve: FastAPI and uvicorn; tensorboard), and Debian's chromium
+# for the browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
