@@ -237,8 +237,8 @@ def command_train(arguments: argparse.Namespace) -> int:
 
 
 def finish_training(arguments: argparse.Namespace, run_dir: Path) -> int:
-    """The run's report.html, unless --no-report."""
-    if not arguments.no_report:
+    """The run's report.html, unless --no-report; under torchrun rank 0 alone writes it."""
+    if not arguments.no_report and os.environ.get("RANK", "0") == "0":
         from tlvision.report_cli import report_after_training
 
         report_after_training(run_dir, arguments.data)
