@@ -124,3 +124,15 @@ def test_probe_json(tiny_dataset: Path, capsys: pytest.CaptureFixture[str]) -> N
     # random network's pooled codes keep the mean colour, so every head on them is right on all
     # 8 val images (1.0 with every seed tried).
     assert [row["val_acc"] for row in report["rows"]] == [1.0, 1.0]
+
+
+def test_demo_trains_evaluates_predicts_and_reports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--epochs", "3"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert f"final val accuracy {summary['final_val_acc']:.3f}" in printed
+    assert summary["final_val_acc"] >= 0.9  # 27 photos of fish, monuments and tools
+    assert (out / "report.html").is_file() and "step 4: tlvision report" in printed

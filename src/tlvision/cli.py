@@ -376,10 +376,15 @@ def command_demo(arguments: argparse.Namespace) -> int:
     ):
         name, probability = prediction.top[0]
         print(f"  {example.parent.name}/{example.name} -> {name} ({probability:.3f})")
+    from tlvision.report_cli import report_after_training
+
+    print(f"\nstep 4: tlvision report {out_dir}")
+    report_after_training(out_dir, data_dir)
     print(
-        f"\ndone in {run.summary['seconds']:.1f}s: best val accuracy "
-        f"{run.summary['best_val_acc']:.3f}; the run is in {out_dir} (model.safetensors, "
-        "model.json, metrics.jsonl, summary.json)"
+        f"\ndone: training took {run.summary['seconds']:.1f}s; final val accuracy "
+        f"{run.summary['final_val_acc']:.3f} (best {run.summary['best_val_acc']:.3f} at epoch "
+        f"{run.summary['best_epoch']}); the run is in {out_dir} (model.safetensors, model.json, "
+        "metrics.jsonl, summary.json, report.html)"
     )
     return 0
 
