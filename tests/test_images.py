@@ -121,6 +121,17 @@ def test_decompression_bomb_refused_even_with_pils_limit_disabled(
     assert error.reason.startswith("decompression bomb: 90,250,000 pixels (9500x9500)")
 
 
+def test_an_image_too_elongated_to_resize_is_refused_from_its_header(tmp_path: Path) -> None:
+    """1 x 100 pixels: a short side scaled to 256 would be 25,600 long; at 1 x 50,000 it would
+    take ~10 GB. 64:1 still loads."""
+    Image.new("RGB", (100, 1), (200, 40, 40)).save(tmp_path / "thin.png")
+    error = bad(tmp_path / "thin.png")
+    assert error.kind == "too-elongated"
+    assert error.reason.startswith("too elongated (100x1, more than 64:1)")
+    Image.new("RGB", (2, 128), (200, 40, 40)).save(tmp_path / "tall.png")
+    assert load_rgb_image(tmp_path / "tall.png").size == (2, 128)
+
+
 def test_unreadable_path(tmp_path: Path) -> None:
     error = bad(tmp_path / "missing.jpg")
     assert error.kind == "unreadable"

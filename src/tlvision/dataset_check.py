@@ -60,6 +60,7 @@ _BAD_IMAGE_FIXES = {
     "truncated": "an interrupted copy or download? re-copy or re-export the file, or delete it",
     "not-an-image": "delete it, or replace it with the image it was meant to be",
     "decompression-bomb": "downscale it (a few thousand pixels a side is plenty) or delete it",
+    "too-elongated": "crop it to a less extreme shape (64:1 at most) or delete it",
     "corrupt": "re-export the file from its source, or delete it",
     "unreadable": "fix the file's permissions, or delete it",
     "broken-link": "restore the file it points to, or delete the link",

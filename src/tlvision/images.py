@@ -30,6 +30,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tlvision.errors import UserError
 
+MAX_ASPECT_RATIO = 64  # long side / short side; see _refuse_bomb
 MAX_IMAGE_PIXELS = 89_478_485
 """Largest image (width * height) that is decoded: PIL's default decompression-bomb limit."""
 
@@ -46,6 +47,7 @@ BAD_IMAGE_KINDS = (
     "truncated",
     "not-an-image",
     "decompression-bomb",
+    "too-elongated",
     "corrupt",
     "unreadable",
     "broken-link",
@@ -162,14 +164,24 @@ def rgb_from_array(pixels: np.ndarray, name: str = "array") -> Image.Image:
 
 
 def _refuse_bomb(path: Path, size: tuple[int, int]) -> None:
-    """Our own header check, so a bomb is refused even if PIL's limit was raised or disabled."""
-    pixels = size[0] * size[1]
+    """Our own header checks, so a bomb is refused even if PIL's limit was raised or disabled,
+    and so is an image that every resize to a short side (as training and prediction do) would
+    blow up: a 1 x 50,000 pixel PNG is a few hundred bytes, and about 10 GB at a 256 short side."""
+    width, height = size
+    pixels = width * height
     if pixels > MAX_IMAGE_PIXELS:
         raise BadImageError(
             path,
-            f"decompression bomb: {pixels:,} pixels ({size[0]}x{size[1]}) exceeds the limit "
+            f"decompression bomb: {pixels:,} pixels ({width}x{height}) exceeds the limit "
             f"of {MAX_IMAGE_PIXELS:,}",
             "decompression-bomb",
+        )
+    if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):
+        raise BadImageError(
+            path,
+            f"too elongated ({width}x{height}, more than {MAX_ASPECT_RATIO}:1): scaling its "
+            "short side for the network would make it enormous",
+            "too-elongated",
         )
 
 

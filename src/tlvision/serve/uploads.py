@@ -22,7 +22,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tlvision.data import Preprocessing
-from tlvision.images import BadImageError, decode_image_rgb
+from tlvision.images import decode_image_rgb
 from tlvision.runtime import prepare_pixels
 from tlvision.serve.schemas import AsciiJSONResponse
 
@@ -62,29 +62,7 @@ def pixels_for_prediction(upload: Upload, preprocessing: Preprocessing) -> np.nd
     """Decode, check, resize and centre-crop (runtime.prepare_pixels) in one call on a worker
     thread: the full-size image (up to 268 MB for the largest the loader takes) lives only
     while this runs, one per thread, never one per file of every request waiting."""
-    image = decode_upload(upload)
-    refuse_elongated(upload.name, image.size, preprocessing.resize_size)
-    return prepare_pixels(image, preprocessing)
-
-
-MAX_ASPECT_RATIO = 64  # long side / short side that prediction resizes; see refuse_elongated
-
-
-def refuse_elongated(name: str, size: tuple[int, int], resize_size: int) -> None:
-    """Refuse an image the prediction resize would blow up (a 1 x 50,000 pixel PNG is a few
-    hundred bytes; scaled to a short side of 256 it would take about 10 GB). The class-map
-    path caps the long side instead and needs no such limit."""
-    width, height = size
-    ratio = max(width, height) / max(1, min(width, height))
-    if ratio > MAX_ASPECT_RATIO:
-        long_side = round(resize_size * ratio)
-        raise BadImageError(
-            name,
-            f"too elongated to classify ({width}x{height}: scaling its short side to "
-            f"{resize_size} would make it {long_side:,} pixels long; the limit is "
-            f"{MAX_ASPECT_RATIO}:1); crop it first",
-            "decompression-bomb",
-        )
+    return prepare_pixels(decode_upload(upload), preprocessing)
 
 
 DRAIN_FACTOR = 4  # a declared body up to this many times the limit is read and dropped
