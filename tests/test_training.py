@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -138,3 +139,19 @@ def test_feature_extract_reuses_cached_codes(tiny_dataset: Path, tmp_path: Path)
     assert any("reused" in message for message in messages)
     assert first["best_val_acc"] == second["best_val_acc"]
     assert (tmp_path / "a" / "metrics.jsonl").read_text().count("\n") == 3
+
+
+def test_a_test_split_is_scored_once_at_the_end_and_leads_the_summary(
+    dataset_factory: Any, tmp_path: Path
+) -> None:
+    data = dataset_factory(per_class={"train": 8, "val": 4, "test": 6})
+    summary = fit(small_config(data, tmp_path / "run"), log=lambda _: None)
+    on_test = evaluate_run(tmp_path / "run", data / "test", device=torch.device("cpu"))
+    assert next(iter(summary)) == "test_acc"  # the number the summary leads with
+    assert (summary["test_acc"], summary["test_images"]) == (on_test.accuracy, 12)
+    assert summary["val_images"] == 8  # test/ is neither trained nor validated on
+
+    (data / "test" / "circles").rename(data / "test" / "triangles")  # a class the model lacks
+    summary = fit(small_config(data, tmp_path / "run", overwrite=True), log=lambda _: None)
+    assert "test_acc" not in summary and "triangles" in summary["test_error"]
+    assert load_run_model(tmp_path / "run").class_names == ("circles", "squares")

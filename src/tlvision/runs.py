@@ -175,6 +175,7 @@ def finish_run(
     best = max(metrics, key=lambda record: record["val_acc"])  # ties: the earliest epoch
     skipped_files = describe_skipped(skipped | set(setup.splits.broken_links))
     summary = {
+        **_test_split_result(setup, log),
         "final_val_acc": metrics[-1]["val_acc"],
         "best_val_acc": best["val_acc"],
         "best_epoch": best["epoch"],
@@ -207,3 +208,20 @@ def finish_run(
         f"{best['epoch']}, the weights saved); {seconds:.0f}s; model saved to {config.out_dir}"
     )
     return summary
+
+
+def _test_split_result(setup: RunSetup, log: Log) -> dict[str, Any]:
+    """DATA/test, when there is one: the saved model scored on it once, at the very end, so the
+    number the summary leads with was never used to choose anything (epoch, rate, strategy)."""
+    test_dir = setup.config.data_dir / "test"
+    if not test_dir.is_dir():
+        return {}
+    from tlvision.evaluation import evaluate_run
+
+    try:
+        report = evaluate_run(setup.config.out_dir, test_dir, device=setup.device)
+    except UserError as error:  # the model is saved: say why there is no test number, go on
+        log(f"note: no test accuracy: {error}")
+        return {"test_error": str(error)}
+    log(f"test acc {report.accuracy:.4f} on {report.total} images of {test_dir} (scored once)")
+    return {"test_acc": report.accuracy, "test_images": report.total}
