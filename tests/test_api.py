@@ -18,7 +18,7 @@ from conftest import write_dataset
 from PIL import Image
 
 import tlvision
-from tlvision.cli import _train_options, build_parser, main
+from tlvision.cli import build_parser, main, train_options
 from tlvision.config import TrainConfig
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def test_train_options_have_the_cli_names_and_defaults() -> None:
 
     cli_defaults = vars(build_parser().parse_args(["train", "DATA"]))
     api_parameters = inspect.signature(tlvision.train).parameters
-    for name, value in _train_options(build_parser().parse_args(["train", "DATA"])).items():
+    for name, value in train_options(build_parser().parse_args(["train", "DATA"])).items():
         assert name in api_parameters, name
         assert api_parameters[name].default == cli_defaults[name] == value, name
     assert api_parameters["epochs"].default == TrainConfig.epochs

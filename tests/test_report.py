@@ -138,7 +138,7 @@ def test_report_opens_in_a_browser_and_matches_evaluate(
 
 def test_report_command_reproduces_the_run_config(trained: tuple[Path, Path]) -> None:
     """The command shown in the report parses to the config the run was trained with."""
-    from tlvision.cli import _train_options
+    from tlvision.cli import train_options
     from tlvision.report import reproduce_command
     from tlvision.report_cli import config_from_options
 
@@ -147,7 +147,7 @@ def test_report_command_reproduces_the_run_config(trained: tuple[Path, Path]) ->
     words = shlex.split(reproduce_command(saved, run))
     assert words[:2] == ["tlvision", "train"]
     arguments = build_parser().parse_args(words[1:])
-    rebuilt = config_from_options(arguments.data, _train_options(arguments)).to_json()
+    rebuilt = config_from_options(arguments.data, train_options(arguments)).to_json()
     ignored = {"device", "num_workers", "cache_dir", "no_cache", "overwrite"}
     assert {k: v for k, v in rebuilt.items() if k not in ignored} == {
         k: v for k, v in saved.items() if k not in ignored

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tlvision.cli import _train_options, apply_config_file, build_parser, main
+from tlvision.cli import apply_config_file, build_parser, main, train_options
 from tlvision.errors import UserError
 from tlvision.tracking import read_config_toml
 
@@ -57,7 +57,7 @@ def test_command_line_options_override_the_config_file(tmp_path: Path) -> None:
     parser = build_parser()
     argv = ["train", "--config", str(config), "--epochs", "4", "--out", str(tmp_path / "b")]
     arguments = apply_config_file(parser, parser.parse_args(argv), argv)
-    options = _train_options(arguments)  # api.train's keywords
+    options = train_options(arguments)  # api.train's keywords
     assert options["epochs"] == 4 and options["out"] == tmp_path / "b"  # the command line wins
     assert options["lr"] == 0.5 and options["step_epochs"] == 3  # the file's
     assert arguments.data == Path("/data/set") and options["strategy"] == "finetune"

@@ -42,7 +42,7 @@ def _add_cache_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="keep CNN codes in memory only")
 
 
-def _add_train_options(parser: argparse.ArgumentParser) -> None:
+def add_train_options(parser: argparse.ArgumentParser) -> None:
     from tlvision.backbones import BACKBONES
     from tlvision.config import PRECISIONS, SCHEDULES, STRATEGIES
 
@@ -163,7 +163,7 @@ def learning_rate_argument(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number or `find`") from None
 
 
-def _train_options(arguments: argparse.Namespace) -> dict[str, Any]:
+def train_options(arguments: argparse.Namespace) -> dict[str, Any]:
     """The parsed train flags as api.train's keywords (the same names)."""
     names = (
         "strategy", "backbone", "epochs", "out", "overwrite", "weights", "freeze_until", "stage",
@@ -225,7 +225,7 @@ def command_train(arguments: argparse.Namespace) -> int:
             "or --resume RUN_DIR"
         )
     announce_layout(arguments.data, arguments.val_split)
-    options = _train_options(arguments)
+    options = train_options(arguments)
     if arguments.lr == "find":
         from tlvision.report_cli import train_with_found_rate
 
@@ -451,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train a classifier on DATA/train, validate on DATA/val"
     )
     train.add_argument("data", type=Path, nargs="?", metavar="DATA", help=DATA_HELP)
-    _add_train_options(train)
+    add_train_options(train)
     train.set_defaults(handler=command_train, train_parser=train)
 
     evaluate = commands.add_parser("evaluate", help="accuracy, per-class P/R/F1, confusion matrix")

@@ -22,6 +22,13 @@ SCHEDULES = ("step", "cosine", "onecycle", "constant")
 PRECISIONS = ("auto", "32", "bf16", "16")  # auto: bf16 on a CUDA GPU that has it, else 32
 
 
+# TrainConfig fields whose command-line option (and API keyword) has another name.
+OPTION_OF_FIELD = {
+    "data_dir": "data", "out_dir": "out", "learning_rate": "lr", "num_workers": "workers",
+}  # fmt: skip
+FIELD_OF_OPTION = {option: field for field, option in OPTION_OF_FIELD.items()}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     data_dir: Path

@@ -150,7 +150,7 @@ def _image_stepper(config: TrainConfig, log: Log) -> Callable[[float], float]:
     """One fine-tuning step on a train batch (augmented), with the run's per-group rates."""
     from tlvision.backbones import create_model
     from tlvision.strategies import apply_finetuning, parameter_groups, set_train_mode
-    from tlvision.training import _loaders, set_up
+    from tlvision.training import make_loaders, set_up
 
     setup = set_up(config, log, fresh=False)
     model = create_model(setup.backbone, len(setup.splits.class_names), setup.weights)
@@ -169,7 +169,7 @@ def _image_stepper(config: TrainConfig, log: Log) -> Callable[[float], float]:
     )
     weight = None if setup.class_weights is None else torch.tensor(setup.class_weights)
     criterion = nn.CrossEntropyLoss(weight=weight).to(setup.device)
-    batches = _endless(_loaders(setup)["train"])
+    batches = _endless(make_loaders(setup)["train"])
     set_train_mode(model)
 
     def step(rate: float) -> float:

@@ -19,7 +19,7 @@ LR_FIND_JSON = "lr_find.json"
 
 def register(commands: Any) -> None:
     """Add report, compare and lr-find to the `tlvision` subcommands."""
-    from tlvision.cli import DATA_HELP, _add_train_options
+    from tlvision.cli import DATA_HELP, add_train_options
 
     report = commands.add_parser("report", help="write RUN/report.html: what the run learned")
     report.add_argument("run_dir", type=Path, metavar="RUN")
@@ -39,7 +39,7 @@ def register(commands: Any) -> None:
         "lr-find", help="learning-rate range test: suggest --lr for these train options"
     )
     lr_find.add_argument("data", type=Path, metavar="DATA", help=DATA_HELP)
-    _add_train_options(lr_find)
+    add_train_options(lr_find)
     lr_find.add_argument("--start-lr", type=float, default=1e-6)
     lr_find.add_argument("--end-lr", type=float, default=1.0)
     lr_find.add_argument(
@@ -93,15 +93,14 @@ def command_compare(arguments: argparse.Namespace) -> int:
 
 
 # api.train's keyword names that differ from TrainConfig's fields
-CONFIG_FIELD_OF_OPTION = {"out": "out_dir", "lr": "learning_rate", "workers": "num_workers"}
 
 
 def config_from_options(data: Path, options: dict[str, Any]) -> TrainConfig:
     """The TrainConfig that `api.train(data, **options)` would run (`lr` `find`: a placeholder
     the range test does not read)."""
-    from tlvision.config import TrainConfig
+    from tlvision.config import FIELD_OF_OPTION, TrainConfig
 
-    values = {CONFIG_FIELD_OF_OPTION.get(name, name): value for name, value in options.items()}
+    values = {FIELD_OF_OPTION.get(name, name): value for name, value in options.items()}
     if values.get("learning_rate") == "find":
         values["learning_rate"] = 1.0
     values["out_dir"] = Path(values.get("out_dir") or "runs/lr-find")
@@ -129,9 +128,9 @@ def command_lr_find(arguments: argparse.Namespace) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr)
 
-    from tlvision.cli import _train_options
+    from tlvision.cli import train_options
 
-    config = config_from_options(arguments.data, _train_options(arguments))
+    config = config_from_options(arguments.data, train_options(arguments))
     result = find_learning_rate(
         config, start=arguments.start_lr, end=arguments.end_lr,
         steps=arguments.steps, log=log, progress=not quiet,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tlvision.config import TrainConfig
+from tlvision.config import OPTION_OF_FIELD, TrainConfig
 from tlvision.errors import UserError
 
 if TYPE_CHECKING:
@@ -26,10 +26,6 @@ if TYPE_CHECKING:
 CONFIG_FILE = "config.toml"
 TENSORBOARD_DIR = "tensorboard"
 
-# TrainConfig fields whose command-line option has another name (argparse dest).
-OPTION_NAMES = {
-    "data_dir": "data", "out_dir": "out", "learning_rate": "lr", "num_workers": "workers",
-}  # fmt: skip
 NOT_REPLAYED = ("overwrite",)  # a replay never deletes a run without being told to
 
 # Scalars of a metrics.jsonl record, as TensorBoard tags.
@@ -93,7 +89,7 @@ def option_defaults(path: Path) -> dict[str, Any]:
     for key in ("data_dir", "out_dir", "cache_dir"):
         if key in values:
             values[key] = Path(values[key])
-    return {OPTION_NAMES.get(key, key): value for key, value in values.items()}
+    return {OPTION_OF_FIELD.get(key, key): value for key, value in values.items()}
 
 
 class Tracker:

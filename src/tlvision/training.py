@@ -166,7 +166,7 @@ def finetune(
     # The loop trains through `network` (DDP under torchrun: gradients averaged over ranks);
     # `model`, the same parameters unwrapped, is what is validated and saved.
     network = distributed.wrap_model(setup.distributed, model, device)
-    loaders = _loaders(setup)
+    loaders = make_loaders(setup)
     optimizer = torch.optim.SGD(
         parameter_groups(
             model, setup.backbone,
@@ -210,7 +210,7 @@ def finetune(
     )  # fmt: skip
 
 
-def _loaders(setup: RunSetup) -> dict[str, DataLoader[tuple[torch.Tensor, int]]]:
+def make_loaders(setup: RunSetup) -> dict[str, DataLoader[tuple[torch.Tensor, int]]]:
     """Train and val loaders; under torchrun each rank's share (see tlvision.distributed).
 
     --batch-size is per process: N processes step on N x batch-size images.
