@@ -2,12 +2,16 @@
 
 Makes a folder of N images by linking the reference set's files over and over (symlinks in
 folders of 1,000), trains a small run on the demo set for the model, then in one run:
-  1. the bare model's forward rate on preloaded tensors (batches of 32, no decoding at all),
+  1. the bare model's forward rate on preloaded inputs (batches of 32, no decoding at all), on
+     both runtimes: torch eager (channels-last float tensors) and ONNX Runtime (uint8 pixels,
+     what `predict` runs on a CPU),
   2. `tlvision predict RUN FOLDER --jsonl OUT` as a subprocess for each of --sizes (numbers
-     of images), sampling the memory of the process and its loader workers every 0.25 s,
-  3. the bare forward rate again after each (other load on the machine moves both; each
-     predict run is compared with the mean of the bare rates just before and after it).
-Prints images/s side by side with their ratio and the peak memory at each size.
+     of images), sampling the memory of the process tree every 0.25 s,
+  3. the bare forward rates again after each (other load on the machine moves both; each
+     predict run is compared with the mean of the bare rates just before and after it),
+  4. the decoding cost (decode, resize, crop) per image on one thread, and from it the best
+     rate that decoding and the forward can reach together when they share the cores.
+Prints images/s side by side with their ratios and the peak memory at each size.
 
     python benchmarks/predict_scale.py --data ../shared/data/hymenoptera_data --sizes 2000 20000
 
@@ -31,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from tlvision.api import demo_data_dir
@@ -38,6 +43,9 @@ from tlvision.checkpoint import load_run_model
 from tlvision.config import TrainConfig
 from tlvision.data import build_transforms, is_image_file
 from tlvision.images import load_rgb_image
+from tlvision.pixels import prepare_pixels
+from tlvision.runtime import ONNX_THREADS, ensure_onnx_export, open_classifier
+from tlvision.streaming import default_decoders
 from tlvision.training import fit
 
 BATCH = 32
@@ -54,8 +62,8 @@ def link_images(source: Path, target: Path, count: int) -> None:
         (folder / f"{index:06d}{original.suffix}").symlink_to(original.resolve())
 
 
-def forward_rate(run: Path, images: list[Path], seconds: float) -> float:
-    """Images/s of the bare model on preloaded, preprocessed tensors, as predict runs it."""
+def torch_forward_rate(run: Path, images: list[Path], seconds: float) -> float:
+    """Images/s of the bare torch model on preloaded, preprocessed tensors (channels-last)."""
     loaded = load_run_model(run)
     transform = build_transforms(loaded.preprocessing)["val"]
     batch = torch.stack([transform(load_rgb_image(path)) for path in images[:BATCH]])
@@ -68,6 +76,32 @@ def forward_rate(run: Path, images: list[Path], seconds: float) -> float:
             torch.softmax(model(batch).float(), dim=1).topk(1, dim=1)
             done += BATCH
     return done / (time.perf_counter() - started)
+
+
+def onnx_forward_rate(run: Path, images: list[Path], seconds: float) -> float:
+    """Images/s of the model in ONNX Runtime (predict's CPU runtime) on preloaded pixels."""
+    classifier = open_classifier(run, "onnx")
+    pixels = np.stack(
+        [prepare_pixels(load_rgb_image(path), classifier.preprocessing) for path in images]
+    )
+    classifier.logits(pixels)  # warm-up
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        classifier.logits(pixels)
+        done += len(pixels)
+    return done / (time.perf_counter() - started)
+
+
+def decode_seconds(run: Path, images: list[Path]) -> float:
+    """Seconds per image to decode, resize and crop on one thread (best of 3 passes)."""
+    preprocessing = load_run_model(run).preprocessing
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        for path in images:
+            prepare_pixels(load_rgb_image(path), preprocessing)
+        best = min(best, (time.perf_counter() - started) / len(images))
+    return best
 
 
 def tree_memory(pid: int) -> tuple[int, int, int]:
@@ -96,11 +130,11 @@ def tree_memory(pid: int) -> tuple[int, int, int]:
     return main_rss or 0, rss, pss
 
 
-def streamed_predict(run: Path, folder: Path, count: int, workers: int) -> dict[str, float]:
+def streamed_predict(run: Path, folder: Path, count: int, decoders: int) -> dict[str, float]:
     out = folder.parent / f"predictions-{count}.jsonl"
     command = [
         sys.executable, "-m", "tlvision", "predict", str(run), str(folder),
-        "--jsonl", str(out), "--batch-size", str(BATCH), "--workers", str(workers),
+        "--jsonl", str(out), "--batch-size", str(BATCH), "--workers", str(decoders),
     ]  # fmt: skip
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -133,9 +167,9 @@ def main() -> None:
     parser.add_argument(
         "--sizes", type=int, nargs="+", default=[2_000, 20_000], help="images per predict run"
     )
-    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--decoders", type=int, default=default_decoders())
     parser.add_argument("--input-size", type=int, default=224)
-    parser.add_argument("--forward-seconds", type=float, default=20.0)
+    parser.add_argument("--forward-seconds", type=float, default=10.0)
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="predict-scale-") as temporary:
         root = Path(temporary)
@@ -147,28 +181,58 @@ def main() -> None:
             ),
             log=lambda _: None,
         )  # fmt: skip
+        ensure_onnx_export(run)  # as the first streamed predict would; not timed
         sample = sorted(p for p in arguments.data.rglob("*.jpg"))[:BATCH]
-        # the bare rate just before and just after each streamed run: load elsewhere drifts
-        forward = [forward_rate(run, sample, arguments.forward_seconds)]
+        decoding = decode_seconds(run, sorted(arguments.data.rglob("*.jpg"))[:200])
+
+        def bare_rates() -> tuple[float, float]:
+            seconds = arguments.forward_seconds
+            return torch_forward_rate(run, sample, seconds), onnx_forward_rate(run, sample, seconds)
+
+        # the bare rates just before and just after each streamed run: load elsewhere drifts
+        forward = [bare_rates()]
         results = []
         for count in arguments.sizes:
             folder = root / f"images-{count}"
             link_images(arguments.data, folder, count)
-            results.append(streamed_predict(run, folder, count, arguments.workers))
-            forward.append(forward_rate(run, sample, arguments.forward_seconds))
+            results.append(streamed_predict(run, folder, count, arguments.decoders))
+            forward.append(bare_rates())
+    report(arguments, forward, results, decoding)
+
+
+def report(
+    arguments: argparse.Namespace,
+    forward: list[tuple[float, float]],
+    results: list[dict[str, float]],
+    decoding: float,
+) -> None:
+    cores = len(os.sched_getaffinity(0))
     print(
-        f"cores {len(os.sched_getaffinity(0))}, torch threads {torch.get_num_threads()}, "
-        f"loader workers {arguments.workers}, input {arguments.input_size}px, batch {BATCH}"
+        f"cores {cores}, torch threads {torch.get_num_threads()}, ONNX Runtime threads "
+        f"{ONNX_THREADS}, decoding threads {arguments.decoders}, input {arguments.input_size}px, "
+        f"batch {BATCH}"
     )
-    print("bare forward on preloaded tensors (img/s): " + ", ".join(f"{r:.1f}" for r in forward))
+    torch_rates = ", ".join(f"{rates[0]:.1f}" for rates in forward)
+    onnx_rates = ", ".join(f"{rates[1]:.1f}" for rates in forward)
+    print(f"bare torch eager on preloaded tensors (img/s): {torch_rates}")
+    print(f"bare ONNX Runtime on preloaded pixels (img/s): {onnx_rates}")
+    onnx_mean = sum(rate for _, rate in forward) / len(forward)
+    # Sharing `cores` cores, each image costs the forward's CPU time plus decoding's.
+    bound = 1 / (cores / onnx_mean + decoding) * cores
+    print(
+        f"decoding {1000 * decoding:.2f} ms per image on one thread; with the forward's "
+        f"{1000 * cores / onnx_mean:.2f} ms of CPU per image, {cores} cores allow at most "
+        f"{bound:.0f} img/s ({bound / onnx_mean:.2f}x ONNX Runtime's bare rate)"
+    )
     for index, result in enumerate(results):
-        bare = (forward[index] + forward[index + 1]) / 2
+        torch_bare = (forward[index][0] + forward[index + 1][0]) / 2
+        onnx_bare = (forward[index][1] + forward[index + 1][1]) / 2
         print(
-            f"predict --jsonl {result['images']:>6} images: {result['rate']:.1f} img/s, "
-            f"{result['rate'] / bare:.2f}x the bare forward around it ({bare:.1f}); "
+            f"predict --jsonl {result['images']:>6} images: {result['rate']:.1f} img/s; "
+            f"{result['rate'] / torch_bare:.2f}x bare torch eager ({torch_bare:.1f}), "
+            f"{result['rate'] / onnx_bare:.2f}x bare ONNX Runtime ({onnx_bare:.1f}); "
             f"wall {result['wall_seconds']:.0f}s; peak memory: main process RSS "
-            f"{result['main_rss_gb']:.2f} GB, with workers PSS {result['tree_pss_gb']:.2f} GB "
-            f"(summed RSS {result['tree_rss_gb']:.2f} GB)"
+            f"{result['main_rss_gb']:.2f} GB, process tree PSS {result['tree_pss_gb']:.2f} GB"
         )
 
 

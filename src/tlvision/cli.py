@@ -18,7 +18,13 @@ from typing import Any
 from tlvision import __version__, api
 from tlvision.checkpoint import json_text
 from tlvision.cli_deploy import add_commands as add_deploy_commands
-from tlvision.config import ADVISE_TIME_BUDGET_MINUTES, DEFAULT_BACKBONE, HEADS, TrainConfig
+from tlvision.config import (
+    ADVISE_TIME_BUDGET_MINUTES,
+    DEFAULT_BACKBONE,
+    HEADS,
+    RUNTIMES,
+    TrainConfig,
+)
 from tlvision.errors import UserError
 from tlvision.report_cli import register as register_report_commands
 
@@ -262,8 +268,9 @@ def command_predict(arguments: argparse.Namespace) -> int:
         raise UserError("under torchrun, predict writes JSON lines: pass --jsonl FILE")
     run = api.load(arguments.run_dir)
     predictions = run.predict(
-        arguments.paths, top_k=arguments.top_k, device=arguments.device, tta=arguments.tta
-    )
+        arguments.paths, top_k=arguments.top_k, device=arguments.device, tta=arguments.tta,
+        batch_size=arguments.batch_size, runtime=arguments.runtime,
+    )  # fmt: skip
     if arguments.json:
         print(json_text([prediction.to_json() for prediction in predictions]))
     else:
@@ -296,8 +303,8 @@ def _command_predict_jsonl(arguments: argparse.Namespace) -> int:
         raise UserError("--maps goes without --jsonl: draw maps for a handful of images")
     total, failed = predict_to_jsonl(
         arguments.run_dir, arguments.paths, arguments.jsonl, top_k=arguments.top_k,
-        batch_size=arguments.batch_size, workers=arguments.workers,
-        device_name=arguments.device,
+        batch_size=arguments.batch_size, decoders=arguments.workers,
+        device_name=arguments.device, runtime=arguments.runtime,
     )  # fmt: skip
     if failed and int(os.environ.get("RANK", "0")) == 0:
         print(f"{failed} of {total} files could not be read", file=sys.stderr)
@@ -480,10 +487,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="stream: one JSON line per image as it goes, memory flat for any number of files "
         "(required under torchrun: the ranks' parts are merged into FILE in input order)",
     )
-    predict.add_argument("--batch-size", type=int, default=32, help="with --jsonl")
+    predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument(
-        "--workers", type=int, help="with --jsonl: decoding processes (default: one per core)"
+        "--workers", type=int, help="decoding threads (default: one per core)"
     )
+    predict.add_argument(
+        "--runtime", default="auto", choices=RUNTIMES,
+        help="auto: ONNX Runtime on a CPU (exported into RUN/export/ once, for 500+ images or "
+        "when an export exists), torch on a GPU or with --tta",
+    )  # fmt: skip
     predict.set_defaults(handler=command_predict)
 
     add_deploy_commands(commands)

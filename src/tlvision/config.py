@@ -20,6 +20,7 @@ CODES_STRATEGIES = ("feature-extract", "linear-probe")
 HEADS = ("linear", "logreg", "svm")  # linear: softmax layer (torch); logreg, svm: scikit-learn
 SCHEDULES = ("step", "cosine", "onecycle", "constant")
 PRECISIONS = ("auto", "32", "bf16", "16")  # auto: bf16 on a CUDA GPU that has it, else 32
+RUNTIMES = ("auto", "torch", "onnx")  # forward-only runtimes; see runtime.choose_runtime
 
 
 # TrainConfig fields whose command-line option (and API keyword) has another name.

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from tlvision.checkpoint import LoadedModel
     from tlvision.class_maps import ClassMaps
     from tlvision.evaluation import ClassificationReport
+    from tlvision.runtime import Classifier
 
 __all__ = ["Advice", "CheckReport", "ImageLike", "Prediction", "ProbeTable", "Run"]
 
@@ -246,6 +247,7 @@ class Run:
     metrics: list[dict[str, Any]]  # metrics.jsonl: one dict per epoch (epoch, val_acc, ...)
     model_info: dict[str, Any]  # model.json: classes, backbone, preprocessing, config
     _loaded: LoadedModel | None = field(default=None, init=False)
+    _classifiers: dict[tuple[str, str], Classifier] = field(default_factory=dict, init=False)
 
     @property
     def classes(self) -> list[str]:
@@ -272,21 +274,51 @@ class Run:
         device: str = "auto",
         batch_size: int = 32,
         tta: bool = False,
+        runtime: str = "auto",
     ) -> list[Prediction]:
         """Top-k classes for each image: files, folders (searched recursively), PIL images or
         arrays of pixels, one or a list. An unreadable file gets an `error` instead of stopping.
-        tta: average the mirror and corner-crop views' probabilities (tlvision.tta)."""
+        tta: average the mirror and corner-crop views' probabilities (tlvision.tta; torch).
+        runtime: auto (ONNX Runtime on a CPU once an export exists or for 500 images or more,
+        see runtime.choose_runtime), torch or onnx."""
         from tlvision.devices import resolve_device
         from tlvision.predict import image_inputs, predict_images
+        from tlvision.streaming import stream_predictions
 
-        return predict_images(
-            self.model(),
-            image_inputs(images),
-            top_k=top_k,
-            batch_size=batch_size,
-            device=resolve_device(device),
-            tta=tta,
+        inputs = image_inputs(images)
+        if tta:
+            if runtime == "onnx":
+                raise UserError("--tta runs on torch: leave out --runtime onnx")
+            return predict_images(
+                self.model(), inputs, top_k=top_k, batch_size=batch_size,
+                device=resolve_device(device), tta=True,
+            )  # fmt: skip
+        classifier = self.classifier(runtime, device, image_count=len(inputs))
+        return list(stream_predictions(classifier, inputs, top_k=top_k, batch_size=batch_size))
+
+    def classifier(
+        self, runtime: str = "auto", device: str = "auto", *, image_count: int | None = None
+    ) -> Classifier:
+        """The model behind uint8 pixels on a runtime (tlvision.runtime), opened once each."""
+        from tlvision.devices import resolve_device
+        from tlvision.runtime import (
+            choose_runtime,
+            onnxruntime_available,
+            open_classifier,
+            runtime_onnx_path,
         )
+
+        resolved = resolve_device(device)
+        chosen = choose_runtime(
+            runtime, device_type=resolved.type, onnx_installed=onnxruntime_available(),
+            export_exists=runtime_onnx_path(self.run_dir).is_file(), image_count=image_count,
+        )  # fmt: skip
+        key = (chosen, str(resolved))
+        if key not in self._classifiers:
+            self._classifiers[key] = open_classifier(
+                self.run_dir, runtime, device=resolved, image_count=image_count
+            )
+        return self._classifiers[key]
 
     def evaluate(
         self,

@@ -4,9 +4,10 @@ Both take what a decoder gives, uint8 RGB pixels (N, H, W, 3) already resized an
 by `prepare_pixels`, and return float32 logits; the scaling and normalisation are inside the
 model (see tlvision.pixels), so both give `predict`'s probabilities to float rounding.
 
-"auto" picks ONNX Runtime when it is installed: benchmarks/export_runtime.py measures it faster
-than torch eager on CPU (see benchmarks/RESULTS.md). The ONNX file is exported into RUN/export/
-on first use, with the same parity check as `tlvision export`.
+"auto" picks ONNX Runtime on CPU when it is installed: benchmarks/export_runtime.py measures it
+3-4x faster than torch eager there (see benchmarks/RESULTS.md). The ONNX file is exported into
+RUN/export/ on first use, with the same parity check as `tlvision export`; the export costs about
+10 s, so `choose_runtime` leaves a handful of images on torch until an export exists.
 """
 
 from __future__ import annotations
@@ -20,20 +21,24 @@ import numpy as np
 import torch
 
 from tlvision.checkpoint import LoadedModel, load_run_model
+from tlvision.config import RUNTIMES
 from tlvision.errors import UserError
 from tlvision.pixels import PixelClassifier, prepare_pixels
 from tlvision.weights import Preprocessing
 
-RUNTIMES = ("auto", "torch", "onnx")
 ONNX_THREADS = 2  # intra-op threads per session: this project's reference CPU has 2 cores
 EXPORT_DIR = "export"
 RUNTIME_ONNX_FILE = "model.onnx"
+# Below this many images a first ONNX export (about 10 s) costs more than ONNX Runtime saves over
+# torch eager (about 45 against 200 img/s on 2 cores): the export pays from about 550 images.
+EXPORT_PAYS_FROM_IMAGES = 500
 
 __all__ = [
     "RUNTIMES",
     "Classifier",
     "OnnxClassifier",
     "TorchClassifier",
+    "choose_runtime",
     "onnxruntime_available",
     "open_classifier",
     "prepare_pixels",
@@ -88,6 +93,9 @@ def onnx_session(path: Path, threads: int = ONNX_THREADS) -> Any:
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # No busy-waiting between operators: the decoding threads of streaming predict and the
+    # server's event loop share these cores. Measured at equal or better bare throughput.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     return onnxruntime.InferenceSession(
         str(path), sess_options=options, providers=["CPUExecutionProvider"]
@@ -127,25 +135,56 @@ def ensure_onnx_export(run_dir: Path, log: Any = None) -> Path:
     return path
 
 
+def choose_runtime(
+    requested: str,
+    *,
+    device_type: str,
+    onnx_installed: bool,
+    export_exists: bool,
+    image_count: int | None,
+) -> str:
+    """ "torch" or "onnx" for `requested` (auto, torch or onnx); image_count None: unknown, a
+    stream. ONNX Runtime is the CPU runtime here; on a GPU torch keeps the model on the device."""
+    if requested not in RUNTIMES:
+        raise UserError(f"unknown runtime {requested!r}; choose one of {', '.join(RUNTIMES)}")
+    if requested != "auto":
+        return requested
+    if device_type != "cpu" or not onnx_installed:
+        return "torch"
+    if export_exists or image_count is None or image_count >= EXPORT_PAYS_FROM_IMAGES:
+        return "onnx"
+    return "torch"
+
+
 def open_classifier(
-    run_dir: Path, runtime: str = "auto", *, onnx_threads: int = ONNX_THREADS
+    run_dir: Path,
+    runtime: str = "auto",
+    *,
+    onnx_threads: int = ONNX_THREADS,
+    device: torch.device | None = None,
+    image_count: int | None = None,
 ) -> Classifier:
-    """The run's classifier on `runtime`: torch, onnx, or auto (onnx when installed and its
-    export passes the parity check, otherwise torch, saying why on stderr)."""
-    if runtime not in RUNTIMES:
-        raise UserError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    """The run's classifier on `runtime`: torch, onnx, or auto (see choose_runtime; when the
+    ONNX export fails its parity check, auto falls back to torch, saying why on stderr)."""
+    device = device or torch.device("cpu")
+    chosen = choose_runtime(
+        runtime, device_type=device.type, onnx_installed=onnxruntime_available(),
+        export_exists=runtime_onnx_path(run_dir).is_file(), image_count=image_count,
+    )  # fmt: skip
     loaded = load_run_model(run_dir)
-    if runtime == "torch" or (runtime == "auto" and not onnxruntime_available()):
-        return TorchClassifier(loaded)
-    if runtime == "onnx" and not onnxruntime_available():
+    if chosen == "torch":
+        return TorchClassifier(loaded, device)
+    if device.type != "cpu":
+        raise UserError("--runtime onnx runs on the CPU; use --device cpu or --runtime torch")
+    if not onnxruntime_available():
         raise UserError(
             "--runtime onnx needs onnxruntime: pip install 'tlvision[export]', or use torch"
         )
     try:
         path = ensure_onnx_export(run_dir, log=lambda message: print(message, file=sys.stderr))
-    except UserError as error:
+    except (UserError, OSError) as error:
         if runtime == "onnx":
-            raise
+            raise UserError(f"--runtime onnx: the ONNX export failed: {error}") from error
         print(f"runtime auto: using torch, the ONNX export failed: {error}", file=sys.stderr)
-        return TorchClassifier(loaded)
+        return TorchClassifier(loaded, device)
     return OnnxClassifier(path, loaded, onnx_threads)

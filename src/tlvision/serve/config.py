@@ -10,11 +10,11 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tlvision.config import RUNTIMES
 from tlvision.errors import UserError
 from tlvision.serve.batching import BatchingConfig
 
 TOKEN_ENVIRONMENT_VARIABLE = "TLVISION_TOKEN"
-RUNTIMES = ("auto", "torch", "onnx")
 
 
 @dataclass(frozen=True)
