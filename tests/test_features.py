@@ -543,8 +543,10 @@ MEMORY_CHILD = textwrap.dedent(
     resource.setrlimit(resource.RLIMIT_DATA, (data + headroom, data + headroom))
     for cache in (FeatureCache(Path(cache_dir), log=print),) * 2 + (None,):  # cold, warm, none
         try:
+            # torch: the limit measures the codes' memory, not ONNX Runtime's fixed working set
             codes = extract_codes(
-                model, paths, specs=[spec], cache=cache, batch_size=16, chunk_size=256
+                model, paths, specs=[spec], cache=cache, batch_size=16, chunk_size=256,
+                runtime="torch",
             )[None]
         except MemoryError:
             print("MemoryError", flush=True)

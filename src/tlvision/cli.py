@@ -488,9 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(required under torchrun: the ranks' parts are merged into FILE in input order)",
     )
     predict.add_argument("--batch-size", type=int, default=32)
-    predict.add_argument(
-        "--workers", type=int, help="decoding threads (default: one per core)"
-    )
+    predict.add_argument("--workers", type=int, help="decoding threads (default: one per core)")
     predict.add_argument(
         "--runtime", default="auto", choices=RUNTIMES,
         help="auto: ONNX Runtime on a CPU (exported into RUN/export/ once, for 500+ images or "

@@ -34,6 +34,7 @@ from tlvision.codes_shards import ShardWriter, shard_name
 from tlvision.data import build_transforms
 from tlvision.errors import UserError
 from tlvision.images import BadImageError, decode_image_rgb
+from tlvision.onnx_forward import Forward, onnx_forward, onnxruntime_installed, use_onnx_runtime
 from tlvision.progress import progress_bar
 from tlvision.stages import model_fingerprint
 
@@ -146,6 +147,7 @@ def extract_codes(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     description: str = "codes",
     log: Log | None = None,
+    runtime: str = "auto",
 ) -> dict[str | None, np.ndarray]:
     """Codes (N, C) for every spec's stage, from one pass of `extractor` over the images.
 
@@ -153,7 +155,9 @@ def extract_codes(
     `extractor` returns a tensor (one spec) or {stage: tensor} (a `stages.StageCodes`; any other
     module has its whole state dict fingerprinted). Only images with no valid cached code are
     run; with a cache the result is a read-only np.memmap per stage, without one an array.
-    `transform` defaults to the preprocessing's transform for the view's phase.
+    `transform` defaults to the preprocessing's transform for the view's phase. runtime "auto"
+    runs a CPU pass over enough images in ONNX Runtime (onnx_forward.use_onnx_runtime), "torch"
+    keeps torch.
     """
     stages = _check_specs(specs)
     log = log or (cache.log if cache is not None else stderr_log)
@@ -166,7 +170,7 @@ def extract_codes(
         paths=paths, stages=stages, transform=transform, view=view, batch_size=batch_size,
         num_workers=num_workers, device=torch.device(device), chunk_size=max(1, chunk_size),
         channels_last=torch.device(device).type == "cpu" if channels_last is None
-        else channels_last, description=description,
+        else channels_last, description=description, runtime=runtime,
     )  # fmt: skip
     if cache is None:
         run.execute(extractor, list(range(len(paths))), writers=None)
@@ -355,6 +359,7 @@ class _Run:
     chunk_size: int
     channels_last: bool
     description: str
+    runtime: str = "auto"  # "auto" or "torch"
     hashes: list[str] | None = None
     keys: list[bytes] = field(default_factory=list)
     memory: dict[str | None, np.ndarray] = field(default_factory=dict)
@@ -369,14 +374,16 @@ class _Run:
         work.eval()
         unreadable: list[tuple[Path, str]] = []
         progress = progress_bar(total=len(compute), desc=self.description, unit="img", leave=False)
+        forward: Forward | None = None  # torch or ONNX Runtime, chosen at the first batch
         try:
             with torch.inference_mode():
                 for images, indices, bad in self._loader(compute):
                     progress.update(len(indices) + len(bad))
                     unreadable += self._unreadable(bad, compute)
                     if images is not None:
+                        forward = forward or self._forward(work, images, len(compute))
                         self._store(
-                            work(self._to_device(images)), indices.numpy(), compute, writers
+                            forward(self._to_device(images)), indices.numpy(), compute, writers
                         )
                     if writers is not None:
                         # The loader keeps order: every image up to this batch's last is done.
@@ -397,6 +404,18 @@ class _Run:
         # refuses channels-last tensors).
         work = copy.deepcopy(extractor).to(self.device)
         return work.to(memory_format=torch.channels_last) if self.channels_last else work
+
+    def _forward(self, work: nn.Module, images: torch.Tensor, count: int) -> Forward:
+        """ONNX Runtime for a CPU pass over enough images to pay for the export, else torch."""
+        if self.runtime == "auto" and use_onnx_runtime(
+            device_type=self.device.type, image_count=count,
+            onnx_installed=onnxruntime_installed(),
+        ):  # fmt: skip
+            runner = onnx_forward(work, images, threads=torch.get_num_threads())
+            if runner is not None:
+                self.channels_last = False  # ONNX Runtime takes plain NCHW arrays
+                return runner
+        return work
 
     def _loader(self, compute: list[int]) -> DataLoader[_Item]:
         dataset = _ViewImages(

@@ -1,0 +1,102 @@
+"""Code extraction in ONNX Runtime: the same codes as torch, for any batch size and stage set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from tlvision import extraction
+from tlvision.backbones import choose_weights, create_model, get_backbone, preprocessing_for
+from tlvision.codes_cache import VAL_VIEW, CodesSpec
+from tlvision.data import build_transforms
+from tlvision.extraction import extract_codes
+from tlvision.images import load_rgb_image
+from tlvision.onnx_forward import ONNX_FROM_IMAGES, OnnxForward, onnx_forward, use_onnx_runtime
+from tlvision.stages import StageCodes
+
+STAGES = (None, "stage3")
+
+
+@pytest.fixture(scope="module")
+def pretrained_codes() -> tuple[StageCodes, object]:
+    backbone = get_backbone("mobilenet_v2")
+    weights = choose_weights(backbone, None)
+    model = create_model(backbone, 2, weights).eval()
+    return StageCodes(model, backbone, STAGES).eval(), preprocessing_for(backbone, weights)
+
+
+def eager_codes(extractor: StageCodes, images: torch.Tensor) -> dict[str | None, torch.Tensor]:
+    with torch.inference_mode():
+        return extractor(images)  # type: ignore[no-any-return]
+
+
+def test_onnx_forward_gives_torch_codes_for_any_batch_size(
+    pretrained_codes: tuple[StageCodes, object], reference_data: Path
+) -> None:
+    extractor, preprocessing = pretrained_codes
+    transform = build_transforms(preprocessing)["val"]  # type: ignore[arg-type]
+    paths = sorted((reference_data / "val").rglob("*.jpg"))[:7]
+    images = torch.stack([transform(load_rgb_image(path)) for path in paths])
+    runner = onnx_forward(extractor, images, threads=2)
+    assert runner is not None
+    for batch in (images[:1], images):  # exported with 2 images: the batch is dynamic
+        ours, expected = runner(batch), eager_codes(extractor, batch)
+        assert isinstance(ours, dict) and set(ours) == set(STAGES)
+        for stage in STAGES:
+            assert ours[stage].shape == expected[stage].shape
+            torch.testing.assert_close(ours[stage], expected[stage], rtol=1e-4, atol=1e-4)
+
+
+def test_extraction_over_many_images_runs_in_onnx_runtime_with_torch_codes(
+    pretrained_codes: tuple[StageCodes, object],
+    reference_data: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    extractor, preprocessing = pretrained_codes
+    runners: list[OnnxForward | None] = []
+
+    def recorded(*arguments: Any, **keywords: Any) -> OnnxForward | None:
+        runners.append(onnx_forward(*arguments, **keywords))  # the real export, only recorded
+        return runners[-1]
+
+    monkeypatch.setattr(extraction, "onnx_forward", recorded)
+    paths = sorted((reference_data / "val").rglob("*.jpg"))
+    assert len(paths) >= ONNX_FROM_IMAGES  # so extract_codes takes ONNX Runtime
+    specs = [
+        CodesSpec("mobilenet_v2", "IMAGENET1K_V1", preprocessing, stage, VAL_VIEW)  # type: ignore[arg-type]
+        for stage in STAGES
+    ]
+    codes = extract_codes(extractor, paths, specs=specs, cache=None)
+    assert len(runners) == 1 and isinstance(runners[0], OnnxForward)
+    transform = build_transforms(preprocessing)["val"]  # type: ignore[arg-type]
+    checked = [0, 50, len(paths) - 1]
+    expected = eager_codes(
+        extractor, torch.stack([transform(load_rgb_image(paths[i])) for i in checked])
+    )
+    for stage in STAGES:
+        assert codes[stage].shape[0] == len(paths)
+        np.testing.assert_allclose(
+            codes[stage][checked], expected[stage].numpy(), rtol=1e-4, atol=1e-4
+        )
+
+
+@pytest.mark.parametrize(
+    ("device", "count", "installed", "expected"),
+    [
+        ("cpu", ONNX_FROM_IMAGES, True, True),
+        ("cpu", ONNX_FROM_IMAGES - 1, True, False),  # the export would cost more than it saves
+        ("cuda", 10_000, True, False),  # the GPU keeps torch
+        ("cpu", 10_000, False, False),  # onnxruntime not installed
+    ],
+)
+def test_when_extraction_uses_onnx_runtime(
+    device: str, count: int, installed: bool, expected: bool
+) -> None:
+    assert (
+        use_onnx_runtime(device_type=device, image_count=count, onnx_installed=installed)
+        is expected
+    )
