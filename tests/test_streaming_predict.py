@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tlvision.checkpoint import load_run_model
 from tlvision.cli import main
@@ -187,3 +188,18 @@ def test_torchrun_shards_prediction_and_merges_it_in_input_order(
         assert line["class"] == reference["class"]
         assert line["probability"] == pytest.approx(reference["probability"], abs=1e-5)
     assert not list(tmp_path.glob("sharded.jsonl.rank*"))
+
+
+def test_bad_batch_size_and_workers_are_user_errors(
+    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = tmp_path / "one.jpg"
+    Image.new("RGB", (40, 30), "red").save(image)
+    for option, value, message in (
+        ("--batch-size", "0", "--batch-size must be at least 1"),
+        ("--workers", "-1", "--workers must be 0"),
+    ):
+        for jsonl in ([], ["--jsonl", str(tmp_path / "out.jsonl")]):
+            assert main(["predict", str(trained_run), str(image), option, value, *jsonl]) == 2
+            error = capsys.readouterr().err
+            assert message in error and "Traceback" not in error

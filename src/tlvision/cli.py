@@ -269,7 +269,7 @@ def command_predict(arguments: argparse.Namespace) -> int:
     run = api.load(arguments.run_dir)
     predictions = run.predict(
         arguments.paths, top_k=arguments.top_k, device=arguments.device, tta=arguments.tta,
-        batch_size=arguments.batch_size, runtime=arguments.runtime,
+        batch_size=arguments.batch_size, runtime=arguments.runtime, workers=arguments.workers,
     )  # fmt: skip
     if arguments.json:
         print(json_text([prediction.to_json() for prediction in predictions]))

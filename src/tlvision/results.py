@@ -275,12 +275,14 @@ class Run:
         batch_size: int = 32,
         tta: bool = False,
         runtime: str = "auto",
+        workers: int | None = None,
     ) -> list[Prediction]:
         """Top-k classes for each image: files, folders (searched recursively), PIL images or
         arrays of pixels, one or a list. An unreadable file gets an `error` instead of stopping.
         tta: average the mirror and corner-crop views' probabilities (tlvision.tta; torch).
         runtime: auto (ONNX Runtime on a CPU once an export exists or for 500 images or more,
-        see runtime.choose_runtime), torch or onnx."""
+        see runtime.choose_runtime), torch or onnx. workers: decoding threads (None: one per
+        core; 0: none)."""
         from tlvision.devices import resolve_device
         from tlvision.predict import image_inputs, predict_images
         from tlvision.streaming import stream_predictions
@@ -294,7 +296,11 @@ class Run:
                 device=resolve_device(device), tta=True,
             )  # fmt: skip
         classifier = self.classifier(runtime, device, image_count=len(inputs))
-        return list(stream_predictions(classifier, inputs, top_k=top_k, batch_size=batch_size))
+        return list(
+            stream_predictions(
+                classifier, inputs, top_k=top_k, batch_size=batch_size, decoders=workers
+            )
+        )
 
     def classifier(
         self, runtime: str = "auto", device: str = "auto", *, image_count: int | None = None

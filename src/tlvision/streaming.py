@@ -119,6 +119,8 @@ def stream_predictions(
         raise UserError("--top-k must be at least 1")
     if batch_size < 1:
         raise UserError("--batch-size must be at least 1")
+    if decoders is not None and decoders < 0:
+        raise UserError("--workers must be 0 (decode in the main thread) or more")
     top_k = min(top_k, len(classifier.class_names))
     batches = decoded_batches(
         sources, classifier.preprocessing, batch_size=batch_size,
