@@ -1,7 +1,9 @@
 """Fine-tuning, the classic loop against tlvision's default `finetune`, epoch by epoch.
 
-    python benchmarks/finetune_speed.py --data ../shared/data/hymenoptera_data \\
-        --extra ../datasets/large ../datasets/far --extra-loop-epochs 3
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/finetune_speed.py \\
+        --data ../shared/data/hymenoptera_data --extra ../datasets/large ../datasets/far
+
+(OMP_WAIT_POLICY as tlvision sets it, given here since torch loads before tlvision does.)
 
 For each dataset, in this one process, one after the other on the same threads: the classic
 recipe's fine-tuning loop (recipe_loop.py: batch 4, SGD lr 0.001, StepLR every 7 epochs, 25
@@ -16,6 +18,7 @@ least the loop's best; tlvision's final accuracy is its last epoch's.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -24,7 +27,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import tlvision  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
 import torch
 
 from tlvision.config import TrainConfig
@@ -63,8 +65,6 @@ def run_tlvision(data: Path, out: Path) -> list[dict[str, Any]]:
             print(f"  tlvision {line}", flush=True)
 
     fit(TrainConfig(data_dir=data, out_dir=out, strategy="finetune"), log=log)
-    import json
-
     lines = (out / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     return [record | {"elapsed": end} for record, end in zip(records, ends, strict=True)]
