@@ -4,8 +4,9 @@ With the stages up to `freeze_until` frozen (weights fixed, BatchNorm in eval mo
 for a given input image never changes. So instead of decoding, augmenting and running them in
 every epoch, `compute_prefix` runs them once for `views` fixed augmented views of each train
 image (a crop and flip seeded by (seed, view, the image's bytes), as the frozen routes' cached
-views are) and once for each val image's centre crop, and keeps the outputs in memory as float16
-(half the memory; about 1e-3 relative rounding, far below what one SGD step changes). An epoch
+views are) and once for each val image's centre crop, and keeps the outputs in memory: train
+views as float16 (half the memory; about 1e-3 relative rounding, far below what augmentation
+changes), val as float32, so that the val metrics are the saved model's on the images. An epoch
 then draws one view per train image, seeded by (seed, epoch) alone, so a resumed run draws what
 the uninterrupted one drew, and `SkipPrefix` runs the model from the first trainable stage on.
 
@@ -38,7 +39,7 @@ from tlvision.progress import progress_bar
 
 Transform = Callable[[Image.Image], torch.Tensor]
 Log = Callable[[str], None]
-STORED_DTYPE = torch.float16
+TRAIN_DTYPE = torch.float16  # the kept train views; val stays float32 (see the module's doc)
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ def _run_prefix(
     num_workers: int,
     device: torch.device,
     description: str,
+    dtype: torch.dtype,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """(outputs of every sample, zeros where unreadable; a mask of the readable samples)."""
     loader = make_loader(
@@ -106,9 +108,9 @@ def _run_prefix(
             if len(labels):
                 rows = [i for i in range(start, start + size) if readable[i]]
                 images = images.to(device, memory_format=torch.channels_last)
-                result = prefix(images)[output].to("cpu", STORED_DTYPE)
+                result = prefix(images)[output].to("cpu", dtype)
                 if outputs is None:
-                    outputs = torch.zeros((len(dataset), *result.shape[1:]), dtype=STORED_DTYPE)
+                    outputs = torch.zeros((len(dataset), *result.shape[1:]), dtype=dtype)
                 outputs[rows] = result
             start += size
             bar.update(size)
@@ -142,12 +144,13 @@ def compute_prefix(
                 num_workers=num_workers,
                 device=device,
                 description=f"frozen prefix, train view {view.augment}",
+                dtype=TRAIN_DTYPE,
             )
         )
     val_outputs, val_readable = _run_prefix(
         prefix, output, _ViewedImages(samples["val"], transforms["val"], VAL_VIEW),
         batch_size=batch_size, num_workers=num_workers, device=device,
-        description="frozen prefix, val",
+        description="frozen prefix, val", dtype=torch.float32,
     )  # fmt: skip
     train_readable = torch.stack([mask for _, mask in passes]).all(dim=0)
     if val_outputs is None or not bool(train_readable.any()):
