@@ -299,7 +299,8 @@ def keep_frozen_prefix(
     activations = compute_prefix(
         prefix, stage_label(stage), setup.splits.samples, build_transforms(setup.preprocessing),
         views=views_of(config), seed=config.seed, batch_size=config.batch_size,
-        num_workers=setup.num_workers, device=setup.device,
+        num_workers=default_num_workers() if config.num_workers is None else config.num_workers,
+        device=setup.device,
     )  # fmt: skip
     log(
         f"frozen prefix (up to {stage}) run once for {views_of(config)} augmented views of "
