@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
@@ -64,9 +66,18 @@ def pretrained_mobilenet_v2(num_classes: int) -> nn.Module:
 
 
 def run_recipe(
-    data_dir: Path, *, fixed_features: bool, epochs: int = 25, num_workers: int = 2, seed: int = 0
+    data_dir: Path,
+    *,
+    fixed_features: bool,
+    epochs: int = 25,
+    num_workers: int = 2,
+    seed: int = 0,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, float]:
-    """Train as the recipe does; return seconds and best val accuracy."""
+    """Train as the recipe does; return seconds and best val accuracy.
+
+    `on_epoch` receives each epoch's number, val accuracy, its seconds and the seconds since
+    the start (for per-epoch timing; the loop itself is the recipe's)."""
     torch.manual_seed(seed)
     loaders = recipe_loaders(data_dir, num_workers)
     model = pretrained_mobilenet_v2(len(loaders["train"].dataset.classes))  # type: ignore[attr-defined]
@@ -82,7 +93,8 @@ def run_recipe(
 
     started = time.perf_counter()
     best_weights, best_acc = copy.deepcopy(model.state_dict()), 0.0
-    for _ in range(epochs):
+    for epoch in range(1, epochs + 1):
+        epoch_started = time.perf_counter()
         for phase in ("train", "val"):
             model.train(phase == "train")
             corrects = 0
@@ -100,5 +112,15 @@ def run_recipe(
             accuracy = corrects / len(loaders[phase].dataset)  # type: ignore[arg-type]
             if phase == "val" and accuracy > best_acc:
                 best_acc, best_weights = accuracy, copy.deepcopy(model.state_dict())
+        if on_epoch is not None:
+            now = time.perf_counter()
+            on_epoch(
+                {
+                    "epoch": epoch,
+                    "val_acc": accuracy,
+                    "seconds": now - epoch_started,
+                    "elapsed": now - started,
+                }
+            )
     model.load_state_dict(best_weights)
     return {"seconds": time.perf_counter() - started, "best_val_acc": best_acc}

@@ -51,10 +51,12 @@ def metrics(run: Path) -> list[dict[str, float]]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def train_arguments(data: Path, out: Path, epochs: int, schedule: str = "cosine") -> list[str]:
+def train_arguments(
+    data: Path, out: Path, epochs: int, schedule: str = "cosine", *extra: str
+) -> list[str]:
     return [
         "train", str(data), "--out", str(out), "--strategy", "finetune", "--backbone", "resnet18",
-        "--epochs", str(epochs), "--lr", "0.02", "--schedule", schedule, *FAST,
+        "--epochs", str(epochs), "--lr", "0.02", "--schedule", schedule, *FAST, *extra,
     ]  # fmt: skip
 
 
@@ -109,27 +111,36 @@ def resume_dataset(dataset_factory) -> Path:  # type: ignore[no-untyped-def]
 
 
 # One SIGKILL (a run in its own process) is enough: how a run ended does not change what its
-# checkpoint holds, so the other schedules stop in-process, by Ctrl-C in epoch 2 (faster).
+# checkpoint holds, so the other schedules stop in-process, by Ctrl-C in epoch 2 (faster). The
+# SIGKILL run has every speed-up of the default finetune on (the frozen prefix's kept views, the
+# head started on codes, no loader processes); the Ctrl-C runs decode and augment each epoch
+# (--views 0), the path that the Ctrl-C is injected into.
 @pytest.mark.parametrize(
-    ("schedule", "interruption"),
-    [("cosine", "sigkill"), ("onecycle", "ctrl-c"), ("constant", "ctrl-c")],
+    ("schedule", "interruption", "extra"),
+    [
+        ("cosine", "sigkill", ()),
+        ("onecycle", "ctrl-c", ("--views", "0")),
+        ("constant", "ctrl-c", ("--views", "0")),
+    ],
 )
 def test_interrupted_then_resumed_gives_the_uninterrupted_results(
     resume_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    schedule: str, interruption: str,
+    capsys: pytest.CaptureFixture[str], schedule: str, interruption: str, extra: tuple[str, ...],
 ) -> None:  # fmt: skip
     epochs = 3
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
-    assert main(train_arguments(resume_dataset, whole, epochs, schedule)) == 0
+    assert main(train_arguments(resume_dataset, whole, epochs, schedule, *extra)) == 0
+    kept_prefix = "frozen prefix (up to stage2) run once" in capsys.readouterr().out
+    assert kept_prefix == (interruption == "sigkill")
 
     if interruption == "sigkill":
-        process = start_training(train_arguments(resume_dataset, stopped, epochs, schedule))
+        process = start_training(train_arguments(resume_dataset, stopped, epochs, schedule, *extra))
         wait_for_epoch(process, 1)
         process.send_signal(signal.SIGKILL)
         process.wait()
     else:
         from_the_second_pass(monkeypatch, press_ctrl_c)
-        assert main(train_arguments(resume_dataset, stopped, epochs, schedule)) == 130
+        assert main(train_arguments(resume_dataset, stopped, epochs, schedule, *extra)) == 130
         monkeypatch.undo()
     saved = load_training_checkpoint(stopped).epoch
     assert saved < epochs, "stopped too late to test resuming"
@@ -173,12 +184,12 @@ def test_a_nan_loss_after_a_good_epoch_stops_and_keeps_that_epoch(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     # From the second pass over the train images (epoch 2) every pixel is NaN: epoch 1 is good
-    # and epoch 2's first loss is NaN.
+    # and epoch 2's first loss is NaN. --views 0: the images are read each epoch.
     from_the_second_pass(monkeypatch, lambda image: torch.full_like(image, float("nan")))
     run = tmp_path / "run"
     status = main(
         ["train", str(tiny_dataset), "--out", str(run), "--strategy", "finetune",
-         "--backbone", "resnet18", "--epochs", "3", *FAST]
+         "--backbone", "resnet18", "--epochs", "3", "--views", "0", *FAST]
     )  # fmt: skip
     error = capsys.readouterr().err
     assert status == 2

@@ -50,7 +50,15 @@ def _add_cache_options(parser: argparse.ArgumentParser) -> None:
 
 def add_train_options(parser: argparse.ArgumentParser) -> None:
     from tlvision.backbones import BACKBONES
-    from tlvision.config import PRECISIONS, SCHEDULES, STRATEGIES
+    from tlvision.config import (
+        EPOCHS,
+        FINETUNE_EPOCHS,
+        FINETUNE_FREEZE_UNTIL,
+        FINETUNE_VIEWS,
+        PRECISIONS,
+        SCHEDULES,
+        STRATEGIES,
+    )
 
     defaults = TrainConfig(data_dir=Path("."), out_dir=Path("."))
     parser.add_argument("--out", type=Path, help="run directory (default: runs/<strategy>-<time>)")
@@ -72,8 +80,8 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--freeze-until",
         metavar="STAGE",
-        help="finetune: keep the stages up to and including STAGE frozen "
-        "(names: `tlvision backbones`)",
+        help="finetune: keep the stages up to and including STAGE frozen (default "
+        f"{FINETUNE_FREEZE_UNTIL}; none: train every stage; names: `tlvision backbones`)",
     )
     parser.add_argument(
         "--stage",
@@ -89,7 +97,9 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         "--views",
         type=int,
         default=defaults.views,
-        help="frozen routes: augmented views per train image beside the centre crop (default 0)",
+        help="frozen routes: augmented views per train image beside the centre crop (default 0); "
+        "finetune: augmented views whose frozen-prefix output is kept (default "
+        f"{FINETUNE_VIEWS}; 0 augments afresh each epoch and runs the whole network)",
     )
     _add_cache_options(parser)
     parser.add_argument(
@@ -104,7 +114,12 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         metavar="PIXELS",
         help="side of the square the network sees (default: the weights' own, 224 for most)",
     )
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=defaults.epochs,
+        help=f"default {EPOCHS}; finetune: {FINETUNE_EPOCHS} (it starts from a trained head)",
+    )
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument(
         "--lr",
@@ -118,7 +133,10 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument(
-        "--workers", type=int, help="data-loader processes (default: one per CPU core, up to 8)"
+        "--workers",
+        type=int,
+        help="data-loader processes (default: one per CPU core, up to 8; none when fine-tuning "
+        "on the CPU)",
     )
     parser.add_argument("--val-split", type=float, metavar="FRACTION", help=VAL_SPLIT_HELP)
     parser.add_argument(

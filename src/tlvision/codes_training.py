@@ -21,6 +21,7 @@ from tlvision import distributed
 from tlvision.backbones import head_of, install_head
 from tlvision.checkpoint import write_json_atomic
 from tlvision.codes_cache import FeatureCache, default_cache_dir
+from tlvision.config import epochs_of, views_of
 from tlvision.data import DatasetSplits
 from tlvision.extraction import UnreadableImagesError
 from tlvision.heads import accuracy, fit_sklearn_head, train_linear_head
@@ -48,7 +49,7 @@ def fit_on_codes(setup: RunSetup, model: nn.Module, log: Log) -> dict[str, Any]:
         return extract_split_codes(
             model, setup.backbone, splits, weights=setup.weights.label,
             preprocessing=setup.preprocessing, cache=cache, stages=[stage],
-            augmented_views=config.views, seed=config.seed, batch_size=config.batch_size,
+            augmented_views=views_of(config), seed=config.seed, batch_size=config.batch_size,
             num_workers=setup.num_workers, device=setup.device, log=log,
         )[stage]  # fmt: skip
 
@@ -80,7 +81,7 @@ def fit_on_codes(setup: RunSetup, model: nn.Module, log: Log) -> dict[str, Any]:
         setup, final.cpu(), log,
         seconds=time.perf_counter() - started,
         skipped={Path(path) for path, *_ in codes.skipped},
-        extra={"views": config.views, "head": head_name, "stage": stage},
+        extra={"views": views_of(config), "head": head_name, "stage": stage},
     )  # fmt: skip
 
 
@@ -99,7 +100,7 @@ def _train_head(
     if head_name == "linear":
         layer, _history = train_linear_head(
             codes.train_views, codes.train_labels, codes.val, codes.val_labels,
-            num_classes=num_classes, epochs=config.epochs,
+            num_classes=num_classes, epochs=epochs_of(config),
             learning_rate=config.learning_rate, batch_size=config.batch_size,
             weight_decay=config.weight_decay, momentum=config.momentum,
             schedule=config.schedule, step_epochs=config.step_epochs,

@@ -7,7 +7,7 @@ stays fast; training.py re-exports TrainConfig where it always was.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,16 @@ HEADS = ("linear", "logreg", "svm")  # linear: softmax layer (torch); logreg, sv
 SCHEDULES = ("step", "cosine", "onecycle", "constant")
 PRECISIONS = ("auto", "32", "bf16", "16")  # auto: bf16 on a CUDA GPU that has it, else 32
 RUNTIMES = ("auto", "torch", "onnx")  # forward-only runtimes; see runtime.choose_runtime
+
+# `--strategy finetune`'s defaults, the measured best (benchmarks/RESULTS.md, "Fine-tuning
+# fast"): the stages up to stage2 stay frozen and their output is computed once for FINETUNE_VIEWS
+# augmented views of each train image, so an epoch runs only stage3 onwards; the head starts from
+# one trained on the top codes of those views. `--freeze-until none` trains every stage.
+FINETUNE_FREEZE_UNTIL = "stage2"
+FINETUNE_VIEWS = 8
+FINETUNE_EPOCHS = 10
+EPOCHS = 25  # the frozen routes' epochs: the classic recipe's
+NO_FREEZING = "none"
 
 
 # TrainConfig fields whose command-line option (and API keyword) has another name.
@@ -37,9 +47,9 @@ class TrainConfig:
     backbone: str = DEFAULT_BACKBONE
     weights: str | None = None  # a registry name (default: the backbone's first), a path, "none"
     strategy: str = "feature-extract"
-    freeze_until: str | None = None
+    freeze_until: str | None = None  # finetune: None is FINETUNE_FREEZE_UNTIL; "none": no stage
     input_size: int | None = None  # crop side in pixels; None: the weights' own (224 for most)
-    epochs: int = 25
+    epochs: int | None = None  # None: FINETUNE_EPOCHS for finetune, EPOCHS for the frozen routes
     batch_size: int = 32
     learning_rate: float = 0.01  # the new head's; pretrained layers get backbone_lr_mult x this
     backbone_lr_mult: float = 0.1
@@ -53,7 +63,10 @@ class TrainConfig:
     num_workers: int | None = None  # None: one per core
     stage: str | None = None  # linear-probe: the stage whose pooled codes the head reads; None: top
     head: str = "linear"  # linear-probe: linear (softmax, torch), logreg or svm (scikit-learn)
-    views: int = 0  # frozen routes: augmented views per train image, beside the centre crop
+    # frozen routes: augmented views per train image beside the centre crop (None: 0);
+    # finetune: augmented views whose frozen-prefix output is kept (None: FINETUNE_VIEWS; 0:
+    # augment afresh each epoch and run the whole network, the classic loop)
+    views: int | None = None
     cache_dir: Path | None = None  # CNN-codes cache; None: ~/.cache/tlvision/features
     no_cache: bool = False  # keep codes in memory only
     val_split: float | None = None  # hold out this fraction of train/ when there is no val/
@@ -77,6 +90,38 @@ class TrainConfig:
         return cls(**values)
 
 
+def with_strategy_defaults(config: TrainConfig) -> TrainConfig:
+    """The config with its strategy's defaults filled in where it left them unset (None).
+
+    Idempotent, and what a run records: a resumed run reads back the same choices.
+    """
+    freeze_until = config.freeze_until
+    if config.strategy == "finetune" and freeze_until is None:
+        freeze_until = FINETUNE_FREEZE_UNTIL
+    return replace(
+        config, freeze_until=freeze_until, views=views_of(config), epochs=epochs_of(config)
+    )
+
+
+def epochs_of(config: TrainConfig) -> int:
+    if config.epochs is not None:
+        return config.epochs
+    return FINETUNE_EPOCHS if config.strategy == "finetune" else EPOCHS
+
+
+def views_of(config: TrainConfig) -> int:
+    if config.views is not None:
+        return config.views
+    return FINETUNE_VIEWS if config.strategy == "finetune" else 0
+
+
+def frozen_stage(config: TrainConfig) -> str | None:
+    """The last frozen stage of a fine-tuning run, or None when every stage trains."""
+    if config.freeze_until in (None, NO_FREEZING):
+        return None
+    return config.freeze_until
+
+
 ADVISE_TIME_BUDGET_MINUTES = 30.0  # `tlvision advise`: the time the training run may take
 
 
@@ -96,7 +141,7 @@ def validate_config(config: TrainConfig) -> None:
         )
     if config.input_size is not None and config.input_size < 32:
         raise UserError("--input-size must be at least 32 pixels")
-    if config.epochs < 1 or config.batch_size < 1:
+    if (config.epochs is not None and config.epochs < 1) or config.batch_size < 1:
         raise UserError("--epochs and --batch-size must be at least 1")
     if not (config.learning_rate > 0 and config.backbone_lr_mult >= 0):
         raise UserError("--lr must be positive and --backbone-lr-mult zero or more")
@@ -104,7 +149,7 @@ def validate_config(config: TrainConfig) -> None:
         raise UserError(f"unknown head {config.head!r}; choose one of {', '.join(HEADS)}")
     if config.strategy != "linear-probe" and (config.stage is not None or config.head != "linear"):
         raise UserError("--stage and --head apply to --strategy linear-probe")
-    if config.views < 0:
+    if config.views is not None and config.views < 0:
         raise UserError("--views must be 0 or more")
     if config.precision not in PRECISIONS:
         raise UserError(f"--precision {config.precision}: choose one of {', '.join(PRECISIONS)}")

@@ -6,6 +6,7 @@ torchrun the epoch's sums reduced over every rank (tlvision.distributed).
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from typing import Any
 
 import torch
@@ -48,8 +49,9 @@ def train_one_epoch(
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     set_train_mode(model)
     loss_sum, correct, seen, unreadable = 0.0, 0, 0, []
-    batches = _progress_bar(loader, description, job)
-    for batch, (images, labels, batch_unreadable) in enumerate(batches):
+    bar = _progress_bar(loader, description, job)
+    for batch, (images, labels, batch_unreadable) in enumerate(loader):
+        bar.update(len(labels) + len(batch_unreadable))
         unreadable.extend(batch_unreadable)
         if len(labels) == 0:
             continue
@@ -69,16 +71,21 @@ def train_one_epoch(
         loss_sum += loss.item() * labels.shape[0]
         correct += int((logits.argmax(dim=1) == labels).sum())
         seen += labels.shape[0]
+    bar.close()
     return _reduced(job, device, loss_sum, correct, seen, unreadable)
 
 
 def _progress_bar(
     loader: DataLoader[tuple[torch.Tensor, int]], description: str, job: Distributed
 ) -> tqdm[Any]:
-    """A bar as the caller wants it (tlvision.progress), for rank 0 only."""
+    """A bar counting images (so it shows images/s) as the caller wants it (tlvision.progress),
+    for rank 0 only; the loops update it by each batch's size."""
+    sampler = loader.sampler
+    total = len(sampler) if isinstance(sampler, Sized) else None
     return progress_bar(
-        loader, desc=description, leave=False, disable=None if job.is_main else True
-    )
+        total=total, desc=description, unit="img", leave=False,
+        disable=None if job.is_main else True,
+    )  # fmt: skip
 
 
 def _reduced(
@@ -116,8 +123,9 @@ def evaluate(
     job = job or Distributed()
     model.eval()
     loss_sum, correct, seen, unreadable = 0.0, 0, 0, []
-    batches = _progress_bar(loader, description, job)
-    for images, labels, batch_unreadable in batches:
+    bar = _progress_bar(loader, description, job)
+    for images, labels, batch_unreadable in loader:
+        bar.update(len(labels) + len(batch_unreadable))
         unreadable.extend(batch_unreadable)
         if len(labels) == 0:
             continue
@@ -129,4 +137,5 @@ def evaluate(
         loss_sum += loss.item() * labels.shape[0]
         correct += int((logits.argmax(dim=1) == labels).sum())
         seen += labels.shape[0]
+    bar.close()
     return _reduced(job, device, loss_sum, correct, seen, unreadable)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tlvision.config import TrainConfig, validate_config
+from tlvision.config import TrainConfig, frozen_stage, validate_config, views_of
 from tlvision.errors import UserError
 from tlvision.runs import Log
 
@@ -113,7 +113,7 @@ def _codes_stepper(config: TrainConfig, log: Log) -> Callable[[float], float]:
     codes = extract_split_codes(
         model, setup.backbone, setup.splits, weights=setup.weights.label,
         preprocessing=setup.preprocessing, cache=cache, stages=[stage],
-        augmented_views=config.views, seed=config.seed, batch_size=config.batch_size,
+        augmented_views=views_of(setup.config), seed=config.seed, batch_size=config.batch_size,
         num_workers=setup.num_workers, device=setup.device, log=log,
     )[stage]  # fmt: skip
     train, labels = codes.stacked_train()
@@ -156,7 +156,7 @@ def _image_stepper(config: TrainConfig, log: Log) -> Callable[[float], float]:
     model = create_model(setup.backbone, len(setup.splits.class_names), setup.weights)
     apply_finetuning(
         model, setup.backbone,
-        freeze_until=config.freeze_until, backbone_lr_mult=config.backbone_lr_mult,
+        freeze_until=frozen_stage(setup.config), backbone_lr_mult=config.backbone_lr_mult,
     )  # fmt: skip
     model.to(setup.device).to(memory_format=torch.channels_last)
     groups = parameter_groups(

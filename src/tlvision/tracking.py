@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tlvision.config import OPTION_OF_FIELD, TrainConfig
+from tlvision.config import OPTION_OF_FIELD, TrainConfig, with_strategy_defaults
 from tlvision.errors import UserError
 
 if TYPE_CHECKING:
@@ -63,7 +63,8 @@ def read_config_toml(path: Path) -> dict[str, Any]:
         raise UserError(f"--config {path}: no such file") from error
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"--config {path}: not valid TOML ({error})") from error
-    defaults = TrainConfig(data_dir=Path("."), out_dir=Path("."))
+    # filled in, so that settings whose default depends on the strategy have a type to check
+    defaults = with_strategy_defaults(TrainConfig(data_dir=Path("."), out_dir=Path(".")))
     known = {field.name for field in fields(TrainConfig)} - set(NOT_REPLAYED)
     for key, value in values.items():
         if key not in known:
