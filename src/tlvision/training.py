@@ -88,7 +88,7 @@ from tlvision.strategies import (
     parameter_groups,
 )
 from tlvision.tracking import Tracker, write_config_toml
-from tlvision.training_state import Progress, restore, save_checkpoint
+from tlvision.training_state import Progress, restore, save_checkpoint, scaler_state
 
 HEAD_START_EPOCHS = 25  # the head on codes before fine-tuning: feature-extract's epochs (seconds)
 
@@ -397,6 +397,8 @@ def _run_epochs(
     model, network, scorer = models
     # float16 gradients underflow without loss scaling; bf16 and float32 need none.
     scaler = torch.amp.GradScaler(device.type, enabled=setup.precision == "16")
+    if scaler.is_enabled() and progress.scaler_state:
+        scaler.load_state_dict(progress.scaler_state)
     skipped = progress.skipped
     epoch = progress.first_epoch - 1
     try:
@@ -428,6 +430,7 @@ def _run_epochs(
                 "val_loss": val_loss, "val_acc": val_acc, "lr": learning_rate,
                 "seconds": time.perf_counter() - epoch_started,
             }  # fmt: skip
+            progress.scaler_state = scaler_state(scaler)
             if job.is_main:  # the others go straight on: nothing of theirs waits for the files
                 record_epoch(setup, record)
                 save_checkpoint(

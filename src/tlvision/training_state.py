@@ -36,6 +36,15 @@ class Progress:
     skipped: set[Path] = field(default_factory=set)  # unreadable files met so far
     seconds_before: float = 0.0
     steps_per_epoch: int = 0  # batches per epoch per process (differs with the process count)
+    # float16's loss scale as the gradient scaler has tuned it ({} when there is no scaler): a
+    # resumed run starting again from the initial scale would skip steps the first one made
+    scaler_state: dict[str, float | int] = field(default_factory=dict)
+
+
+def scaler_state(scaler: torch.amp.GradScaler) -> dict[str, float | int]:
+    """The gradient scaler's state as plain numbers (the checkpoint's JSON holds it)."""
+    return {key: float(value) if isinstance(value, float) else int(value)
+            for key, value in scaler.state_dict().items()}  # fmt: skip
 
 
 def restore(
@@ -72,6 +81,7 @@ def restore(
         best_epoch=checkpoint.info["best_epoch"],
         skipped={Path(path) for path in checkpoint.info["skipped_files"]},
         seconds_before=checkpoint.info["seconds"],
+        scaler_state=checkpoint.info.get("scaler", {}),
     )
     return progress, best_state
 
@@ -107,6 +117,7 @@ def save_checkpoint(
         "seconds": progress.seconds_before + time.perf_counter() - started,
         "steps_per_epoch": progress.steps_per_epoch,
         "processes": setup.distributed.world_size,
+        "scaler": progress.scaler_state,
     }
     save_training_checkpoint(
         setup.config.out_dir,
