@@ -156,12 +156,55 @@ def validate(data: Path, epochs: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def markdown(results: list[dict[str, Any]]) -> str:
+    """One table per dataset (every candidate: val accuracy, advisor's prediction, seconds,
+    image passes) and a summary line, as in benchmarks/RESULTS.md."""
+    lines = []
+    for result in results:
+        size = result["advice"]["evidence"]["size"]
+        lines += [
+            f"**{result['data']}** ({size['train_images']} train / {size['val_images']} val, "
+            f"{size['classes']} classes, native {size['native_short_side']} px; advise "
+            f"{result['advise_seconds']:.0f} s)",
+            "",
+            "| candidate | val acc | advisor's prediction | seconds | image passes |",
+            "|---|---|---|---|---|",
+        ]
+        for row in result["candidates"]:
+            accuracy = f"{row['val_acc']:.4f}"
+            if row["val_acc"] == result["best"]:
+                accuracy = f"**{accuracy}**"
+            if row["candidate"] == result["pick"]:
+                accuracy += " (pick)"
+            predicted = "-" if row["predicted"] is None else f"{row['predicted']:.3f}"
+            lines.append(
+                f"| {row['candidate']} | {accuracy} | {predicted} | {row['seconds']:.0f} | "
+                f"{row['cost_passes']:.0f} |"
+            )
+        lines += [
+            "",
+            f"pick {result['pick']} {result['pick_val_acc']:.4f}, best {result['best']:.4f}, "
+            f"margin {result['margin']:.3f}: within {'yes' if result['within_margin'] else 'NO'}"
+            f", cheapest within {'yes' if result['cheapest_within_margin'] else 'NO'} "
+            f"(cheapest: {', '.join(result['cheapest_candidates'])})",
+            "",
+        ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("data", type=Path, nargs="+")
     parser.add_argument("--finetune-epochs", type=int, default=5)
     parser.add_argument("--out", type=Path, help="append each dataset's results as JSON lines")
+    parser.add_argument(
+        "--markdown", action="store_true", help="DATA are --out files: print their tables"
+    )
     arguments = parser.parse_args()
+    if arguments.markdown:
+        lines = [line for path in arguments.data for line in path.read_text().splitlines()]
+        print(markdown([json.loads(line) for line in lines if line.strip()]))
+        return
     for data in arguments.data:
         result = validate(data, arguments.finetune_epochs)
         if arguments.out:
