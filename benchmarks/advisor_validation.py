@@ -21,6 +21,7 @@ margin costs fewer image passes (decision.cost_passes: the same count the adviso
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import tempfile
@@ -31,7 +32,7 @@ from typing import Any
 from tlvision.advisor import advise
 from tlvision.api import probe
 from tlvision.config import TrainConfig
-from tlvision.decision import Entry, SizeEvidence, cost_passes
+from tlvision.decision import Entry, Evidence, SizeEvidence, cost_passes, decide
 from tlvision.race import PARTIAL_FREEZE_UNTIL, RACE_STAGES, frozen_name
 from tlvision.stages import stage_label
 from tlvision.training import fit
@@ -152,8 +153,19 @@ def validate(data: Path, epochs: int) -> dict[str, Any]:
     )
     return {
         "data": data.name, "advice": details, "advise_seconds": advise_seconds,
-        "finetune_epochs": epochs, "candidates": rows, **verdict,
+        "finetune_epochs": epochs, "time_budget": 30.0, "candidates": rows, **verdict,
     }  # fmt: skip
+
+
+def redecide(result: dict[str, Any]) -> dict[str, Any]:
+    """The verdict if this checkout's `decide` had decided on the recorded evidence (decide is
+    pure: no measuring again), beside the recorded one."""
+    evidence = result["advice"]["evidence"]
+    advice = decide(
+        Evidence.from_json(evidence), time_budget_minutes=result.get("time_budget", 30.0)
+    )
+    details = {**advice.to_json(), "evidence": evidence}
+    return judge(details, copy.deepcopy(result["candidates"]), result["finetune_epochs"])
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
@@ -187,6 +199,13 @@ def markdown(results: list[dict[str, Any]]) -> str:
             f"margin {result['margin']:.3f}: within {'yes' if result['within_margin'] else 'NO'}"
             f", cheapest within {'yes' if result['cheapest_within_margin'] else 'NO'} "
             f"(cheapest: {', '.join(result['cheapest_candidates'])})",
+        ]
+        again = redecide(result)
+        lines += [
+            "",
+            f"decided again by this checkout's rules: pick {again['pick']} "
+            f"{again['pick_val_acc']:.4f}: within {'yes' if again['within_margin'] else 'NO'}, "
+            f"cheapest within {'yes' if again['cheapest_within_margin'] else 'NO'}",
             "",
         ]
     return "\n".join(lines)

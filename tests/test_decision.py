@@ -130,11 +130,24 @@ def test_a_small_holdout_widens_the_margin_to_one_standard_error() -> None:
 @pytest.mark.parametrize(
     ("fit", "chosen"), [(PHOTOS, None), (FAR, "stage3")], ids=["similar", "different"]
 )
-def test_equal_costs_follow_the_rules_of_thumb(fit: PretrainedFit, chosen: str | None) -> None:
+def test_exact_ties_follow_the_rules_of_thumb(fit: PretrainedFit, chosen: str | None) -> None:
     # Similar data: the top codes first; different data: the earlier stage first.
-    race = [frozen(None, 64, 0.90), frozen("stage3", 64, 0.905)]
+    race = [frozen(None, 64, 0.90), frozen("stage3", 64, 0.90)]
     advice = decide(evidence(race, fit=fit), time_budget_minutes=30)
     assert advice.stage == chosen
+
+
+def test_of_equal_costs_the_better_prediction_wins() -> None:
+    # Within the margin of each other and equally cheap: no reason to take the worse one, even
+    # where the rules of thumb (similar data: the top codes) would have it first.
+    race = [frozen(None, 64, 0.90), frozen("stage3", 64, 0.91), frozen("stage3", 224, 0.93)]
+    advice = decide(evidence(race, fit=PHOTOS), time_budget_minutes=30)
+    assert (advice.stage, advice.input_size) == ("stage3", 64)
+
+
+def test_evidence_round_trips_through_json() -> None:
+    measured = evidence([frozen("stage3", 64, 0.8), trial(None, (0.6, 0.8, 0.9), 0.8)])
+    assert Evidence.from_json(measured.to_json()) == measured
 
 
 def test_the_advice_does_not_depend_on_the_measured_speed() -> None:

@@ -114,6 +114,25 @@ class Evidence:
     seconds_per_pass: float  # measured forward time per 224-px image pass (estimates only)
     native_input_size: int
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Evidence:
+        """Evidence as `to_json` wrote it (advice.json): decide again without measuring."""
+        return cls(
+            size=SizeEvidence(**data["size"]),
+            pretrained_fit=PretrainedFit(**data["pretrained_fit"]),
+            probe_accuracy=dict(data["probe"]),
+            race=tuple(
+                Entry(**{**entry, "epoch_accuracy": tuple(entry["epoch_accuracy"])})
+                for entry in data["race"]
+            ),
+            race_sample=dict(data["race_sample"]),
+            learning_curve=dict(data["learning_curve"]),
+            trial_skipped=data["trial_skipped"],
+            device_kind=data["device_kind"],
+            seconds_per_pass=data["seconds_per_pass_224"],
+            native_input_size=data["native_input_size"],
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "size": self.size.to_json(),
@@ -325,8 +344,9 @@ def standard_error(accuracy: float, images: int) -> float:
 
 
 def rank(entry: Entry, is_similar: bool) -> int:
-    """The rules of thumb's order among candidates of equal cost: similar data, the top codes
-    first; different data, earlier stages first (the latest of them before the earliest)."""
+    """The rules of thumb's order among candidates of equal cost and equal predicted accuracy
+    (equal cost, different accuracy: the better one; the rules only break exact ties): similar
+    data, the top codes first; different data, earlier stages first (latest first)."""
     if entry.strategy == "finetune":
         return 0
     order = ("top", "stage3", "stage2") if is_similar else ("stage3", "stage2", "top")
@@ -392,7 +412,9 @@ def decide(evidence: Evidence, *, time_budget_minutes: float) -> Advice:
             predicted_seconds=costs[entry.name] * evidence.seconds_per_pass,
             within_margin=predicted[entry.name] >= best - margin,
         )
-        for entry in sorted(race, key=lambda entry: (costs[entry.name], rank(entry, is_similar)))
+        for entry in sorted(
+            race, key=lambda e: (costs[e.name], -predicted[e.name], rank(e, is_similar))
+        )
     ]
     chosen_name = next(standing.name for standing in standings if standing.within_margin)
     chosen = next(entry for entry in race if entry.name == chosen_name)
