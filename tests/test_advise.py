@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from tlvision import demo_data_dir
-from tlvision.advisor import recommended_input_size
+from tlvision.advisor import advise, recommended_input_size
 from tlvision.cli import main
+from tlvision.data import find_splits
+from tlvision.race import race_split
 
 
 def test_input_size_follows_native_resolution() -> None:
@@ -33,13 +40,15 @@ def test_advice_on_demo_photos_is_frozen_features_and_reproducible(
         assert first[key] == second[key]
     assert first["evidence"]["probe"] == second["evidence"]["probe"]
     assert first["size"] == "small" and first["similarity"] == "similar"
-    # Small and similar: a linear classifier on the top codes.
-    assert first["strategy"] == "feature-extract" and first["stage"] is None
+    # Small and similar: frozen codes, no fine-tuning trial.
+    assert first["strategy"] == "linear-probe" and first["head"] == "logreg"
     assert first["command"].startswith("tlvision train ")
     evidence = first["evidence"]
     assert evidence["size"]["train_images"] == 51
     assert 0 < evidence["pretrained_fit"]["imagenet_confidence"] <= 1
-    assert set(evidence["probe"]) == {"stage2", "stage3", "stage4", "top"}
+    assert set(evidence["probe"]) == {"stage2", "stage3", "top"}
+    assert "small and similar" in evidence["trial_skipped"]
+    assert {entry["strategy"] for entry in evidence["race"]} == {"linear-probe"}
 
 
 def test_advise_refuses_random_weights(
@@ -68,7 +77,7 @@ def test_train_auto_runs_the_advice_and_records_it(
     model = json.loads((run / "model.json").read_text())
     summary = json.loads((run / "summary.json").read_text())
     assert (advice["size"], advice["similarity"]) == ("small", "similar")
-    assert advice["strategy"] == "feature-extract"
+    assert advice["strategy"] == "linear-probe"
     assert model["strategy"] == summary["strategy"] == advice["strategy"]
     assert "--val-split 0.25" in advice["command"]
     size = advice["evidence"]["size"]
@@ -97,3 +106,86 @@ def test_train_auto_with_no_cache_writes_no_codes_to_disk(
     assert "recommended:" in capsys.readouterr().out
     assert not cache.exists()  # neither the advisor nor the training run wrote codes
     assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_the_race_holds_out_part_of_train_and_never_reads_val(tiny_dataset: Path) -> None:
+    splits = find_splits(tiny_dataset)
+    fit, holdout = race_split(splits.samples["train"], seed=0)
+    assert fit and holdout and not set(fit) & set(holdout)
+    assert set(fit) | set(holdout) <= set(splits.samples["train"])
+    assert race_split(splits.samples["train"], seed=0) == (fit, holdout)
+
+
+def _scramble_labels(split_dir: Path) -> None:
+    """Swap the two class folders: every label of the split becomes wrong."""
+    first, second = sorted(path for path in split_dir.iterdir())
+    first.rename(split_dir / "swap")
+    second.rename(first)
+    (split_dir / "swap").rename(second)
+
+
+def _decision(advice_json: dict[str, object]) -> dict[str, object]:
+    """Everything the advice says but the measured times."""
+    evidence = advice_json["evidence"]
+    assert isinstance(evidence, dict)
+    return {
+        **{key: advice_json[key] for key in ("strategy", "stage", "input_size", "epochs")},
+        "command": advice_json["command"],
+        "race": [(e["name"], e["accuracy"], e["epoch_accuracy"]) for e in evidence["race"]],
+        "curve": evidence["learning_curve"],
+        "margin": advice_json["margin"],
+    }
+
+
+def test_a_test_split_is_reported_and_neither_it_nor_val_decides(
+    tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    arguments = ["advise", "--json", "--cache-dir", str(tmp_path / "cache")]
+    assert main([*arguments, str(tiny_dataset)]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["evidence"]["size"]["test_images"] == 0
+    # The same train/, with a test/ split and a val/ split whose labels are all wrong.
+    shutil.copytree(tiny_dataset / "val", tiny_dataset / "test")
+    _scramble_labels(tiny_dataset / "test")
+    _scramble_labels(tiny_dataset / "val")
+    assert main([*arguments, str(tiny_dataset)]) == 0
+    scrambled = json.loads(capsys.readouterr().out)
+    assert scrambled["evidence"]["size"]["test_images"] == 8
+    assert _decision(scrambled) == _decision(plain)
+    assert main(["advise", str(tiny_dataset), "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "/ 8 test (not used)" in capsys.readouterr().out
+
+
+def _noisy_dataset(root: Path) -> Path:
+    """Two classes told apart by a faint tint in strong noise: the frozen codes do not solve
+    them, so the advisor runs its fine-tuning trials too."""
+    rng = np.random.default_rng(7)
+    for split, count in (("train", 24), ("val", 6)):
+        for label, tint in enumerate((-3, 3)):
+            folder = root / split / f"class{label}"
+            folder.mkdir(parents=True)
+            for index in range(count):
+                brightness = 128 + tint + rng.normal(0, 8)  # hides the tint of most images
+                pixels = rng.normal(brightness, 60, size=(32, 32, 3))
+                image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+                image.save(folder / f"{index}.png")
+    return root
+
+
+def test_the_same_data_and_seed_give_the_same_advice_on_a_busy_machine(tmp_path: Path) -> None:
+    data = _noisy_dataset(tmp_path / "noise")
+    quiet = advise(data, cache_dir=tmp_path / "cache-quiet", log=lambda _: None).to_json()
+    assert {entry["strategy"] for entry in quiet["evidence"]["race"]} == {
+        "linear-probe",
+        "finetune",
+    }, quiet["evidence"]["trial_skipped"]
+    burners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)
+    ]  # a real busy loop per core, alongside the whole measurement
+    try:
+        busy = advise(data, cache_dir=tmp_path / "cache-busy", log=lambda _: None).to_json()
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+    assert _decision(busy) == _decision(quiet)

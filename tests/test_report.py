@@ -159,16 +159,31 @@ def advice_for(data: Path) -> dict[str, Any]:
     measurements of a small photo set, as saved in advice.json."""
     from dataclasses import replace
 
-    from tlvision.advisor import Evidence, PretrainedFit, SizeEvidence, decide
+    from tlvision.decision import Entry, Evidence, PretrainedFit, SizeEvidence, decide
 
+    probe = {"stage2": 0.8, "stage3": 0.9, "top": 0.95}
     evidence = Evidence(
-        size=SizeEvidence(18, 18, 3, 6, 6.0, 6, 1.0, 48),
+        size=SizeEvidence(18, 18, 0, 3, 6, 6.0, 6, 1.0, 48),
         pretrained_fit=PretrainedFit(0.4, {"stem": 0.1, "stage1": 0.2, "stage2": 0.3}, 18),
-        probe_accuracy={"stage2": 0.8, "stage3": 0.9, "stage4": 0.95, "top": 0.95},
-        probe_sample={"train": 18, "val": 18},
+        probe_accuracy=probe,
+        race=tuple(
+            Entry(
+                f"frozen {stage} @96",
+                "linear-probe",
+                None if stage == "top" else stage,
+                96,
+                accuracy,
+                "hand-made",
+                0.0,
+            )
+            for stage, accuracy in probe.items()
+        ),
+        race_sample={"fit": 12, "holdout": 6},
         learning_curve={"0.25": 0.7, "0.5": 0.85, "1": 0.95},
-        seconds_per_image=0.01,
-        input_size=96,
+        trial_skipped="small and similar",
+        device_kind="cpu",
+        seconds_per_pass=0.01,
+        native_input_size=96,
     )
     advice = decide(evidence, time_budget_minutes=30.0)
     return replace(advice, command=f"tlvision train {data}", evidence=evidence.to_json()).to_json()

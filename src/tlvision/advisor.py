@@ -1,26 +1,23 @@
-"""The advisor: measure the dataset on the recipe's two axes and recommend a strategy.
+"""The advisor: measure the dataset, race the candidate strategies on train/, recommend one.
 
 The classic recipe's rules of thumb: small and similar to the pretraining data, a linear
 classifier on the top CNN codes; large and similar, fine-tune; small and different, a linear
-classifier on codes from an earlier stage; large and different, fine-tune the whole network from
-its pretrained weights. Nobody tells users which quadrant they are in. This module measures it:
+classifier on codes from an earlier stage; large and different, fine-tune the whole network.
+This module measures where the data sits (decision.py says what each signal means):
 
 size          images per class and in total, imbalance, native resolution (from file headers)
-similarity    three measured signals, each of which falls as data moves away from ImageNet:
-              - how confidently the pretrained 1000-class ImageNet head answers (mean top-1
-                softmax probability): photos of ImageNet-like things get confident answers,
-                digits, textures and scans get a spread-out guess;
-              - how far the data's activations sit from the pretrained BatchNorm statistics
-                (mean |batch mean - running mean| / running std over channels, per stage): the
-                running statistics are ImageNet's, so the distance is a direct measure of shift;
-              - how probe accuracy changes from earlier stages to the top: when the top codes beat
-                earlier ones, the ImageNet-specific features are useful; when an earlier stage
-                wins, they are too specific for this data.
-capacity      a learning curve: probe accuracy on growing subsets of train. Still rising at the
-              full set means more data or more trainable capacity can pay off (fine-tuning);
-              flat means the frozen features already give what the data can.
+similarity    the pretrained ImageNet head's confidence, the BatchNorm statistics' shift, and
+              whether the top codes read better than earlier stages
+race          every candidate measured on a seeded held-out part of train/ (race.py): frozen codes
+              of stage2, stage3 and the top at the native-based and the weights' own input size,
+              and, unless the rules of thumb and the numbers make it pointless, short fine-tuning
+              trials (partial after stage2, and full) compared with the frozen codes on the same
+              images; a learning curve extrapolates the sample's accuracy to all of train/.
 
-Everything is measured on a seeded sample, so the same data and seed give the same advice.
+val/ is never read: it stays for the number the training run reports. A test/ split is counted and
+reported, never used. Everything is measured on seeded samples with fixed counts, and the decision
+(decision.decide, pure) uses no timing, so the same data and seed give the same advice on a busy
+machine; only the time estimate changes.
 """
 
 from __future__ import annotations
@@ -30,7 +27,7 @@ import shlex
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +39,7 @@ from torch.utils.data import DataLoader
 
 from tlvision.backbones import (
     BackboneSpec,
-    WeightsChoice,
     choose_weights,
-    create_model,
     get_backbone,
     preprocessing_for,
 )
@@ -57,29 +52,34 @@ from tlvision.data import (
     collate_readable,
     default_num_workers,
     find_splits,
+    image_files,
 )
+from tlvision.decision import (
+    Advice,
+    Entry,
+    Evidence,
+    PretrainedFit,
+    SizeEvidence,
+    decide,
+    trial_plan,
+)
+from tlvision.devices import resolve_device
 from tlvision.errors import UserError
-from tlvision.probing import probe
-from tlvision.split_codes import extract_split_codes
-from tlvision.stages import TOP_LABEL, stage_label
+from tlvision.race import (
+    RaceSetup,
+    finetune_trials,
+    frozen_entries,
+    learning_curve,
+    race_split,
+    sample_per_class,
+    trial_size,
+)
+from tlvision.stages import stage_label
 from tlvision.weights import load_state_dict_file
 
+__all__ = ["Advice", "Evidence", "advise", "decide", "measure", "recommended_input_size"]
+
 Sample = tuple[Path, int]
-
-
-@dataclass(frozen=True)
-class SizeEvidence:
-    train_images: int
-    val_images: int
-    classes: int
-    per_class_min: int
-    per_class_median: float
-    per_class_max: int
-    imbalance_ratio: float  # largest / smallest train class
-    native_short_side: int  # median of min(width, height) over a sample of files
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def native_short_side(paths: Sequence[Path], *, limit: int = 400) -> int:
@@ -94,25 +94,14 @@ def native_short_side(paths: Sequence[Path], *, limit: int = 400) -> int:
     return int(statistics.median(sides)) if sides else 0
 
 
-def sample_per_class(samples: Sequence[Sample], per_class: int, seed: int) -> list[Sample]:
-    """At most `per_class` samples of each class, drawn with a seeded generator, in file order."""
-    generator = torch.Generator().manual_seed(seed)
-    chosen: list[Sample] = []
-    for label in sorted({label for _, label in samples}):
-        members = [sample for sample in samples if sample[1] == label]
-        if len(members) > per_class:
-            keep = sorted(torch.randperm(len(members), generator=generator)[:per_class].tolist())
-            members = [members[index] for index in keep]
-        chosen.extend(members)
-    return chosen
-
-
 def measure_size(splits: DatasetSplits, *, seed: int) -> SizeEvidence:
     counts = splits.class_counts("train")
     spread = sample_per_class(splits.samples["train"], 40, seed)
+    test_dir = splits.root / "test"
     return SizeEvidence(
         train_images=len(splits.samples["train"]),
         val_images=len(splits.samples["val"]),
+        test_images=len(image_files(test_dir)[0]) if test_dir.is_dir() else 0,
         classes=len(splits.class_names),
         per_class_min=min(counts),
         per_class_median=float(statistics.median(counts)),
@@ -120,18 +109,6 @@ def measure_size(splits: DatasetSplits, *, seed: int) -> SizeEvidence:
         imbalance_ratio=max(counts) / max(1, min(counts)),
         native_short_side=native_short_side([path for path, _ in spread]),
     )
-
-
-@dataclass(frozen=True)
-class PretrainedFit:
-    """How the data looks to the pretrained network with its own ImageNet head."""
-
-    imagenet_confidence: float  # mean top-1 softmax probability of the 1000-class head
-    batchnorm_shift: dict[str, float]  # stage -> mean over its BN layers of the channel shift
-    images: int
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 class _BatchNormInputStatistics:
@@ -193,11 +170,12 @@ def measure_pretrained_fit(
         collate_fn=collate_readable,
     )
     confidences: list[torch.Tensor] = []
+    device = next(model.parameters()).device
     try:
         for images, labels, _unreadable in loader:
             if len(labels) == 0:
                 continue
-            logits = model(images.contiguous(memory_format=torch.channels_last))
+            logits = model(images.to(device).contiguous(memory_format=torch.channels_last))
             confidences.append(torch.softmax(logits.float(), dim=1).max(dim=1).values)
     finally:
         statistics_hooks.remove()
@@ -219,78 +197,6 @@ def measure_pretrained_fit(
     )
 
 
-# Thresholds, each with its reason. Small: too few images to move millions of weights without
-# overfitting: under 1000 train images in all, or under 100 per class for the median class.
-SMALL_TOTAL = 1000
-SMALL_PER_CLASS = 100
-# Similar: the ImageNet head answers with a mean top-1 probability of at least 0.35 (measured:
-# 0.73 on ants/bees photos, 0.66 on the demo photos), and the top codes are no worse than the
-# best earlier stage by more than 0.02 (ImageNet-specific features still help).
-SIMILAR_CONFIDENCE = 0.35
-TOP_STAGE_MARGIN = 0.02
-# ... and the data's activations in the first two stages sit within 0.25 running standard
-# deviations of ImageNet's on average (measured: 0.09 ants/bees, 0.12 demo photos, 0.28 clip
-# art, 0.37 handwritten digits). Similar is the majority vote of these three signals.
-SIMILAR_BATCHNORM_SHIFT = 0.25
-# Fine-tuning epochs: at most 10 (on the reference set 3 epochs already reach 0.95; the rest of
-# the classic 25 buy little on a CPU), fewer when the time budget says so.
-MAX_FINETUNE_EPOCHS = 10
-# Learning curve: still gaining this much from the second half of the training data means
-# more trainable capacity can pay off.
-CURVE_GAIN = 0.02
-PROBE_STAGES = ("stage2", "stage3", "stage4", None)
-# A fixed regularisation for the probes (codes are standardised first): choosing C by
-# cross-validation for every stage took most of the advisor's time for no change in the ranking.
-PROBE_C = 1.0
-PROBE_TRAIN_PER_CLASS = 150
-PROBE_VAL_PER_CLASS = 100
-
-
-@dataclass(frozen=True)
-class Advice:
-    strategy: str  # feature-extract, linear-probe or finetune
-    stage: str | None  # linear-probe: the stage read; finetune: the last frozen stage or None
-    size: str  # small / large
-    similarity: str  # similar / different
-    quadrant: str
-    input_size: int
-    epochs: int
-    learning_rate: float
-    backbone_lr_mult: float
-    head: str
-    predicted_seconds: float
-    command: str
-    reasons: list[str]
-    evidence: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    def to_text(self) -> str:
-        size = self.evidence["size"]
-        fit = self.evidence["pretrained_fit"]
-        lines = [
-            f"data: {size['train_images']} train / {size['val_images']} val images, "
-            f"{size['classes']} classes ({size['per_class_min']}-{size['per_class_max']} per "
-            f"class), native short side {size['native_short_side']} px",
-            f"ImageNet head confidence {fit['imagenet_confidence']:.3f}; BatchNorm shift by "
-            "stage: " + ", ".join(f"{k} {v:.2f}" for k, v in fit["batchnorm_shift"].items()),
-            "probe (logreg val accuracy by stage): "
-            + ", ".join(f"{k} {v:.3f}" for k, v in self.evidence["probe"].items()),
-            "learning curve (share of train: val accuracy): "
-            + ", ".join(f"{k} {v:.3f}" for k, v in self.evidence["learning_curve"].items()),
-            "",
-            f"quadrant: {self.quadrant}",
-            *[f"  - {reason}" for reason in self.reasons],
-            "",
-            f"recommended: {self.strategy}"
-            + (f" (stage {self.stage})" if self.stage else "")
-            + f", input {self.input_size} px, about {self.predicted_seconds / 60:.1f} min here",
-            f"run it: {self.command}",
-        ]
-        return "\n".join(lines)
-
-
 def recommended_input_size(native_short_side: int, crop_size: int) -> int:
     """Small native images need not be blown up to 224 px: at most twice native, 64 at least,
     in steps of 32 (conv nets downsample by 32)."""
@@ -302,46 +208,20 @@ def recommended_input_size(native_short_side: int, crop_size: int) -> int:
 
 @torch.inference_mode()
 def seconds_per_image(model: nn.Module, input_size: int, batch_size: int = 16) -> float:
-    """Forward time per image at `input_size` on this machine (after a warm-up batch)."""
+    """Forward time per image at `input_size` on the model's device (after a warm-up batch):
+    for the time estimate only, never for the decision."""
     model.eval()
-    images = torch.randn(batch_size, 3, input_size, input_size).contiguous(
-        memory_format=torch.channels_last
-    )
+    device = next(model.parameters()).device
+    images = torch.randn(batch_size, 3, input_size, input_size, device=device)
+    images = images.contiguous(memory_format=torch.channels_last)
     model(images)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     started = time.perf_counter()
     model(images)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return (time.perf_counter() - started) / batch_size
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """What the advisor measured; `decide` turns it into advice without measuring anything."""
-
-    size: SizeEvidence
-    pretrained_fit: PretrainedFit
-    probe_accuracy: dict[str, float]  # logreg val accuracy by stage label
-    probe_sample: dict[str, int]
-    learning_curve: dict[str, float]  # share of train -> val accuracy
-    seconds_per_image: float  # forward time on this machine at `input_size`
-    input_size: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "size": self.size.to_json(),
-            "pretrained_fit": self.pretrained_fit.to_json(),
-            "probe": self.probe_accuracy,
-            "probe_sample": self.probe_sample,
-            "learning_curve": self.learning_curve,
-            "seconds_per_image_forward": self.seconds_per_image,
-            "thresholds": {
-                "small_total": SMALL_TOTAL,
-                "small_per_class": SMALL_PER_CLASS,
-                "similar_confidence": SIMILAR_CONFIDENCE,
-                "similar_batchnorm_shift": SIMILAR_BATCHNORM_SHIFT,
-                "top_stage_margin": TOP_STAGE_MARGIN,
-                "curve_gain": CURVE_GAIN,
-            },
-        }
 
 
 def advise(
@@ -354,11 +234,14 @@ def advise(
     cache_dir: Path | None = None,
     use_cache: bool = True,
     val_split: float | None = None,
+    device_name: str = "auto",
     log: Callable[[str], None] = print,
 ) -> Advice:
-    """Measure `data_dir` and recommend a strategy (see the module docstring).
+    """Measure `data_dir`, race the candidates on train/ and recommend one (module docstring).
 
-    `val_split` measures a dataset with only train/ on the same seeded split `train` would make.
+    `val_split` measures a dataset with only train/ on the same seeded split `train` would make
+    (the race then holds out part of what is left as train). `device_name`: where the run will
+    train, so the trials and the time estimate are measured there.
     """
     splits = find_splits(data_dir, val_split=val_split, seed=seed)
     backbone = get_backbone(backbone_name)
@@ -366,7 +249,11 @@ def advise(
     if not weights.pretrained or weights.path is None:
         raise_no_weights(backbone.name)
     cache = FeatureCache(cache_dir or default_cache_dir(), log=log) if use_cache else None
-    evidence = measure(splits, backbone, weights, seed=seed, cache=cache, log=log)
+    setup = RaceSetup(
+        splits=splits, backbone=backbone, weights=weights, weights_argument=weights_argument,
+        cache=cache, device=resolve_device(device_name), seed=seed, log=log,
+    )  # fmt: skip
+    evidence = measure(setup, time_budget_minutes=time_budget_minutes)
     decision = decide(evidence, time_budget_minutes=time_budget_minutes)
     command = ["tlvision", "train", str(data_dir), "--strategy", decision.strategy]
     if backbone.name != DEFAULT_BACKBONE:
@@ -375,8 +262,8 @@ def advise(
         command += ["--weights", weights_argument]
     if val_split is not None:
         command += ["--val-split", str(val_split)]
-    if evidence.input_size != preprocessing_for(backbone, weights).crop_size:
-        command += ["--input-size", str(evidence.input_size)]
+    if decision.input_size != preprocessing_for(backbone, weights).crop_size:
+        command += ["--input-size", str(decision.input_size)]
     if decision.strategy == "linear-probe":
         command += ["--head", decision.head] + (
             ["--stage", decision.stage] if decision.stage else []
@@ -384,202 +271,69 @@ def advise(
     if decision.strategy == "finetune":
         command += ["--epochs", str(decision.epochs), "--lr", str(decision.learning_rate)]
         command += ["--backbone-lr-mult", str(decision.backbone_lr_mult)]
+        command += ["--freeze-until", decision.stage] if decision.stage else []
+    if device_name != "auto":
+        command += ["--device", device_name]
     command += ["--seed", str(seed)]
     return replace(decision, command=shlex.join(command), evidence=evidence.to_json())
 
 
-def measure(
-    splits: DatasetSplits,
-    backbone: BackboneSpec,
-    weights: WeightsChoice,
-    *,
-    seed: int,
-    cache: FeatureCache | None,
-    log: Callable[[str], None],
-) -> Evidence:
-    """Size, the three similarity signals and the learning curve, on seeded samples."""
-    size = measure_size(splits, seed=seed)
+def measure(setup: RaceSetup, *, time_budget_minutes: float) -> Evidence:
+    """Size, the similarity signals and the race, all on train/ (seeded samples)."""
+    splits, backbone, weights = setup.splits, setup.backbone, setup.weights
+    size = measure_size(splits, seed=setup.seed)
     weights_crop = preprocessing_for(backbone, weights).crop_size
-    input_size = recommended_input_size(size.native_short_side, weights_crop)
-    preprocessing = preprocessing_for(backbone, weights, input_size=input_size)
+    native = recommended_input_size(size.native_short_side, weights_crop)
+    fit_sample, holdout = race_split(splits.samples["train"], setup.seed)
+    race_setup = replace(
+        setup,
+        splits=DatasetSplits(
+            root=splits.root, class_names=splits.class_names,
+            samples={"train": fit_sample, "val": holdout},
+        ),
+    )  # fmt: skip
 
     # Similarity, signals 1 and 2: the pretrained network with its own ImageNet head.
     imagenet_model = backbone.build()
     assert weights.path is not None
     imagenet_model.load_state_dict(load_state_dict_file(weights.path))
-    imagenet_model = imagenet_model.to(memory_format=torch.channels_last)
-    val_sample = sample_per_class(splits.samples["val"], 40, seed)
-    log(f"advise: measuring {len(val_sample)} val images against the pretrained network")
+    imagenet_model = imagenet_model.to(setup.device).to(memory_format=torch.channels_last)
+    setup.log(f"advise: {len(holdout)} held-out train images against the pretrained network")
+    preprocessing = preprocessing_for(backbone, weights, input_size=native)
     pretrained_fit = measure_pretrained_fit(
-        imagenet_model, backbone, val_sample, build_transforms(preprocessing)["val"],
+        imagenet_model, backbone, holdout, build_transforms(preprocessing)["val"],
         num_workers=default_num_workers(),
     )  # fmt: skip
+    seconds_per_pass = seconds_per_image(imagenet_model, 224)
+    del imagenet_model
 
-    # Signal 3 and the learning curve: logistic regression on each stage's codes, one pass.
-    sampled = DatasetSplits(
-        root=splits.root,
-        class_names=splits.class_names,
-        samples={
-            "train": sample_per_class(splits.samples["train"], PROBE_TRAIN_PER_CLASS, seed),
-            "val": sample_per_class(splits.samples["val"], PROBE_VAL_PER_CLASS, seed),
-        },
+    race: list[Entry] = []
+    codes_by_size: dict[int, Any] = {}
+    for input_size in sorted({native, weights_crop}):
+        entries, codes_by_size[input_size] = frozen_entries(race_setup, input_size)
+        race += entries
+    probe_accuracy = {stage_label(e.stage): e.accuracy for e in race if e.input_size == native}
+    best_frozen = max(race, key=lambda entry: (entry.accuracy, -entry.input_size))
+    curve = learning_curve(
+        codes_by_size[best_frozen.input_size][best_frozen.stage], size.classes, setup.seed
     )
-    codes = extract_split_codes(
-        create_model(backbone, len(splits.class_names), weights), backbone, sampled,
-        weights=weights.label, preprocessing=preprocessing, cache=cache, stages=PROBE_STAGES,
-        seed=seed, num_workers=default_num_workers(), log=log,
+    skipped = trial_plan(
+        size, pretrained_fit, probe_accuracy, native_input_size=native,
+        device_kind=setup.device.type, time_budget_minutes=time_budget_minutes,
     )  # fmt: skip
-    rows = probe(
-        {stage: codes[stage].train_views for stage in PROBE_STAGES},
-        {stage: codes[stage].val for stage in PROBE_STAGES},
-        codes[None].train_labels, codes[None].val_labels,
-        num_classes=len(splits.class_names), heads=("logreg",), seed=seed, C=PROBE_C,
-    )  # fmt: skip
-    probe_accuracy = {stage_label(row.stage): row.val_acc for row in rows}
+    if not skipped:
+        at_trial_size = [entry for entry in race if entry.input_size == trial_size(native)]
+        race += finetune_trials(race_setup, native_input_size=native, frozen=at_trial_size)
     return Evidence(
-        size=size,
-        pretrained_fit=pretrained_fit,
-        probe_accuracy=probe_accuracy,
-        probe_sample={k: len(v) for k, v in sampled.samples.items()},
-        learning_curve=learning_curve(
-            codes[_best_stage(probe_accuracy)], len(splits.class_names), seed
-        ),
-        seconds_per_image=seconds_per_image(imagenet_model, input_size),
-        input_size=input_size,
-    )
-
-
-def _best_stage(probe_accuracy: dict[str, float]) -> str | None:
-    """The stage whose codes the probe read best (ties: the top); None for the top."""
-    best = max(probe_accuracy, key=lambda name: (probe_accuracy[name], name == TOP_LABEL))
-    return None if best == TOP_LABEL else best
-
-
-def decide(evidence: Evidence, *, time_budget_minutes: float) -> Advice:
-    """The recipe's quadrants on the measured axes, then the time budget (no measuring here);
-    the returned Advice has no command or evidence yet."""
-    size, probe_accuracy = evidence.size, evidence.probe_accuracy
-    best_stage = _best_stage(probe_accuracy)
-    is_small, is_similar, still_learning, reasons = _axes(evidence)
-    epochs, stage, head = 25, None, "linear"
-    if is_small and is_similar:
-        quadrant, strategy = (
-            "small and similar: a linear classifier on the top codes",
-            ("feature-extract"),
-        )
-    elif is_small:
-        quadrant = "small and different: a linear classifier on codes from an earlier stage"
-        strategy, stage, head = "linear-probe", best_stage, "logreg"
-    else:
-        quadrant = (
-            "large and similar: fine-tune" if is_similar
-            else "large and different: fine-tune the whole network from pretrained weights"
-        )  # fmt: skip
-        strategy = "finetune"
-        if not still_learning and max(probe_accuracy.values()) >= 0.97:
-            strategy, stage, head = _frozen_route(best_stage)
-            reasons.append(
-                f"but the frozen codes already reach {max(probe_accuracy.values()):.3f} and the "
-                "learning curve is flat: fine-tuning is unlikely to pay for its cost"
-            )
-    finetune_epoch_seconds = (3 * size.train_images + size.val_images) * evidence.seconds_per_image
-    if strategy == "finetune":
-        budget_epochs = int(time_budget_minutes * 60 // max(finetune_epoch_seconds, 1e-6))
-        epochs = max(0, min(MAX_FINETUNE_EPOCHS, budget_epochs))
-        if epochs < 3:
-            reasons.append(
-                f"fine-tuning needs about {finetune_epoch_seconds:.0f}s an epoch here; the "
-                f"{time_budget_minutes:g}-minute budget allows {budget_epochs}: taking the "
-                "frozen route instead"
-            )
-            (strategy, stage, head), epochs = _frozen_route(best_stage), 25
-        else:
-            reasons.append(f"{epochs} epochs fit the {time_budget_minutes:g}-minute budget")
-    frozen_seconds = (size.train_images + size.val_images) * evidence.seconds_per_image + 5
-    return Advice(
-        strategy=strategy, stage=stage, size="small" if is_small else "large",
-        similarity="similar" if is_similar else "different", quadrant=quadrant,
-        input_size=evidence.input_size, epochs=epochs, learning_rate=0.01,
-        backbone_lr_mult=0.1, head=head,
-        predicted_seconds=frozen_seconds if strategy != "finetune"
-        else epochs * finetune_epoch_seconds + 10,
-        command="", reasons=reasons,
+        size=size, pretrained_fit=pretrained_fit, probe_accuracy=probe_accuracy,
+        race=tuple(race), race_sample={"fit": len(fit_sample), "holdout": len(holdout)},
+        learning_curve=curve, trial_skipped=skipped, device_kind=setup.device.type,
+        seconds_per_pass=seconds_per_pass, native_input_size=native,
     )  # fmt: skip
-
-
-def _frozen_route(best_stage: str | None) -> tuple[str, str | None, str]:
-    """(strategy, stage, head) of the frozen route reading `best_stage`."""
-    if best_stage is None:
-        return "feature-extract", None, "linear"
-    return "linear-probe", best_stage, "logreg"
-
-
-def _axes(evidence: Evidence) -> tuple[bool, bool, bool, list[str]]:
-    """(small, similar, still learning) from the evidence, and the reasons, as sentences."""
-    size, fit, curve = evidence.size, evidence.pretrained_fit, evidence.learning_curve
-    probe_accuracy = evidence.probe_accuracy
-    best_label = stage_label(_best_stage(probe_accuracy))
-    is_small = size.train_images < SMALL_TOTAL or size.per_class_median < SMALL_PER_CLASS
-    top_gap = max(probe_accuracy.values()) - probe_accuracy[TOP_LABEL]
-    early_shift = float(
-        np.mean([fit.batchnorm_shift.get(name, 0.0) for name in ("stem", "stage1")])
-    )
-    votes = [
-        fit.imagenet_confidence >= SIMILAR_CONFIDENCE,
-        early_shift <= SIMILAR_BATCHNORM_SHIFT,
-        top_gap <= TOP_STAGE_MARGIN,
-    ]
-    is_similar = sum(votes) >= 2
-    still_learning = curve["1"] - curve["0.5"] >= CURVE_GAIN
-    reasons = [
-        f"{size.train_images} train images, median {size.per_class_median:g} per class: "
-        + ("small" if is_small else "large")
-        + f" (small means under {SMALL_TOTAL} in all or {SMALL_PER_CLASS} per class)",
-        f"ImageNet head confidence {fit.imagenet_confidence:.2f} "
-        f"({'>=' if votes[0] else '<'} {SIMILAR_CONFIDENCE}); early BatchNorm shift "
-        f"{early_shift:.2f} ({'<=' if votes[1] else '>'} {SIMILAR_BATCHNORM_SHIFT}); top codes "
-        f"{top_gap:.3f} below the best stage ({best_label}, "
-        f"{'<=' if votes[2] else '>'} {TOP_STAGE_MARGIN}): {sum(votes)} of 3 say similar: "
-        + ("similar" if is_similar else "different"),
-        f"learning curve gains {curve['1'] - curve['0.5']:+.3f} from half to all of the "
-        "sample: " + ("still learning" if still_learning else "flat"),
-    ]
-    return is_small, is_similar, still_learning, reasons
 
 
 def raise_no_weights(backbone: str) -> None:
-
     raise UserError(
         f"advise measures how the data looks to pretrained {backbone} weights; pass "
         "--weights NAME or a file, not none"
     )
-
-
-def learning_curve(codes: Any, num_classes: int, seed: int) -> dict[str, float]:
-    """logreg val accuracy with 25%, 50% and 100% of the (sampled) train codes, stratified."""
-    labels = np.asarray(codes.train_labels)
-    train = np.asarray(codes.train_views[0])
-    generator = np.random.default_rng(seed)
-    order = generator.permutation(len(labels))
-    curve: dict[str, float] = {}
-    for share in (0.25, 0.5, 1.0):
-        chosen = np.concatenate(
-            [
-                [index for index in order if labels[index] == label][
-                    : max(2, round(share * int((labels == label).sum())))
-                ]
-                for label in range(num_classes)
-            ]
-        ).astype(np.int64)
-        rows = probe(
-            {None: train[chosen]},
-            {None: np.asarray(codes.val)},
-            labels[chosen],
-            codes.val_labels,
-            num_classes=num_classes,
-            heads=("logreg",),
-            seed=seed,
-            C=PROBE_C,
-        )
-        curve[f"{share:g}"] = rows[0].val_acc
-    return curve

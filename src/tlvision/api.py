@@ -135,6 +135,7 @@ def _train_as_advised(config: TrainConfig, log: Log) -> None:
         cache_dir=config.cache_dir,
         use_cache=not config.no_cache,
         val_split=config.val_split,
+        device_name=config.device,
         log=log,
     )
     log(advice.to_text())
@@ -143,6 +144,7 @@ def _train_as_advised(config: TrainConfig, log: Log) -> None:
         config,
         strategy=advice.strategy,
         stage=advice.stage if probing else None,
+        freeze_until=None if probing else advice.stage,
         head=advice.head if probing else "linear",
         input_size=advice.input_size,
         epochs=advice.epochs,
@@ -192,6 +194,7 @@ def advise(
     cache_dir: PathLike | None = None,
     no_cache: bool = False,
     val_split: float | None = None,
+    device: str = TrainConfig.device,
     verbose: bool = False,
     log: Log | None = None,
 ) -> Advice:
@@ -211,6 +214,7 @@ def advise(
             cache_dir=None if cache_dir is None else Path(cache_dir),
             use_cache=not no_cache,
             val_split=val_split,
+            device_name=device,
             log=report,
         )
     return Advice(details=advice.to_json(), text=advice.to_text())

@@ -361,6 +361,7 @@ def command_advise(arguments: argparse.Namespace) -> int:
         cache_dir=arguments.cache_dir,
         no_cache=arguments.no_cache,
         val_split=arguments.val_split,
+        device=arguments.device,
         log=(lambda _: None) if arguments.json else print,
         verbose=_show_progress(),
     )
@@ -555,6 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cache_options(advise)
     advise.add_argument("--val-split", type=float, metavar="FRACTION", help=VAL_SPLIT_HELP)
     advise.add_argument("--seed", type=int, default=TrainConfig.seed)
+    advise.add_argument("--device", default="auto", help="where the run will train")
     advise.add_argument("--json", action="store_true")
     advise.set_defaults(handler=command_advise)
 

@@ -127,14 +127,19 @@ def advice_evidence(evidence: dict[str, Any]) -> bytes:
     figure = Figure(figsize=(13, 3.6), layout="constrained")
     probe_panel, curve_panel, signal_panel = figure.subplots(1, 3)
     probe = evidence.get("probe", {})
-    _bars(probe_panel, list(probe), [float(v) for v in probe.values()], "probe val accuracy")
+    _bars(
+        probe_panel,
+        list(probe),
+        [float(v) for v in probe.values()],
+        "probe accuracy (held-out train)",
+    )
     probe_panel.set_ylim(0, 1)
     curve = evidence.get("learning_curve", {})
     shares = sorted(curve, key=float)
     curve_panel.plot([float(s) for s in shares], [curve[s] for s in shares], marker="o")
     curve_panel.set_title("learning curve (probe)")
-    curve_panel.set_xlabel("share of the train set")
-    curve_panel.set_ylabel("val accuracy")
+    curve_panel.set_xlabel("share of the fit sample")
+    curve_panel.set_ylabel("held-out train accuracy")
     curve_panel.grid(alpha=0.3)
     signals = advisor_signals(evidence)
     ratios = [max(value / threshold, RATIO_FLOOR) for _label, value, threshold, _met in signals]
@@ -153,7 +158,7 @@ RATIO_FLOOR = 0.01  # a signal of 0 (no gap) drawn at this height on the log axi
 
 def advisor_signals(evidence: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
     """(label with its rule, value, threshold, rule holds) for each signal the advisor votes
-    with, read from advice.json's evidence as tlvision.advise._axes reads them."""
+    with, read from advice.json's evidence as tlvision.decision.axes reads them."""
     thresholds = evidence.get("thresholds", {})
     size = evidence.get("size", {})
     fit = evidence.get("pretrained_fit", {})

@@ -124,7 +124,7 @@ class Advice(_Report):
 
     @property
     def probe_accuracy(self) -> dict[str, float]:
-        """logreg val accuracy on the sampled data, by stage."""
+        """logreg accuracy by stage, on the race's held-out part of train/ (never val/)."""
         return dict(self.details["evidence"]["probe"])
 
     def __repr__(self) -> str:
@@ -140,7 +140,7 @@ class Advice(_Report):
         )
         size = self.details["evidence"]["size"]
         probe = html_table(
-            ["stage", "val accuracy (logreg probe)"],
+            ["stage", "holdout accuracy (logreg on a held-out part of train)"],
             sorted(self.probe_accuracy.items()),
             caption=f"{size['classes']} classes, {size['train_images']} train / "
             f"{size['val_images']} val images",

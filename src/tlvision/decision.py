@@ -1,0 +1,436 @@
+"""The advisor's decision: pure functions from measured evidence to advice (nothing measured here).
+
+The recipe's quadrants (small/large x similar/different to ImageNet) order the candidates and say
+which are worth a trial; the race decides. Every candidate's accuracy is measured on a seeded
+held-out part of train/ (never on val/, which stays for the reported number), extrapolated from
+the race's sample to the whole train split with the learning curve, and the pick is the cheapest
+candidate within max(0.02, one standard error) of the best prediction. Cost is counted in
+"image passes at 224 px" from the data's counts and the input size, so the pick never depends on
+how busy the machine was; only the time estimate does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+# Small: too few images to move millions of weights without overfitting: under 1000 train images
+# in all, or under 100 per class for the median class.
+SMALL_TOTAL = 1000
+SMALL_PER_CLASS = 100
+# Similar: the ImageNet head answers with a mean top-1 probability of at least 0.35 (measured:
+# 0.73 on ants/bees photos, 0.66 on the demo photos, 0.44 digits, 0.50 clip art) ...
+SIMILAR_CONFIDENCE = 0.35
+# ... the data's activations in the stem and stage1 sit within 0.25 running standard deviations
+# of ImageNet's (measured: 0.09 ants/bees, 0.12 demo photos, 0.28 clip art, 0.37 digits) ...
+SIMILAR_BATCHNORM_SHIFT = 0.25
+# ... and the top codes are no worse than the best earlier stage by more than 0.02.
+TOP_STAGE_MARGIN = 0.02
+# The pick: the cheapest candidate within this much (or one standard error) of the best.
+MARGIN = 0.02
+# Fine-tuning epochs: at most 5 (3 already reach 0.95 on the reference set, 10 reach 0.96; the
+# race extrapolates its 3-epoch trials no further than this), fewer when the
+# time budget says so, and not at all under 3.
+MAX_FINETUNE_EPOCHS = 5
+MIN_FINETUNE_EPOCHS = 3
+# A learning curve that still gains this much from the second half of the sample is "rising".
+CURVE_GAIN = 0.02
+# Relative cost of one train image in an epoch: forward 1, backward through everything about 2
+# more; a partial fine-tune backpropagates through the later stages only (about half of it).
+FULL_BACKWARD = 3.0
+PARTIAL_BACKWARD = 2.0
+# Seconds per image pass at 224 px used for the time budget. Nominal, by kind of device, so that
+# the advice is the same on a busy machine (the printed estimate uses the measured speed).
+NOMINAL_SECONDS_PER_PASS = {"cpu": 1 / 90, "cuda": 1 / 3000, "mps": 1 / 600}
+REFERENCE_SIZE = 224
+
+
+@dataclass(frozen=True)
+class SizeEvidence:
+    train_images: int
+    val_images: int
+    test_images: int  # reported only: a test/ split never enters a decision
+    classes: int
+    per_class_min: int
+    per_class_median: float
+    per_class_max: int
+    imbalance_ratio: float  # largest / smallest train class
+    native_short_side: int  # median of min(width, height) over a sample of files
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class PretrainedFit:
+    """How the data looks to the pretrained network with its own ImageNet head."""
+
+    imagenet_confidence: float  # mean top-1 softmax probability of the 1000-class head
+    batchnorm_shift: dict[str, float]  # stage -> mean over its BN layers of the channel shift
+    images: int
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One candidate of the race, as measured on the race's held-out part of train/.
+
+    Frozen candidates: `accuracy` on the holdout after fitting on the race's fit sample. Trials
+    (fine-tuning): `accuracy` after the last of a few epochs on a smaller sample at a reduced
+    size, `epoch_accuracy` after each, and `frozen_reference` the best frozen codes' accuracy
+    at that size on the same images: the trial's gain over it is what carries over.
+    """
+
+    name: str
+    strategy: str  # linear-probe (frozen codes, logistic regression) or finetune
+    stage: str | None  # linear-probe: the stage read (None: top); finetune: --freeze-until
+    input_size: int  # of the full run
+    accuracy: float
+    measured: str  # what was run to get `accuracy`
+    seconds: float  # what measuring it took (not used to decide)
+    epoch_accuracy: tuple[float, ...] = ()
+    frozen_reference: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the advisor measured; `decide` turns it into advice without measuring anything."""
+
+    size: SizeEvidence
+    pretrained_fit: PretrainedFit
+    probe_accuracy: dict[str, float]  # race sample, native-based size: holdout acc by stage
+    race: tuple[Entry, ...]
+    race_sample: dict[str, int]  # fit and holdout images (both from train/)
+    learning_curve: dict[str, float]  # share of the fit sample -> holdout accuracy
+    trial_skipped: str  # why no fine-tuning trial ran ("" when it ran)
+    device_kind: str  # cpu, cuda or mps: the nominal speed for the time budget
+    seconds_per_pass: float  # measured forward time per 224-px image pass (estimates only)
+    native_input_size: int
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Evidence:
+        """Evidence as `to_json` wrote it (advice.json): decide again without measuring."""
+        return cls(
+            size=SizeEvidence(**data["size"]),
+            pretrained_fit=PretrainedFit(**data["pretrained_fit"]),
+            probe_accuracy=dict(data["probe"]),
+            race=tuple(
+                Entry(**{**entry, "epoch_accuracy": tuple(entry["epoch_accuracy"])})
+                for entry in data["race"]
+            ),
+            race_sample=dict(data["race_sample"]),
+            learning_curve=dict(data["learning_curve"]),
+            trial_skipped=data["trial_skipped"],
+            device_kind=data["device_kind"],
+            seconds_per_pass=data["seconds_per_pass_224"],
+            native_input_size=data["native_input_size"],
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "size": self.size.to_json(),
+            "pretrained_fit": self.pretrained_fit.to_json(),
+            "probe": self.probe_accuracy,
+            "race": [entry.to_json() for entry in self.race],
+            "race_sample": self.race_sample,
+            "learning_curve": self.learning_curve,
+            "trial_skipped": self.trial_skipped,
+            "device_kind": self.device_kind,
+            "seconds_per_pass_224": self.seconds_per_pass,
+            "native_input_size": self.native_input_size,
+            "thresholds": {
+                "small_total": SMALL_TOTAL,
+                "small_per_class": SMALL_PER_CLASS,
+                "similar_confidence": SIMILAR_CONFIDENCE,
+                "similar_batchnorm_shift": SIMILAR_BATCHNORM_SHIFT,
+                "top_stage_margin": TOP_STAGE_MARGIN,
+                "curve_gain": CURVE_GAIN,
+                "margin": MARGIN,
+            },
+        }
+
+
+@dataclass(frozen=True)
+class Standing:
+    """A candidate in the decided race: predicted accuracy on all of train, cost, verdict."""
+
+    name: str
+    predicted_accuracy: float
+    cost_passes: float  # 224-px image passes the full training run needs
+    predicted_seconds: float  # an estimate, from the measured speed
+    within_margin: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Advice:
+    strategy: str  # linear-probe or finetune
+    stage: str | None  # linear-probe: the stage read; finetune: --freeze-until (None: all)
+    size: str  # small / large
+    similarity: str  # similar / different
+    quadrant: str
+    input_size: int
+    epochs: int
+    learning_rate: float
+    backbone_lr_mult: float
+    head: str
+    predicted_seconds: float
+    margin: float
+    standings: list[Standing]
+    command: str
+    reasons: list[str]
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        data["standings"] = [standing.to_json() for standing in self.standings]
+        return data
+
+    def to_text(self) -> str:
+        size, fit = self.evidence["size"], self.evidence["pretrained_fit"]
+        sample = self.evidence["race_sample"]
+        lines = [
+            f"data: {size['train_images']} train / {size['val_images']} val images"
+            + (f" / {size['test_images']} test (not used)" if size["test_images"] else "")
+            + f", {size['classes']} classes ({size['per_class_min']}-{size['per_class_max']} "
+            f"per class), native short side {size['native_short_side']} px",
+            f"ImageNet head confidence {fit['imagenet_confidence']:.3f}; BatchNorm shift by "
+            "stage: " + ", ".join(f"{k} {v:.2f}" for k, v in fit["batchnorm_shift"].items()),
+            "learning curve (share of the fit sample: holdout accuracy): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in self.evidence["learning_curve"].items()),
+            "",
+            f"quadrant: {self.quadrant}",
+            *[f"  - {reason}" for reason in self.reasons],
+            "",
+            f"race on train/ only: {sample['fit']} fit / {sample['holdout']} held-out images; "
+            f"margin {self.margin:.3f}",
+            f"  {'candidate':<28} {'holdout':>7} {'predicted':>9} {'cost':>9} {'est. time':>9}",
+        ]
+        measured = {entry["name"]: entry for entry in self.evidence["race"]}
+        for standing in self.standings:
+            mark = "*" if standing.within_margin else " "
+            lines.append(
+                f"{mark} {standing.name:<28} {measured[standing.name]['accuracy']:>7.3f} "
+                f"{standing.predicted_accuracy:>9.3f} {standing.cost_passes:>9.0f} "
+                f"{standing.predicted_seconds / 60:>7.1f}min"
+            )
+        if self.evidence["trial_skipped"]:
+            lines.append(f"  no fine-tuning trial: {self.evidence['trial_skipped']}")
+        lines += [
+            "",
+            f"recommended: {self.strategy}"
+            + (f" (stage {self.stage})" if self.stage and self.strategy != "finetune" else "")
+            + (
+                f" (frozen until {self.stage})"
+                if self.stage and self.strategy == "finetune"
+                else ""
+            )
+            + f", input {self.input_size} px, about {self.predicted_seconds / 60:.1f} min here "
+            "(estimate)",
+            f"run it: {self.command}",
+        ]
+        return "\n".join(lines)
+
+
+def axes(
+    size: SizeEvidence, fit: PretrainedFit, probe_accuracy: dict[str, float]
+) -> tuple[bool, bool, list[str]]:
+    """(small, similar) on the recipe's two axes, and the reasons, as sentences."""
+    is_small = size.train_images < SMALL_TOTAL or size.per_class_median < SMALL_PER_CLASS
+    best_label = max(probe_accuracy, key=lambda name: (probe_accuracy[name], name == "top"))
+    top_gap = probe_accuracy[best_label] - probe_accuracy["top"]
+    shifts = [fit.batchnorm_shift.get(name, 0.0) for name in ("stem", "stage1")]
+    early_shift = sum(shifts) / len(shifts)
+    votes = [
+        fit.imagenet_confidence >= SIMILAR_CONFIDENCE,
+        early_shift <= SIMILAR_BATCHNORM_SHIFT,
+        top_gap <= TOP_STAGE_MARGIN,
+    ]
+    is_similar = sum(votes) >= 2
+    reasons = [
+        f"{size.train_images} train images, median {size.per_class_median:g} per class: "
+        + ("small" if is_small else "large")
+        + f" (small means under {SMALL_TOTAL} in all or {SMALL_PER_CLASS} per class)",
+        f"ImageNet head confidence {fit.imagenet_confidence:.2f} "
+        f"({'>=' if votes[0] else '<'} {SIMILAR_CONFIDENCE}); early BatchNorm shift "
+        f"{early_shift:.2f} ({'<=' if votes[1] else '>'} {SIMILAR_BATCHNORM_SHIFT}); top codes "
+        f"{top_gap:.3f} below the best stage ({best_label}, "
+        f"{'<=' if votes[2] else '>'} {TOP_STAGE_MARGIN}): {sum(votes)} of 3 say similar: "
+        + ("similar" if is_similar else "different"),
+    ]
+    return is_small, is_similar, reasons
+
+
+def quadrant_of(is_small: bool, is_similar: bool) -> str:
+    return {
+        (True, True): "small and similar: a linear classifier on the top codes",
+        (True, False): "small and different: a linear classifier on codes from an earlier stage",
+        (False, True): "large and similar: fine-tune",
+        (False, False): "large and different: fine-tune the whole network",
+    }[(is_small, is_similar)]
+
+
+def finetune_epochs(size: SizeEvidence, input_size: int, device_kind: str, budget: float) -> int:
+    """Epochs of full fine-tuning the budget (minutes) allows at the device's nominal speed."""
+    per_epoch = _finetune_epoch_passes(size, input_size, FULL_BACKWARD)
+    seconds = per_epoch * NOMINAL_SECONDS_PER_PASS.get(device_kind, NOMINAL_SECONDS_PER_PASS["cpu"])
+    return min(MAX_FINETUNE_EPOCHS, int(budget * 60 // max(seconds, 1e-9)))
+
+
+def trial_plan(
+    size: SizeEvidence,
+    fit: PretrainedFit,
+    probe_accuracy: dict[str, float],
+    *,
+    native_input_size: int,
+    device_kind: str,
+    time_budget_minutes: float,
+) -> str:
+    """Why no fine-tuning trial is worth running ("" when one is): fine-tuning costs far more
+    than 10x the frozen route, so it is only recommended after a measured trial."""
+    is_small, is_similar, _ = axes(size, fit, probe_accuracy)
+    best = max(probe_accuracy.values())
+    if is_small and is_similar:
+        return "small and similar: the recipe's frozen top codes, no fine-tuning trial needed"
+    if best >= 1 - MARGIN:
+        return f"the frozen codes already reach {best:.3f}: nothing left to gain beyond the margin"
+    epochs = finetune_epochs(size, native_input_size, device_kind, time_budget_minutes)
+    if epochs < MIN_FINETUNE_EPOCHS:
+        return (
+            f"the {time_budget_minutes:g}-minute budget allows {epochs} fine-tuning epochs "
+            f"(under {MIN_FINETUNE_EPOCHS}) at a nominal {device_kind} speed"
+        )
+    return ""
+
+
+def _finetune_epoch_passes(size: SizeEvidence, input_size: int, backward: float) -> float:
+    scale = (input_size / REFERENCE_SIZE) ** 2
+    return (backward * size.train_images + size.val_images) * scale
+
+
+def cost_passes(entry: Entry, size: SizeEvidence, epochs: int) -> float:
+    """224-px image passes the full run needs: the frozen routes read every image once."""
+    if entry.strategy != "finetune":
+        scale = (entry.input_size / REFERENCE_SIZE) ** 2
+        return (size.train_images + size.val_images) * scale
+    backward = FULL_BACKWARD if entry.stage is None else PARTIAL_BACKWARD
+    return epochs * _finetune_epoch_passes(size, entry.input_size, backward)
+
+
+def extrapolate(accuracy: float, curve: dict[str, float], fit_images: int, train: int) -> float:
+    """Accuracy with all of train/ instead of the fit sample: the error falls as a power of the
+    data, with the exponent the learning curve showed from half to all of the sample (0 to 1)."""
+    half_error, full_error = 1 - curve["0.5"], 1 - curve["1"]
+    if full_error <= 0 or half_error <= 0 or train <= fit_images:
+        return accuracy
+    exponent = min(1.0, max(0.0, math.log(half_error / full_error) / math.log(2)))
+    return 1 - (1 - accuracy) * (fit_images / train) ** exponent
+
+
+def standard_error(accuracy: float, images: int) -> float:
+    """Of an accuracy on `images` held-out images, with one success and one failure added
+    (Laplace) so that a perfect score on a few images does not claim zero error."""
+    smoothed = (accuracy * images + 1) / (images + 2)
+    return math.sqrt(smoothed * (1 - smoothed) / max(1, images))
+
+
+def rank(entry: Entry, is_similar: bool) -> int:
+    """The rules of thumb's order among candidates of equal cost and equal predicted accuracy
+    (equal cost, different accuracy: the better one; the rules only break exact ties): similar
+    data, the top codes first; different data, earlier stages first (latest first)."""
+    if entry.strategy == "finetune":
+        return 0
+    order = ("top", "stage3", "stage2") if is_similar else ("stage3", "stage2", "top")
+    label = "top" if entry.stage is None else entry.stage
+    return order.index(label) if label in order else len(order)
+
+
+def extrapolate_epochs(epoch_accuracy: Sequence[float], epochs: int) -> float:
+    """A trial's accuracy after `epochs` instead of its few: the error falls as a power of the
+    epochs, with the exponent its last two epochs showed (0 to 1: no faster than 1/epochs)."""
+    done = len(epoch_accuracy)
+    last = epoch_accuracy[-1]
+    if done < 2 or epochs <= done:
+        return last
+    previous_error, last_error = 1 - epoch_accuracy[-2], 1 - last
+    if last_error <= 0 or previous_error <= last_error:
+        return last
+    exponent = min(1.0, math.log(previous_error / last_error) / math.log(done / (done - 1)))
+    return 1 - last_error * (done / epochs) ** exponent
+
+
+def comparable_accuracy(entry: Entry, best_frozen: float, epochs: int) -> float:
+    """On the frozen candidates' footing (fit sample, holdout): a trial's gain over the frozen
+    codes on its own images, after `epochs`, added to the best frozen candidate."""
+    if entry.strategy != "finetune" or entry.frozen_reference is None:
+        return entry.accuracy
+    trial = extrapolate_epochs(entry.epoch_accuracy or (entry.accuracy,), epochs)
+    return min(1.0, max(0.0, best_frozen + trial - entry.frozen_reference))
+
+
+def decide(evidence: Evidence, *, time_budget_minutes: float) -> Advice:
+    """The race's cheapest candidate within the margin of the best (no measuring here); the
+    returned Advice has no command or evidence yet."""
+    size = evidence.size
+    is_small, is_similar, reasons = axes(size, evidence.pretrained_fit, evidence.probe_accuracy)
+    epochs = finetune_epochs(
+        size, evidence.native_input_size, evidence.device_kind, time_budget_minutes
+    )
+    race = [entry for entry in evidence.race if entry.strategy != "finetune"]
+    if epochs >= MIN_FINETUNE_EPOCHS:
+        race = list(evidence.race)
+    elif len(race) < len(evidence.race):
+        reasons.append(
+            f"fine-tuning left out: the {time_budget_minutes:g}-minute budget allows {epochs} "
+            f"epochs (under {MIN_FINETUNE_EPOCHS}) at a nominal {evidence.device_kind} speed"
+        )
+    curve, fit_images = evidence.learning_curve, evidence.race_sample["fit"]
+    best_frozen = max(entry.accuracy for entry in race if entry.strategy != "finetune")
+    predicted = {
+        entry.name: extrapolate(
+            comparable_accuracy(entry, best_frozen, epochs), curve, fit_images, size.train_images
+        )
+        for entry in race
+    }
+    best = max(predicted.values())
+    margin = max(MARGIN, standard_error(best, evidence.race_sample["holdout"]))
+    costs = {entry.name: cost_passes(entry, size, epochs) for entry in race}
+    standings = [
+        Standing(
+            name=entry.name,
+            predicted_accuracy=predicted[entry.name],
+            cost_passes=costs[entry.name],
+            predicted_seconds=costs[entry.name] * evidence.seconds_per_pass,
+            within_margin=predicted[entry.name] >= best - margin,
+        )
+        for entry in sorted(
+            race, key=lambda e: (costs[e.name], -predicted[e.name], rank(e, is_similar))
+        )
+    ]
+    chosen_name = next(standing.name for standing in standings if standing.within_margin)
+    chosen = next(entry for entry in race if entry.name == chosen_name)
+    best_name = max(predicted, key=lambda name: (predicted[name], -costs[name]))
+    reasons.append(
+        f"race: best predicted {best_name} {best:.3f}; the cheapest within {margin:.3f} of it is "
+        f"{chosen.name} ({predicted[chosen.name]:.3f}, {costs[chosen.name]:.0f} image passes)"
+    )
+    if evidence.trial_skipped:
+        reasons.append(f"fine-tuning not raced: {evidence.trial_skipped}")
+    return Advice(
+        strategy=chosen.strategy, stage=chosen.stage, size="small" if is_small else "large",
+        similarity="similar" if is_similar else "different",
+        quadrant=quadrant_of(is_small, is_similar), input_size=chosen.input_size,
+        epochs=epochs if chosen.strategy == "finetune" else 25, learning_rate=0.01,
+        backbone_lr_mult=0.1, head="logreg" if chosen.strategy != "finetune" else "linear",
+        predicted_seconds=costs[chosen.name] * evidence.seconds_per_pass, margin=margin,
+        standings=standings, command="", reasons=reasons,
+    )  # fmt: skip
