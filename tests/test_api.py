@@ -270,8 +270,10 @@ def test_train_auto_runs_the_advice_quietly(
     assert run.model_info["preprocessing"]["crop_size"] == advice["input_size"]
 
 
-def test_import_tlvision_does_not_load_torch() -> None:
-    code = "import sys, tlvision; print(sorted({'torch', 'numpy', 'PIL'} & set(sys.modules)))"
+@pytest.mark.parametrize("module", ["tlvision", "tlvision.cli"])
+def test_import_does_not_load_torch(module: str) -> None:
+    """The API and the command line (`tlvision --help`, argument errors) start without torch."""
+    code = f"import sys, {module}; print(sorted({{'torch', 'numpy', 'PIL'}} & set(sys.modules)))"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True,
         env={**os.environ, "PYTHONPATH": str(SOURCE_DIR)},

@@ -121,7 +121,7 @@ def train(
 
 def _train_as_advised(config: TrainConfig, log: Log) -> None:
     from tlvision.advisor import advise as measure_and_advise
-    from tlvision.checkpoint import write_json_atomic
+    from tlvision.jsonio import write_json_atomic
     from tlvision.runs import refuse_to_overwrite
     from tlvision.training import fit
 

@@ -1,21 +1,111 @@
-"""The commands that take a trained model out of the tool: `tlvision export` and `serve`."""
+"""The commands that use a trained model outside training: `tlvision predict`, `export` and
+`serve`."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tlvision.config import RUNTIMES
 from tlvision.errors import UserError
+from tlvision.jsonio import json_text
 
 if TYPE_CHECKING:
     Commands = argparse._SubParsersAction[argparse.ArgumentParser]
 
+TTA_HELP = "test-time augmentation: average the centre crop, its mirror and the 4 corner crops"
+
 
 def add_commands(commands: Commands) -> None:
+    add_predict_command(commands)
     add_export_command(commands)
     add_serve_command(commands)
+
+
+def command_predict(arguments: argparse.Namespace) -> int:
+    from tlvision.distributed import launched_by_torchrun
+
+    if arguments.jsonl is not None:
+        return _command_predict_jsonl(arguments)
+    if launched_by_torchrun():
+        raise UserError("under torchrun, predict writes JSON lines: pass --jsonl FILE")
+    from tlvision import api
+
+    run = api.load(arguments.run_dir)
+    predictions = run.predict(
+        arguments.paths, top_k=arguments.top_k, device=arguments.device, tta=arguments.tta,
+        batch_size=arguments.batch_size, runtime=arguments.runtime, workers=arguments.workers,
+    )  # fmt: skip
+    if arguments.json:
+        print(json_text([prediction.to_json() for prediction in predictions]))
+    else:
+        for prediction in predictions:
+            if prediction.error is not None:
+                print(f"{prediction.path}: error: {prediction.error}")
+                continue
+            ranked = ", ".join(f"{name} {probability:.3f}" for name, probability in prediction.top)
+            print(f"{prediction.path}: {ranked}")
+    if arguments.maps is not None:
+        from tlvision.class_maps import class_mapper, write_class_maps
+
+        readable = [item.path for item in predictions if item.error is None and item.path]
+        written = write_class_maps(
+            class_mapper(run.model()), readable, arguments.maps, top_k=arguments.top_k
+        )
+        print(f"wrote {len(written)} class-map images to {arguments.maps}", file=sys.stderr)
+    failed = [prediction for prediction in predictions if prediction.error is not None]
+    if failed:
+        print(f"{len(failed)} of {len(predictions)} files could not be read", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _command_predict_jsonl(arguments: argparse.Namespace) -> int:
+    """Streaming: one JSON line per image as it goes, flat memory, sharded under torchrun."""
+    from tlvision.streaming import predict_to_jsonl
+
+    if arguments.maps is not None:
+        raise UserError("--maps goes without --jsonl: draw maps for a handful of images")
+    total, failed = predict_to_jsonl(
+        arguments.run_dir, arguments.paths, arguments.jsonl, top_k=arguments.top_k,
+        batch_size=arguments.batch_size, decoders=arguments.workers,
+        device_name=arguments.device, runtime=arguments.runtime,
+    )  # fmt: skip
+    if failed and int(os.environ.get("RANK", "0")) == 0:
+        print(f"{failed} of {total} files could not be read", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def add_predict_command(commands: Commands) -> None:
+    predict = commands.add_parser("predict", help="classify image files or folders")
+    predict.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    predict.add_argument("paths", type=Path, nargs="+", metavar="IMAGE_OR_DIR")
+    predict.add_argument("--top-k", type=int, default=1)
+    predict.add_argument("--json", action="store_true")
+    predict.add_argument("--device", default="auto")
+    predict.add_argument("--tta", action="store_true", help=TTA_HELP)
+    predict.add_argument(
+        "--maps", type=Path, metavar="OUT_DIR",
+        help="also write per image a heat map of the top-k classes over the whole image",
+    )  # fmt: skip
+    predict.add_argument(
+        "--jsonl",
+        type=Path,
+        metavar="FILE",
+        help="stream: one JSON line per image as it goes, memory flat for any number of files "
+        "(required under torchrun: the ranks' parts are merged into FILE in input order)",
+    )
+    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--workers", type=int, help="decoding threads (default: one per core)")
+    predict.add_argument(
+        "--runtime", default="auto", choices=RUNTIMES,
+        help="auto: ONNX Runtime on a CPU (exported into RUN/export/ once, for 500+ images or "
+        "when an export exists), torch on a GPU or with --tta",
+    )  # fmt: skip
+    predict.set_defaults(handler=command_predict)
 
 
 def command_export(arguments: argparse.Namespace) -> int:
@@ -31,8 +121,6 @@ def command_export(arguments: argparse.Namespace) -> int:
     )
     document = export_model(request, log=lambda message: print(message, file=sys.stderr))
     if arguments.json:
-        from tlvision.checkpoint import json_text
-
         print(json_text(document))
     return 0
 

@@ -19,12 +19,12 @@ from torch import nn
 
 from tlvision import distributed
 from tlvision.backbones import head_of, install_head
-from tlvision.checkpoint import write_json_atomic
 from tlvision.codes_cache import FeatureCache, default_cache_dir
 from tlvision.config import epochs_of, views_of
 from tlvision.data import DatasetSplits
 from tlvision.extraction import UnreadableImagesError
 from tlvision.heads import accuracy, fit_sklearn_head, train_linear_head
+from tlvision.jsonio import write_json_atomic
 from tlvision.runs import CODES_RUN_CONFIG, METRICS_FILE, Log, RunSetup, finish_run, record_epoch
 from tlvision.split_codes import SplitCodes, extract_split_codes
 from tlvision.stages import StageClassifier, stage_label

@@ -32,8 +32,9 @@ import torch
 from torch import nn
 
 import tlvision
-from tlvision.checkpoint import MODEL_WEIGHTS, LoadedModel, load_run_model, write_json_atomic
+from tlvision.checkpoint import MODEL_WEIGHTS, LoadedModel, load_run_model
 from tlvision.errors import UserError
+from tlvision.jsonio import write_json_atomic
 from tlvision.parity_data import ParityImages, parity_pixels
 from tlvision.pixels import INPUT_DTYPE, INPUT_LAYOUT, PixelClassifier
 from tlvision.runtime import onnx_session

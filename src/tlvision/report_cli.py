@@ -79,8 +79,8 @@ def _run_device(run_dir: Path) -> str:
 
 
 def command_compare(arguments: argparse.Namespace) -> int:
-    from tlvision.checkpoint import json_text
     from tlvision.compare import compare_rows, compare_text, write_compare_page
+    from tlvision.jsonio import json_text
 
     rows = compare_rows(arguments.run_dirs)
     page = write_compare_page(arguments.run_dirs, rows, arguments.html)
@@ -108,7 +108,7 @@ def config_from_options(data: Path, options: dict[str, Any]) -> TrainConfig:
 
 
 def save_range_test(result: RangeTest, plot: Path, data: Path | None = None) -> None:
-    from tlvision.checkpoint import write_json_atomic
+    from tlvision.jsonio import write_json_atomic
     from tlvision.report_plots import lr_find_plot
 
     plot.parent.mkdir(parents=True, exist_ok=True)
@@ -118,8 +118,8 @@ def save_range_test(result: RangeTest, plot: Path, data: Path | None = None) -> 
 
 
 def command_lr_find(arguments: argparse.Namespace) -> int:
-    from tlvision.checkpoint import json_text
     from tlvision.cli import announce_layout
+    from tlvision.jsonio import json_text
     from tlvision.lr_find import find_learning_rate
 
     announce_layout(arguments.data, arguments.val_split)

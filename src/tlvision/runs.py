@@ -19,12 +19,13 @@ from torch import nn
 
 from tlvision.backbone_spec import BackboneSpec
 from tlvision.backbones import WeightsChoice
-from tlvision.checkpoint import TRAINING_CHECKPOINT, save_run_model, write_json_atomic
+from tlvision.checkpoint import TRAINING_CHECKPOINT, save_run_model
 from tlvision.config import TrainConfig
 from tlvision.data import DatasetSplits
 from tlvision.distributed import Distributed
 from tlvision.errors import UserError
 from tlvision.images import BadImageError, open_image_rgb
+from tlvision.jsonio import write_json_atomic
 from tlvision.tracking import Tracker
 from tlvision.weights import Preprocessing
 

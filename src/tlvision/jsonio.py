@@ -1,0 +1,26 @@
+"""JSON as tlvision writes it: indented ASCII, files replaced atomically. Imports no torch, so
+the command line and `import tlvision` can use it without loading torch."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def json_text(data: Any) -> str:
+    """Indented JSON in pure ASCII: how every JSON file and --json output of tlvision is written.
+
+    A file name that is not valid UTF-8 is held as a str with lone surrogates (os.fsdecode);
+    ensure_ascii writes each as a "\\udcff" escape, which json.loads turns back into the same
+    str, so Path(name) opens the same file. Raw, those surrogates cannot be encoded as UTF-8.
+    """
+    return json.dumps(data, indent=2, ensure_ascii=True)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write then rename, so a reader never sees half a file, even if we are killed."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(json_text(data) + "\n", encoding="ascii")
+    os.replace(temporary, path)
