@@ -23,17 +23,21 @@ from tlvision.training import fit
 from tlvision.weights import Preprocessing
 
 
-@pytest.fixture
-def trained_run(tiny_dataset: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "run"
+def train_small_run(data: Path, out: Path) -> Path:
+    """One epoch of fine-tuning from random weights at 32 px: a real run, in seconds."""
     fit(
         TrainConfig(
-            data_dir=tiny_dataset, out_dir=out, strategy="finetune", weights="none",
+            data_dir=data, out_dir=out, strategy="finetune", weights="none",
             input_size=32, epochs=1, batch_size=8, num_workers=0,
         ),
         log=lambda _: None,
     )  # fmt: skip
     return out
+
+
+@pytest.fixture
+def trained_run(tiny_dataset: Path, tmp_path: Path) -> Path:
+    return train_small_run(tiny_dataset, tmp_path / "run")
 
 
 def test_jsonl_has_one_line_per_image_in_order_with_errors(
@@ -79,14 +83,7 @@ def test_jsonl_probabilities_match_the_torch_model_on_each_runtime(
 ) -> None:
     # 36 images: the ONNX export's parity check needs 32
     data = dataset_factory(per_class={"train": 12, "val": 6})
-    trained_run = tmp_path / "run"
-    fit(
-        TrainConfig(
-            data_dir=data, out_dir=trained_run, strategy="finetune", weights="none",
-            input_size=32, epochs=1, batch_size=8, num_workers=0,
-        ),
-        log=lambda _: None,
-    )  # fmt: skip
+    trained_run = train_small_run(data, tmp_path / "run")
     paths = expand_image_paths([data / "val"])
     expected = predict_images(load_run_model(trained_run), paths, top_k=2)
     jsonl = tmp_path / f"{runtime}.jsonl"
@@ -160,14 +157,7 @@ def test_torchrun_shards_prediction_and_merges_it_in_input_order(
     """2 CPU processes: rank 0 exports the ONNX model once, each rank classifies its batches,
     and FILE holds the single-process lines in the single-process order."""
     data = dataset_factory(per_class={"train": 12, "val": 7})  # 14 val: batches 3 split unevenly
-    run = tmp_path / "run"
-    fit(
-        TrainConfig(
-            data_dir=data, out_dir=run, strategy="finetune", weights="none",
-            input_size=32, epochs=1, batch_size=8, num_workers=0,
-        ),
-        log=lambda _: None,
-    )  # fmt: skip
+    run = train_small_run(data, tmp_path / "run")
     options = ["--batch-size", "3", "--top-k", "2", "--runtime", "onnx"]
     alone = tmp_path / "alone.jsonl"
     assert main(["predict", str(run), str(data / "val"), "--jsonl", str(alone), *options]) == 0
