@@ -41,11 +41,10 @@ import torch
 from tlvision.api import demo_data_dir
 from tlvision.checkpoint import load_run_model
 from tlvision.config import TrainConfig
-from tlvision.data import build_transforms, is_image_file
+from tlvision.data import build_transforms, default_num_workers, is_image_file
 from tlvision.images import load_rgb_image
 from tlvision.pixels import prepare_pixels
 from tlvision.runtime import ONNX_THREADS, ensure_onnx_export, open_classifier
-from tlvision.streaming import default_decoders
 from tlvision.training import fit
 
 BATCH = 32
@@ -167,7 +166,7 @@ def main() -> None:
     parser.add_argument(
         "--sizes", type=int, nargs="+", default=[2_000, 20_000], help="images per predict run"
     )
-    parser.add_argument("--decoders", type=int, default=default_decoders())
+    parser.add_argument("--decoders", type=int, default=default_num_workers())
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--forward-seconds", type=float, default=10.0)
     arguments = parser.parse_args()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tlvision import extraction
+from tlvision import onnx_forward as onnx_forward_module
 from tlvision.backbones import choose_weights, create_model, get_backbone, preprocessing_for
 from tlvision.codes_cache import VAL_VIEW, CodesSpec
 from tlvision.data import build_transforms
@@ -63,7 +63,7 @@ def test_extraction_over_many_images_runs_in_onnx_runtime_with_torch_codes(
         runners.append(onnx_forward(*arguments, **keywords))  # the real export, only recorded
         return runners[-1]
 
-    monkeypatch.setattr(extraction, "onnx_forward", recorded)
+    monkeypatch.setattr(onnx_forward_module, "onnx_forward", recorded)
     paths = sorted((reference_data / "val").rglob("*.jpg"))
     assert len(paths) >= ONNX_FROM_IMAGES  # so extract_codes takes ONNX Runtime
     specs = [

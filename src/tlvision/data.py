@@ -335,7 +335,10 @@ def stratified_split(
 
 
 def default_num_workers() -> int:
-    """Loader processes: one per core, up to 8.
+    """Loader processes (and predict's decoding threads): one per core, up to 8.
+
+    For predict, 2 decoding threads beside ONNX Runtime's 2 measured 98 img/s against 64 with
+    one (benchmarks/RESULTS.md, streaming predict): the forward's threads leave gaps to fill.
 
     Decoding JPEGs in the main process stalls the model. With OpenMP's passive wait policy
     (set in tlvision/__init__.py) the model's idle threads yield to the loaders, so one worker

@@ -35,9 +35,10 @@ import tlvision
 from tlvision.checkpoint import MODEL_WEIGHTS, LoadedModel, load_run_model
 from tlvision.errors import UserError
 from tlvision.jsonio import write_json_atomic
+from tlvision.onnx_forward import onnx_session
 from tlvision.parity_data import ParityImages, parity_pixels
 from tlvision.pixels import INPUT_DTYPE, INPUT_LAYOUT, PixelClassifier
-from tlvision.runtime import onnx_session
+from tlvision.runtime import ONNX_THREADS
 from tlvision.weights import sha256_of_file
 
 FORMATS = ("onnx", "torchscript")
@@ -178,7 +179,7 @@ def write_file(
 
 def exported_runner(path: Path, export_format: str) -> Callable[[np.ndarray], np.ndarray]:
     if export_format == "onnx":
-        session = onnx_session(path)
+        session = onnx_session(path, ONNX_THREADS)
         name = session.get_inputs()[0].name
         return lambda pixels: np.asarray(session.run(None, {name: pixels})[0], dtype=np.float32)
     with warnings.catch_warnings():

@@ -34,7 +34,7 @@ from tlvision.codes_shards import ShardWriter, shard_name
 from tlvision.data import build_transforms
 from tlvision.errors import UserError
 from tlvision.images import BadImageError, decode_image_rgb
-from tlvision.onnx_forward import Forward, onnx_forward, onnxruntime_installed, use_onnx_runtime
+from tlvision.onnx_forward import Forward, fastest_forward
 from tlvision.progress import progress_bar
 from tlvision.stages import model_fingerprint
 
@@ -156,7 +156,7 @@ def extract_codes(
     module has its whole state dict fingerprinted). Only images with no valid cached code are
     run; with a cache the result is a read-only np.memmap per stage, without one an array.
     `transform` defaults to the preprocessing's transform for the view's phase. runtime "auto"
-    runs a CPU pass over enough images in ONNX Runtime (onnx_forward.use_onnx_runtime), "torch"
+    runs a CPU pass over enough images in ONNX Runtime (onnx_forward.fastest_forward), "torch"
     keeps torch.
     """
     stages = _check_specs(specs)
@@ -407,15 +407,12 @@ class _Run:
 
     def _forward(self, work: nn.Module, images: torch.Tensor, count: int) -> Forward:
         """ONNX Runtime for a CPU pass over enough images to pay for the export, else torch."""
-        if self.runtime == "auto" and use_onnx_runtime(
-            device_type=self.device.type, image_count=count,
-            onnx_installed=onnxruntime_installed(),
-        ):  # fmt: skip
-            runner = onnx_forward(work, images, threads=torch.get_num_threads())
-            if runner is not None:
-                self.channels_last = False  # ONNX Runtime takes plain NCHW arrays
-                return runner
-        return work
+        if self.runtime == "torch":
+            return work
+        forward = fastest_forward(work, images, count, self.device)
+        if forward is not work:
+            self.channels_last = False  # ONNX Runtime takes plain NCHW arrays
+        return forward
 
     def _loader(self, compute: list[int]) -> DataLoader[_Item]:
         dataset = _ViewImages(

@@ -35,7 +35,7 @@ from tlvision.data import UNREADABLE, make_loader
 from tlvision.errors import UserError
 from tlvision.heads import train_linear_head
 from tlvision.images import BadImageError, decode_image_rgb
-from tlvision.onnx_forward import Forward, onnx_forward, onnxruntime_installed, use_onnx_runtime
+from tlvision.onnx_forward import Forward, fastest_forward
 from tlvision.progress import progress_bar
 
 Transform = Callable[[Image.Image], torch.Tensor]
@@ -114,7 +114,7 @@ def _run_prefix(
             if len(labels):
                 rows = [i for i in range(start, start + size) if readable[i]]
                 images = images.to(device, memory_format=torch.channels_last)
-                forward = forward or _prefix_forward(prefix, images, len(dataset), device)
+                forward = forward or fastest_forward(prefix, images, len(dataset), device)
                 result = forward(images)[output].to("cpu", dtype)
                 if outputs is None:
                     outputs = torch.zeros((len(dataset), *result.shape[1:]), dtype=dtype)
@@ -122,20 +122,6 @@ def _run_prefix(
             start += size
             bar.update(size)
     return outputs, readable
-
-
-def _prefix_forward(
-    prefix: nn.Module, images: torch.Tensor, count: int, device: torch.device
-) -> Forward:
-    """The frozen prefix in ONNX Runtime when a CPU pass over `count` images pays for the
-    export (onnx_forward.use_onnx_runtime), else in torch."""
-    if use_onnx_runtime(
-        device_type=device.type, image_count=count, onnx_installed=onnxruntime_installed()
-    ):
-        runner = onnx_forward(prefix, images, threads=torch.get_num_threads())
-        if runner is not None:
-            return runner
-    return prefix
 
 
 def compute_prefix(

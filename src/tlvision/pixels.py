@@ -46,9 +46,7 @@ class PixelNormalize(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         # The same operations, in the same order, as ToDtype(scale=True) then Normalize.
-        # contiguous NCHW, as the val transform's batches are: a permuted (channels-last) input
-        # takes other convolution kernels, whose float rounding depends on the batch size
-        images = pixels.permute(0, 3, 1, 2).contiguous().to(torch.float32) / 255.0
+        images = pixels.permute(0, 3, 1, 2).to(torch.float32) / 255.0
         normalized: torch.Tensor = (images - self.mean) / self.std  # type: ignore[operator]
         return normalized
 

@@ -307,18 +307,10 @@ class Run:
     ) -> Classifier:
         """The model behind uint8 pixels on a runtime (tlvision.runtime), opened once each."""
         from tlvision.devices import resolve_device
-        from tlvision.runtime import (
-            choose_runtime,
-            onnxruntime_available,
-            open_classifier,
-            runtime_onnx_path,
-        )
+        from tlvision.runtime import open_classifier, runtime_for
 
         resolved = resolve_device(device)
-        chosen = choose_runtime(
-            runtime, device_type=resolved.type, onnx_installed=onnxruntime_available(),
-            export_exists=runtime_onnx_path(self.run_dir).is_file(), image_count=image_count,
-        )  # fmt: skip
+        chosen = runtime_for(self.run_dir, runtime, resolved, image_count)
         key = (chosen, str(resolved))
         if key not in self._classifiers:
             self._classifiers[key] = open_classifier(

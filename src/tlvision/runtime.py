@@ -12,7 +12,6 @@ RUN/export/ on first use, with the same parity check as `tlvision export`; the e
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +22,7 @@ import torch
 from tlvision.checkpoint import LoadedModel, load_run_model
 from tlvision.config import RUNTIMES
 from tlvision.errors import UserError
+from tlvision.onnx_forward import onnx_session, onnxruntime_installed
 from tlvision.pixels import PixelClassifier, prepare_pixels
 from tlvision.weights import Preprocessing
 
@@ -39,7 +39,6 @@ __all__ = [
     "OnnxClassifier",
     "TorchClassifier",
     "choose_runtime",
-    "onnxruntime_available",
     "open_classifier",
     "prepare_pixels",
 ]
@@ -80,26 +79,6 @@ class TorchClassifier:
         batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
         output: np.ndarray = self.network(batch).float().cpu().numpy()
         return output
-
-
-def onnxruntime_available() -> bool:
-    return importlib.util.find_spec("onnxruntime") is not None
-
-
-def onnx_session(path: Path, threads: int = ONNX_THREADS) -> Any:
-    """An ONNX Runtime CPU session with a set number of intra-op threads (not one per core)."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    # No busy-waiting between operators: the decoding threads of streaming predict and the
-    # server's event loop share these cores. Measured at equal or better bare throughput.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return onnxruntime.InferenceSession(
-        str(path), sess_options=options, providers=["CPUExecutionProvider"]
-    )
 
 
 class OnnxClassifier:
@@ -156,6 +135,16 @@ def choose_runtime(
     return "torch"
 
 
+def runtime_for(
+    run_dir: Path, requested: str, device: torch.device, image_count: int | None
+) -> str:
+    """choose_runtime for this run directory, this machine and `device`."""
+    return choose_runtime(
+        requested, device_type=device.type, onnx_installed=onnxruntime_installed(),
+        export_exists=runtime_onnx_path(run_dir).is_file(), image_count=image_count,
+    )  # fmt: skip
+
+
 def open_classifier(
     run_dir: Path,
     runtime: str = "auto",
@@ -167,16 +156,13 @@ def open_classifier(
     """The run's classifier on `runtime`: torch, onnx, or auto (see choose_runtime; when the
     ONNX export fails its parity check, auto falls back to torch, saying why on stderr)."""
     device = device or torch.device("cpu")
-    chosen = choose_runtime(
-        runtime, device_type=device.type, onnx_installed=onnxruntime_available(),
-        export_exists=runtime_onnx_path(run_dir).is_file(), image_count=image_count,
-    )  # fmt: skip
+    chosen = runtime_for(run_dir, runtime, device, image_count)
     loaded = load_run_model(run_dir)
     if chosen == "torch":
         return TorchClassifier(loaded, device)
     if device.type != "cpu":
         raise UserError("--runtime onnx runs on the CPU; use --device cpu or --runtime torch")
-    if not onnxruntime_available():
+    if not onnxruntime_installed():
         raise UserError(
             "--runtime onnx needs onnxruntime: pip install 'tlvision[export]', or use torch"
         )

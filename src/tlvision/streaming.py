@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import sys
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tlvision.data import default_num_workers
 from tlvision.errors import UserError
 from tlvision.images import BadImageError
 from tlvision.pixels import prepare_pixels
@@ -45,16 +45,6 @@ class _Batch:
     sources: list[tuple[int, ImageInput]]  # (position in the input, the input)
     pixels: np.ndarray | None  # (n, H, W, 3) uint8 for the inputs whose error is None, in order
     errors: list[str | None]
-
-
-def default_decoders() -> int:
-    """Decoding threads: one per core, at most 8.
-
-    On 2 cores, 2 threads beside ONNX Runtime's 2 measured 98 img/s against 64 with one
-    (benchmarks/predict_scale.py): the forward's threads leave gaps that a second decoder fills.
-    """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(8, cores or 1))
 
 
 def _decode(sources: list[tuple[int, ImageInput]], preprocessing: Preprocessing) -> _Batch:
@@ -124,7 +114,7 @@ def stream_predictions(
     top_k = min(top_k, len(classifier.class_names))
     batches = decoded_batches(
         sources, classifier.preprocessing, batch_size=batch_size,
-        decoders=default_decoders() if decoders is None else decoders,
+        decoders=default_num_workers() if decoders is None else decoders,
         rank=rank, world_size=world_size,
     )  # fmt: skip
     bar = progress_bar(desc="predict", unit="img", disable=None if progress else True)
