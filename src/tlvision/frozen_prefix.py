@@ -61,8 +61,8 @@ class PrefixActivations:
 
 
 class _ViewedImages(Dataset[tuple[torch.Tensor, int]]):
-    """Every sample under every view, view by view: item v * N + i is sample i under view v,
-    the same crop and flip for an image in any run, process or loader worker."""
+    """Sample i under every view, stacked (views x C x H x W): the file is read and decoded once
+    for all its views, and each view is the same crop and flip in any run, process or worker."""
 
     def __init__(
         self, samples: Sequence[tuple[Path, int]], transform: Transform, views: Sequence[View]
@@ -70,21 +70,23 @@ class _ViewedImages(Dataset[tuple[torch.Tensor, int]]):
         self.samples, self.transform, self.views = list(samples), transform, list(views)
 
     def __len__(self) -> int:
-        return len(self.samples) * len(self.views)
+        return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        view = self.views[index // len(self.samples)]
-        path, label = self.samples[index % len(self.samples)]
+        path, label = self.samples[index]
         try:
             data = Path(path).read_bytes()
             rgb, _notes = decode_image_rgb(data, path)
         except (OSError, BadImageError):
             return torch.empty(0), UNREADABLE - index
+        return torch.stack([self._view(rgb, view, data) for view in self.views]), label
+
+    def _view(self, rgb: Image.Image, view: View, data: bytes) -> torch.Tensor:
         if view.augment is None:
-            return self.transform(rgb), label
+            return self.transform(rgb)
         with torch.random.fork_rng(devices=[]):  # the run's own random stream is not touched
             torch.manual_seed(view.image_seed(sha256_hex(data)))
-            return self.transform(rgb), label
+            return self.transform(rgb)
 
 
 @torch.inference_mode()
@@ -99,28 +101,33 @@ def _run_prefix(
     description: str,
     dtype: torch.dtype,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """(outputs of every sample, zeros where unreadable; a mask of the readable samples)."""
+    """(outputs of every sample, samples x views x ..., zeros where unreadable; a mask of the
+    readable samples). A batch holds about `batch_size` views: batch_size // views images."""
+    views = len(dataset.views)
     loader = make_loader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, seed=0
-    )
+        dataset, batch_size=max(1, batch_size // views), shuffle=False,
+        num_workers=num_workers, seed=0,
+    )  # fmt: skip
     readable = torch.ones(len(dataset), dtype=torch.bool)
     outputs: torch.Tensor | None = None
     forward: Forward | None = None  # torch or ONNX Runtime, chosen at the first batch
     start = 0
-    with progress_bar(total=len(dataset), desc=description, unit="img", leave=False) as bar:
+    total = len(dataset) * views
+    with progress_bar(total=total, desc=description, unit="view", leave=False) as bar:
         for images, labels, unreadable in loader:
             readable[list(unreadable)] = False
             size = len(labels) + len(unreadable)
             if len(labels):
                 rows = [i for i in range(start, start + size) if readable[i]]
-                images = images.to(device, memory_format=torch.channels_last)
-                forward = forward or fastest_forward(prefix, images, len(dataset), device)
-                result = forward(images)[output].to("cpu", dtype)
+                flat = images.flatten(0, 1).to(device, memory_format=torch.channels_last)
+                forward = forward or fastest_forward(prefix, flat, total, device)
+                result = forward(flat)[output].to("cpu", dtype)
+                result = result.reshape(len(labels), views, *result.shape[1:])
                 if outputs is None:
                     outputs = torch.zeros((len(dataset), *result.shape[1:]), dtype=dtype)
                 outputs[rows] = result
             start += size
-            bar.update(size)
+            bar.update(size * views)
     return outputs, readable
 
 
@@ -142,9 +149,8 @@ def compute_prefix(
     Forward passes alone, like feature extraction: loader processes decode beside them (on 2
     cores, an epoch of forward passes took 9.6 s with 2 workers and 14.8 s with none)."""
     prefix.eval()
-    count = len(samples["train"])
     augmented = _ViewedImages(samples["train"], transforms["train"], train_views(views, seed))
-    train_outputs, train_readable = _run_prefix(
+    train_outputs, readable = _run_prefix(
         prefix, output, augmented,
         batch_size=batch_size, num_workers=num_workers, device=device,
         description=f"frozen prefix, {views} train views", dtype=TRAIN_DTYPE,
@@ -154,17 +160,15 @@ def compute_prefix(
         batch_size=batch_size, num_workers=num_workers, device=device,
         description="frozen prefix, val", dtype=torch.float32,
     )  # fmt: skip
-    readable = train_readable.reshape(views, count).all(dim=0)
     if train_outputs is None or val_outputs is None:
         raise UserError("no readable train or val image to fine-tune on; run `tlvision check DATA`")
     keep, keep_val = readable.nonzero().flatten(), val_readable.nonzero().flatten()
     skipped = [samples["train"][i][0] for i in (~readable).nonzero().flatten().tolist()]
     skipped += [samples["val"][i][0] for i in (~val_readable).nonzero().flatten().tolist()]
-    per_view = train_outputs.reshape(views, count, *train_outputs.shape[1:])
     return PrefixActivations(
-        train_views=tuple(per_view[view][keep] for view in range(views)),
+        train_views=tuple(train_outputs[keep, view].contiguous() for view in range(views)),
         train_labels=torch.tensor([label for _, label in samples["train"]])[keep],
-        val=val_outputs[keep_val],
+        val=val_outputs[keep_val, 0].contiguous(),
         val_labels=torch.tensor([label for _, label in samples["val"]])[keep_val],
         skipped=tuple(skipped),
     )
@@ -303,7 +307,8 @@ def start_head_from_codes(
     log: Log,
 ) -> float:
     """Train `head` (in place) on the top codes of every kept view, as feature-extract would;
-    returns its val accuracy."""
+    returns its val accuracy. The head is its last epoch's: choosing the best epoch on val would
+    let val/ steer the training whose final number val/ then reports."""
     started = time.perf_counter()
     train_codes = [_top_codes(network, head, view) for view in activations.train_views]
     val_codes = _top_codes(network, head, activations.val)
@@ -311,11 +316,12 @@ def start_head_from_codes(
         train_codes, activations.train_labels.numpy(), val_codes, activations.val_labels.numpy(),
         num_classes=head.out_features, epochs=epochs, learning_rate=learning_rate,
         batch_size=batch_size, seed=seed, init=head, class_weights=class_weights,
+        keep_best=False,
     )  # fmt: skip
     with torch.no_grad():
         head.weight.copy_(layer.weight)
         head.bias.copy_(layer.bias)
-    accuracy = max(record["val_acc"] for record in history)
+    accuracy = history[-1]["val_acc"]
     log(
         f"head started on the top codes of the kept views: val acc {accuracy:.4f} "
         f"({time.perf_counter() - started:.1f}s)"
