@@ -1,0 +1,148 @@
+"""Fine-tuning variants after the head start, on one set of kept frozen-prefix activations.
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/finetune_variants.py \\
+        ../shared/data/hymenoptera_data \\
+        --variants '[{"rate": 0.001}, {"rate": 0.0003, "batchnorm": "eval"}]'
+
+What `--strategy finetune` does by default, with one thing changed per variant: the prefix
+(stem..stage2) runs once for 8 kept views (shared by every variant, so the variants differ in
+their training alone), the head starts on the top codes (its last epoch), then 10 epochs train
+stage3 onwards. A variant (JSON object) may set: "rate" (every trainable layer's, default 0.001:
+the default's pretrained-layer rate, which the started head shares), "schedule" (step, cosine:
+schedules.make_scheduler), "weight_decay", "label_smoothing", "batchnorm" ("train": the default,
+running statistics follow the batches; "eval": every BatchNorm keeps ImageNet's statistics while
+its weights train), "freeze_until" (a later stage than stage2), "average" (a weight in 0..1:
+also score the weights averaged with the head start's, WiSE-FT style, after each epoch), "seed".
+Prints one JSON line per variant: val accuracy after each epoch, the last is the final.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tlvision.backbones import create_model, head_of
+from tlvision.config import TrainConfig
+from tlvision.data import reseed_loader
+from tlvision.epochs import evaluate
+from tlvision.frozen_prefix import SkipPrefix, prefix_modules, start_head_from_codes
+from tlvision.schedules import make_scheduler
+from tlvision.stages import stage_graph
+from tlvision.strategies import apply_finetuning, parameter_groups, set_train_mode
+from tlvision.training import (
+    HEAD_START_EPOCHS,
+    keep_frozen_prefix,
+    prefix_loaders,
+    seed_everything,
+    set_up,
+)
+
+CPU = torch.device("cpu")
+
+
+def train_epoch(
+    network: nn.Module, loader: Any, criterion: nn.Module, optimizer: Any, scheduler: Any,
+    batchnorm: str,
+) -> None:  # fmt: skip
+    """One epoch as epochs.train_one_epoch runs it, with every BatchNorm in eval mode on ask."""
+    set_train_mode(network)
+    if batchnorm == "eval":
+        for module in network.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+    for inputs, labels, _unreadable in loader:
+        optimizer.zero_grad(set_to_none=True)
+        criterion(network(inputs.to(memory_format=torch.channels_last)), labels).backward()
+        optimizer.step()
+        scheduler.step()
+
+
+def averaged(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], weight: float) -> dict:
+    return {
+        key: (start[key].float() * (1 - weight) + value.float() * weight).to(value.dtype)
+        if value.is_floating_point() else value
+        for key, value in end.items()
+    }  # fmt: skip
+
+
+def run_variant(setup: Any, activations: Any, variant: dict[str, Any]) -> dict[str, Any]:
+    seed = variant.get("seed", 0)
+    config = replace(setup.config, seed=seed, schedule=variant.get("schedule", "step"))
+    seed_everything(seed)
+    model = create_model(setup.backbone, len(setup.splits.class_names), setup.weights)
+    freeze_until = variant.get("freeze_until", "stage2")
+    apply_finetuning(model, setup.backbone, freeze_until=freeze_until, backbone_lr_mult=0.1)
+    model.to(memory_format=torch.channels_last)
+    prefix = stage_graph(model, setup.backbone, ["stage2"])
+    network = SkipPrefix(model, prefix_modules(setup.backbone, "stage2", prefix))
+    head = start_head_from_codes(
+        network, head_of(model, setup.backbone), activations, epochs=HEAD_START_EPOCHS,
+        learning_rate=config.learning_rate, batch_size=config.batch_size, seed=seed,
+        class_weights=None, log=lambda _line: None,
+    )  # fmt: skip
+    rate = variant.get("rate", 0.001)
+    groups = parameter_groups(
+        model, setup.backbone, learning_rate=rate, backbone_lr_mult=1.0
+    )  # the started head trains at the body's rate, as the default does
+    optimizer = torch.optim.SGD(
+        groups, lr=rate, momentum=0.9, weight_decay=variant.get("weight_decay", 0.0)
+    )
+    loaders = prefix_loaders(activations, config)
+    epochs = 10
+    scheduler = make_scheduler(
+        optimizer, config.schedule, epochs=epochs, steps_per_epoch=len(loaders["train"])
+    )
+    criterion = nn.CrossEntropyLoss(label_smoothing=variant.get("label_smoothing", 0.0))
+    start_state = copy.deepcopy(model.state_dict())
+    accuracies, averaged_accuracies = [], []
+    started = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        loaders["train"].dataset.set_epoch(epoch)
+        reseed_loader(loaders["train"], seed, epoch)
+        train_epoch(
+            network, loaders["train"], criterion, optimizer, scheduler,
+            variant.get("batchnorm", "train"),
+        )  # fmt: skip
+        accuracies.append(round(evaluate(network, loaders["val"], criterion, CPU)[1], 4))
+        if "average" in variant:
+            end_state = copy.deepcopy(model.state_dict())
+            model.load_state_dict(averaged(start_state, end_state, variant["average"]))
+            score = evaluate(network, loaders["val"], criterion, CPU)[1]
+            averaged_accuracies.append(round(score, 4))
+            model.load_state_dict(end_state)
+    return {
+        "variant": variant, "head_start": round(head, 4), "by_epoch": accuracies,
+        "final": accuracies[-1], "averaged_by_epoch": averaged_accuracies,
+        "seconds": round(time.perf_counter() - started, 1),
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("data", type=Path)
+    parser.add_argument("--variants", default='[{"rate": 0.001}]')
+    arguments = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        config = TrainConfig(
+            data_dir=arguments.data, out_dir=Path(scratch) / "run", strategy="finetune"
+        )
+        setup = set_up(config, print, fresh=True)
+        model = create_model(setup.backbone, len(setup.splits.class_names), setup.weights)
+        apply_finetuning(model, setup.backbone, freeze_until="stage2", backbone_lr_mult=0.1)
+        kept = keep_frozen_prefix(setup, model.to(memory_format=torch.channels_last), print)
+        assert kept is not None, "mobilenet_v2 runs from after stage2"
+        for variant in json.loads(arguments.variants):
+            print(json.dumps(run_variant(setup, kept[0], variant)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
