@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tlvision.backbones import choose_weights, create_model, get_backbone
+from tlvision.backbones import choose_weights, create_model, get_backbone, preprocessing_for
+from tlvision.codes_cache import sha256_hex, train_views
 from tlvision.config import (
     FINETUNE_EPOCHS,
     FINETUNE_FREEZE_UNTIL,
@@ -19,7 +20,9 @@ from tlvision.config import (
     frozen_stage,
     with_strategy_defaults,
 )
-from tlvision.frozen_prefix import SkipPrefix, prefix_modules
+from tlvision.data import build_transforms, find_splits
+from tlvision.frozen_prefix import SkipPrefix, compute_prefix, prefix_modules
+from tlvision.images import decode_image_rgb
 from tlvision.progress import showing_progress
 from tlvision.stages import stage_graph
 from tlvision.training import fit
@@ -82,3 +85,32 @@ def test_default_finetune_keeps_the_prefix_frozen_and_shows_images_per_second(
     assert not torch.equal(
         saved["features.14.conv.0.0.weight"], pretrained["features.14.conv.0.0.weight"]
     )
+
+
+def test_each_kept_view_is_its_own_seeded_crop_of_the_image_decoded_once(
+    tiny_dataset: Path,
+) -> None:
+    """compute_prefix decodes a file once for all its views; each view must still be the crop
+    and flip that view's seed gives that image, as if it had been made on its own."""
+    backbone = get_backbone("mobilenet_v2")
+    model = create_model(backbone, 2, choose_weights(backbone, "none")).eval()
+    prefix = stage_graph(model, backbone, ["stage2"])
+    preprocessing = preprocessing_for(backbone, choose_weights(backbone, "none"), input_size=64)
+    transforms = build_transforms(preprocessing)
+    samples = find_splits(tiny_dataset).samples
+    samples = {"train": samples["train"][:3], "val": samples["val"][:2]}
+    kept = compute_prefix(
+        prefix, "stage2", samples, transforms, views=3, seed=5, batch_size=4, num_workers=0,
+        device=torch.device("cpu"),
+    )  # fmt: skip
+    assert len(kept.train_views) == 3 and kept.val.shape[0] == 2
+    assert not torch.equal(kept.train_views[0], kept.train_views[1])
+    for view_index, view in enumerate(train_views(3, seed=5)):
+        for image_index, (path, _label) in enumerate(samples["train"]):
+            data = path.read_bytes()
+            rgb, _notes = decode_image_rgb(data, path)
+            torch.manual_seed(view.image_seed(sha256_hex(data)))
+            with torch.inference_mode():
+                alone = prefix(transforms["train"](rgb)[None])["stage2"][0]
+            together = kept.train_views[view_index][image_index].float()
+            assert torch.allclose(together, alone, rtol=2e-3, atol=2e-3)
