@@ -31,7 +31,7 @@ from typing import Any
 
 from tlvision.advisor import advise
 from tlvision.api import probe
-from tlvision.config import TrainConfig
+from tlvision.config import NO_FREEZING, TrainConfig
 from tlvision.decision import Entry, Evidence, SizeEvidence, cost_passes, decide
 from tlvision.race import PARTIAL_FREEZE_UNTIL, RACE_STAGES, frozen_name
 from tlvision.stages import stage_label
@@ -77,7 +77,7 @@ def finetune_rows(data: Path, size: int, epochs: int, scratch: Path) -> list[dic
         summary = fit(
             TrainConfig(
                 data_dir=data, out_dir=scratch / name.replace(" ", "-"), strategy="finetune",
-                freeze_until=freeze_until, input_size=size, epochs=epochs, seed=0,
+                freeze_until=freeze_until or NO_FREEZING, input_size=size, epochs=epochs, seed=0,
                 cache_dir=scratch / "cache",
             ),
             log=lambda _: None,
