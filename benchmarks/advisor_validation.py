@@ -9,7 +9,7 @@ one), then every candidate the race knows, trained on all of train/ and scored o
   train, as `train --strategy linear-probe --head logreg` does) on the codes of stage2, stage3
   and the top, at the native-based input size and at the weights' own; seconds: the codes pass
   at that size plus the head's fit;
-- fine-tune after stage2 / all @SIZE: `training.fit` with --freeze-until stage2 or nothing, at
+- fine-tune after stage2 / all @SIZE: `training.fit` with --freeze-until stage2 or none, at
   the native-based size, `--finetune-epochs` epochs (lr 0.01, backbone x0.1), the FINAL epoch's
   val accuracy.
 
