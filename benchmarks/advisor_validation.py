@@ -9,7 +9,7 @@ one), then every candidate the race knows, trained on all of train/ and scored o
   train, as `train --strategy linear-probe --head logreg` does) on the codes of stage2, stage3
   and the top, at the native-based input size and at the weights' own; seconds: the codes pass
   at that size plus the head's fit;
-- fine-tune after stage2 / all @SIZE: `training.fit` with --freeze-until stage2 or nothing, at
+- fine-tune after stage2 / all @SIZE: `training.fit` with --freeze-until stage2 or none, at
   the native-based size, `--finetune-epochs` epochs (lr 0.01, backbone x0.1), the FINAL epoch's
   val accuracy.
 
@@ -31,7 +31,7 @@ from typing import Any
 
 from tlvision.advisor import advise
 from tlvision.api import probe
-from tlvision.config import TrainConfig
+from tlvision.config import NO_FREEZING, TrainConfig
 from tlvision.decision import Entry, Evidence, SizeEvidence, cost_passes, decide
 from tlvision.race import PARTIAL_FREEZE_UNTIL, RACE_STAGES, frozen_name
 from tlvision.stages import stage_label
@@ -77,7 +77,7 @@ def finetune_rows(data: Path, size: int, epochs: int, scratch: Path) -> list[dic
         summary = fit(
             TrainConfig(
                 data_dir=data, out_dir=scratch / name.replace(" ", "-"), strategy="finetune",
-                freeze_until=freeze_until, input_size=size, epochs=epochs, seed=0,
+                freeze_until=freeze_until or NO_FREEZING, input_size=size, epochs=epochs, seed=0,
                 cache_dir=scratch / "cache",
             ),
             log=lambda _: None,

@@ -16,7 +16,7 @@ from tlvision import demo_data_dir
 from tlvision.advisor import advise, recommended_input_size
 from tlvision.cli import main
 from tlvision.data import find_splits
-from tlvision.race import race_split
+from tlvision.race import POOL_IMAGES, race_pool, race_split
 
 
 def test_input_size_follows_native_resolution() -> None:
@@ -114,6 +114,16 @@ def test_the_race_holds_out_part_of_train_and_never_reads_val(tiny_dataset: Path
     assert fit and holdout and not set(fit) & set(holdout)
     assert set(fit) | set(holdout) <= set(splits.samples["train"])
     assert race_split(splits.samples["train"], seed=0) == (fit, holdout)
+    assert race_pool(splits.samples["train"], seed=0) == splits.samples["train"]  # small: all
+
+
+def test_the_race_pool_keeps_class_shares_and_is_seeded() -> None:
+    train = [(Path(f"{label}-{index}.png"), label) for label in (0, 1) for index in range(3000)]
+    train += [(Path(f"2-{index}.png"), 2) for index in range(600)]
+    pool = race_pool(train, seed=0)
+    assert abs(len(pool) - POOL_IMAGES) <= 3 and set(pool) <= set(train)  # rounded by class
+    assert sum(label == 2 for _, label in pool) == round(600 * POOL_IMAGES / len(train))
+    assert race_pool(train, seed=0) == pool and race_pool(train, seed=1) != pool
 
 
 def _scramble_labels(split_dir: Path) -> None:

@@ -15,9 +15,9 @@ from tlvision.decision import (
     axes,
     comparable_accuracy,
     decide,
-    extrapolate,
     extrapolate_epochs,
     finetune_epochs,
+    scored_images,
     standard_error,
     trial_plan,
 )
@@ -52,7 +52,7 @@ def evidence(
     size: SizeEvidence = LARGE,
     fit: PretrainedFit = FAR,
     probe: dict[str, float] | None = None,
-    holdout: int = 2000,
+    scored: int = 2000,
     curve: dict[str, float] = FLAT_CURVE,
     skipped: str = "",
     seconds_per_pass: float = 0.01,
@@ -60,7 +60,7 @@ def evidence(
     return Evidence(
         size=size, pretrained_fit=fit,
         probe_accuracy=probe or {"stage2": 0.8, "stage3": 0.85, "top": 0.85},
-        race=tuple(race), race_sample={"fit": size.train_images, "holdout": holdout},
+        race=tuple(race), race_sample={"cv": scored, "fit": 600, "holdout": 300},
         learning_curve=curve, trial_skipped=skipped, device_kind="cpu",
         seconds_per_pass=seconds_per_pass, native_input_size=64,
     )  # fmt: skip
@@ -96,6 +96,20 @@ def test_fine_tuning_wins_when_its_trial_gains_more_than_the_margin() -> None:
     assert advice.predicted_seconds == pytest.approx(advice.standings[-1].predicted_seconds)
 
 
+def test_a_trials_gain_counts_from_the_frozen_codes_at_its_own_size() -> None:
+    # Fine-tuning at 64 px gains 0.01 over the frozen codes at 64 px: 0.86, not 0.01 over the
+    # 224-px top codes (0.93), which it would have been within the margin of, and cheaper.
+    race = [
+        frozen("stage3", 64, 0.85),
+        frozen(None, 224, 0.92),
+        trial("stage2", (0.80, 0.81, 0.81), reference=0.80),
+    ]
+    advice = decide(evidence(race), time_budget_minutes=30)
+    predicted = {s.name: s.predicted_accuracy for s in advice.standings}
+    assert predicted["fine-tune stage2"] == pytest.approx(0.86)
+    assert (advice.strategy, advice.input_size) == ("linear-probe", 224)
+
+
 def test_fine_tuning_within_the_margin_loses_to_the_frozen_codes() -> None:
     race = [frozen("stage3", 64, 0.90), trial(None, (0.88, 0.90, 0.905), reference=0.90)]
     advice = decide(evidence(race), time_budget_minutes=30)
@@ -118,13 +132,16 @@ def test_a_skipped_trial_is_given_as_a_reason() -> None:
     assert any("not raced: small and similar" in reason for reason in advice.reasons)
 
 
-def test_a_small_holdout_widens_the_margin_to_one_standard_error() -> None:
+def test_a_small_pool_widens_the_margin_to_one_standard_error() -> None:
     advice = decide(
-        evidence([frozen(None, 224, 1.0), frozen("stage2", 224, 0.95)], holdout=12),
+        evidence([frozen(None, 224, 1.0), frozen("stage2", 224, 0.95)], scored=12),
         time_budget_minutes=30,
     )
     assert advice.margin == pytest.approx(standard_error(1.0, 12)) and advice.margin > 0.05
     assert standard_error(1.0, 12) > 0  # a perfect score on few images still has an error
+    # Evidence recorded before the race cross-validated: the holdout was what was scored.
+    assert scored_images({"fit": 600, "holdout": 300}) == 300
+    assert scored_images({"cv": 2000, "fit": 600, "holdout": 300}) == 2000
 
 
 @pytest.mark.parametrize(
@@ -195,15 +212,21 @@ def test_finetune_epochs_follow_the_budget_at_a_nominal_speed() -> None:
     assert finetune_epochs(LARGE, 224, "cuda", 2) == 5
 
 
-def test_extrapolation_over_epochs_and_data() -> None:
+def test_measured_accuracies_are_the_predictions_without_extrapolation_over_data() -> None:
+    # The frozen candidates are cross-validated over the pool: their scores are the predictions.
+    race = [frozen(None, 64, 0.81), frozen("stage3", 224, 0.87)]
+    advice = decide(evidence(race), time_budget_minutes=30)
+    assert {s.name: s.predicted_accuracy for s in advice.standings} == {
+        "frozen top @64": 0.81,
+        "frozen stage3 @224": 0.87,
+    }
+
+
+def test_extrapolation_over_epochs() -> None:
     assert extrapolate_epochs((0.6, 0.8, 0.9), 3) == 0.9  # no more epochs: as measured
     assert extrapolate_epochs((0.9, 0.8), 5) == 0.8  # falling: no gain assumed
     rising = extrapolate_epochs((0.6, 0.8, 0.9), 5)
     assert 0.9 < rising <= 1 - 0.1 * 3 / 5 + 1e-9  # no faster than 1/epochs
-    assert extrapolate(0.9, FLAT_CURVE, 500, 2000) == 0.9  # flat curve: no gain from more data
-    rising_curve = {"0.25": 0.7, "0.5": 0.8, "1": 0.9}
-    assert extrapolate(0.9, rising_curve, 500, 2000) == pytest.approx(1 - 0.1 * 0.25)
-    assert extrapolate(0.9, rising_curve, 2000, 2000) == 0.9
     # A trial's gain over the frozen codes at its size is added to the best frozen candidate.
     entry = trial(None, (0.7, 0.75), reference=0.70)
     assert comparable_accuracy(entry, 0.9, 2) == pytest.approx(0.95)

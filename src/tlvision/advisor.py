@@ -8,11 +8,12 @@ This module measures where the data sits (decision.py says what each signal mean
 size          images per class and in total, imbalance, native resolution (from file headers)
 similarity    the pretrained ImageNet head's confidence, the BatchNorm statistics' shift, and
               whether the top codes read better than earlier stages
-race          every candidate measured on a seeded held-out part of train/ (race.py): frozen codes
-              of stage2, stage3 and the top at the native-based and the weights' own input size,
-              and, unless the rules of thumb and the numbers make it pointless, short fine-tuning
-              trials (partial after stage2, and full) compared with the frozen codes on the same
-              images; a learning curve extrapolates the sample's accuracy to all of train/.
+race          every candidate measured on train/ alone (race.py): frozen codes of stage2, stage3
+              and the top at the native-based and the weights' own input size, scored by
+              cross-validation over up to 1,200 train images with C chosen as the run chooses
+              it, and, unless the rules of thumb and the numbers make it pointless, short
+              fine-tuning trials (partial after stage2, and full) on a part of that pool, scored
+              on another part beside the frozen codes on the same images.
 
 val/ is never read: it stays for the number the training run reports. A test/ split is counted and
 reported, never used. Everything is measured on seeded samples with fixed counts, and the decision
@@ -44,7 +45,7 @@ from tlvision.backbones import (
     preprocessing_for,
 )
 from tlvision.codes_cache import FeatureCache, default_cache_dir
-from tlvision.config import DEFAULT_BACKBONE
+from tlvision.config import DEFAULT_BACKBONE, NO_FREEZING
 from tlvision.data import (
     DatasetSplits,
     ImageDataset,
@@ -56,7 +57,6 @@ from tlvision.data import (
 )
 from tlvision.decision import (
     Advice,
-    Entry,
     Evidence,
     PretrainedFit,
     SizeEvidence,
@@ -70,6 +70,7 @@ from tlvision.race import (
     finetune_trials,
     frozen_entries,
     learning_curve,
+    race_pool,
     race_split,
     sample_per_class,
     trial_size,
@@ -271,7 +272,8 @@ def advise(
     if decision.strategy == "finetune":
         command += ["--epochs", str(decision.epochs), "--lr", str(decision.learning_rate)]
         command += ["--backbone-lr-mult", str(decision.backbone_lr_mult)]
-        command += ["--freeze-until", decision.stage] if decision.stage else []
+        # None trains every stage; the run's own default keeps the early stages frozen
+        command += ["--freeze-until", decision.stage or NO_FREEZING]
     if device_name != "auto":
         command += ["--device", device_name]
     command += ["--seed", str(seed)]
@@ -284,14 +286,12 @@ def measure(setup: RaceSetup, *, time_budget_minutes: float) -> Evidence:
     size = measure_size(splits, seed=setup.seed)
     weights_crop = preprocessing_for(backbone, weights).crop_size
     native = recommended_input_size(size.native_short_side, weights_crop)
-    fit_sample, holdout = race_split(splits.samples["train"], setup.seed)
-    race_setup = replace(
-        setup,
-        splits=DatasetSplits(
-            root=splits.root, class_names=splits.class_names,
-            samples={"train": fit_sample, "val": holdout},
-        ),
-    )  # fmt: skip
+    pool = race_pool(splits.samples["train"], setup.seed)
+    fit_sample, holdout = race_split(pool, setup.seed)
+
+    def on(train: list[Sample]) -> RaceSetup:
+        samples = {"train": train, "val": holdout}  # the holdout is part of the pool
+        return replace(setup, splits=replace(splits, samples=samples))
 
     # Similarity, signals 1 and 2: the pretrained network with its own ImageNet head.
     imagenet_model = backbone.build()
@@ -307,26 +307,27 @@ def measure(setup: RaceSetup, *, time_budget_minutes: float) -> Evidence:
     seconds_per_pass = seconds_per_image(imagenet_model, 224)
     del imagenet_model
 
-    race: list[Entry] = []
-    codes_by_size: dict[int, Any] = {}
-    for input_size in sorted({native, weights_crop}):
-        entries, codes_by_size[input_size] = frozen_entries(race_setup, input_size)
-        race += entries
-    probe_accuracy = {stage_label(e.stage): e.accuracy for e in race if e.input_size == native}
-    best_frozen = max(race, key=lambda entry: (entry.accuracy, -entry.input_size))
+    frozen = {size: frozen_entries(on(pool), size) for size in sorted({native, weights_crop})}
+    race = [entry for result in frozen.values() for entry in result.entries]
+    probe_accuracy = {stage_label(e.stage): e.accuracy for e in frozen[native].entries}
+    best = max(race, key=lambda entry: (entry.accuracy, -entry.input_size))
     curve = learning_curve(
-        codes_by_size[best_frozen.input_size][best_frozen.stage], size.classes, setup.seed
+        frozen[best.input_size].codes[best.stage],
+        frozen[best.input_size].chosen_C[best.stage],
+        setup.seed,
     )
     skipped = trial_plan(
         size, pretrained_fit, probe_accuracy, native_input_size=native,
         device_kind=setup.device.type, time_budget_minutes=time_budget_minutes,
     )  # fmt: skip
     if not skipped:
-        at_trial_size = [entry for entry in race if entry.input_size == trial_size(native)]
-        race += finetune_trials(race_setup, native_input_size=native, frozen=at_trial_size)
+        race += finetune_trials(
+            on(fit_sample), native_input_size=native, frozen=frozen.get(trial_size(native))
+        )
     return Evidence(
         size=size, pretrained_fit=pretrained_fit, probe_accuracy=probe_accuracy,
-        race=tuple(race), race_sample={"fit": len(fit_sample), "holdout": len(holdout)},
+        race=tuple(race),
+        race_sample={"cv": len(pool), "fit": len(fit_sample), "holdout": len(holdout)},
         learning_curve=curve, trial_skipped=skipped, device_kind=setup.device.type,
         seconds_per_pass=seconds_per_pass, native_input_size=native,
     )  # fmt: skip

@@ -131,15 +131,15 @@ def advice_evidence(evidence: dict[str, Any]) -> bytes:
         probe_panel,
         list(probe),
         [float(v) for v in probe.values()],
-        "probe accuracy (held-out train)",
+        "probe accuracy (CV on train)",
     )
     probe_panel.set_ylim(0, 1)
     curve = evidence.get("learning_curve", {})
     shares = sorted(curve, key=float)
     curve_panel.plot([float(s) for s in shares], [curve[s] for s in shares], marker="o")
     curve_panel.set_title("learning curve (probe)")
-    curve_panel.set_xlabel("share of the fit sample")
-    curve_panel.set_ylabel("held-out train accuracy")
+    curve_panel.set_xlabel("share of the race's pool")
+    curve_panel.set_ylabel("CV accuracy on train")
     curve_panel.grid(alpha=0.3)
     signals = advisor_signals(evidence)
     ratios = [max(value / threshold, RATIO_FLOOR) for _label, value, threshold, _met in signals]
