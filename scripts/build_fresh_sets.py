@@ -38,9 +38,9 @@ from build_validation_sets import (
     deb_members,
     download_deb,
     prepare_output,
-    summarize,
     unique_capped,
     write_items,
+    write_source,
 )
 from PIL import Image, ImageDraw, ImageFont
 
@@ -205,11 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     out = args.out.resolve()
     source_text = builders[args.name](out, args.package)
-    summary = summarize(out)
-    (out / "SOURCE.md").write_text(
-        source_text + "\nCounts as built:\n\n```\n" + summary + "\n```\n", encoding="utf-8"
-    )
-    print(f"wrote {out} in {time.monotonic() - started:.1f} s")
+    write_source(out, source_text, started)
     return 0
 
 

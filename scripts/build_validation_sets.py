@@ -554,12 +554,17 @@ def main(argv: list[str] | None = None) -> int:
         source_text = builders[args.name](out, args.deb)
     else:
         source_text = build_far(out) if args.name == "far" else build_large(out, args.deb)
+    write_source(out, source_text, started)
+    return 0
+
+
+def write_source(out: Path, source_text: str, started: float) -> None:
+    """DIR/SOURCE.md: where the set came from, and its counts as built."""
     summary = summarize(out)
     (out / "SOURCE.md").write_text(
         source_text + "\nCounts as built:\n\n```\n" + summary + "\n```\n", encoding="utf-8"
     )
     print(f"wrote {out} in {time.monotonic() - started:.1f} s")
-    return 0
 
 
 if __name__ == "__main__":
