@@ -169,7 +169,9 @@ def test_ctrl_c_keeps_the_last_epoch_and_says_how_to_resume(
     resume_dataset: Path, tmp_path: Path
 ) -> None:
     run = tmp_path / "run"
-    process = start_training(train_arguments(resume_dataset, run, 20), stderr=subprocess.PIPE)
+    # Far more epochs than the signal needs: above the kept prefix a tiny epoch takes
+    # milliseconds, and 20 of them once ended before the signal landed (exit 0, not 130).
+    process = start_training(train_arguments(resume_dataset, run, 2000), stderr=subprocess.PIPE)
     wait_for_epoch(process, 1)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)
