@@ -370,13 +370,9 @@ def best_frozen_at(race: Sequence[Entry], input_size: int) -> float:
     there): what a fine-tuning run at that size starts from. Measured on shapes (tuning set):
     adding a 64-px trial's gain to the 224-px top codes rated fine-tuning at 64 px within the
     margin of the best (0.939 against 0.948); on val it scored 0.920 against 0.967."""
-    frozen = [entry.accuracy for entry in race if entry.strategy != "finetune"]
-    same_size = [
-        entry.accuracy
-        for entry in race
-        if entry.strategy != "finetune" and entry.input_size == input_size
-    ]
-    return max(same_size or frozen)
+    frozen = [entry for entry in race if entry.strategy != "finetune"]
+    same_size = [entry.accuracy for entry in frozen if entry.input_size == input_size]
+    return max(same_size or [entry.accuracy for entry in frozen])
 
 
 def comparable_accuracy(entry: Entry, best_frozen: float, epochs: int) -> float:
