@@ -116,12 +116,12 @@ def resume_dataset(dataset_factory) -> Path:  # type: ignore[no-untyped-def]
 # One SIGKILL (a run in its own process) is enough: how a run ended does not change what its
 # checkpoint holds, so the other schedules stop in-process, by Ctrl-C in epoch 2 (faster). The
 # SIGKILL run has every speed-up of the default finetune on (the frozen prefix's kept views, the
-# head started on codes, no loader processes); the Ctrl-C runs decode and augment each epoch
-# (--views 0), the path that the Ctrl-C is injected into.
+# head started on codes, no loader processes) and BatchNorm's statistics frozen; the Ctrl-C
+# runs decode and augment each epoch (--views 0), the path that the Ctrl-C is injected into.
 @pytest.mark.parametrize(
     ("schedule", "interruption", "extra"),
     [
-        ("cosine", "sigkill", ()),
+        ("cosine", "sigkill", ("--batchnorm", "frozen")),
         ("onecycle", "ctrl-c", ("--views", "0")),
         ("constant", "ctrl-c", ("--views", "0")),
     ],

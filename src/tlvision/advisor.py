@@ -32,7 +32,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -44,6 +43,7 @@ from tlvision.backbones import (
     get_backbone,
     preprocessing_for,
 )
+from tlvision.batchnorm import BatchNormInputStatistics
 from tlvision.codes_cache import FeatureCache, default_cache_dir
 from tlvision.config import DEFAULT_BACKBONE, NO_FREEZING
 from tlvision.data import (
@@ -112,45 +112,6 @@ def measure_size(splits: DatasetSplits, *, seed: int) -> SizeEvidence:
     )
 
 
-class _BatchNormInputStatistics:
-    """Per-channel running sums of every BatchNorm layer's input, gathered by forward hooks."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.sums: dict[str, torch.Tensor] = {}
-        self.squares: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, int] = {}
-        self.layers = {
-            name: module
-            for name, module in model.named_modules()
-            if isinstance(module, nn.BatchNorm2d) and module.running_mean is not None
-        }
-        self.handles = [
-            module.register_forward_hook(self._hook(name)) for name, module in self.layers.items()
-        ]
-
-    def _hook(self, name: str) -> Any:
-        def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: Any) -> None:
-            values = inputs[0].detach().float()
-            self.sums[name] = self.sums.get(name, 0) + values.sum(dim=(0, 2, 3))
-            self.squares[name] = self.squares.get(name, 0) + (values**2).sum(dim=(0, 2, 3))
-            self.counts[name] = self.counts.get(name, 0) + values.numel() // values.shape[1]
-
-        return record
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-    def shift(self, name: str) -> float:
-        """Mean over channels of |data mean - running mean| / running std."""
-        layer = self.layers[name]
-        assert layer.running_mean is not None and layer.running_var is not None
-        count = self.counts[name]
-        mean = self.sums[name].cpu() / count
-        running_std = torch.sqrt(layer.running_var.float().cpu() + layer.eps)
-        return float(((mean - layer.running_mean.float().cpu()).abs() / running_std).mean())
-
-
 @torch.inference_mode()
 def measure_pretrained_fit(
     model: nn.Module,
@@ -163,7 +124,7 @@ def measure_pretrained_fit(
 ) -> PretrainedFit:
     """One pass of the pretrained network, with its original ImageNet head, over `samples`."""
     model.eval()
-    statistics_hooks = _BatchNormInputStatistics(model)
+    statistics_hooks = BatchNormInputStatistics(model)
     loader = DataLoader(
         ImageDataset(samples, [], transform),
         batch_size=batch_size,
@@ -180,16 +141,7 @@ def measure_pretrained_fit(
             confidences.append(torch.softmax(logits.float(), dim=1).max(dim=1).values)
     finally:
         statistics_hooks.remove()
-    shift_by_stage: dict[str, float] = {}
-    for stage in backbone.stages:
-        prefixes = tuple(f"{module}." for module in stage.modules) + stage.modules
-        names = [
-            name
-            for name in statistics_hooks.layers
-            if name in statistics_hooks.counts and name.startswith(prefixes)
-        ]
-        if names:
-            shift_by_stage[stage.name] = float(np.mean([statistics_hooks.shift(n) for n in names]))
+    shift_by_stage = statistics_hooks.shift_by_stage(backbone)
     confidence = float(torch.cat(confidences).mean()) if confidences else math.nan
     return PretrainedFit(
         imagenet_confidence=confidence,
@@ -271,7 +223,8 @@ def advise(
         )
     if decision.strategy == "finetune":
         command += ["--epochs", str(decision.epochs), "--lr", str(decision.learning_rate)]
-        command += ["--backbone-lr-mult", str(decision.backbone_lr_mult)]
+        if decision.backbone_lr_mult is not None:
+            command += ["--backbone-lr-mult", str(decision.backbone_lr_mult)]
         # None trains every stage; the run's own default keeps the early stages frozen
         command += ["--freeze-until", decision.stage or NO_FREEZING]
     if device_name != "auto":

@@ -20,6 +20,7 @@ from tlvision.cli_deploy import TTA_HELP
 from tlvision.cli_deploy import add_commands as add_deploy_commands
 from tlvision.config import (
     ADVISE_TIME_BUDGET_MINUTES,
+    BATCHNORM_MODES,
     DEFAULT_BACKBONE,
     HEADS,
     TrainConfig,
@@ -105,7 +106,15 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         "--backbone-lr-mult",
         type=float,
         default=defaults.backbone_lr_mult,
-        help="pretrained layers learn at this times --lr (default %(default)s)",
+        help="pretrained layers learn at this times --lr (default 0.1; 0.03 with --batchnorm "
+        "frozen)",
+    )
+    parser.add_argument(
+        "--batchnorm",
+        choices=BATCHNORM_MODES,
+        default=defaults.batchnorm,
+        help="finetune: train (BatchNorm follows the batches' statistics) or frozen (ImageNet's "
+        "statistics kept; default: chosen by measuring how far the data sits from them)",
     )
     parser.add_argument(
         "--input-size",
@@ -191,8 +200,8 @@ def train_options(arguments: argparse.Namespace) -> dict[str, Any]:
     names = (
         "strategy", "backbone", "epochs", "out", "overwrite", "weights", "freeze_until", "stage",
         "head", "views", "cache_dir", "no_cache", "input_size", "batch_size", "lr",
-        "backbone_lr_mult", "momentum", "weight_decay", "schedule", "seed", "device", "workers",
-        "val_split", "class_weights", "precision", "tensorboard",
+        "backbone_lr_mult", "batchnorm", "momentum", "weight_decay", "schedule", "seed", "device",
+        "workers", "val_split", "class_weights", "precision", "tensorboard",
     )  # fmt: skip
     options = {name: getattr(arguments, name) for name in names}
     # settings with no option of their own come only from --config

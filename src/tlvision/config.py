@@ -30,6 +30,10 @@ FINETUNE_FREEZE_UNTIL = "stage2"
 FINETUNE_VIEWS = 8
 FINETUNE_EPOCHS = 10
 EPOCHS = 25  # the frozen routes' epochs: the classic recipe's
+# finetune's BatchNorm modes (batchnorm.py) and --backbone-lr-mult's default in each: with
+# ImageNet's statistics kept, the default rate was unstable and a 3x lower one was not.
+BATCHNORM_MODES = ("train", "frozen")
+BACKBONE_LR_MULT = {"train": 0.1, "frozen": 0.03}
 NO_FREEZING = "none"
 
 
@@ -52,7 +56,8 @@ class TrainConfig:
     epochs: int | None = None  # None: FINETUNE_EPOCHS for finetune, EPOCHS for the frozen routes
     batch_size: int = 32
     learning_rate: float = 0.01  # the new head's; pretrained layers get backbone_lr_mult x this
-    backbone_lr_mult: float = 0.1
+    # finetune: None is batchnorm.BACKBONE_LR_MULT of the run's BatchNorm mode (0.1 or 0.03)
+    backbone_lr_mult: float | None = None
     momentum: float = 0.9
     weight_decay: float = 0.0
     schedule: str = "step"
@@ -67,6 +72,9 @@ class TrainConfig:
     # finetune: augmented views whose frozen-prefix output is kept (None: FINETUNE_VIEWS; 0:
     # augment afresh each epoch and run the whole network, the classic loop)
     views: int | None = None
+    # finetune: "train" (the batches' statistics), "frozen" (ImageNet's kept), None: measured at
+    # the start of the run (batchnorm.choose_batchnorm) and recorded
+    batchnorm: str | None = None
     cache_dir: Path | None = None  # CNN-codes cache; None: ~/.cache/tlvision/features
     no_cache: bool = False  # keep codes in memory only
     val_split: float | None = None  # hold out this fraction of train/ when there is no val/
@@ -115,6 +123,13 @@ def views_of(config: TrainConfig) -> int:
     return FINETUNE_VIEWS if config.strategy == "finetune" else 0
 
 
+def backbone_lr_mult_of(config: TrainConfig) -> float:
+    """--backbone-lr-mult, or its default for the run's BatchNorm mode."""
+    if config.backbone_lr_mult is not None:
+        return config.backbone_lr_mult
+    return BACKBONE_LR_MULT[config.batchnorm or "train"]
+
+
 def frozen_stage(config: TrainConfig) -> str | None:
     """The last frozen stage of a fine-tuning run, or None when every stage trains."""
     if config.freeze_until in (None, NO_FREEZING):
@@ -143,7 +158,13 @@ def validate_config(config: TrainConfig) -> None:
         raise UserError("--input-size must be at least 32 pixels")
     if (config.epochs is not None and config.epochs < 1) or config.batch_size < 1:
         raise UserError("--epochs and --batch-size must be at least 1")
-    if not (config.learning_rate > 0 and config.backbone_lr_mult >= 0):
+    if config.batchnorm is not None and config.batchnorm not in BATCHNORM_MODES:
+        raise UserError(
+            f"unknown --batchnorm {config.batchnorm!r}; choose {' or '.join(BATCHNORM_MODES)}"
+        )
+    if config.batchnorm is not None and config.strategy != "finetune":
+        raise UserError("--batchnorm applies to --strategy finetune; the frozen routes keep it")
+    if not (config.learning_rate > 0 and (config.backbone_lr_mult or 0) >= 0):
         raise UserError("--lr must be positive and --backbone-lr-mult zero or more")
     if config.head not in HEADS:
         raise UserError(f"unknown head {config.head!r}; choose one of {', '.join(HEADS)}")

@@ -181,7 +181,7 @@ class Advice:
     input_size: int
     epochs: int
     learning_rate: float
-    backbone_lr_mult: float
+    backbone_lr_mult: float | None  # None: the run's default for its BatchNorm mode
     head: str
     predicted_seconds: float
     margin: float
@@ -434,7 +434,7 @@ def decide(evidence: Evidence, *, time_budget_minutes: float) -> Advice:
         similarity="similar" if is_similar else "different",
         quadrant=quadrant_of(is_small, is_similar), input_size=chosen.input_size,
         epochs=epochs if chosen.strategy == "finetune" else 25, learning_rate=0.01,
-        backbone_lr_mult=0.1, head="logreg" if chosen.strategy != "finetune" else "linear",
+        backbone_lr_mult=None, head="logreg" if chosen.strategy != "finetune" else "linear",
         predicted_seconds=costs[chosen.name] * evidence.seconds_per_pass, margin=margin,
         standings=standings, command="", reasons=reasons,
     )  # fmt: skip

@@ -39,6 +39,7 @@ def train_one_epoch(
     precision: str = "32",
     scaler: torch.amp.GradScaler | None = None,
     job: Distributed | None = None,
+    keep_batchnorm_statistics: bool = False,
 ) -> tuple[float, float, list[int]]:
     """One pass over the training data; returns (mean loss, accuracy, unreadable indices).
 
@@ -47,7 +48,7 @@ def train_one_epoch(
     """
     job = job or Distributed()
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
-    set_train_mode(model)
+    set_train_mode(model, keep_batchnorm_statistics=keep_batchnorm_statistics)
     loss_sum, correct, seen, unreadable = 0.0, 0, 0, []
     bar = _progress_bar(loader, description, job)
     for batch, (images, labels, batch_unreadable) in enumerate(loader):

@@ -22,7 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from tlvision.config import TrainConfig, frozen_stage, validate_config, views_of
+from tlvision.config import (
+    TrainConfig,
+    backbone_lr_mult_of,
+    frozen_stage,
+    validate_config,
+    views_of,
+)
 from tlvision.errors import UserError
 from tlvision.runs import Log
 
@@ -105,6 +111,7 @@ def _codes_stepper(config: TrainConfig, log: Log) -> Callable[[float], float]:
     from tlvision.training import set_up
 
     setup = set_up(config, log, fresh=False)
+    config = setup.config  # BatchNorm mode and --backbone-lr-mult resolved as the run will
     model = create_model(setup.backbone, len(setup.splits.class_names), setup.weights)
     stage = config.stage if config.strategy == "linear-probe" else None
     cache = (
@@ -153,14 +160,15 @@ def _image_stepper(config: TrainConfig, log: Log) -> Callable[[float], float]:
     from tlvision.training import make_loaders, set_up
 
     setup = set_up(config, log, fresh=False)
+    config = setup.config  # BatchNorm mode and --backbone-lr-mult resolved as the run will
     model = create_model(setup.backbone, len(setup.splits.class_names), setup.weights)
     apply_finetuning(
         model, setup.backbone,
-        freeze_until=frozen_stage(setup.config), backbone_lr_mult=config.backbone_lr_mult,
+        freeze_until=frozen_stage(setup.config), backbone_lr_mult=backbone_lr_mult_of(config),
     )  # fmt: skip
     model.to(setup.device).to(memory_format=torch.channels_last)
     groups = parameter_groups(
-        model, setup.backbone, learning_rate=1.0, backbone_lr_mult=config.backbone_lr_mult
+        model, setup.backbone, learning_rate=1.0, backbone_lr_mult=backbone_lr_mult_of(config)
     )
     for group in groups:
         group["multiplier"] = group["lr"]
@@ -170,7 +178,7 @@ def _image_stepper(config: TrainConfig, log: Log) -> Callable[[float], float]:
     weight = None if setup.class_weights is None else torch.tensor(setup.class_weights)
     criterion = nn.CrossEntropyLoss(weight=weight).to(setup.device)
     batches = _endless(make_loaders(setup)["train"])
-    set_train_mode(model)
+    set_train_mode(model, keep_batchnorm_statistics=config.batchnorm == "frozen")
 
     def step(rate: float) -> float:
         images, labels, _unreadable = next(batches)

@@ -89,7 +89,8 @@ COMMAND_OPTIONS = (
     ("input_size", "--input-size"), ("freeze_until", "--freeze-until"), ("stage", "--stage"),
     ("head", "--head"), ("views", "--views"), ("epochs", "--epochs"),
     ("batch_size", "--batch-size"), ("learning_rate", "--lr"),
-    ("backbone_lr_mult", "--backbone-lr-mult"), ("momentum", "--momentum"),
+    ("backbone_lr_mult", "--backbone-lr-mult"), ("batchnorm", "--batchnorm"),
+    ("momentum", "--momentum"),
     ("weight_decay", "--weight-decay"), ("schedule", "--schedule"), ("seed", "--seed"),
     ("val_split", "--val-split"), ("class_weights", "--class-weights"),
 )  # fmt: skip

@@ -74,11 +74,14 @@ def is_frozen_batchnorm(module: nn.Module) -> bool:
     )
 
 
-def set_train_mode(model: nn.Module) -> None:
-    """model.train(), except that frozen BatchNorm layers keep their running statistics."""
+def set_train_mode(model: nn.Module, *, keep_batchnorm_statistics: bool = False) -> None:
+    """model.train(), except that frozen BatchNorm layers keep their running statistics, and
+    with `keep_batchnorm_statistics` every BatchNorm does (its weight and bias still train)."""
     model.train()
     for module in model.modules():
-        if is_frozen_batchnorm(module):
+        if is_frozen_batchnorm(module) or (
+            keep_batchnorm_statistics and isinstance(module, nn.modules.batchnorm._BatchNorm)
+        ):
             module.eval()
 
 

@@ -32,6 +32,7 @@ from tlvision.backbones import (
     head_of,
     preprocessing_for,
 )
+from tlvision.batchnorm import resolve_batchnorm
 from tlvision.checkpoint import (
     TRAINING_CHECKPOINT,
     TrainingCheckpoint,
@@ -41,6 +42,7 @@ from tlvision.codes_training import fit_on_codes
 from tlvision.config import (
     CODES_STRATEGIES,
     TrainConfig,
+    backbone_lr_mult_of,
     epochs_of,
     frozen_stage,
     validate_config,
@@ -155,12 +157,15 @@ def set_up(config: TrainConfig, log: Log, *, fresh: bool) -> RunSetup:
         class_weights = inverse_frequency_weights(splits.class_counts("train"))
         pairs = zip(splits.class_names, class_weights, strict=True)
         log("class weights: " + ", ".join(f"{name} {weight:.3f}" for name, weight in pairs))
+    preprocessing = preprocessing_for(backbone, weights, input_size=config.input_size)
+    if config.strategy == "finetune":
+        config = resolve_batchnorm(config, backbone, weights, splits, preprocessing, log=log)
     setup = RunSetup(
         config=config,
         splits=splits,
         backbone=backbone,
         weights=weights,
-        preprocessing=preprocessing_for(backbone, weights, input_size=config.input_size),
+        preprocessing=preprocessing,
         device=device,
         num_workers=_default_workers(config, device)
         if config.num_workers is None
@@ -202,7 +207,7 @@ def finetune(
     config, device = setup.config, setup.device
     apply_finetuning(
         model, setup.backbone,
-        freeze_until=frozen_stage(config), backbone_lr_mult=config.backbone_lr_mult,
+        freeze_until=frozen_stage(config), backbone_lr_mult=backbone_lr_mult_of(config),
     )  # fmt: skip
     # channels_last: the convolutions' fast layout (about 2x faster forward on CPU, measured).
     model.to(device).to(memory_format=torch.channels_last)
@@ -271,10 +276,10 @@ def make_optimizer(setup: RunSetup, model: nn.Module, *, head_started: bool) -> 
     config = setup.config
     groups = parameter_groups(
         model, setup.backbone,
-        learning_rate=config.learning_rate, backbone_lr_mult=config.backbone_lr_mult,
+        learning_rate=config.learning_rate, backbone_lr_mult=backbone_lr_mult_of(config),
     )  # fmt: skip
     if head_started:
-        groups[0]["lr"] = config.learning_rate * config.backbone_lr_mult
+        groups[0]["lr"] = config.learning_rate * backbone_lr_mult_of(config)
     return torch.optim.SGD(
         groups, lr=config.learning_rate, momentum=config.momentum,
         weight_decay=config.weight_decay,
@@ -409,7 +414,7 @@ def _run_epochs(
             train_loss, train_acc, unreadable_train = train_one_epoch(
                 network, loaders["train"], criterion, optimizer, scheduler, device,
                 description=f"epoch {epoch}/{epochs_of(config)} train", precision=setup.precision,
-                scaler=scaler, job=job,
+                scaler=scaler, job=job, keep_batchnorm_statistics=config.batchnorm == "frozen",
             )  # fmt: skip
             distributed.broadcast_buffers(job, model)
             val_loss, val_acc, unreadable_val = evaluate(
@@ -470,7 +475,10 @@ def resume(run_dir: Path, *, log: Log = print) -> dict[str, Any]:
         log(f"resuming {run_dir}: re-running the head on the cached codes")
         return fit(replace(config, out_dir=run_dir, overwrite=True), log=log)
     checkpoint = load_training_checkpoint(run_dir)
-    config = replace(TrainConfig.from_json(checkpoint.info["config"]), out_dir=run_dir)
+    recorded = checkpoint.info["config"]
+    config = replace(TrainConfig.from_json(recorded), out_dir=run_dir)
+    if "batchnorm" not in recorded:  # recorded before the mode was chosen: it trained them
+        config = replace(config, batchnorm="train")
     if checkpoint.epoch >= epochs_of(config):
         raise UserError(
             f"{run_dir}: this run already finished all {epochs_of(config)} epochs; its model is "

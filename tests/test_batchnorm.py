@@ -1,0 +1,98 @@
+"""finetune's BatchNorm mode: measured on the data, recorded, and honoured by the loop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tlvision.backbones import choose_weights, create_model, get_backbone, preprocessing_for
+from tlvision.batchnorm import (
+    FROZEN_BATCHNORM_MAX_SHIFT,
+    choose_batchnorm,
+    measure_shift,
+    trained_stages,
+)
+from tlvision.config import BACKBONE_LR_MULT, TrainConfig
+from tlvision.data import build_transforms, find_splits
+from tlvision.errors import UserError
+from tlvision.training import fit
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_choose_batchnorm_reads_only_the_trained_stages() -> None:
+    shift = {"stem": 0.9, "stage1": 0.9, "stage2": 0.9, "stage3": 0.1, "stage4": 0.2}
+    assert choose_batchnorm(shift, ["stage3", "stage4"]) == "frozen"
+    assert choose_batchnorm(shift, ["stem", "stage1", "stage2", "stage3", "stage4"]) == "train"
+    at_limit = {"stage3": FROZEN_BATCHNORM_MAX_SHIFT, "stage4": FROZEN_BATCHNORM_MAX_SHIFT}
+    assert choose_batchnorm(at_limit, ["stage3", "stage4"]) == "frozen"
+    above = {"stage3": FROZEN_BATCHNORM_MAX_SHIFT + 0.01, "stage4": FROZEN_BATCHNORM_MAX_SHIFT}
+    assert choose_batchnorm(above, ["stage3", "stage4"]) == "train"
+    assert choose_batchnorm({}, ["stage3"]) == "train"  # nothing measured: the usual mode
+    backbone = get_backbone("mobilenet_v2")
+    assert trained_stages(backbone, "stage2") == ["stage3", "stage4"]
+    assert trained_stages(backbone, None) == [stage.name for stage in backbone.stages]
+
+
+def shift_of(data: Path) -> dict[str, float]:
+    backbone = get_backbone("mobilenet_v2")
+    weights = choose_weights(backbone, None)
+    model = create_model(backbone, 2, weights)
+    transform = build_transforms(preprocessing_for(backbone, weights))["val"]
+    samples = find_splits(data, val_split=None, seed=0).samples["train"]
+    return measure_shift(model, backbone, samples, transform, seed=0)
+
+
+def test_photos_keep_imagenet_statistics_and_drawings_do_not(
+    reference_data: Path, tiny_dataset: Path
+) -> None:
+    photos, drawings = shift_of(reference_data), shift_of(tiny_dataset)
+    assert set(photos) == {stage.name for stage in get_backbone("mobilenet_v2").stages}
+    assert choose_batchnorm(photos, ["stage3", "stage4"]) == "frozen"
+    assert choose_batchnorm(drawings, ["stage3", "stage4"]) == "train"
+    assert photos["stage3"] < drawings["stage3"]
+    assert shift_of(reference_data) == photos  # a seeded sample: the same numbers again
+
+
+def test_frozen_mode_keeps_every_statistic_and_is_recorded(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    config = TrainConfig(
+        data_dir=tiny_dataset, out_dir=tmp_path / "run", strategy="finetune", epochs=1,
+        input_size=64, batch_size=8, batchnorm="frozen",
+    )  # fmt: skip
+    fit(config, log=lambda _: None)
+    recorded = json.loads((tmp_path / "run" / "model.json").read_text())["config"]
+    assert recorded["batchnorm"] == "frozen"
+    assert recorded["backbone_lr_mult"] == BACKBONE_LR_MULT["frozen"]
+    backbone = get_backbone("mobilenet_v2")
+    pretrained = create_model(backbone, 2, choose_weights(backbone, None)).state_dict()
+    saved = load_file(tmp_path / "run" / "model.safetensors")
+    statistics = [key for key in pretrained if key.endswith(("running_mean", "running_var"))]
+    assert len(statistics) > 100
+    for key in statistics:  # the trained stages' too: only weights and biases moved
+        assert torch.equal(saved[key], pretrained[key]), f"{key} moved"
+    assert not torch.equal(
+        saved["features.14.conv.0.1.weight"], pretrained["features.14.conv.0.1.weight"]
+    )
+
+
+def test_auto_mode_is_measured_and_recorded(tiny_dataset: Path, tmp_path: Path) -> None:
+    lines: list[str] = []
+    config = TrainConfig(
+        data_dir=tiny_dataset, out_dir=tmp_path / "run", strategy="finetune", epochs=1,
+        input_size=64, batch_size=8,
+    )  # fmt: skip
+    fit(config, log=lines.append)
+    assert any(line.startswith("BatchNorm: train (the batches' statistics)") for line in lines)
+    recorded = json.loads((tmp_path / "run" / "model.json").read_text())["config"]
+    assert recorded["batchnorm"] == "train"
+    assert recorded["backbone_lr_mult"] == BACKBONE_LR_MULT["train"]
+    with pytest.raises(UserError, match="--batchnorm applies to --strategy finetune"):
+        fit(TrainConfig(data_dir=tiny_dataset, out_dir=tmp_path / "x", batchnorm="frozen"))
+    with pytest.raises(UserError, match="unknown --batchnorm 'eval'"):
+        fit(TrainConfig(tiny_dataset, tmp_path / "y", strategy="finetune", batchnorm="eval"))
