@@ -10,8 +10,9 @@ one), then every candidate the race knows, trained on all of train/ and scored o
   and the top, at the native-based input size and at the weights' own; seconds: the codes pass
   at that size plus the head's fit;
 - fine-tune after stage2 / all @SIZE: `training.fit` with --freeze-until stage2 or none, at
-  the native-based size, `--finetune-epochs` epochs (lr 0.01, backbone x0.1), the FINAL epoch's
-  val accuracy.
+  the native-based size, `--finetune-epochs` epochs, every other option at the run's default
+  (lr 0.01; BatchNorm mode and backbone rate measured, batchnorm.py), the FINAL epoch's val
+  accuracy.
 
 Margin: max(0.02, one standard error of the best val accuracy). The pick is "within" when its val
 accuracy is no more than the margin below the best, and "cheapest" when no candidate within the

@@ -17,8 +17,10 @@ from tlvision.decision import (
     decide,
     extrapolate_epochs,
     finetune_epochs,
+    full_trial_plan,
     scored_images,
     standard_error,
+    trial_accuracy,
     trial_plan,
 )
 
@@ -231,3 +233,30 @@ def test_extrapolation_over_epochs() -> None:
     entry = trial(None, (0.7, 0.75), reference=0.70)
     assert comparable_accuracy(entry, 0.9, 2) == pytest.approx(0.95)
     assert comparable_accuracy(frozen(None, 64, 0.8), 0.9, 5) == 0.8
+
+
+def test_a_trial_as_long_as_the_run_is_read_not_extrapolated() -> None:
+    curve = (0.6, 0.8, 0.7, 0.85, 0.9)
+    assert trial_accuracy(curve, 5) == 0.9
+    assert trial_accuracy(curve, 3) == 0.7  # a shorter run: the trial's epoch of that number
+    assert trial_accuracy(curve, 8) == extrapolate_epochs(curve, 8) > 0.9
+
+
+def test_full_fine_tuning_is_tried_only_when_partial_comes_within_the_margin() -> None:
+    race = [frozen("stage3", 64, 0.85), frozen(None, 224, 0.90)]
+    sample = {"cv": 2000, "fit": 900, "holdout": 300}
+    # partial gains 0.02 over the 64-px codes on its own images: 0.87, 0.03 below the best.
+    behind = trial("stage2", (0.70, 0.80), reference=0.78)
+    reason = full_trial_plan(race, behind, epochs=2, race_sample=sample)
+    assert "the partial trial predicts 0.870" in reason and "(0.900)" in reason
+    close = trial("stage2", (0.70, 0.81), reference=0.78)  # 0.88: within 0.02 of 0.90
+    assert full_trial_plan(race, close, epochs=2, race_sample=sample) == ""
+    ahead = trial("stage2", (0.70, 0.95), reference=0.78)
+    assert full_trial_plan(race, ahead, epochs=2, race_sample=sample) == ""
+    # a small pool widens the margin as decide does: 0.87 is within one standard error of 0.90
+    assert full_trial_plan(race, behind, epochs=2, race_sample={"cv": 100, "holdout": 30}) == ""
+    # the reason reaches the advice
+    skipped = replace(evidence([*race, behind]), full_trial_skipped=reason)
+    advice = decide(skipped, time_budget_minutes=30)
+    assert f"full fine-tuning not raced: {reason}" in advice.reasons
+    assert Evidence.from_json(skipped.to_json()) == skipped

@@ -11,9 +11,10 @@ similarity    the pretrained ImageNet head's confidence, the BatchNorm statistic
 race          every candidate measured on train/ alone (race.py): frozen codes of stage2, stage3
               and the top at the native-based and the weights' own input size, scored by
               cross-validation over up to 1,200 train images with C chosen as the run chooses
-              it, and, unless the rules of thumb and the numbers make it pointless, short
-              fine-tuning trials (partial after stage2, and full) on a part of that pool, scored
-              on another part beside the frozen codes on the same images.
+              it, and, unless the rules of thumb and the numbers make it pointless, fine-tuning
+              trials (partial after stage2; full only when partial comes within the margin) on
+              a part of that pool, scored on another part beside the frozen codes on the same
+              images.
 
 val/ is never read: it stays for the number the training run reports. A test/ split is counted and
 reported, never used. Everything is measured on seeded samples with fixed counts, and the decision
@@ -61,6 +62,7 @@ from tlvision.decision import (
     PretrainedFit,
     SizeEvidence,
     decide,
+    finetune_epochs,
     trial_plan,
 )
 from tlvision.devices import resolve_device
@@ -273,14 +275,19 @@ def measure(setup: RaceSetup, *, time_budget_minutes: float) -> Evidence:
         size, pretrained_fit, probe_accuracy, native_input_size=native,
         device_kind=setup.device.type, time_budget_minutes=time_budget_minutes,
     )  # fmt: skip
+    race_sample = {"cv": len(pool), "fit": len(fit_sample), "holdout": len(holdout)}
+    full_skipped = ""
     if not skipped:
-        race += finetune_trials(
-            on(fit_sample), native_input_size=native, frozen=frozen.get(trial_size(native))
-        )
+        trials, full_skipped = finetune_trials(
+            on(fit_sample), native_input_size=native, frozen=frozen.get(trial_size(native)),
+            race=race, race_sample=race_sample,
+            epochs=finetune_epochs(size, native, setup.device.type, time_budget_minutes),
+        )  # fmt: skip
+        race += trials
     return Evidence(
         size=size, pretrained_fit=pretrained_fit, probe_accuracy=probe_accuracy,
         race=tuple(race),
-        race_sample={"cv": len(pool), "fit": len(fit_sample), "holdout": len(holdout)},
+        race_sample=race_sample, full_trial_skipped=full_skipped,
         learning_curve=curve, trial_skipped=skipped, device_kind=setup.device.type,
         seconds_per_pass=seconds_per_pass, native_input_size=native,
     )  # fmt: skip

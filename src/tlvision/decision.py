@@ -31,9 +31,8 @@ SIMILAR_BATCHNORM_SHIFT = 0.25
 TOP_STAGE_MARGIN = 0.02
 # The pick: the cheapest candidate within this much (or one standard error) of the best.
 MARGIN = 0.02
-# Fine-tuning epochs: at most 5 (3 already reach 0.95 on the reference set, 10 reach 0.96; the
-# race extrapolates its 3-epoch trials no further than this), fewer when the
-# time budget says so, and not at all under 3.
+# Fine-tuning epochs: at most 5 (3 already reach 0.95 on the reference set; the race's trials
+# run this many), fewer when the time budget says so, and not at all under 3.
 MAX_FINETUNE_EPOCHS = 5
 MIN_FINETUNE_EPOCHS = 3
 # Relative cost of one train image in an epoch: forward 1, backward through everything about 2
@@ -114,6 +113,7 @@ class Evidence:
     device_kind: str  # cpu, cuda or mps: the nominal speed for the time budget
     seconds_per_pass: float  # measured forward time per 224-px image pass (estimates only)
     native_input_size: int
+    full_trial_skipped: str = ""  # why full fine-tuning had no trial after the partial one
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Evidence:
@@ -132,6 +132,7 @@ class Evidence:
             device_kind=data["device_kind"],
             seconds_per_pass=data["seconds_per_pass_224"],
             native_input_size=data["native_input_size"],
+            full_trial_skipped=data.get("full_trial_skipped", ""),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -143,6 +144,7 @@ class Evidence:
             "race_sample": self.race_sample,
             "learning_curve": self.learning_curve,
             "trial_skipped": self.trial_skipped,
+            "full_trial_skipped": self.full_trial_skipped,
             "device_kind": self.device_kind,
             "seconds_per_pass_224": self.seconds_per_pass,
             "native_input_size": self.native_input_size,
@@ -226,6 +228,8 @@ class Advice:
             )
         if self.evidence["trial_skipped"]:
             lines.append(f"  no fine-tuning trial: {self.evidence['trial_skipped']}")
+        if self.evidence.get("full_trial_skipped"):
+            lines.append(f"  no full fine-tuning trial: {self.evidence['full_trial_skipped']}")
         lines += [
             "",
             f"recommended: {self.strategy}"
@@ -365,6 +369,39 @@ def extrapolate_epochs(epoch_accuracy: Sequence[float], epochs: int) -> float:
     return 1 - last_error * (done / epochs) ** exponent
 
 
+def trial_accuracy(epoch_accuracy: Sequence[float], epochs: int) -> float:
+    """A trial's accuracy after `epochs`: as measured when it ran that many, else
+    extrapolated from its last epochs."""
+    if epochs <= len(epoch_accuracy):
+        return epoch_accuracy[max(1, epochs) - 1]
+    return extrapolate_epochs(epoch_accuracy, epochs)
+
+
+def race_margin(best: float, race_sample: dict[str, int]) -> float:
+    """How far below the best predicted accuracy a candidate still counts as as good."""
+    return max(MARGIN, standard_error(best, scored_images(race_sample)))
+
+
+def full_trial_plan(
+    race: Sequence[Entry], partial: Entry, *, epochs: int, race_sample: dict[str, int]
+) -> str:
+    """Why full fine-tuning gets no trial after the partial one ("" when it does). Full trains
+    every stage where partial trains the later ones, on the same images; on the nine sets
+    measured it never beat partial on val (benchmarks/RESULTS.md, advisor validation), so it is
+    only tried when partial fine-tuning comes within the margin of the best frozen candidate:
+    when fine-tuning looks worth more of the network at all."""
+    frozen = [entry for entry in race if entry.strategy != "finetune"]
+    best = max(entry.accuracy for entry in frozen)
+    predicted = comparable_accuracy(partial, best_frozen_at(frozen, partial.input_size), epochs)
+    margin = race_margin(best, race_sample)
+    if predicted >= best - margin:
+        return ""
+    return (
+        f"the partial trial predicts {predicted:.3f}, more than {margin:.3f} below the best "
+        f"frozen candidate ({best:.3f}); training every stage on the same images is not raced"
+    )
+
+
 def best_frozen_at(race: Sequence[Entry], input_size: int) -> float:
     """The best frozen candidate's accuracy at `input_size` (any size when none was raced
     there): what a fine-tuning run at that size starts from. Measured on shapes (tuning set):
@@ -381,7 +418,7 @@ def comparable_accuracy(entry: Entry, best_frozen: float, epochs: int) -> float:
     input size (`best_frozen`)."""
     if entry.strategy != "finetune" or entry.frozen_reference is None:
         return entry.accuracy
-    trial = extrapolate_epochs(entry.epoch_accuracy or (entry.accuracy,), epochs)
+    trial = trial_accuracy(entry.epoch_accuracy or (entry.accuracy,), epochs)
     return min(1.0, max(0.0, best_frozen + trial - entry.frozen_reference))
 
 
@@ -406,7 +443,7 @@ def decide(evidence: Evidence, *, time_budget_minutes: float) -> Advice:
         for entry in race
     }
     best = max(predicted.values())
-    margin = max(MARGIN, standard_error(best, scored_images(evidence.race_sample)))
+    margin = race_margin(best, evidence.race_sample)
     costs = {entry.name: cost_passes(entry, size, epochs) for entry in race}
     standings = [
         Standing(
@@ -429,6 +466,8 @@ def decide(evidence: Evidence, *, time_budget_minutes: float) -> Advice:
     )
     if evidence.trial_skipped:
         reasons.append(f"fine-tuning not raced: {evidence.trial_skipped}")
+    elif evidence.full_trial_skipped:
+        reasons.append(f"full fine-tuning not raced: {evidence.full_trial_skipped}")
     return Advice(
         strategy=chosen.strategy, stage=chosen.stage, size="small" if is_small else "large",
         similarity="similar" if is_similar else "different",

@@ -4,10 +4,12 @@ Frozen candidates: logistic regression on the pooled codes of stage2, stage3 and
 native-based input size and at the weights' own, one extraction pass per size (through the codes
 cache, so the chosen frozen run reuses them), scored as the run trains them: the run's C grid,
 each C scored by 5-fold cross-validation over the race's pool (all of train/ up to 1,200 images),
-the best C's score counts. Fine-tuning candidates (partial, after stage2, and full) get a short
-trial: a few epochs on a fit sample of the pool at a reduced size, through `training.fit` like
-any run, scored on a held-out part of the pool beside the frozen codes at that size on the same
-images; their gain over those frozen codes is what carries over (decision.comparable_accuracy).
+the best C's score counts. Fine-tuning candidates get a trial: partial (after stage2) first,
+full only when partial comes within the margin of the frozen codes (decision.full_trial_plan);
+each the advised run's epochs on a fit sample of the pool at a reduced size, through
+`training.fit` like any run, scored on a held-out part of the pool beside the frozen codes at
+that size on the same images; their gain over those frozen codes is what carries over
+(decision.comparable_accuracy).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from tlvision.backbones import BackboneSpec, WeightsChoice, create_model, prepro
 from tlvision.codes_cache import FeatureCache
 from tlvision.config import NO_FREEZING, TrainConfig
 from tlvision.data import DatasetSplits, default_num_workers, stratified_split
-from tlvision.decision import Entry
+from tlvision.decision import MAX_FINETUNE_EPOCHS, Entry, full_trial_plan
 from tlvision.heads import (
     DEFAULT_C_GRID,
     accuracy,
@@ -49,14 +51,19 @@ Log = Callable[[str], None]
 POOL_IMAGES = 1200
 CV_FOLDS = 5
 # The fine-tuning trials' sample, from the pool: a quarter of each class held out, 300 images at
-# most in all (40 a class at most), and at most 600 of the rest to fit on (100 a class at most).
+# most in all (40 a class at most), and at most 900 of the rest to fit on (150 a class at most):
+# the whole pool when it is full. 600 fit images underrated partial fine-tuning more (shapes,
+# tuning set: 0.853 predicted against 0.887 with 900, and 0.951 on val).
 HOLDOUT_SHARE = 0.25
 HOLDOUT_IMAGES, HOLDOUT_PER_CLASS = 300, 40
-FIT_IMAGES, FIT_PER_CLASS = 600, 100
+FIT_IMAGES, FIT_PER_CLASS = 900, 150
 RACE_STAGES: tuple[str | None, ...] = ("stage2", "stage3", None)  # stage4's pooled codes = top's
-# The fine-tuning trial: 3 epochs at no more than 96 px (96 px trains about 4x faster than 128 on
-# a CPU, measured); the partial candidate trains what follows stage2 (MobileNetV2: blocks 7-18).
-TRIAL_EPOCHS = 3
+# The fine-tuning trial: the advised run's most epochs (decision.MAX_FINETUNE_EPOCHS), so its
+# last epoch is measured, not extrapolated (3 epochs underrated partial fine-tuning on every
+# tuning set: far 0.931 predicted against 0.962 with 5, 0.959 on val), at no more than 96 px
+# (96 px trains about 4x faster than 128 on a CPU; 128 px predicted the same on clip art, 0.776);
+# the partial candidate trains what follows stage2 (MobileNetV2: blocks 7-18).
+TRIAL_EPOCHS = MAX_FINETUNE_EPOCHS
 TRIAL_MAX_SIZE = 96
 PARTIAL_FREEZE_UNTIL = "stage2"
 
@@ -229,48 +236,74 @@ def link_dataset(root: Path, splits: DatasetSplits) -> Path:
 
 
 def finetune_trials(
-    setup: RaceSetup, *, native_input_size: int, frozen: FrozenRace | None
-) -> list[Entry]:
-    """Partial and full fine-tuning: TRIAL_EPOCHS on the fit sample (`setup.splits` train) at
-    the trial size, scored on the holdout after each epoch, beside the best frozen codes at the
-    trial size on the same images (`trial_reference`; see decision.comparable_accuracy).
-    `frozen`: the race at the trial size, when it is one of the raced sizes."""
+    setup: RaceSetup,
+    *,
+    native_input_size: int,
+    frozen: FrozenRace | None,
+    race: Sequence[Entry],
+    epochs: int,
+    race_sample: dict[str, int],
+) -> tuple[list[Entry], str]:
+    """Partial, then (unless `decision.full_trial_plan` says why not) full fine-tuning: each
+    TRIAL_EPOCHS on the fit sample (`setup.splits` train) at the trial size, scored on the
+    holdout after each epoch, beside the best frozen codes at the trial size on the same images
+    (`trial_reference`; see decision.comparable_accuracy). `frozen`: the race at the trial
+    size, when it is one of the raced sizes; `race`: the frozen candidates. Returns the trials'
+    entries and why full fine-tuning had none ("" when it had one)."""
+    size = trial_size(native_input_size)
+    reference = trial_reference(setup, size, frozen)
+    with tempfile.TemporaryDirectory(prefix="tlvision-trial-") as scratch:
+        data = link_dataset(Path(scratch) / "data", setup.splits)
+        partial = run_trial(
+            setup, data, Path(scratch) / "partial", PARTIAL_FREEZE_UNTIL,
+            native_input_size=native_input_size, reference=reference,
+        )  # fmt: skip
+        skipped = full_trial_plan(race, partial, epochs=epochs, race_sample=race_sample)
+        if skipped:
+            return [partial], skipped
+        full = run_trial(
+            setup, data, Path(scratch) / "full", None,
+            native_input_size=native_input_size, reference=reference,
+        )  # fmt: skip
+    return [partial, full], ""
+
+
+def run_trial(
+    setup: RaceSetup,
+    data: Path,
+    out_dir: Path,
+    freeze_until: str | None,
+    *,
+    native_input_size: int,
+    reference: float,
+) -> Entry:
+    """One fine-tuning trial through `training.fit`, like any run: its holdout accuracy by
+    epoch, beside `reference` (the best frozen codes at the trial size on the same images)."""
     from tlvision.runs import read_metrics
     from tlvision.training import fit  # training pulls in much; only the trials need it
 
     size = trial_size(native_input_size)
-    splits = setup.splits
-    reference = trial_reference(setup, size, frozen)
-    entries = []
-    with tempfile.TemporaryDirectory(prefix="tlvision-trial-") as scratch:
-        data = link_dataset(Path(scratch) / "data", splits)
-        for name, freeze_until in (
-            (f"fine-tune after {PARTIAL_FREEZE_UNTIL} @{native_input_size}", PARTIAL_FREEZE_UNTIL),
-            (f"fine-tune all @{native_input_size}", None),
-        ):
-            started = time.perf_counter()
-            setup.log(f"advise: {TRIAL_EPOCHS}-epoch trial: {name.split(' @')[0]} at {size} px")
-            config = TrainConfig(
-                data_dir=data, out_dir=Path(scratch) / f"run-{freeze_until}",
-                backbone=setup.backbone.name, weights=setup.weights_argument,
-                strategy="finetune", freeze_until=freeze_until or NO_FREEZING, input_size=size,
-                epochs=TRIAL_EPOCHS, seed=setup.seed, device=str(setup.device), no_cache=True,
-            )  # fmt: skip
-            fit(config, log=lambda _: None)
-            curve = tuple(float(row["val_acc"]) for row in read_metrics(config.out_dir))
-            entries.append(
-                Entry(
-                    name=name,
-                    strategy="finetune",
-                    stage=freeze_until,
-                    input_size=native_input_size,
-                    accuracy=curve[-1],
-                    measured=f"{TRIAL_EPOCHS}-epoch trial at {size} px on the fit sample: holdout "
-                    + ", ".join(f"{value:.3f}" for value in curve)
-                    + f" by epoch; the best frozen codes at {size} px: {reference:.3f}",
-                    seconds=time.perf_counter() - started,
-                    epoch_accuracy=curve,
-                    frozen_reference=reference,
-                )
-            )
-    return entries
+    label = "fine-tune all" if freeze_until is None else f"fine-tune after {freeze_until}"
+    started = time.perf_counter()
+    setup.log(f"advise: {TRIAL_EPOCHS}-epoch trial: {label} at {size} px")
+    config = TrainConfig(
+        data_dir=data, out_dir=out_dir, backbone=setup.backbone.name,
+        weights=setup.weights_argument, strategy="finetune",
+        freeze_until=freeze_until or NO_FREEZING, input_size=size, epochs=TRIAL_EPOCHS,
+        seed=setup.seed, device=str(setup.device), no_cache=True,
+    )  # fmt: skip
+    fit(config, log=lambda _: None)
+    curve = tuple(float(row["val_acc"]) for row in read_metrics(config.out_dir))
+    return Entry(
+        name=f"{label} @{native_input_size}",
+        strategy="finetune",
+        stage=freeze_until,
+        input_size=native_input_size,
+        accuracy=curve[-1],
+        measured=f"{TRIAL_EPOCHS}-epoch trial at {size} px on the fit sample: holdout "
+        + ", ".join(f"{value:.3f}" for value in curve)
+        + f" by epoch; the best frozen codes at {size} px: {reference:.3f}",
+        seconds=time.perf_counter() - started,
+        epoch_accuracy=curve,
+        frozen_reference=reference,
+    )
