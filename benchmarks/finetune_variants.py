@@ -12,7 +12,8 @@ the default's pretrained-layer rate, which the started head shares), "schedule" 
 schedules.make_scheduler), "weight_decay", "label_smoothing", "batchnorm" ("train": the default,
 running statistics follow the batches; "eval": every BatchNorm keeps ImageNet's statistics while
 its weights train), "freeze_until" (a later stage than stage2), "average" (a weight in 0..1:
-also score the weights averaged with the head start's, WiSE-FT style, after each epoch), "seed".
+also score the weights averaged with the head start's, WiSE-FT style, after each epoch), "ema"
+(a decay per step: also score the weights' exponential moving average after each epoch), "seed".
 Prints one JSON line per variant: val accuracy after each epoch, the last is the final.
 """
 
@@ -51,7 +52,7 @@ CPU = torch.device("cpu")
 
 def train_epoch(
     network: nn.Module, loader: Any, criterion: nn.Module, optimizer: Any, scheduler: Any,
-    batchnorm: str,
+    batchnorm: str, on_step: Any = None,
 ) -> None:  # fmt: skip
     """One epoch as epochs.train_one_epoch runs it, with every BatchNorm in eval mode on ask."""
     set_train_mode(network)
@@ -64,6 +65,8 @@ def train_epoch(
         criterion(network(inputs.to(memory_format=torch.channels_last)), labels).backward()
         optimizer.step()
         scheduler.step()
+        if on_step is not None:
+            on_step()
 
 
 def averaged(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], weight: float) -> dict:
@@ -103,14 +106,26 @@ def run_variant(setup: Any, activations: Any, variant: dict[str, Any]) -> dict[s
     )
     criterion = nn.CrossEntropyLoss(label_smoothing=variant.get("label_smoothing", 0.0))
     start_state = copy.deepcopy(model.state_dict())
-    accuracies, averaged_accuracies = [], []
+    accuracies, averaged_accuracies, ema_accuracies = [], [], []
+    ema_state = copy.deepcopy(model.state_dict()) if "ema" in variant else None
+
+    def update_ema() -> None:  # the exponential moving average of the weights, each step
+        if ema_state is None:
+            return
+        with torch.no_grad():
+            for key, value in model.state_dict().items():
+                if value.is_floating_point():
+                    ema_state[key].mul_(variant["ema"]).add_(value, alpha=1 - variant["ema"])
+                else:
+                    ema_state[key].copy_(value)
+
     started = time.perf_counter()
     for epoch in range(1, epochs + 1):
         loaders["train"].dataset.set_epoch(epoch)
         reseed_loader(loaders["train"], seed, epoch)
         train_epoch(
             network, loaders["train"], criterion, optimizer, scheduler,
-            variant.get("batchnorm", "train"),
+            variant.get("batchnorm", "train"), update_ema,
         )  # fmt: skip
         accuracies.append(round(evaluate(network, loaders["val"], criterion, CPU)[1], 4))
         if "average" in variant:
@@ -119,9 +134,15 @@ def run_variant(setup: Any, activations: Any, variant: dict[str, Any]) -> dict[s
             score = evaluate(network, loaders["val"], criterion, CPU)[1]
             averaged_accuracies.append(round(score, 4))
             model.load_state_dict(end_state)
+        if ema_state is not None:
+            end_state = copy.deepcopy(model.state_dict())
+            model.load_state_dict(ema_state)
+            ema_accuracies.append(round(evaluate(network, loaders["val"], criterion, CPU)[1], 4))
+            model.load_state_dict(end_state)
     return {
         "variant": variant, "head_start": round(head, 4), "by_epoch": accuracies,
         "final": accuracies[-1], "averaged_by_epoch": averaged_accuracies,
+        "ema_by_epoch": ema_accuracies,
         "seconds": round(time.perf_counter() - started, 1),
     }  # fmt: skip
 
