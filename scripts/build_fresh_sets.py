@@ -23,12 +23,10 @@ library versions writes the same files.
 
 from __future__ import annotations
 
-import argparse
 import io
 import string
 import sys
 import tempfile
-import time
 import zipfile
 from collections import defaultdict
 from pathlib import Path
@@ -38,9 +36,9 @@ from build_validation_sets import (
     deb_members,
     download_deb,
     prepare_output,
+    run_builder,
     unique_capped,
     write_items,
-    write_source,
 )
 from PIL import Image, ImageDraw, ImageFont
 
@@ -196,17 +194,8 @@ def build_stamps(out: Path, given: Path | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     builders = {"glyphs": build_glyphs, "textures": build_textures, "stamps": build_stamps}
-    parser.add_argument("name", choices=builders, help="dataset to build")
-    parser.add_argument("--out", type=Path, required=True, help="dataset root to (re)write")
-    parser.add_argument("--package", type=Path, help="an already downloaded .deb")
-    args = parser.parse_args(argv)
-    started = time.monotonic()
-    out = args.out.resolve()
-    source_text = builders[args.name](out, args.package)
-    write_source(out, source_text, started)
-    return 0
+    return run_builder(__doc__, builders, argv)
 
 
 if __name__ == "__main__":

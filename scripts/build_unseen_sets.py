@@ -41,7 +41,6 @@ downloaded copy):
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import io
 import json
@@ -50,7 +49,6 @@ import re
 import subprocess
 import sys
 import tarfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -61,10 +59,11 @@ from build_validation_sets import (
     deb_members,
     download_deb,
     prepare_output,
+    run_builder,
+    sampled_items,
     stratified_split,
     unique_capped,
     write_items,
-    write_source,
 )
 from PIL import Image
 
@@ -148,11 +147,7 @@ def build_fashion(out: Path, given: Path | None) -> str:
     content = deb_package(FASHION_PACKAGE, given, FASHION_SHA256)
     files = deb_members(content, FASHION_PACKAGE[0], FASHION_ROOT)
     images, labels = (idx_array(gzip.decompress(files[name])) for name in FASHION_FILES)
-    items = []
-    for label, name in enumerate(FASHION_CLASSES):
-        indices = np.flatnonzero(labels == label).tolist()
-        chosen = sorted(random.Random(f"{SEED}:{name}").sample(indices, FASHION_PER_CLASS))
-        items += [(name, f"{name}_{i:05d}", Image.fromarray(images[i], mode="L")) for i in chosen]
+    items = sampled_items(images, labels, FASHION_CLASSES, FASHION_PER_CLASS)
     prepare_output(out)
     write_items(out, items)
     return (
@@ -279,17 +274,8 @@ def build_units(out: Path, given: Path | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     builders = {"fashion": build_fashion, "emoji": build_emoji, "units": build_units}
-    parser.add_argument("name", choices=builders, help="dataset to build")
-    parser.add_argument("--out", type=Path, required=True, help="dataset root to (re)write")
-    parser.add_argument("--package", type=Path, help="an already downloaded .deb (emoji: .tgz)")
-    args = parser.parse_args(argv)
-    started = time.monotonic()
-    out = args.out.resolve()
-    source_text = builders[args.name](out, args.package)
-    write_source(out, source_text, started)
-    return 0
+    return run_builder(__doc__, builders, argv)
 
 
 if __name__ == "__main__":

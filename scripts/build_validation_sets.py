@@ -84,6 +84,7 @@ import time
 import warnings
 import zipfile
 from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -420,11 +421,7 @@ def build_shapes(out: Path, package: Path | None) -> str:
     }
     images = np.frombuffer(raw["data"], dtype=np.uint8).reshape(-1, 28, 28)
     labels = np.frombuffer(raw["label"], dtype="<i8")
-    items = []
-    for label, name in enumerate(SHAPES_CLASSES):
-        indices = np.flatnonzero(labels == label).tolist()
-        chosen = sorted(random.Random(f"{SEED}:{name}").sample(indices, SHAPES_PER_CLASS))
-        items += [(name, f"{name}_{i:05d}", Image.fromarray(images[i], mode="L")) for i in chosen]
+    items = sampled_items(images, labels, SHAPES_CLASSES, SHAPES_PER_CLASS)
     prepare_output(out)
     write_items(out, items)
     return (
@@ -556,6 +553,34 @@ def main(argv: list[str] | None = None) -> int:
         source_text = build_far(out) if args.name == "far" else build_large(out, args.deb)
     write_source(out, source_text, started)
     return 0
+
+
+def run_builder(
+    description: str, builders: dict[str, Callable[[Path, Path | None], str]], argv: Any
+) -> int:
+    """The command line of a builder script: NAME --out DIR [--package FILE]."""
+    parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
+    parser.add_argument("name", choices=builders, help="dataset to build")
+    parser.add_argument("--out", type=Path, required=True, help="dataset root to (re)write")
+    parser.add_argument("--package", type=Path, help="an already downloaded .deb (emoji: .tgz)")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    out = args.out.resolve()
+    write_source(out, builders[args.name](out, args.package), started)
+    return 0
+
+
+def sampled_items(
+    images: np.ndarray, labels: np.ndarray, classes: Sequence[str], per_class: int
+) -> list[tuple[str, str, Image.Image]]:
+    """`per_class` grayscale images of each class (label = index in `classes`), a seeded
+    sample per class, as write_items takes them."""
+    items = []
+    for label, name in enumerate(classes):
+        indices = np.flatnonzero(labels == label).tolist()
+        chosen = sorted(random.Random(f"{SEED}:{name}").sample(indices, per_class))
+        items += [(name, f"{name}_{i:05d}", Image.fromarray(images[i], mode="L")) for i in chosen]
+    return items
 
 
 def write_source(out: Path, source_text: str, started: float) -> None:
