@@ -56,7 +56,7 @@ class TrainConfig:
     epochs: int | None = None  # None: FINETUNE_EPOCHS for finetune, EPOCHS for the frozen routes
     batch_size: int = 32
     learning_rate: float = 0.01  # the new head's; pretrained layers get backbone_lr_mult x this
-    # finetune: None is batchnorm.BACKBONE_LR_MULT of the run's BatchNorm mode (0.1 or 0.03)
+    # None: BACKBONE_LR_MULT of the run's BatchNorm mode (0.1 or 0.03; backbone_lr_mult_of)
     backbone_lr_mult: float | None = None
     momentum: float = 0.9
     weight_decay: float = 0.0
