@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from tlvision.backbones import choose_weights, create_model, get_backbone, preprocessing_for
 from tlvision.batchnorm import (
     FROZEN_BATCHNORM_MAX_SHIFT,
+    batchnorm_line,
     choose_batchnorm,
     measure_shift,
     trained_stages,
@@ -33,6 +34,10 @@ def test_choose_batchnorm_reads_only_the_trained_stages() -> None:
     above = {"stage3": FROZEN_BATCHNORM_MAX_SHIFT + 0.01, "stage4": FROZEN_BATCHNORM_MAX_SHIFT}
     assert choose_batchnorm(above, ["stage3", "stage4"]) == "train"
     assert choose_batchnorm({}, ["stage3"]) == "train"  # nothing measured: the usual mode
+    assert batchnorm_line("train", []).endswith("no BatchNorm layer in the trained stages measured")
+    assert "mean shift from ImageNet's statistics is 0.15 (<= 0.25" in batchnorm_line(
+        "frozen", [0.1, 0.2]
+    )
     backbone = get_backbone("mobilenet_v2")
     assert trained_stages(backbone, "stage2") == ["stage3", "stage4"]
     assert trained_stages(backbone, None) == [stage.name for stage in backbone.stages]

@@ -158,16 +158,21 @@ def resolve_batchnorm(
         )  # fmt: skip
         trained = trained_stages(backbone, frozen_stage(config))
         mode = choose_batchnorm(shift, trained)
-        mean_shift = float(np.mean([shift[stage] for stage in trained if stage in shift]))
-        kept = "ImageNet's statistics kept" if mode == "frozen" else "the batches' statistics"
-        log(
-            f"BatchNorm: {mode} ({kept}): the trained stages' mean shift from ImageNet's "
-            f"statistics is {mean_shift:.2f} "
-            f"({'<=' if mode == 'frozen' else '>'} {FROZEN_BATCHNORM_MAX_SHIFT}, "
-            f"{SHIFT_SAMPLE_IMAGES} train images)"
-        )
+        log(batchnorm_line(mode, [shift[stage] for stage in trained if stage in shift]))
     resolved = replace(config, batchnorm=mode)
     return replace(resolved, backbone_lr_mult=backbone_lr_mult_of(resolved))
+
+
+def batchnorm_line(mode: str, shifts: Sequence[float]) -> str:
+    """What the run logs about its BatchNorm mode and why."""
+    kept = "ImageNet's statistics kept" if mode == "frozen" else "the batches' statistics"
+    if not shifts:  # LayerNorm backbones, or no readable image in the sample
+        return f"BatchNorm: {mode} ({kept}): no BatchNorm layer in the trained stages measured"
+    return (
+        f"BatchNorm: {mode} ({kept}): the trained stages' mean shift from ImageNet's statistics "
+        f"is {float(np.mean(shifts)):.2f} ({'<=' if mode == 'frozen' else '>'} "
+        f"{FROZEN_BATCHNORM_MAX_SHIFT}, {SHIFT_SAMPLE_IMAGES} train images)"
+    )
 
 
 def trained_stages(backbone: BackboneSpec, freeze_until: str | None) -> list[str]:
