@@ -159,7 +159,7 @@ def resolve_batchnorm(
         trained = trained_stages(backbone, frozen_stage(config))
         mode = choose_batchnorm(shift, trained)
         log(batchnorm_line(mode, [shift[stage] for stage in trained if stage in shift]))
-    resolved = replace(config, batchnorm=mode)
+    resolved = replace(config, batchnorm=mode)  # backbone_lr_mult_of reads the mode
     return replace(resolved, backbone_lr_mult=backbone_lr_mult_of(resolved))
 
 

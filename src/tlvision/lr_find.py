@@ -111,7 +111,6 @@ def _codes_stepper(config: TrainConfig, log: Log) -> Callable[[float], float]:
     from tlvision.training import set_up
 
     setup = set_up(config, log, fresh=False)
-    config = setup.config  # BatchNorm mode and --backbone-lr-mult resolved as the run will
     model = create_model(setup.backbone, len(setup.splits.class_names), setup.weights)
     stage = config.stage if config.strategy == "linear-probe" else None
     cache = (

@@ -256,14 +256,14 @@ def finetune_trials(
         data = link_dataset(Path(scratch) / "data", setup.splits)
         partial = run_trial(
             setup, data, Path(scratch) / "partial", PARTIAL_FREEZE_UNTIL,
-            native_input_size=native_input_size, reference=reference,
+            size=size, native_input_size=native_input_size, reference=reference,
         )  # fmt: skip
         skipped = full_trial_plan(race, partial, epochs=epochs, race_sample=race_sample)
         if skipped:
             return [partial], skipped
         full = run_trial(
             setup, data, Path(scratch) / "full", None,
-            native_input_size=native_input_size, reference=reference,
+            size=size, native_input_size=native_input_size, reference=reference,
         )  # fmt: skip
     return [partial, full], ""
 
@@ -274,15 +274,16 @@ def run_trial(
     out_dir: Path,
     freeze_until: str | None,
     *,
+    size: int,
     native_input_size: int,
     reference: float,
 ) -> Entry:
-    """One fine-tuning trial through `training.fit`, like any run: its holdout accuracy by
-    epoch, beside `reference` (the best frozen codes at the trial size on the same images)."""
+    """One fine-tuning trial at `size` px through `training.fit`, like any run, for a run at
+    `native_input_size`: its holdout accuracy by epoch, beside `reference` (the best frozen codes
+    at the trial size on the same images)."""
     from tlvision.runs import read_metrics
     from tlvision.training import fit  # training pulls in much; only the trials need it
 
-    size = trial_size(native_input_size)
     label = "fine-tune all" if freeze_until is None else f"fine-tune after {freeze_until}"
     started = time.perf_counter()
     setup.log(f"advise: {TRIAL_EPOCHS}-epoch trial: {label} at {size} px")
