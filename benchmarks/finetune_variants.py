@@ -13,8 +13,14 @@ schedules.make_scheduler), "weight_decay", "label_smoothing", "batchnorm" ("trai
 running statistics follow the batches; "eval": every BatchNorm keeps ImageNet's statistics while
 its weights train), "freeze_until" (a later stage than stage2), "average" (a weight in 0..1:
 also score the weights averaged with the head start's, WiSE-FT style, after each epoch), "ema"
-(a decay per step: also score the weights' exponential moving average after each epoch), "seed".
-Prints one JSON line per variant: val accuracy after each epoch, the last is the final.
+(a decay per step: also score the weights' exponential moving average after each epoch), "swa"
+(k: also score the mean of the last k epochs' weights), "l2sp" (alpha: pull the pretrained layers
+towards their starting weights, not zero, Li et al. 2018), "centre_view" ("add" or "replace": the
+train images' centre crop, as val sees them, as a ninth kept view or instead of the eighth),
+"test_crops" (a list of [crop, resize]: the final model's val accuracy on images decoded at those
+sizes, the whole network run), "flip" (with test_crops: also average with the mirror image), "seed".
+Prints one JSON line per variant: val accuracy after each epoch, the last is the final, and the
+positions in val of the images the final model gets wrong.
 """
 
 from __future__ import annotations
@@ -32,12 +38,22 @@ import torch
 from torch import nn
 
 from tlvision.backbones import create_model, head_of
+from tlvision.codes_cache import VAL_VIEW
 from tlvision.config import TrainConfig
-from tlvision.data import reseed_loader
+from tlvision.data import build_transforms, reseed_loader
 from tlvision.epochs import evaluate
-from tlvision.frozen_prefix import SkipPrefix, prefix_modules, start_head_from_codes
+from tlvision.frozen_prefix import (
+    TRAIN_DTYPE,
+    PrefixActivations,
+    SkipPrefix,
+    ViewedImages,
+    prefix_modules,
+    run_prefix,
+    start_head_from_codes,
+)
+from tlvision.images import load_rgb_image
 from tlvision.schedules import make_scheduler
-from tlvision.stages import stage_graph
+from tlvision.stages import stage_graph, stage_label
 from tlvision.strategies import apply_finetuning, parameter_groups, set_train_mode
 from tlvision.training import (
     HEAD_START_EPOCHS,
@@ -52,7 +68,7 @@ CPU = torch.device("cpu")
 
 def train_epoch(
     network: nn.Module, loader: Any, criterion: nn.Module, optimizer: Any, scheduler: Any,
-    batchnorm: str, on_step: Any = None,
+    batchnorm: str, on_step: Any = None, before_step: Any = None,
 ) -> None:  # fmt: skip
     """One epoch as epochs.train_one_epoch runs it, with every BatchNorm in eval mode on ask."""
     set_train_mode(network)
@@ -63,10 +79,47 @@ def train_epoch(
     for inputs, labels, _unreadable in loader:
         optimizer.zero_grad(set_to_none=True)
         criterion(network(inputs.to(memory_format=torch.channels_last)), labels).backward()
+        if before_step is not None:
+            before_step()
         optimizer.step()
         scheduler.step()
         if on_step is not None:
             on_step()
+
+
+def wrong_indices(network: nn.Module, loader: Any) -> list[int]:
+    """Positions in the val split of the images the network gets wrong (eval mode)."""
+    network.eval()
+    wrong, position = [], 0
+    with torch.no_grad():
+        for inputs, labels, _unreadable in loader:
+            predicted = network(inputs.to(memory_format=torch.channels_last)).argmax(1)
+            wrong += [position + i for i in torch.nonzero(predicted != labels).flatten().tolist()]
+            position += len(labels)
+    return wrong
+
+
+def test_accuracies(network: SkipPrefix, setup: Any, variant: dict[str, Any]) -> dict[str, float]:
+    """The final model's val accuracy with val decoded at other sizes (the whole network runs)."""
+    images = [load_rgb_image(path) for path, _ in setup.splits.samples["val"]]
+    labels = torch.tensor([label for _, label in setup.splits.samples["val"]])
+    network.eval()
+    scores = {}
+    for crop, resize in variant.get("test_crops", []):
+        sizes = replace(setup.preprocessing, crop_size=crop, resize_size=resize)
+        transform = build_transforms(sizes)["val"]
+        for flip in [False, True] if variant.get("flip") else [False]:
+            correct = 0
+            with torch.no_grad():
+                for start in range(0, len(images), 32):
+                    batch = torch.stack([transform(image) for image in images[start : start + 32]])
+                    batch = batch.to(memory_format=torch.channels_last)
+                    probabilities = network.model(batch).softmax(1)
+                    if flip:
+                        probabilities += network.model(batch.flip(3)).softmax(1)
+                    correct += int((probabilities.argmax(1) == labels[start : start + 32]).sum())
+            scores[f"{crop}/{resize}{' flip' if flip else ''}"] = round(correct / len(images), 4)
+    return scores
 
 
 def averaged(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], weight: float) -> dict:
@@ -77,7 +130,9 @@ def averaged(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], weigh
     }  # fmt: skip
 
 
-def run_variant(setup: Any, activations: Any, variant: dict[str, Any]) -> dict[str, Any]:
+def run_variant(
+    setup: Any, activations: PrefixActivations, variant: dict[str, Any]
+) -> dict[str, Any]:
     seed = variant.get("seed", 0)
     config = replace(setup.config, seed=seed, schedule=variant.get("schedule", "step"))
     seed_everything(seed)
@@ -119,13 +174,31 @@ def run_variant(setup: Any, activations: Any, variant: dict[str, Any]) -> dict[s
                 else:
                     ema_state[key].copy_(value)
 
+    # L2-SP (Li et al. 2018): pull the pretrained layers towards their starting point, not zero
+    head_names = {id(parameter) for parameter in head_of(model, setup.backbone).parameters()}
+    anchors = [
+        (parameter, parameter.detach().clone())
+        for parameter in model.parameters()
+        if parameter.requires_grad and id(parameter) not in head_names
+    ]
+
+    def pull_to_start() -> None:
+        if "l2sp" not in variant:
+            return
+        with torch.no_grad():
+            for parameter, start in anchors:
+                if parameter.grad is not None:
+                    parameter.grad.add_(parameter - start, alpha=variant["l2sp"])
+
+    epoch_states: list[dict[str, torch.Tensor]] = []
+    swa_accuracies: list[float] = []
     started = time.perf_counter()
     for epoch in range(1, epochs + 1):
         loaders["train"].dataset.set_epoch(epoch)
         reseed_loader(loaders["train"], seed, epoch)
         train_epoch(
             network, loaders["train"], criterion, optimizer, scheduler,
-            variant.get("batchnorm", "train"), update_ema,
+            variant.get("batchnorm", "train"), update_ema, pull_to_start,
         )  # fmt: skip
         accuracies.append(round(evaluate(network, loaders["val"], criterion, CPU)[1], 4))
         if "average" in variant:
@@ -134,6 +207,18 @@ def run_variant(setup: Any, activations: Any, variant: dict[str, Any]) -> dict[s
             score = evaluate(network, loaders["val"], criterion, CPU)[1]
             averaged_accuracies.append(round(score, 4))
             model.load_state_dict(end_state)
+        if "swa" in variant:  # the mean of the last `swa` epochs' weights
+            epoch_states.append(copy.deepcopy(model.state_dict()))
+            recent = epoch_states[-variant["swa"] :]
+            end_state = epoch_states[-1]
+            mean = {
+                key: torch.stack([state[key].float() for state in recent]).mean(0).to(value.dtype)
+                if value.is_floating_point() else value
+                for key, value in end_state.items()
+            }  # fmt: skip
+            model.load_state_dict(mean)
+            swa_accuracies.append(round(evaluate(network, loaders["val"], criterion, CPU)[1], 4))
+            model.load_state_dict(end_state)
         if ema_state is not None:
             end_state = copy.deepcopy(model.state_dict())
             model.load_state_dict(ema_state)
@@ -141,8 +226,10 @@ def run_variant(setup: Any, activations: Any, variant: dict[str, Any]) -> dict[s
             model.load_state_dict(end_state)
     return {
         "variant": variant, "head_start": round(head, 4), "by_epoch": accuracies,
+        "wrong": wrong_indices(network, loaders["val"]),
+        "test_crops": test_accuracies(network, setup, variant),
         "final": accuracies[-1], "averaged_by_epoch": averaged_accuracies,
-        "ema_by_epoch": ema_accuracies,
+        "ema_by_epoch": ema_accuracies, "swa_by_epoch": swa_accuracies,
         "seconds": round(time.perf_counter() - started, 1),
     }  # fmt: skip
 
@@ -161,8 +248,31 @@ def main() -> None:
         apply_finetuning(model, setup.backbone, freeze_until="stage2", backbone_lr_mult=0.1)
         kept = keep_frozen_prefix(setup, model.to(memory_format=torch.channels_last), print)
         assert kept is not None, "mobilenet_v2 runs from after stage2"
-        for variant in json.loads(arguments.variants):
-            print(json.dumps(run_variant(setup, kept[0], variant)), flush=True)
+        variants = json.loads(arguments.variants)
+        wanted = any("centre_view" in variant for variant in variants)
+        centre = centre_views(setup, model) if wanted else torch.empty(0)
+        for variant in variants:
+            activations = kept[0]
+            if variant.get("centre_view") == "add":
+                activations = replace(activations, train_views=(*activations.train_views, centre))
+            elif variant.get("centre_view") == "replace":
+                views = (*activations.train_views[:-1], centre)
+                activations = replace(activations, train_views=views)
+            print(json.dumps(run_variant(setup, activations, variant)), flush=True)
+
+
+def centre_views(setup: Any, model: nn.Module) -> torch.Tensor:
+    """The prefix's outputs for the train images' centre crops (val's transform)."""
+    prefix = stage_graph(model, setup.backbone, ["stage2"])
+    images = ViewedImages(
+        setup.splits.samples["train"], build_transforms(setup.preprocessing)["val"], [VAL_VIEW]
+    )
+    outputs, readable = run_prefix(
+        prefix, stage_label("stage2"), images, batch_size=32, num_workers=0, device=CPU,
+        description="centre crops", dtype=TRAIN_DTYPE,
+    )  # fmt: skip
+    assert outputs is not None and bool(readable.all()), "every train image reads here"
+    return outputs[:, 0].contiguous()
 
 
 if __name__ == "__main__":
