@@ -87,11 +87,12 @@ def test_default_finetune_keeps_the_prefix_frozen_and_shows_images_per_second(
     )
 
 
-def test_each_kept_view_is_its_own_seeded_crop_of_the_image_decoded_once(
+def test_each_kept_view_is_the_centre_crop_or_its_own_seeded_crop_of_the_image_decoded_once(
     tiny_dataset: Path,
 ) -> None:
     """compute_prefix decodes a file once for all its views; each view must still be the crop
-    and flip that view's seed gives that image, as if it had been made on its own."""
+    and flip that view's seed gives that image (view 0: val's centre crop), as if it had been
+    made on its own."""
     backbone = get_backbone("mobilenet_v2")
     model = create_model(backbone, 2, choose_weights(backbone, "none")).eval()
     prefix = stage_graph(model, backbone, ["stage2"])
@@ -103,12 +104,17 @@ def test_each_kept_view_is_its_own_seeded_crop_of_the_image_decoded_once(
         prefix, "stage2", samples, transforms, views=3, seed=5, batch_size=4, num_workers=0,
         device=torch.device("cpu"),
     )  # fmt: skip
-    assert len(kept.train_views) == 3 and kept.val.shape[0] == 2
-    assert not torch.equal(kept.train_views[0], kept.train_views[1])
-    for view_index, view in enumerate(train_views(3, seed=5)):
-        for image_index, (path, _label) in enumerate(samples["train"]):
-            data = path.read_bytes()
-            rgb, _notes = decode_image_rgb(data, path)
+    assert len(kept.train_views) == 1 + 3 and kept.val.shape[0] == 2
+    assert not torch.equal(kept.train_views[1], kept.train_views[2])
+    for image_index, (path, _label) in enumerate(samples["train"]):
+        data = path.read_bytes()
+        rgb, _notes = decode_image_rgb(data, path)
+        with torch.inference_mode():  # view 0: the centre crop, exactly as val would see it
+            centre = prefix(transforms["val"](rgb)[None])["stage2"][0]
+        assert torch.allclose(
+            kept.train_views[0][image_index].float(), centre, rtol=2e-3, atol=2e-3
+        )
+        for view_index, view in enumerate(train_views(3, seed=5), start=1):
             torch.manual_seed(view.image_seed(sha256_hex(data)))
             with torch.inference_mode():
                 alone = prefix(transforms["train"](rgb)[None])["stage2"][0]

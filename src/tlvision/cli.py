@@ -98,7 +98,8 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=defaults.views,
         help="frozen routes: augmented views per train image beside the centre crop (default 0); "
-        "finetune: augmented views whose frozen-prefix output is kept (default "
+        "finetune: augmented views beside the centre crop whose frozen-prefix output is kept "
+        "(default "
         f"{FINETUNE_VIEWS}; 0 augments afresh each epoch and runs the whole network)",
     )
     _add_cache_options(parser)

@@ -23,9 +23,10 @@ PRECISIONS = ("auto", "32", "bf16", "16")  # auto: bf16 on a CUDA GPU that has i
 RUNTIMES = ("auto", "torch", "onnx")  # forward-only runtimes; see runtime.choose_runtime
 
 # `--strategy finetune`'s defaults, the measured best (benchmarks/RESULTS.md, "Fine-tuning
-# fast"): the stages up to stage2 stay frozen and their output is computed once for FINETUNE_VIEWS
-# augmented views of each train image, so an epoch runs only stage3 onwards; the head starts from
-# one trained on the top codes of those views. `--freeze-until none` trains every stage.
+# fast"): the stages up to stage2 stay frozen and their output is computed once for the centre
+# crop and FINETUNE_VIEWS augmented views of each train image, so an epoch runs only stage3
+# onwards; the head starts from one trained on the top codes of those views. `--freeze-until
+# none` trains every stage.
 FINETUNE_FREEZE_UNTIL = "stage2"
 FINETUNE_VIEWS = 8
 FINETUNE_EPOCHS = 10

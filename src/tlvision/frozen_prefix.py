@@ -2,13 +2,14 @@
 
 With the stages up to `freeze_until` frozen (weights fixed, BatchNorm in eval mode), their output
 for a given input image never changes. So instead of decoding, augmenting and running them in
-every epoch, `compute_prefix` runs them once for `views` fixed augmented views of each train
-image (a crop and flip seeded by (seed, view, the image's bytes), as the frozen routes' cached
-views are) and once for each val image's centre crop, and keeps the outputs in memory: train
-views as float16 (half the memory; about 1e-3 relative rounding, far below what augmentation
-changes), val as float32, so that the val metrics are the saved model's on the images. An epoch
-then draws one view per train image, seeded by (seed, epoch) alone, so a resumed run draws what
-the uninterrupted one drew, and `SkipPrefix` runs the model from the first trainable stage on.
+every epoch, `compute_prefix` runs them once for each train image's centre crop (val's resize and
+crop) and `views` fixed augmented views of it (a crop and flip seeded by (seed, view, the image's
+bytes)), as the frozen routes' cached codes are made, and once for each val image's centre crop.
+It keeps the outputs in memory: train views as float16 (half the memory; about 1e-3 relative
+rounding, far below what augmentation changes), val as float32, so that the val metrics are the
+saved model's on the images. An epoch then draws one view per train image, seeded by (seed,
+epoch) alone, so a resumed run draws what the uninterrupted one drew, and `SkipPrefix` runs the
+model from the first trainable stage on.
 
 `start_head_from_codes` trains the new head on the pooled top codes of those same views before
 the first epoch (seconds), so fine-tuning starts from the feature-extract solution rather than a
@@ -65,9 +66,12 @@ class ViewedImages(Dataset[tuple[torch.Tensor, int]]):
     for all its views, and each view is the same crop and flip in any run, process or worker."""
 
     def __init__(
-        self, samples: Sequence[tuple[Path, int]], transform: Transform, views: Sequence[View]
+        self,
+        samples: Sequence[tuple[Path, int]],
+        transforms: dict[str, Transform],
+        views: Sequence[View],
     ) -> None:
-        self.samples, self.transform, self.views = list(samples), transform, list(views)
+        self.samples, self.transforms, self.views = list(samples), transforms, list(views)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -82,11 +86,12 @@ class ViewedImages(Dataset[tuple[torch.Tensor, int]]):
         return torch.stack([self._view(rgb, view, data) for view in self.views]), label
 
     def _view(self, rgb: Image.Image, view: View, data: bytes) -> torch.Tensor:
+        transform = self.transforms[view.phase]  # the centre view is val's resize and crop
         if view.augment is None:
-            return self.transform(rgb)
+            return transform(rgb)
         with torch.random.fork_rng(devices=[]):  # the run's own random stream is not touched
             torch.manual_seed(view.image_seed(sha256_hex(data)))
-            return self.transform(rgb)
+            return transform(rgb)
 
 
 @torch.inference_mode()
@@ -131,6 +136,12 @@ def run_prefix(
     return outputs, readable
 
 
+def kept_train_views(views: int, seed: int) -> tuple[View, ...]:
+    """Each train image's centre crop, as val sees it, then `views` seeded augmented views: the
+    frozen routes' codes are made of the same (measured in benchmarks/RESULTS.md)."""
+    return (VAL_VIEW, *train_views(views, seed))
+
+
 def compute_prefix(
     prefix: nn.Module,
     output: str,
@@ -144,19 +155,20 @@ def compute_prefix(
     device: torch.device,
 ) -> PrefixActivations:
     """Run `prefix` (`stage_graph` up to the last frozen stage, whose output is named `output`)
-    once over `views` augmented views of the train images and once over the val images.
+    once over the centre crop and `views` augmented views of the train images (`kept_train_views`)
+    and once over the val images.
 
     Forward passes alone, like feature extraction: loader processes decode beside them (on 2
     cores, an epoch of forward passes took 9.6 s with 2 workers and 14.8 s with none)."""
     prefix.eval()
-    augmented = ViewedImages(samples["train"], transforms["train"], train_views(views, seed))
+    kept_views = kept_train_views(views, seed)
     train_outputs, readable = run_prefix(
-        prefix, output, augmented,
+        prefix, output, ViewedImages(samples["train"], transforms, kept_views),
         batch_size=batch_size, num_workers=num_workers, device=device,
-        description=f"frozen prefix, {views} train views", dtype=TRAIN_DTYPE,
+        description=f"frozen prefix, centre + {views} train views", dtype=TRAIN_DTYPE,
     )  # fmt: skip
     val_outputs, val_readable = run_prefix(
-        prefix, output, ViewedImages(samples["val"], transforms["val"], [VAL_VIEW]),
+        prefix, output, ViewedImages(samples["val"], transforms, [VAL_VIEW]),
         batch_size=batch_size, num_workers=num_workers, device=device,
         description="frozen prefix, val", dtype=torch.float32,
     )  # fmt: skip
@@ -166,7 +178,9 @@ def compute_prefix(
     skipped = [samples["train"][i][0] for i in (~readable).nonzero().flatten().tolist()]
     skipped += [samples["val"][i][0] for i in (~val_readable).nonzero().flatten().tolist()]
     return PrefixActivations(
-        train_views=tuple(train_outputs[keep, view].contiguous() for view in range(views)),
+        train_views=tuple(
+            train_outputs[keep, view].contiguous() for view in range(len(kept_views))
+        ),
         train_labels=torch.tensor([label for _, label in samples["train"]])[keep],
         val=val_outputs[keep_val, 0].contiguous(),
         val_labels=torch.tensor([label for _, label in samples["val"]])[keep_val],

@@ -308,8 +308,9 @@ def keep_frozen_prefix(
         device=setup.device,
     )  # fmt: skip
     log(
-        f"frozen prefix (up to {stage}) run once for {views_of(config)} augmented views of "
-        f"{len(activations.train_labels)} train and {len(activations.val_labels)} val images: "
+        f"frozen prefix (up to {stage}) run once for the centre crop and {views_of(config)} "
+        f"augmented views of {len(activations.train_labels)} train and "
+        f"{len(activations.val_labels)} val images: "
         f"{time.perf_counter() - started:.1f}s, {activations.megabytes:.0f} MB kept; each epoch "
         "runs the stages after it"
     )
