@@ -1,6 +1,9 @@
-"""Which device a run uses: the one thing training, probing and advising all ask first."""
+"""Which device a run uses: the one thing training, probing and advising all ask first; and how
+much memory the machine has free for what a run keeps in it."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
@@ -49,3 +52,16 @@ def autocast_for(device: torch.device, precision: str) -> torch.autocast:
     """Automatic mixed precision at `precision` (a resolved one), or full float32 for 32."""
     dtype = torch.float16 if precision == "16" else torch.bfloat16
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=precision != "32")
+
+
+def available_memory_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """Memory the kernel says new work can have without swapping (Linux's MemAvailable), or
+    None where that is not known (other systems): callers then set no cap."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name == "MemAvailable":
+                return int(value.split()[0]) * 1024  # the file counts in kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -18,10 +18,11 @@ random head. Measured gains are in benchmarks/RESULTS.md ("Fine-tuning fast").
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,9 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
-from tlvision.backbone_spec import BackboneSpec
+from tlvision.backbone_spec import BackboneSpec, Stage
 from tlvision.codes_cache import VAL_VIEW, View, sha256_hex, train_views
+from tlvision.config import TrainConfig, frozen_stage, views_of
 from tlvision.data import UNREADABLE, make_loader
 from tlvision.errors import UserError
 from tlvision.heads import train_linear_head
@@ -140,6 +142,67 @@ def kept_train_views(views: int, seed: int) -> tuple[View, ...]:
     """Each train image's centre crop, as val sees it, then `views` seeded augmented views: the
     frozen routes' codes are made of the same (measured in benchmarks/RESULTS.md)."""
     return (VAL_VIEW, *train_views(views, seed))
+
+
+# The kept outputs may take this share of the memory available when a run starts; the rest is
+# for the model, its optimizer, the batches and whatever else the machine runs.
+KEPT_MEMORY_SHARE = 0.5
+
+
+def values_per_view(stage: Stage, crop_size: int) -> int:
+    """Numbers in one image's kept output of `stage` (stride-s convolutions round sizes up)."""
+    side = math.ceil(crop_size / stage.stride)
+    return stage.channels * side * side
+
+
+def kept_bytes(train_images: int, val_images: int, kept_views: int, values: int) -> int:
+    """Memory the kept outputs take: train views as TRAIN_DTYPE, val as float32."""
+    train_bytes = train_images * kept_views * values * TRAIN_DTYPE.itemsize
+    return train_bytes + val_images * values * torch.float32.itemsize
+
+
+def views_that_fit(
+    requested: int, train_images: int, val_images: int, values: int, budget_bytes: int
+) -> int:
+    """The most augmented views, up to `requested`, whose outputs fit in `budget_bytes` beside
+    each image's centre crop; 0 when not even one does (the whole model then runs each epoch)."""
+    for views in range(requested, 0, -1):
+        if kept_bytes(train_images, val_images, 1 + views, values) <= budget_bytes:
+            return views
+    return 0
+
+
+def fit_kept_views(
+    config: TrainConfig,
+    backbone: BackboneSpec,
+    image_counts: tuple[int, int],
+    crop_size: int,
+    available_bytes: int | None,
+    log: Log,
+) -> TrainConfig:
+    """`config` with --views lowered, and said so, where the kept outputs of the views it asks
+    for would take more than KEPT_MEMORY_SHARE of `available_bytes` (None: not known, no cap).
+    A fresh run records the result, so a resumed one keeps the same views."""
+    stage, requested = frozen_stage(config), views_of(config)
+    if stage is None or requested == 0 or available_bytes is None:
+        return config
+    values = values_per_view(backbone.stage(stage), crop_size)
+    train_images, val_images = image_counts
+    budget = int(available_bytes * KEPT_MEMORY_SHARE)
+    views = views_that_fit(requested, train_images, val_images, values, budget)
+    if views == requested:
+        return config
+    needed = kept_bytes(train_images, val_images, 1 + requested, values) / 1e9
+    over = (
+        f"keeping the frozen prefix's outputs for the centre crop and {requested} views of "
+        f"{train_images} train images would take {needed:.1f} GB, over "
+        f"{KEPT_MEMORY_SHARE:.0%} of the {available_bytes / 1e9:.1f} GB of memory available"
+    )
+    if views:
+        log(f"note: {over}; keeping {views} views (--views sets the number)")
+    else:
+        log(f"note: {over} even with 1 view; the whole model runs each epoch (as --views 0)")
+    return replace(config, views=views)
 
 
 def compute_prefix(

@@ -58,7 +58,7 @@ from tlvision.data import (
     make_loader,
     reseed_loader,
 )
-from tlvision.devices import resolve_device, resolve_precision
+from tlvision.devices import available_memory_bytes, resolve_device, resolve_precision
 from tlvision.distributed import Distributed, ShardSampler
 from tlvision.epochs import NonFiniteLoss, evaluate, train_one_epoch
 from tlvision.errors import UserError
@@ -68,6 +68,7 @@ from tlvision.frozen_prefix import (
     PrefixViews,
     SkipPrefix,
     compute_prefix,
+    fit_kept_views,
     prefix_modules,
     start_head_from_codes,
 )
@@ -160,6 +161,11 @@ def set_up(config: TrainConfig, log: Log, *, fresh: bool) -> RunSetup:
     preprocessing = preprocessing_for(backbone, weights, input_size=config.input_size)
     if config.strategy == "finetune":
         config = resolve_batchnorm(config, backbone, weights, splits, preprocessing, log=log)
+    if config.strategy == "finetune" and fresh and not job.active:  # resumed: as recorded
+        counts = (len(splits.samples["train"]), len(splits.samples["val"]))
+        config = fit_kept_views(
+            config, backbone, counts, preprocessing.crop_size, available_memory_bytes(), log
+        )
     setup = RunSetup(
         config=config,
         splits=splits,
