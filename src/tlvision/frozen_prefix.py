@@ -201,7 +201,7 @@ def fit_kept_views(
     if views:
         log(f"note: {over}; keeping {views} views (--views sets the number)")
     else:
-        log(f"note: {over} even with 1 view; the whole model runs each epoch (as --views 0)")
+        log(f"note: {over}, and 1 view would not fit either; the whole model runs each epoch")
     return replace(config, views=views)
 
 
