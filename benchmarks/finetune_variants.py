@@ -5,9 +5,11 @@
         --variants '[{"rate": 0.001}, {"rate": 0.0003, "batchnorm": "eval"}]'
 
 What `--strategy finetune` does by default, with one thing changed per variant: the prefix
-(stem..stage2) runs once for 8 kept views (shared by every variant, so the variants differ in
-their training alone), the head starts on the top codes (its last epoch), then 10 epochs train
-stage3 onwards. A variant (JSON object) may set: "rate" (every trainable layer's, default 0.001:
+(stem..stage2) runs once for the centre crop and 8 augmented views of each train image (shared
+by every variant, so the variants differ in their training alone), the head starts on the top
+codes (its last epoch), then 10 epochs train stage3 onwards.
+
+A variant (JSON object) may set: "rate" (every trainable layer's, default 0.001:
 the default's pretrained-layer rate, which the started head shares), "schedule" (step, cosine:
 schedules.make_scheduler), "weight_decay", "label_smoothing", "batchnorm" ("train": the default,
 running statistics follow the batches; "eval": every BatchNorm keeps ImageNet's statistics while
@@ -15,8 +17,9 @@ its weights train), "freeze_until" (a later stage than stage2), "average" (a wei
 also score the weights averaged with the head start's, WiSE-FT style, after each epoch), "ema"
 (a decay per step: also score the weights' exponential moving average after each epoch), "swa"
 (k: also score the mean of the last k epochs' weights), "l2sp" (alpha: pull the pretrained layers
-towards their starting weights, not zero, Li et al. 2018), "centre_view" ("add" or "replace": the
-train images' centre crop, as val sees them, as a ninth kept view or instead of the eighth),
+towards their starting weights, not zero, Li et al. 2018), "centre_view" ("drop": the 8
+augmented views alone, without the train images' centre crop; "instead": the centre crop in
+place of the eighth augmented view),
 "test_crops" (a list of [crop, resize]: the final model's val accuracy on images decoded at those
 sizes, the whole network run), "flip" (with test_crops: also average with the mirror image), "seed".
 Prints one JSON line per variant: val accuracy after each epoch, the last is the final, and the
@@ -38,22 +41,18 @@ import torch
 from torch import nn
 
 from tlvision.backbones import create_model, head_of
-from tlvision.codes_cache import VAL_VIEW
 from tlvision.config import TrainConfig
 from tlvision.data import build_transforms, reseed_loader
 from tlvision.epochs import evaluate
 from tlvision.frozen_prefix import (
-    TRAIN_DTYPE,
     PrefixActivations,
     SkipPrefix,
-    ViewedImages,
     prefix_modules,
-    run_prefix,
     start_head_from_codes,
 )
 from tlvision.images import load_rgb_image
 from tlvision.schedules import make_scheduler
-from tlvision.stages import stage_graph, stage_label
+from tlvision.stages import stage_graph
 from tlvision.strategies import apply_finetuning, parameter_groups, set_train_mode
 from tlvision.training import (
     HEAD_START_EPOCHS,
@@ -249,30 +248,21 @@ def main() -> None:
         kept = keep_frozen_prefix(setup, model.to(memory_format=torch.channels_last), print)
         assert kept is not None, "mobilenet_v2 runs from after stage2"
         variants = json.loads(arguments.variants)
-        wanted = any("centre_view" in variant for variant in variants)
-        centre = centre_views(setup, model) if wanted else torch.empty(0)
         for variant in variants:
-            activations = kept[0]
-            if variant.get("centre_view") == "add":
-                activations = replace(activations, train_views=(*activations.train_views, centre))
-            elif variant.get("centre_view") == "replace":
-                views = (*activations.train_views[:-1], centre)
-                activations = replace(activations, train_views=views)
-            print(json.dumps(run_variant(setup, activations, variant)), flush=True)
+            print(json.dumps(run_variant(setup, kept_views(kept[0], variant), variant)), flush=True)
 
 
-def centre_views(setup: Any, model: nn.Module) -> torch.Tensor:
-    """The prefix's outputs for the train images' centre crops (val's transform)."""
-    prefix = stage_graph(model, setup.backbone, ["stage2"])
-    images = ViewedImages(
-        setup.splits.samples["train"], build_transforms(setup.preprocessing)["val"], [VAL_VIEW]
-    )
-    outputs, readable = run_prefix(
-        prefix, stage_label("stage2"), images, batch_size=32, num_workers=0, device=CPU,
-        description="centre crops", dtype=TRAIN_DTYPE,
-    )  # fmt: skip
-    assert outputs is not None and bool(readable.all()), "every train image reads here"
-    return outputs[:, 0].contiguous()
+def kept_views(activations: PrefixActivations, variant: dict[str, Any]) -> PrefixActivations:
+    """The run's kept views (view 0: the centre crop, then 8 augmented ones), or those the
+    variant's "centre_view" asks for: "drop" (the 8 augmented alone, the default before
+    624ad7f) or "instead" (the centre crop in place of the last augmented view)."""
+    views = activations.train_views
+    choice = variant.get("centre_view")
+    if choice == "drop":
+        return replace(activations, train_views=views[1:])
+    if choice == "instead":
+        return replace(activations, train_views=(*views[1:-1], views[0]))
+    return activations
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ class PrefixActivations:
         return sum(tensor.numel() * tensor.element_size() for tensor in tensors) / 1e6
 
 
-class ViewedImages(Dataset[tuple[torch.Tensor, int]]):
+class _ViewedImages(Dataset[tuple[torch.Tensor, int]]):
     """Sample i under every view, stacked (views x C x H x W): the file is read and decoded once
     for all its views, and each view is the same crop and flip in any run, process or worker."""
 
@@ -97,10 +97,10 @@ class ViewedImages(Dataset[tuple[torch.Tensor, int]]):
 
 
 @torch.inference_mode()
-def run_prefix(
+def _run_prefix(
     prefix: nn.Module,
     output: str,
-    dataset: ViewedImages,
+    dataset: _ViewedImages,
     *,
     batch_size: int,
     num_workers: int,
@@ -225,13 +225,13 @@ def compute_prefix(
     cores, an epoch of forward passes took 9.6 s with 2 workers and 14.8 s with none)."""
     prefix.eval()
     kept_views = kept_train_views(views, seed)
-    train_outputs, readable = run_prefix(
-        prefix, output, ViewedImages(samples["train"], transforms, kept_views),
+    train_outputs, readable = _run_prefix(
+        prefix, output, _ViewedImages(samples["train"], transforms, kept_views),
         batch_size=batch_size, num_workers=num_workers, device=device,
         description=f"frozen prefix, centre + {views} train views", dtype=TRAIN_DTYPE,
     )  # fmt: skip
-    val_outputs, val_readable = run_prefix(
-        prefix, output, ViewedImages(samples["val"], transforms, [VAL_VIEW]),
+    val_outputs, val_readable = _run_prefix(
+        prefix, output, _ViewedImages(samples["val"], transforms, [VAL_VIEW]),
         batch_size=batch_size, num_workers=num_workers, device=device,
         description="frozen prefix, val", dtype=torch.float32,
     )  # fmt: skip
