@@ -70,11 +70,7 @@ def train_epoch(
     batchnorm: str, on_step: Any = None, before_step: Any = None,
 ) -> None:  # fmt: skip
     """One epoch as epochs.train_one_epoch runs it, with every BatchNorm in eval mode on ask."""
-    set_train_mode(network)
-    if batchnorm == "eval":
-        for module in network.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
+    set_train_mode(network, keep_batchnorm_statistics=batchnorm == "eval")
     for inputs, labels, _unreadable in loader:
         optimizer.zero_grad(set_to_none=True)
         criterion(network(inputs.to(memory_format=torch.channels_last)), labels).backward()

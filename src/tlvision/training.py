@@ -161,11 +161,11 @@ def set_up(config: TrainConfig, log: Log, *, fresh: bool) -> RunSetup:
     preprocessing = preprocessing_for(backbone, weights, input_size=config.input_size)
     if config.strategy == "finetune":
         config = resolve_batchnorm(config, backbone, weights, splits, preprocessing, log=log)
-    if config.strategy == "finetune" and fresh and not job.active:  # resumed: as recorded
-        counts = (len(splits.samples["train"]), len(splits.samples["val"]))
-        config = fit_kept_views(
-            config, backbone, counts, preprocessing.crop_size, available_memory_bytes(), log
-        )
+        if fresh and not job.active:  # a resumed run keeps the views it recorded
+            counts = (len(splits.samples["train"]), len(splits.samples["val"]))
+            config = fit_kept_views(
+                config, backbone, counts, preprocessing.crop_size, available_memory_bytes(), log
+            )
     setup = RunSetup(
         config=config,
         splits=splits,
