@@ -30,13 +30,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tlvision.advisor import advise
+from tlvision.advisor.decision import Entry, Evidence, SizeEvidence, cost_passes, decide
+from tlvision.advisor.measure import advise
+from tlvision.advisor.race import PARTIAL_FREEZE_UNTIL, RACE_STAGES, frozen_name
 from tlvision.api import probe
 from tlvision.config import NO_FREEZING, TrainConfig
-from tlvision.decision import Entry, Evidence, SizeEvidence, cost_passes, decide
-from tlvision.race import PARTIAL_FREEZE_UNTIL, RACE_STAGES, frozen_name
-from tlvision.stages import stage_label
-from tlvision.training import fit
+from tlvision.models.stages import stage_label
+from tlvision.training.fit import fit
 
 
 def pick_name(advice: dict[str, Any]) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from tlvision.config import TrainConfig
-from tlvision.training import fit
+from tlvision.training.fit import fit
 
 sys.path.insert(0, str(Path(__file__).parent))
 from recipe_loop import run_recipe

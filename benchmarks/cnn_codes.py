@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
+from tlvision.advisor.probe import run_probe
 from tlvision.config import TrainConfig
-from tlvision.probing import run_probe
-from tlvision.training import fit
+from tlvision.training.fit import fit
 
 sys.path.insert(0, str(Path(__file__).parent))
 from recipe_loop import run_recipe

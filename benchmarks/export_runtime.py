@@ -5,7 +5,7 @@
 Trains a feature-extract mobilenet_v2 run on the data (frozen route on cached codes, seconds)
 unless --run is given, exports it to ONNX fp32 and int8 (each checked for parity), then measures
 side by side in one process, 2 threads each, batch 32 of the val images as uint8 pixels:
-torch eager (tlvision.runtime.TorchClassifier), ONNX Runtime fp32 and int8. The runtimes take
+torch eager (tlvision.inference.runtime.TorchClassifier), ONNX Runtime fp32 and int8. The runtimes take
 turns batch by batch for `--rounds` rounds, so a load change on a shared machine hits them all;
 the median per runtime is reported. Val accuracy is over the whole val split.
 """
@@ -23,12 +23,12 @@ import numpy as np
 import onnxruntime
 import torch
 
-from tlvision.checkpoint import load_run_model
 from tlvision.config import TrainConfig
-from tlvision.export import ExportRequest, export_model
-from tlvision.parity_data import load_pixels, run_splits
-from tlvision.runtime import OnnxClassifier, TorchClassifier
-from tlvision.training import fit
+from tlvision.export.exporter import ExportRequest, export_model
+from tlvision.export.parity import load_pixels, run_splits
+from tlvision.inference.runtime import OnnxClassifier, TorchClassifier
+from tlvision.runs.checkpoint import load_run_model
+from tlvision.training.fit import fit
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera_data"
 THREADS = 2

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tlvision.backbones import choose_weights, create_model, get_backbone, preprocessing_for
-from tlvision.codes_cache import VAL_VIEW, CodesSpec
-from tlvision.data import default_num_workers, is_image_file
-from tlvision.extraction import extract_codes
-from tlvision.stages import StageCodes
+from tlvision.codes.cache import VAL_VIEW, CodesSpec
+from tlvision.codes.extraction import extract_codes
+from tlvision.data.layouts import default_num_workers, is_image_file
+from tlvision.models.backbones import choose_weights, create_model, get_backbone, preprocessing_for
+from tlvision.models.stages import StageCodes
 
 
 def main() -> None:

@@ -8,7 +8,7 @@
 For each dataset, in this one process, one after the other on the same threads: the classic
 recipe's fine-tuning loop (recipe_loop.py: batch 4, SGD lr 0.001, StepLR every 7 epochs, 25
 epochs; on the --extra sets cut short at --extra-loop-epochs, since 25 would take hours on a
-2-core machine) and `tlvision.training.fit` with strategy="finetune" and every other option at
+2-core machine) and `tlvision.training.fit.fit` with strategy="finetune" and every other option at
 its default. Per epoch: seconds, images/s (train + val images over the epoch's seconds) and val
 accuracy; then one table row per route. "reaches the loop's best" is the wall time since the
 start of the route (set-up included) at the end of the first epoch whose val accuracy is at
@@ -30,8 +30,8 @@ from typing import Any
 import torch
 
 from tlvision.config import TrainConfig
-from tlvision.data import find_splits
-from tlvision.training import fit
+from tlvision.data.layouts import find_splits
+from tlvision.training.fit import fit
 
 sys.path.insert(0, str(Path(__file__).parent))
 from recipe_loop import run_recipe

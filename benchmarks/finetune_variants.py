@@ -40,27 +40,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from tlvision.backbones import create_model, head_of
 from tlvision.config import TrainConfig
-from tlvision.data import build_transforms, reseed_loader
-from tlvision.epochs import evaluate
-from tlvision.frozen_prefix import (
-    PrefixActivations,
-    SkipPrefix,
-    prefix_modules,
-    start_head_from_codes,
-)
-from tlvision.images import load_rgb_image
-from tlvision.schedules import make_scheduler
-from tlvision.stages import stage_graph
-from tlvision.strategies import apply_finetuning, parameter_groups, set_train_mode
-from tlvision.training import (
+from tlvision.data.images import load_rgb_image
+from tlvision.data.layouts import build_transforms, reseed_loader
+from tlvision.models.backbones import create_model, head_of
+from tlvision.models.stages import stage_graph
+from tlvision.training.fit import (
     HEAD_START_EPOCHS,
     keep_frozen_prefix,
     prefix_loaders,
     seed_everything,
     set_up,
 )
+from tlvision.training.freezing import apply_finetuning, parameter_groups, set_train_mode
+from tlvision.training.frozen_prefix import (
+    PrefixActivations,
+    SkipPrefix,
+    prefix_modules,
+    start_head_from_codes,
+)
+from tlvision.training.loop import evaluate
+from tlvision.training.schedules import make_scheduler
 
 CPU = torch.device("cpu")
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from tlvision.config import TrainConfig
-from tlvision.lr_find import find_learning_rate
-from tlvision.training import fit
+from tlvision.training.fit import fit
+from tlvision.training.lr_find import find_learning_rate
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 REFERENCE = REPOSITORY.parent / "shared" / "data" / "hymenoptera_data"

@@ -39,13 +39,13 @@ import numpy as np
 import torch
 
 from tlvision.api import demo_data_dir
-from tlvision.checkpoint import load_run_model
 from tlvision.config import TrainConfig
-from tlvision.data import build_transforms, default_num_workers, is_image_file
-from tlvision.images import load_rgb_image
-from tlvision.pixels import prepare_pixels
-from tlvision.runtime import ONNX_THREADS, ensure_onnx_export, open_classifier
-from tlvision.training import fit
+from tlvision.data.images import load_rgb_image
+from tlvision.data.layouts import build_transforms, default_num_workers, is_image_file
+from tlvision.inference.runtime import ONNX_THREADS, ensure_onnx_export, open_classifier
+from tlvision.models.pixels import prepare_pixels
+from tlvision.runs.checkpoint import load_run_model
+from tlvision.training.fit import fit
 
 BATCH = 32
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from tlvision.config import TrainConfig
-from tlvision.evaluation import evaluate_run
-from tlvision.report import write_report
-from tlvision.training import fit
+from tlvision.inference.evaluation import evaluate_run
+from tlvision.report.page import write_report
+from tlvision.training.fit import fit
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 REFERENCE = REPOSITORY.parent / "shared" / "data" / "hymenoptera_data"

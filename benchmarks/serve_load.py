@@ -3,7 +3,7 @@
     python benchmarks/serve_load.py [--run RUN_DIR] [--seconds 60] [--clients 16]
 
 Trains a feature-extract run on the embedded demo set unless --run is given and measures, on
-the demo val images, the offline rate of `tlvision predict` (tlvision.predict.predict_images,
+the demo val images, the offline rate of `tlvision predict` (tlvision.inference.predict.predict_images,
 batches of 32, decoding included) and of the server's runtime alone (decode, prepare_pixels,
 Classifier.logits in batches of 32; with auto, ONNX Runtime exports the run first). Then it
 starts `tlvision serve` on 127.0.0.1 (default runtime: auto) and runs a bounded load: --clients
@@ -35,12 +35,12 @@ import httpx
 import numpy as np
 
 from tlvision import demo_data_dir
-from tlvision.checkpoint import load_run_model
 from tlvision.config import TrainConfig
-from tlvision.images import load_rgb_image
-from tlvision.predict import predict_images
-from tlvision.runtime import open_classifier, prepare_pixels
-from tlvision.training import fit
+from tlvision.data.images import load_rgb_image
+from tlvision.inference.predict import predict_images
+from tlvision.inference.runtime import open_classifier, prepare_pixels
+from tlvision.runs.checkpoint import load_run_model
+from tlvision.training.fit import fit
 
 OFFLINE_IMAGES = 256  # images timed through predict_images (the val set, repeated)
 WARM_UP_SECONDS = 10  # of the same load, before the timed part

@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tlvision import data, extraction
 from tlvision.cli import main
+from tlvision.codes import extraction
+from tlvision.data import layouts as data
 
 RECORD = Path(os.environ["TLVISION_RECORD_DIR"]) / f"rank{os.environ.get('RANK', '0')}.txt"
 

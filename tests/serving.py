@@ -19,7 +19,7 @@ import httpx
 
 from tlvision import demo_data_dir
 from tlvision.config import TrainConfig
-from tlvision.training import fit
+from tlvision.training.fit import fit
 
 LISTENING = re.compile(r"on (http://127\.0\.0\.1:(\d+))/")  # from the start-up line
 STARTUP_SECONDS = 120  # importing torch and loading the model on a busy 2-core machine

@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 from tlvision import demo_data_dir
-from tlvision.advisor import advise, recommended_input_size
+from tlvision.advisor.measure import advise, recommended_input_size
+from tlvision.advisor.race import POOL_IMAGES, race_pool, race_split
 from tlvision.cli import main
-from tlvision.data import find_splits
-from tlvision.race import POOL_IMAGES, race_pool, race_split
+from tlvision.data.layouts import find_splits
 
 
 def test_input_size_follows_native_resolution() -> None:

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tlvision.backbones import (
+from tlvision.errors import UserError
+from tlvision.models.backbones import (
     BACKBONES,
     choose_weights,
     create_model,
@@ -14,9 +15,8 @@ from tlvision.backbones import (
     head_of,
     preprocessing_for,
 )
-from tlvision.errors import UserError
-from tlvision.stages import stage_graph
-from tlvision.weights import ensure_weights_file, hub_checkpoints_dir
+from tlvision.models.stages import stage_graph
+from tlvision.models.weights import ensure_weights_file, hub_checkpoints_dir
 
 
 @pytest.mark.parametrize("name", list(BACKBONES))

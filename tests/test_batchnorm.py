@@ -9,18 +9,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tlvision.backbones import choose_weights, create_model, get_backbone, preprocessing_for
-from tlvision.batchnorm import (
+from tlvision.config import BACKBONE_LR_MULT, TrainConfig
+from tlvision.data.layouts import build_transforms, find_splits
+from tlvision.errors import UserError
+from tlvision.models.backbones import choose_weights, create_model, get_backbone, preprocessing_for
+from tlvision.training.batchnorm import (
     FROZEN_BATCHNORM_MAX_SHIFT,
     batchnorm_line,
     choose_batchnorm,
     measure_shift,
     trained_stages,
 )
-from tlvision.config import BACKBONE_LR_MULT, TrainConfig
-from tlvision.data import build_transforms, find_splits
-from tlvision.errors import UserError
-from tlvision.training import fit
+from tlvision.training.fit import fit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

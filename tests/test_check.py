@@ -12,7 +12,7 @@ from PIL import Image
 from salted_data import make_salted, save_jpegs, texture
 
 from tlvision.cli import main
-from tlvision.dataset_check import (
+from tlvision.data.doctor import (
     FLAT_SPLIT,
     MIN_SIDE,
     CheckReport,

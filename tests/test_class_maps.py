@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from tlvision.backbones import get_backbone, replace_head
-from tlvision.checkpoint import LoadedModel, load_run_model
-from tlvision.class_maps import (
+from tlvision.cli import main
+from tlvision.config import TrainConfig
+from tlvision.data.images import load_rgb_image
+from tlvision.inference.class_maps import (
     ClassMapNetwork,
     class_mapper,
     class_maps,
@@ -20,11 +21,10 @@ from tlvision.class_maps import (
     open_class_mapper,
     overlay_png,
 )
-from tlvision.cli import main
-from tlvision.config import TrainConfig
-from tlvision.images import load_rgb_image
-from tlvision.pixels import PixelNormalize
-from tlvision.training import fit
+from tlvision.models.backbones import get_backbone, replace_head
+from tlvision.models.pixels import PixelNormalize
+from tlvision.runs.checkpoint import LoadedModel, load_run_model
+from tlvision.training.fit import fit
 
 
 def random_loaded(backbone_name: str, classes: int = 3) -> LoadedModel:

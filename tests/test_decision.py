@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from tlvision.decision import (
+from tlvision.advisor.decision import (
     MARGIN,
     Entry,
     Evidence,

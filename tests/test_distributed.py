@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tlvision.checkpoint import TRAINING_CHECKPOINT, load_training_checkpoint
 from tlvision.cli import main
-from tlvision.data import find_splits
-from tlvision.devices import resolve_device
-from tlvision.distributed import ShardSampler, shard
-from tlvision.evaluation import evaluate_run
+from tlvision.compute.devices import resolve_device
+from tlvision.compute.distributed import ShardSampler, shard
+from tlvision.data.layouts import find_splits
+from tlvision.inference.evaluation import evaluate_run
+from tlvision.runs.checkpoint import TRAINING_CHECKPOINT, load_training_checkpoint
 
 RECORDER = Path(__file__).with_name("record_run.py")
 # No report: it decodes the val images again after training, which would blur the record of
@@ -184,6 +184,6 @@ def test_shards_cover_everything_once() -> None:
 
 
 def shard_of(rank: int) -> list[int]:
-    from tlvision.distributed import Distributed
+    from tlvision.compute.distributed import Distributed
 
     return shard(Distributed(rank=rank, world_size=4, active=True), list(range(15)))

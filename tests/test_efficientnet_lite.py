@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tlvision.efficientnet_lite import (
+from tlvision.errors import UserError
+from tlvision.models.efficientnet_lite import (
     FEATURE_SIZE,
     HEAD,
     INPUT_SIZE,
@@ -13,8 +14,7 @@ from tlvision.efficientnet_lite import (
     build_efficientnet_lite0,
     weights_spec,
 )
-from tlvision.errors import UserError
-from tlvision.weights import ensure_weights_file, load_state_dict_file
+from tlvision.models.weights import ensure_weights_file, load_state_dict_file
 
 
 @pytest.fixture(scope="module")

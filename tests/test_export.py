@@ -11,15 +11,15 @@ import pytest
 import torch
 from conftest import write_dataset
 
-from tlvision.checkpoint import load_run_model
 from tlvision.cli import main
 from tlvision.config import TrainConfig
+from tlvision.data.images import load_rgb_image
 from tlvision.errors import UserError
-from tlvision.export import ExportRequest, export_is_current, export_model, sidecar_path
-from tlvision.images import load_rgb_image
-from tlvision.predict import predict_images
-from tlvision.runtime import open_classifier, prepare_pixels, runtime_onnx_path
-from tlvision.training import fit
+from tlvision.export.exporter import ExportRequest, export_is_current, export_model, sidecar_path
+from tlvision.inference.predict import predict_images
+from tlvision.inference.runtime import open_classifier, prepare_pixels, runtime_onnx_path
+from tlvision.runs.checkpoint import load_run_model
+from tlvision.training.fit import fit
 
 pytest.importorskip("onnxruntime")
 

@@ -18,19 +18,19 @@ import torch
 from PIL import Image
 from torch import nn
 
-from tlvision.backbones import BACKBONES, get_backbone, head_of, replace_head
-from tlvision.codes_cache import (
+from tlvision.codes.cache import (
     CodesSpec,
     FeatureCache,
     View,
     default_cache_dir,
     train_views,
 )
-from tlvision.data import DatasetSplits, build_transforms, load_rgb_image
-from tlvision.extraction import UnreadableImagesError, extract_codes
-from tlvision.split_codes import extract_split_codes
-from tlvision.stages import StageCodes, model_fingerprint, stage_channels
-from tlvision.weights import Preprocessing
+from tlvision.codes.extraction import UnreadableImagesError, extract_codes
+from tlvision.codes.split_codes import extract_split_codes
+from tlvision.data.layouts import DatasetSplits, build_transforms, load_rgb_image
+from tlvision.models.backbones import BACKBONES, get_backbone, head_of, replace_head
+from tlvision.models.stages import StageCodes, model_fingerprint, stage_channels
+from tlvision.models.weights import Preprocessing
 
 TINY = Preprocessing(resize_size=36, crop_size=32)
 
@@ -520,9 +520,9 @@ MEMORY_CHILD = textwrap.dedent(
     from pathlib import Path
     import numpy as np, torch
     from torch import nn
-    from tlvision.weights import Preprocessing
-    from tlvision.codes_cache import CodesSpec, FeatureCache
-    from tlvision.extraction import extract_codes
+    from tlvision.models.weights import Preprocessing
+    from tlvision.codes.cache import CodesSpec, FeatureCache
+    from tlvision.codes.extraction import extract_codes
 
     torch.set_num_threads(1)
     folder, cache_dir, headroom = sys.argv[1], sys.argv[2], int(sys.argv[3])

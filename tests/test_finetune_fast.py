@@ -10,8 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tlvision.backbones import choose_weights, create_model, get_backbone, preprocessing_for
-from tlvision.codes_cache import sha256_hex, train_views
+from tlvision.codes.cache import sha256_hex, train_views
 from tlvision.config import (
     FINETUNE_EPOCHS,
     FINETUNE_FREEZE_UNTIL,
@@ -20,12 +19,13 @@ from tlvision.config import (
     frozen_stage,
     with_strategy_defaults,
 )
-from tlvision.data import build_transforms, find_splits
-from tlvision.frozen_prefix import SkipPrefix, compute_prefix, prefix_modules
-from tlvision.images import decode_image_rgb
+from tlvision.data.images import decode_image_rgb
+from tlvision.data.layouts import build_transforms, find_splits
+from tlvision.models.backbones import choose_weights, create_model, get_backbone, preprocessing_for
+from tlvision.models.stages import stage_graph
 from tlvision.progress import showing_progress
-from tlvision.stages import stage_graph
-from tlvision.training import fit
+from tlvision.training.fit import fit
+from tlvision.training.frozen_prefix import SkipPrefix, compute_prefix, prefix_modules
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -15,7 +15,13 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from torch import nn
 
-from tlvision.backbones import (
+from tlvision.advisor.probe import format_probe_table, probe
+from tlvision.codes.cache import FeatureCache
+from tlvision.codes.split_codes import extract_split_codes
+from tlvision.config import HEADS
+from tlvision.data.layouts import ImageDataset, build_transforms, find_splits
+from tlvision.errors import UserError
+from tlvision.models.backbones import (
     WeightsChoice,
     choose_weights,
     create_model,
@@ -24,19 +30,13 @@ from tlvision.backbones import (
     install_head,
     preprocessing_for,
 )
-from tlvision.codes_cache import FeatureCache
-from tlvision.config import HEADS
-from tlvision.data import ImageDataset, build_transforms, find_splits
-from tlvision.errors import UserError
-from tlvision.heads import (
+from tlvision.models.stages import StageClassifier, StageCodes
+from tlvision.training.heads import (
     fit_sklearn_head,
     select_C,
     sklearn_to_linear,
     train_linear_head,
 )
-from tlvision.probing import format_probe_table, probe
-from tlvision.split_codes import extract_split_codes
-from tlvision.stages import StageClassifier, StageCodes
 
 REFERENCE_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera_data"
 NO_WEIGHTS = WeightsChoice(spec=None, path=None, label="none")

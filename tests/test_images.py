@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageFile
 from salted_data import texture, write_bomb_png
 
-from tlvision.images import (
+from tlvision.data.images import (
     MAX_IMAGE_PIXELS,
     BadImageError,
     decode_image_rgb,

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tlvision.backbones import choose_weights, create_model, get_backbone, preprocessing_for
+from tlvision.compute.devices import available_memory_bytes
 from tlvision.config import TrainConfig, with_strategy_defaults
-from tlvision.data import build_transforms, find_splits
-from tlvision.devices import available_memory_bytes
-from tlvision.frozen_prefix import (
+from tlvision.data.layouts import build_transforms, find_splits
+from tlvision.models.backbones import choose_weights, create_model, get_backbone, preprocessing_for
+from tlvision.models.stages import stage_graph
+from tlvision.training.frozen_prefix import (
     KEPT_MEMORY_SHARE,
     compute_prefix,
     fit_kept_views,
@@ -20,7 +21,6 @@ from tlvision.frozen_prefix import (
     values_per_view,
     views_that_fit,
 )
-from tlvision.stages import stage_graph
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tlvision.cli import main
-from tlvision.data import find_splits
+from tlvision.data.layouts import find_splits
 
 FAST = ["--weights", "none", "--input-size", "48", "--epochs", "1", "--workers", "0"]
 NOTE = "has no train/ and val/: using a seeded stratified 80/20 split of its class folders"

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tlvision.cli import main
-from tlvision.lr_find import DIVERGENCE, ramp, run_range_test
+from tlvision.training.lr_find import DIVERGENCE, ramp, run_range_test
 
 
 def test_range_test_stops_at_divergence_and_suggests_below_the_minimum() -> None:

@@ -9,14 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from tlvision import onnx_forward as onnx_forward_module
-from tlvision.backbones import choose_weights, create_model, get_backbone, preprocessing_for
-from tlvision.codes_cache import VAL_VIEW, CodesSpec
-from tlvision.data import build_transforms
-from tlvision.extraction import extract_codes
-from tlvision.images import load_rgb_image
-from tlvision.onnx_forward import ONNX_FROM_IMAGES, OnnxForward, onnx_forward, use_onnx_runtime
-from tlvision.stages import StageCodes
+from tlvision.codes import onnx_forward as onnx_forward_module
+from tlvision.codes.cache import VAL_VIEW, CodesSpec
+from tlvision.codes.extraction import extract_codes
+from tlvision.codes.onnx_forward import (
+    ONNX_FROM_IMAGES,
+    OnnxForward,
+    onnx_forward,
+    use_onnx_runtime,
+)
+from tlvision.data.images import load_rgb_image
+from tlvision.data.layouts import build_transforms
+from tlvision.models.backbones import choose_weights, create_model, get_backbone, preprocessing_for
+from tlvision.models.stages import StageCodes
 
 STAGES = (None, "stage3")
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from tlvision.data import build_transforms
-from tlvision.images import load_rgb_image
-from tlvision.pixels import prepare_pixels
-from tlvision.weights import Preprocessing
+from tlvision.data.images import load_rgb_image
+from tlvision.data.layouts import build_transforms
+from tlvision.models.pixels import prepare_pixels
+from tlvision.models.weights import Preprocessing
 
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 

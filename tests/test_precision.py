@@ -7,16 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from tlvision.checkpoint import (
+from tlvision.cli import without_option
+from tlvision.compute.devices import autocast_for, resolve_precision
+from tlvision.errors import UserError
+from tlvision.runs.checkpoint import (
     TrainingCheckpoint,
     capture_random_state,
     load_training_checkpoint,
     save_training_checkpoint,
 )
-from tlvision.cli import without_option
-from tlvision.devices import autocast_for, resolve_precision
-from tlvision.errors import UserError
-from tlvision.training_state import scaler_state
+from tlvision.training.state import scaler_state
 
 
 def test_auto_is_float32_on_the_cpu_and_choices_are_kept() -> None:

@@ -14,15 +14,15 @@ import pytest
 import torch
 from torch import nn
 
-from tlvision import runs
-from tlvision.checkpoint import load_run_model
 from tlvision.cli import main
 from tlvision.config import TrainConfig
-from tlvision.data import build_transforms
-from tlvision.evaluation import ClassificationReport
-from tlvision.images import load_rgb_image
-from tlvision.predict import predict_images
-from tlvision.training import fit
+from tlvision.data.images import load_rgb_image
+from tlvision.data.layouts import build_transforms
+from tlvision.inference.evaluation import ClassificationReport
+from tlvision.inference.predict import predict_images
+from tlvision.runs.checkpoint import load_run_model
+from tlvision.training import run_dir as runs
+from tlvision.training.fit import fit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -23,13 +23,13 @@ from conftest import write_dataset
 from PIL import Image
 
 import tlvision
-from tlvision.checkpoint import load_run_model
 from tlvision.cli import build_parser, main
-from tlvision.data import build_transforms
-from tlvision.images import load_rgb_image
-from tlvision.predict import predict_images
-from tlvision.report import TOP_LOSSES
-from tlvision.tta import TTA_VIEWS, AveragedViews, tta_transform
+from tlvision.data.images import load_rgb_image
+from tlvision.data.layouts import build_transforms
+from tlvision.inference.predict import predict_images
+from tlvision.inference.tta import TTA_VIEWS, AveragedViews, tta_transform
+from tlvision.report.page import TOP_LOSSES
+from tlvision.runs.checkpoint import load_run_model
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -139,8 +139,8 @@ def test_report_opens_in_a_browser_and_matches_evaluate(
 def test_report_command_reproduces_the_run_config(trained: tuple[Path, Path]) -> None:
     """The command shown in the report parses to the config the run was trained with."""
     from tlvision.cli import train_options
-    from tlvision.report import reproduce_command
-    from tlvision.report_cli import config_from_options
+    from tlvision.cli.report import config_from_options
+    from tlvision.report.page import reproduce_command
 
     run, _data = trained
     saved = load_run_model(run).metadata["config"]
@@ -159,7 +159,7 @@ def advice_for(data: Path) -> dict[str, Any]:
     measurements of a small photo set, as saved in advice.json."""
     from dataclasses import replace
 
-    from tlvision.decision import Entry, Evidence, PretrainedFit, SizeEvidence, decide
+    from tlvision.advisor.decision import Entry, Evidence, PretrainedFit, SizeEvidence, decide
 
     probe = {"stage2": 0.8, "stage3": 0.9, "top": 0.95}
     evidence = Evidence(

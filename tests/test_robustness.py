@@ -15,13 +15,13 @@ import pytest
 import torch
 from salted_data import make_salted
 
-from tlvision.checkpoint import load_run_model, load_training_checkpoint
 from tlvision.cli import main
 from tlvision.config import TrainConfig
-from tlvision.data import ImageDataset, build_transforms, find_splits
+from tlvision.data.images import load_rgb_image
+from tlvision.data.layouts import ImageDataset, build_transforms, find_splits
 from tlvision.errors import UserError
-from tlvision.images import load_rgb_image
-from tlvision.training import fit
+from tlvision.runs.checkpoint import load_run_model, load_training_checkpoint
+from tlvision.training.fit import fit
 
 FAST = ["--weights", "none", "--input-size", "48", "--batch-size", "8", "--workers", "0"]
 BROKEN = {"zero.jpg", "truncated.jpg", "text.jpg", "bomb.png"}

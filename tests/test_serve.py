@@ -28,14 +28,14 @@ from serving import (
     train_demo_run,
 )
 
-from tlvision.checkpoint import load_run_model
 from tlvision.cli import main
 from tlvision.config import TrainConfig
 from tlvision.errors import UserError
-from tlvision.predict import predict_images
+from tlvision.inference.predict import predict_images
+from tlvision.runs.checkpoint import load_run_model
 from tlvision.serve.batching import Batcher, BatchingConfig, QueueFull, retry_after_seconds
 from tlvision.serve.config import ServeConfig, is_loopback, startup_lines, validate_config
-from tlvision.training import fit
+from tlvision.training.fit import fit
 
 TOKEN = "test-token-4f9c2a"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from serving import Server, demo_val_images, running_server, train_demo_run
 
-from tlvision.checkpoint import load_run_model
-from tlvision.predict import predict_images
+from tlvision.inference.predict import predict_images
+from tlvision.runs.checkpoint import load_run_model
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [

@@ -9,10 +9,16 @@ import pytest
 import torch
 from torch import nn
 
-from tlvision.backbones import BackboneSpec, choose_weights, create_model, get_backbone, head_of
 from tlvision.config import TrainConfig, validate_config
 from tlvision.errors import UserError
-from tlvision.strategies import apply_finetuning, parameter_groups, set_train_mode
+from tlvision.models.backbones import (
+    BackboneSpec,
+    choose_weights,
+    create_model,
+    get_backbone,
+    head_of,
+)
+from tlvision.training.freezing import apply_finetuning, parameter_groups, set_train_mode
 
 
 def batchnorm_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -103,7 +109,7 @@ def test_frozen_routes_leave_batchnorm_statistics_as_they_were(
     those statistics went through it."""
     from safetensors.torch import load_file
 
-    from tlvision.training import fit
+    from tlvision.training.fit import fit
 
     out = tmp_path / "run"
     config = TrainConfig(

@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tlvision.checkpoint import load_run_model
 from tlvision.cli import main
 from tlvision.config import TrainConfig
 from tlvision.errors import UserError
-from tlvision.predict import expand_image_paths, predict_images
-from tlvision.runtime import choose_runtime
-from tlvision.streaming import decoded_batches, merge_parts, part_file
-from tlvision.training import fit
-from tlvision.weights import Preprocessing
+from tlvision.inference.predict import expand_image_paths, predict_images
+from tlvision.inference.runtime import choose_runtime
+from tlvision.inference.stream import decoded_batches, merge_parts, part_file
+from tlvision.models.weights import Preprocessing
+from tlvision.runs.checkpoint import load_run_model
+from tlvision.training.fit import fit
 
 
 def train_small_run(data: Path, out: Path) -> Path:

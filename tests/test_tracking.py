@@ -10,7 +10,7 @@ import pytest
 
 from tlvision.cli import apply_config_file, build_parser, main, train_options
 from tlvision.errors import UserError
-from tlvision.tracking import read_config_toml
+from tlvision.training.tracking import read_config_toml
 
 FAST = ["--weights", "none", "--input-size", "32", "--batch-size", "4", "--workers", "0"]
 

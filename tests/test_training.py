@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import torch
 
-from tlvision.checkpoint import load_run_model
 from tlvision.config import TrainConfig
 from tlvision.errors import UserError
-from tlvision.evaluation import evaluate_run
-from tlvision.training import fit
+from tlvision.inference.evaluation import evaluate_run
+from tlvision.runs.checkpoint import load_run_model
+from tlvision.training.fit import fit
 
 
 def small_config(data: Path, out: Path, **overrides: object) -> TrainConfig:

@@ -17,8 +17,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # The public API; none of it imports torch until a function is called.
 from tlvision.api import advise, check, demo_data_dir, load, probe, resume, train
-from tlvision.errors import UserError
-from tlvision.results import (
+from tlvision.api.results import (
     Advice,
     CheckReport,
     ImageLike,
@@ -26,6 +25,7 @@ from tlvision.results import (
     ProbeTable,
     Run,
 )
+from tlvision.errors import UserError
 
 __version__ = "0.1.0"
 

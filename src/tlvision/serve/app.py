@@ -24,8 +24,8 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 
-from tlvision.class_maps import ClassMapper
-from tlvision.runtime import Classifier
+from tlvision.inference.class_maps import ClassMapper
+from tlvision.inference.runtime import Classifier
 from tlvision.serve.batching import Batcher, QueueFull
 from tlvision.serve.config import ServeConfig
 from tlvision.serve.error_handlers import install_error_handlers

@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
-from tlvision.images import BadImageError
+from tlvision.data.images import BadImageError
 from tlvision.serve.batching import QueueFull
 from tlvision.serve.schemas import AsciiJSONResponse
 

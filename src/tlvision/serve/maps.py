@@ -1,4 +1,4 @@
-"""The class-map overlay for one uploaded image, drawn by tlvision.class_maps.
+"""The class-map overlay for one uploaded image, drawn by tlvision.inference.class_maps.
 
 The map runs the conv body on the whole image at its own size (long side capped by
 class_maps.MAX_SIDE), so it is a full pass of its own, not part of the prediction batches; the
@@ -7,7 +7,7 @@ app bounds how many run at once.
 
 from __future__ import annotations
 
-from tlvision.class_maps import ClassMapper, class_maps, overlay_png
+from tlvision.inference.class_maps import ClassMapper, class_maps, overlay_png
 from tlvision.serve.uploads import Upload, decode_upload
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import socket
 import sys
 
-from tlvision.checkpoint import read_model_json
 from tlvision.errors import UserError
+from tlvision.runs.checkpoint import read_model_json
 from tlvision.serve.config import ServeConfig, startup_lines, validate_config
 
 
@@ -39,8 +39,8 @@ def run_server(config: ServeConfig) -> None:
             f"tlvision serve needs the serve extra ({error.name} is missing): "
             "pip install 'tlvision[serve]'"
         ) from error
-    from tlvision.class_maps import open_class_mapper
-    from tlvision.runtime import open_classifier
+    from tlvision.inference.class_maps import open_class_mapper
+    from tlvision.inference.runtime import open_classifier
 
     metadata = read_model_json(config.run_dir)
     listener = bind_listening_socket(config.host, config.port)

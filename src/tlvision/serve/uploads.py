@@ -4,7 +4,7 @@ BodySizeLimit refuses an oversized request while its body is read: at once when 
 declares too much, otherwise as soon as the bytes received pass the limit, so nothing larger is
 ever buffered. (FastAPI's own max_body_size does the same but answers plain text; this answers
 JSON like every other refusal.) The number of files is FastAPI's form_limits. Files are decoded
-by tlvision.images.decode_image_rgb, the loader training uses: zero-byte, truncated, non-image
+by tlvision.data.images.decode_image_rgb, the loader training uses: zero-byte, truncated, non-image
 files and decompression bombs raise BadImageError, which the error handlers turn into a 422
 naming the file. Decoding runs on worker threads, a few at a time (the app's limiters), each
 image resized as soon as it is decoded, so a burst of large images cannot take all the memory.
@@ -21,9 +21,9 @@ from PIL import Image
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tlvision.data import Preprocessing
-from tlvision.images import decode_image_rgb
-from tlvision.runtime import prepare_pixels
+from tlvision.data.images import decode_image_rgb
+from tlvision.data.layouts import Preprocessing
+from tlvision.inference.runtime import prepare_pixels
 from tlvision.serve.schemas import AsciiJSONResponse
 
 

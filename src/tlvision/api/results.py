@@ -1,0 +1,412 @@
+"""What the Python API returns: a trained Run and the reports of advise, check and probe.
+
+Each report holds exactly what its command prints with --json (`to_json()`) and without it
+(`str(report)`), with typed properties for the fields people use, and shows as a small HTML table
+in a notebook (`_repr_html_`). Nothing here imports torch: `import tlvision` stays fast, and a
+Run loads its model only when asked to predict or evaluate.
+"""
+
+from __future__ import annotations
+
+import copy
+import html
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from tlvision.errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
+    from tlvision.inference.class_maps import ClassMaps
+    from tlvision.inference.evaluation import ClassificationReport
+    from tlvision.inference.runtime import Classifier
+    from tlvision.runs.checkpoint import LoadedModel
+
+__all__ = ["Advice", "CheckReport", "ImageLike", "Prediction", "ProbeTable", "Run"]
+
+ImageLike: TypeAlias = "str | os.PathLike[str] | Image.Image | np.ndarray"
+"""What Run.predict takes, one or a sequence of: an image file or folder, a PIL image, or pixels
+(height x width [x 3 or 4], channels last; uint8, or floats in 0..1)."""
+
+
+def html_table(
+    headers: Sequence[str], rows: Iterable[Sequence[object]], caption: str | None = None
+) -> str:
+    """A plain HTML table; every cell is escaped, floats shown to 4 places."""
+
+    def cell(value: object) -> str:
+        text = f"{value:.4f}" if isinstance(value, float) else "-" if value is None else value
+        return html.escape(str(text))
+
+    parts = ["<table>"]
+    if caption:
+        parts.append(f"<caption>{html.escape(caption)}</caption>")
+    parts.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr>")
+    for row in rows:
+        parts.append("<tr>" + "".join(f"<td>{cell(value)}</td>" for value in row) + "</tr>")
+    parts.append("</table>")
+    return "".join(parts)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The top classes of one image, or why its file could not be read."""
+
+    path: Path | None  # the file; None for an image given in memory (PIL image or array)
+    top: tuple[tuple[str, float], ...]  # (class name, probability), most likely first
+    error: str | None = None  # why the file could not be read; `top` is empty then
+
+    def to_json(self) -> dict[str, Any]:
+        path = None if self.path is None else str(self.path)
+        if self.error is not None:
+            return {"path": path, "error": self.error}
+        return {
+            "path": path,
+            "class": self.top[0][0],
+            "probability": self.top[0][1],
+            "top": [{"class": name, "probability": probability} for name, probability in self.top],
+        }
+
+
+@dataclass(frozen=True, repr=False)
+class _Report:
+    details: dict[str, Any]  # what `tlvision COMMAND --json` prints
+    text: str  # what it prints without --json
+
+    def to_json(self) -> dict[str, Any]:
+        return copy.deepcopy(self.details)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True, repr=False)
+class Advice(_Report):
+    """The advisor's recommendation (`tlvision advise`), with the measurements behind it."""
+
+    @property
+    def strategy(self) -> str:
+        return str(self.details["strategy"])
+
+    @property
+    def stage(self) -> str | None:
+        return self.details["stage"]
+
+    @property
+    def head(self) -> str:
+        return str(self.details["head"])
+
+    @property
+    def input_size(self) -> int:
+        return int(self.details["input_size"])
+
+    @property
+    def epochs(self) -> int:
+        return int(self.details["epochs"])
+
+    @property
+    def quadrant(self) -> str:
+        return str(self.details["quadrant"])
+
+    @property
+    def reasons(self) -> list[str]:
+        return list(self.details["reasons"])
+
+    @property
+    def command(self) -> str:
+        """The `tlvision train` command line that follows the advice."""
+        return str(self.details["command"])
+
+    @property
+    def probe_accuracy(self) -> dict[str, float]:
+        """logreg accuracy by stage, on the race's held-out part of train/ (never val/)."""
+        return dict(self.details["evidence"]["probe"])
+
+    def __repr__(self) -> str:
+        return (
+            f"Advice(strategy={self.strategy!r}, stage={self.stage!r}, quadrant={self.quadrant!r})"
+        )
+
+    def _repr_html_(self) -> str:
+        recommended = html_table(
+            ["strategy", "stage", "head", "input size", "epochs", "quadrant"],
+            [[self.strategy, self.stage, self.head, self.input_size, self.epochs, self.quadrant]],
+            caption="recommended",
+        )
+        size = self.details["evidence"]["size"]
+        probe = html_table(
+            ["stage", "holdout accuracy (logreg on a held-out part of train)"],
+            sorted(self.probe_accuracy.items()),
+            caption=f"{size['classes']} classes, {size['train_images']} train / "
+            f"{size['val_images']} val images",
+        )
+        reasons = "".join(f"<li>{html.escape(reason)}</li>" for reason in self.reasons)
+        return f"{recommended}{probe}<ul>{reasons}</ul>"
+
+
+@dataclass(frozen=True, repr=False)
+class CheckReport(_Report):
+    """What `tlvision check` found: problems to fix, informational notes, images per class."""
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.details["ok"])
+
+    @property
+    def exit_status(self) -> int:
+        """The command's exit status: 0 without problems, 1 with."""
+        return int(self.details["exit_status"])
+
+    @property
+    def problems(self) -> list[dict[str, str]]:
+        """One dict per problem: kind, path, message (what to do)."""
+        return list(self.details["problems"])
+
+    @property
+    def notes(self) -> list[dict[str, str]]:
+        return list(self.details["notes"])
+
+    @property
+    def class_counts(self) -> dict[str, dict[str, int]]:
+        """Per split, per class: the images that load."""
+        return copy.deepcopy(self.details["class_counts"])
+
+    def __repr__(self) -> str:
+        return (
+            f"CheckReport(data_dir={self.details['data_dir']!r}, ok={self.ok}, "
+            f"problems={len(self.problems)}, notes={len(self.notes)})"
+        )
+
+    def _repr_html_(self) -> str:
+        counts = self.details["class_counts"]
+        splits = list(counts)
+        names = sorted({name for split in splits for name in counts[split]})
+        classes = html_table(
+            ["class", *splits],
+            [[name, *(counts[split].get(name) for split in splits)] for name in names],
+            caption=f"{self.details['data_dir']}: "
+            + ("no problems found" if self.ok else f"{len(self.problems)} problems"),
+        )
+        findings = html_table(
+            ["kind", "path", "message"],
+            [[item["kind"], item["path"], item["message"]] for item in self.problems[:50]],
+            caption="problems" + (" (first 50)" if len(self.problems) > 50 else ""),
+        )
+        return classes + (findings if self.problems else "")
+
+
+@dataclass(frozen=True, repr=False)
+class ProbeTable(_Report):
+    """`tlvision probe`: val accuracy of each linear head on each stage's frozen codes."""
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per (stage, head): stage, head, val_acc, train_acc, seconds, C."""
+        return copy.deepcopy(self.details["rows"])
+
+    def accuracy(self, stage: str, head: str) -> float:
+        """Val accuracy of `head` on the codes of `stage` ("top": the head's own input)."""
+        for row in self.details["rows"]:
+            if row["stage"] == stage and row["head"] == head:
+                return float(row["val_acc"])
+        raise KeyError(f"no row for stage {stage!r} and head {head!r}")
+
+    def __repr__(self) -> str:
+        best = max(self.details["rows"], key=lambda row: row["val_acc"])
+        return (
+            f"ProbeTable(backbone={self.details['backbone']!r}, best={best['stage']}/"
+            f"{best['head']} {best['val_acc']:.4f})"
+        )
+
+    def _repr_html_(self) -> str:
+        heads = list(dict.fromkeys(row["head"] for row in self.details["rows"]))
+        by_cell = {(row["stage"], row["head"]): row["val_acc"] for row in self.details["rows"]}
+        stages = self.details["stages"]
+        return html_table(
+            ["stage", *heads],
+            [[stage, *(by_cell.get((stage, head)) for head in heads)] for stage in stages],
+            caption=f"val accuracy: {self.details['backbone']} ({self.details['weights']}), "
+            f"input {self.details['input_size']} px",
+        )
+
+
+@dataclass(repr=False, eq=False)
+class Run:
+    """A finished training run: its directory, summary, per-epoch metrics and model.
+
+    The model is loaded on the first `predict` or `evaluate` and kept.
+    """
+
+    run_dir: Path
+    summary: dict[str, Any]  # summary.json: best_val_acc, best_epoch, classes, strategy, ...
+    metrics: list[dict[str, Any]]  # metrics.jsonl: one dict per epoch (epoch, val_acc, ...)
+    model_info: dict[str, Any]  # model.json: classes, backbone, preprocessing, config
+    _loaded: LoadedModel | None = field(default=None, init=False)
+    _classifiers: dict[tuple[str, str], Classifier] = field(default_factory=dict, init=False)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.model_info["classes"])
+
+    @property
+    def final_val_acc(self) -> float | None:
+        """The last epoch's val accuracy (the headline number; `summary` has the best)."""
+        return self.metrics[-1].get("val_acc") if self.metrics else None
+
+    def model(self) -> LoadedModel:
+        """The trained network with its classes and preprocessing (loaded once)."""
+        if self._loaded is None:
+            from tlvision.runs.checkpoint import load_run_model
+
+            self._loaded = load_run_model(self.run_dir)
+        return self._loaded
+
+    def predict(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        *,
+        top_k: int = 1,
+        device: str = "auto",
+        batch_size: int = 32,
+        tta: bool = False,
+        runtime: str = "auto",
+        workers: int | None = None,
+    ) -> list[Prediction]:
+        """Top-k classes for each image: files, folders (searched recursively), PIL images or
+        arrays of pixels, one or a list. An unreadable file gets an `error` instead of stopping.
+        tta: average the mirror and corner-crop views' probabilities (tlvision.inference.tta; torch).
+        runtime: auto (ONNX Runtime on a CPU once an export exists or for 500 images or more,
+        see runtime.choose_runtime), torch or onnx. workers: decoding threads (None: one per
+        core; 0: none)."""
+        from tlvision.compute.devices import resolve_device
+        from tlvision.inference.predict import image_inputs, predict_images
+        from tlvision.inference.stream import stream_predictions
+
+        inputs = image_inputs(images)
+        if tta:
+            if runtime == "onnx":
+                raise UserError("--tta runs on torch: leave out --runtime onnx")
+            return predict_images(
+                self.model(), inputs, top_k=top_k, batch_size=batch_size,
+                device=resolve_device(device), tta=True,
+            )  # fmt: skip
+        classifier = self.classifier(runtime, device, image_count=len(inputs))
+        return list(
+            stream_predictions(
+                classifier, inputs, top_k=top_k, batch_size=batch_size, decoders=workers
+            )
+        )
+
+    def classifier(
+        self, runtime: str = "auto", device: str = "auto", *, image_count: int | None = None
+    ) -> Classifier:
+        """The model behind uint8 pixels on a runtime (tlvision.inference.runtime), opened once each."""
+        from tlvision.compute.devices import resolve_device
+        from tlvision.inference.runtime import open_classifier, runtime_for
+
+        resolved = resolve_device(device)
+        chosen = runtime_for(self.run_dir, runtime, resolved, image_count)
+        key = (chosen, str(resolved))
+        if key not in self._classifiers:
+            self._classifiers[key] = open_classifier(
+                self.run_dir, runtime, device=resolved, image_count=image_count
+            )
+        return self._classifiers[key]
+
+    def evaluate(
+        self,
+        split_dir: str | Path,
+        *,
+        device: str = "auto",
+        batch_size: int = 32,
+        tta: bool = False,
+    ) -> ClassificationReport:
+        """Accuracy, per-class precision/recall/F1 and confusion matrix on a split folder whose
+        class folders this model knows (as `tlvision evaluate`)."""
+        from tlvision.compute.devices import resolve_device
+        from tlvision.inference.evaluation import evaluate_run
+
+        return evaluate_run(
+            self.run_dir,
+            Path(split_dir),
+            device=resolve_device(device),
+            batch_size=batch_size,
+            tta=tta,
+        )
+
+    def report(self, data: str | Path | None = None, *, device: str = "auto") -> Path:
+        """Write RUN/report.html as `tlvision report` does (`data`: default the run's own
+        dataset); returns its path."""
+        from tlvision.compute.devices import resolve_device
+        from tlvision.report.page import write_report
+
+        data_dir = None if data is None else Path(data)
+        return write_report(self.run_dir, data_dir, device=resolve_device(device)).path
+
+    def export(
+        self,
+        format: str = "onnx",
+        *,
+        out: str | Path | None = None,
+        class_maps: bool = False,
+        quantize: str | None = None,
+        data: str | Path | None = None,
+    ) -> Path:
+        """Export the model as `tlvision export` does (parity checked before it counts as
+        written); returns the file's path (its JSON sidecar is beside it, name + ".json")."""
+        from tlvision.export.exporter import ExportRequest, default_out, export_model
+
+        request = ExportRequest(
+            run_dir=self.run_dir,
+            format=format,
+            out=None if out is None else Path(out),
+            class_maps=class_maps,
+            quantize=quantize,
+            data=None if data is None else Path(data),
+        )
+        export_model(request)
+        return request.out or default_out(request)
+
+    def class_maps(self, image: ImageLike) -> ClassMaps:
+        """Per-class score maps of one image at its own size (the head read as a 1x1
+        convolution over the last feature map); `.top(k)`, `.probability_maps()`."""
+        from tlvision.inference.class_maps import class_mapper, class_maps
+        from tlvision.inference.predict import image_inputs, rgb_image
+
+        inputs = image_inputs(image)
+        if len(inputs) != 1:
+            raise UserError(f"class_maps takes one image; got {len(inputs)}")
+        return class_maps(class_mapper(self.model()), rgb_image(inputs[0], 0))
+
+    def __repr__(self) -> str:
+        return (
+            f"Run({str(self.run_dir)!r}, strategy={self.summary.get('strategy')!r}, "
+            f"classes={self.classes}, final_val_acc={self.final_val_acc})"
+        )
+
+    def _repr_html_(self) -> str:
+        best = float(self.summary.get("best_val_acc", 0.0))
+        summary = html_table(
+            ["run", "strategy", "backbone", "classes", "final val acc", "best val acc (epoch)"],
+            [
+                [
+                    str(self.run_dir),
+                    self.summary.get("strategy"),
+                    self.summary.get("backbone"),
+                    ", ".join(self.classes),
+                    self.final_val_acc,
+                    f"{best:.4f} (epoch {self.summary.get('best_epoch')})",
+                ]
+            ],
+        )
+        columns = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc"]
+        shown = [name for name in columns if any(name in record for record in self.metrics)]
+        epochs = html_table(
+            shown, [[record.get(name) for name in shown] for record in self.metrics[-30:]]
+        )
+        return summary + epochs

@@ -1,0 +1,150 @@
+"""A dataset's codes: every stage's train views and val codes, unreadable images skipped."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from tlvision.codes.cache import (
+    VAL_VIEW,
+    CodesSpec,
+    FeatureCache,
+    Log,
+    View,
+    stderr_log,
+    train_views,
+)
+from tlvision.codes.extraction import UnreadableImagesError, extract_codes
+from tlvision.data.layouts import DatasetSplits
+from tlvision.errors import UserError
+from tlvision.models.backbone import BackboneSpec
+from tlvision.models.stages import StageCodes
+from tlvision.models.weights import Preprocessing
+
+Extract = Callable[[list[tuple[Path, int]]], dict[str | None, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class SplitCodes:
+    """One stage's codes for a dataset: train views and val, with their labels.
+
+    `train_views[i]` is (N_train, C), row j the code of `train_samples[j]` under view i: the
+    val transform first (when asked for), then the augmented views. Heads pick one view per
+    image per epoch (`train_linear_head`) or stack them (`stacked_train`). Unreadable images
+    are left out of `train_samples` / `val_samples` and listed in `skipped` as (path, reason).
+    """
+
+    stage: str | None
+    train_views: tuple[np.ndarray, ...]
+    train_labels: np.ndarray
+    val: np.ndarray
+    val_labels: np.ndarray
+    train_samples: tuple[tuple[Path, int], ...] = ()
+    val_samples: tuple[tuple[Path, int], ...] = ()
+    skipped: tuple[tuple[Path, str], ...] = ()
+
+    def stacked_train(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every train view as rows of one array (in memory), with repeated labels."""
+        codes = np.concatenate([np.asarray(view) for view in self.train_views])
+        return codes, np.tile(self.train_labels, len(self.train_views))
+
+
+def _readable_codes(
+    samples: list[tuple[Path, int]],
+    skipped: list[tuple[Path, str]],
+    extract: Extract,
+) -> tuple[list[tuple[Path, int]], dict[str | None, np.ndarray]]:
+    """Codes of `samples`; unreadable ones are dropped (into `skipped`) and the rest, all
+    computed and cached by the first call, read back."""
+    try:
+        return samples, extract(samples)
+    except UnreadableImagesError as error:
+        skipped.extend(error.images)
+        bad = {path for path, _reason in error.images}
+        samples = [sample for sample in samples if sample[0] not in bad]
+        if not samples:
+            raise
+        return samples, extract(samples)
+
+
+def extract_split_codes(
+    model: nn.Module,
+    backbone: BackboneSpec,
+    splits: DatasetSplits,
+    *,
+    weights: str,
+    preprocessing: Preprocessing,
+    cache: FeatureCache | None,
+    stages: Sequence[str | None] = (None,),
+    augmented_views: int = 0,
+    center_view: bool = True,
+    seed: int = 0,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    device: torch.device | str = "cpu",
+    channels_last: bool | None = None,
+    log: Log | None = None,
+) -> dict[str | None, SplitCodes]:
+    """Train and val codes for each stage: one pass per view (train: centre + augmented).
+
+    Unreadable images are skipped, logged once and listed in each SplitCodes' `skipped`.
+    """
+    if augmented_views < 0 or (augmented_views == 0 and not center_view):
+        raise UserError(
+            "give the training set at least one view (--views 0 means centre crop only)"
+        )
+    log = log or (cache.log if cache is not None else stderr_log)
+    views = ([VAL_VIEW] if center_view else []) + list(train_views(augmented_views, seed))
+    stages = list(dict.fromkeys(stages))
+    extractor = StageCodes(model, backbone, stages)  # traced once, used for every pass
+
+    def codes_for(view: View, phase: str) -> Extract:
+        specs = [CodesSpec(backbone.name, weights, preprocessing, stage, view) for stage in stages]
+
+        def extract(samples: list[tuple[Path, int]]) -> dict[str | None, np.ndarray]:
+            return extract_codes(
+                extractor, samples, specs=specs, cache=cache, batch_size=batch_size,
+                num_workers=num_workers, device=device, channels_last=channels_last,
+                description=f"{phase} codes ({view.name})", log=log,
+            )  # fmt: skip
+
+        return extract
+
+    skipped: list[tuple[Path, str]] = []
+    train_samples = list(splits.samples["train"])
+    per_view = []
+    for view in views:
+        train_samples, codes = _readable_codes(train_samples, skipped, codes_for(view, "train"))
+        per_view.append(codes)
+    if any(len(codes[stages[0]]) != len(train_samples) for codes in per_view):
+        # a file became unreadable between views: read every view again for the final list
+        per_view = [codes_for(view, "train")(train_samples) for view in views]
+    val_samples, val = _readable_codes(
+        list(splits.samples["val"]), skipped, codes_for(VAL_VIEW, "val")
+    )
+    if skipped:
+        log(
+            f"skipped {len(skipped)} unreadable image(s): "
+            + "; ".join(f"{path}: {reason}" for path, reason in skipped[:5])
+            + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        )
+    train_labels = np.asarray([label for _path, label in train_samples], dtype=np.int64)
+    val_labels = np.asarray([label for _path, label in val_samples], dtype=np.int64)
+    return {
+        stage: SplitCodes(
+            stage=stage,
+            train_views=tuple(codes[stage] for codes in per_view),
+            train_labels=train_labels,
+            val=val[stage],
+            val_labels=val_labels,
+            train_samples=tuple(train_samples),
+            val_samples=tuple(val_samples),
+            skipped=tuple(skipped),
+        )
+        for stage in stages
+    }

@@ -1,0 +1,219 @@
+"""Batch prediction that streams: any number of images, flat memory, JSON lines.
+
+Paths are listed lazily (predict.ImagePaths) and decoded a batch at a time by a few threads
+while the model classifies the batch before: PIL's decoder and resampler and ONNX Runtime all
+release the GIL, so threads overlap them without the memory, start-up and copying of loader
+processes. At most `2 * decoders + 1` batches are in flight, whatever the number of images.
+Under torchrun each rank takes every world_size-th batch; with `--jsonl FILE` rank r writes
+FILE.rank<r> and rank 0 then merges the parts, in input order, into FILE. Unreadable files get
+an error line in their place.
+
+The model runs on the runtime `runtime.choose_runtime` picks: ONNX Runtime on a CPU (3-4x torch
+eager here), torch on a GPU. Both take uint8 pixels, so a batch crosses to a GPU at a quarter of
+the bytes of float tensors.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tlvision.api.results import Prediction
+from tlvision.data.images import BadImageError
+from tlvision.data.layouts import default_num_workers
+from tlvision.errors import UserError
+from tlvision.inference.predict import ImageInput, ImagePaths, rgb_image
+from tlvision.inference.runtime import Classifier
+from tlvision.models.pixels import prepare_pixels
+from tlvision.models.weights import Preprocessing
+from tlvision.progress import progress_bar
+
+
+@dataclass
+class _Batch:
+    """A batch of inputs: the decodable ones' pixels stacked in `pixels`, an error for the
+    others."""
+
+    sources: list[tuple[int, ImageInput]]  # (position in the input, the input)
+    pixels: np.ndarray | None  # (n, H, W, 3) uint8 for the inputs whose error is None, in order
+    errors: list[str | None]
+
+
+def _decode(sources: list[tuple[int, ImageInput]], preprocessing: Preprocessing) -> _Batch:
+    arrays: list[np.ndarray] = []
+    errors: list[str | None] = []
+    for index, source in sources:
+        try:
+            arrays.append(prepare_pixels(rgb_image(source, index), preprocessing))
+            errors.append(None)
+        except BadImageError as error:
+            errors.append(error.reason)
+    return _Batch(sources, np.stack(arrays) if arrays else None, errors)
+
+
+def decoded_batches(
+    sources: Iterable[ImageInput],
+    preprocessing: Preprocessing,
+    *,
+    batch_size: int,
+    decoders: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[_Batch]:
+    """This rank's batches (batch i belongs to rank i % world_size), decoded ahead by
+    `decoders` threads (0: in the caller's thread), in input order."""
+    numbered = enumerate(sources)
+    chunks = iter(lambda: list(itertools.islice(numbered, batch_size)), [])
+    mine = (chunk for index, chunk in enumerate(chunks) if index % world_size == rank)
+    if decoders == 0:
+        yield from (_decode(chunk, preprocessing) for chunk in mine)
+        return
+    with ThreadPoolExecutor(decoders, thread_name_prefix="decode") as pool:
+        pending: deque[Future[_Batch]] = deque()
+        for chunk in mine:
+            pending.append(pool.submit(_decode, chunk, preprocessing))
+            if len(pending) > 2 * decoders:  # bounded read-ahead: memory stays flat
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities: np.ndarray = shifted / shifted.sum(axis=1, keepdims=True)
+    return probabilities
+
+
+def stream_predictions(
+    classifier: Classifier,
+    sources: Iterable[ImageInput],
+    *,
+    top_k: int = 1,
+    batch_size: int = 32,
+    decoders: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = False,
+) -> Iterator[Prediction]:
+    """Top-k classes per input as each batch is classified; an `error` entry for unreadable
+    files. `sources` (paths, PIL images or pixel arrays) may be a lazy iterator, walked once."""
+    if top_k < 1:
+        raise UserError("--top-k must be at least 1")
+    if batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    if decoders is not None and decoders < 0:
+        raise UserError("--workers must be 0 (decode in the main thread) or more")
+    top_k = min(top_k, len(classifier.class_names))
+    batches = decoded_batches(
+        sources, classifier.preprocessing, batch_size=batch_size,
+        decoders=default_num_workers() if decoders is None else decoders,
+        rank=rank, world_size=world_size,
+    )  # fmt: skip
+    bar = progress_bar(desc="predict", unit="img", disable=None if progress else True)
+    with bar:
+        for batch in batches:
+            yield from _classify(classifier, batch, top_k)
+            bar.update(len(batch.sources))
+
+
+def _classify(classifier: Classifier, batch: _Batch, top_k: int) -> Iterator[Prediction]:
+    ranked: Iterator[tuple[np.ndarray, np.ndarray]] = iter(())
+    if batch.pixels is not None:
+        probabilities = _softmax(classifier.logits(batch.pixels))
+        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
+        ranked = iter(zip(order, np.take_along_axis(probabilities, order, axis=1), strict=True))
+    for (_, source), error in zip(batch.sources, batch.errors, strict=True):
+        path = source if isinstance(source, Path) else None
+        if error is not None:
+            yield Prediction(path=path, top=(), error=error)
+            continue
+        indices, values = next(ranked)
+        top = tuple(
+            (classifier.class_names[int(i)], float(v)) for i, v in zip(indices, values, strict=True)
+        )
+        yield Prediction(path=path, top=top)
+
+
+def write_jsonl(predictions: Iterable[Prediction], jsonl: Path) -> tuple[int, int]:
+    """One JSON line per prediction, flushed a batch at a time; (lines, errors)."""
+    lines = errors = 0
+    with jsonl.open("w", encoding="utf-8") as out:
+        for prediction in predictions:
+            # ensure_ascii: a file name that is not UTF-8 is written with \\udcXX escapes
+            out.write(json.dumps(prediction.to_json()) + "\n")
+            lines += 1
+            errors += prediction.error is not None
+    return lines, errors
+
+
+def part_file(jsonl: Path, rank: int) -> Path:
+    return jsonl.with_name(f"{jsonl.name}.rank{rank}")
+
+
+def merge_parts(jsonl: Path, world_size: int, batch_size: int) -> None:
+    """Interleave the ranks' part files batch by batch into `jsonl` (input order), then delete
+    them. Each path has exactly one line, so rank r's k-th batch is its next batch_size lines."""
+    parts = [part_file(jsonl, rank) for rank in range(world_size)]
+    handles = [part.open(encoding="utf-8") for part in parts]
+    try:
+        with jsonl.open("w", encoding="utf-8") as out:
+            for rank in itertools.cycle(range(world_size)):
+                lines = list(itertools.islice(handles[rank], batch_size))
+                out.writelines(lines)
+                if len(lines) < batch_size:
+                    break  # the last batch: every later rank's parts are already empty
+    finally:
+        for handle in handles:
+            handle.close()
+    for part in parts:
+        part.unlink()
+
+
+def predict_to_jsonl(
+    run_dir: Path,
+    arguments: Sequence[Path],
+    jsonl: Path,
+    *,
+    top_k: int = 1,
+    batch_size: int = 32,
+    decoders: int | None = None,
+    device_name: str = "auto",
+    runtime: str = "auto",
+) -> tuple[int, int]:
+    """`tlvision predict RUN PATHS --jsonl FILE`, in one process or on every torchrun rank;
+    returns (lines, unreadable files) over all ranks."""
+    from tlvision.compute import distributed
+    from tlvision.compute.devices import resolve_device
+    from tlvision.inference.runtime import open_classifier
+
+    paths = ImagePaths(arguments)
+    job, device = distributed.start(resolve_device(device_name))
+    try:
+        if job.active and not job.is_main:
+            distributed.barrier(job)  # rank 0 exports the ONNX file once; the others wait
+        classifier = open_classifier(run_dir, runtime, device=device)
+        if job.active and job.is_main:
+            distributed.barrier(job)
+        predictions = stream_predictions(
+            classifier, paths, top_k=top_k, batch_size=batch_size, decoders=decoders,
+            rank=job.rank, world_size=job.world_size, progress=job.is_main,
+        )  # fmt: skip
+        target = part_file(jsonl, job.rank) if job.active else jsonl
+        counts = write_jsonl(predictions, target)
+        total, failed = (int(n) for n in distributed.sum_over_ranks(job, counts, device))
+        distributed.barrier(job)  # every part is written
+        if job.active and job.is_main:
+            merge_parts(jsonl, job.world_size, batch_size)
+        if job.is_main:
+            print(f"{total} predictions written to {jsonl}", file=sys.stderr)
+        return total, failed
+    finally:
+        distributed.stop(job)

@@ -1,0 +1,64 @@
+"""uint8 RGB pixels in, logits out: the network with its preprocessing inside.
+
+A deployed model should not make every client re-implement the backbone's normalisation, so the
+exported graphs (and the torch runtime) take the pixels a decoder gives: uint8, RGB,
+(N, H, W, 3) NHWC, already resized and centre-cropped by `prepare_pixels` (or the caller's own
+resize). Scaling by 1/255 and the mean/std normalisation happen inside, in the same order as the
+val transform of `data.build_transforms`, so the logits match `predict` to float rounding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.transforms import v2 as transforms
+
+from tlvision.models.weights import Preprocessing
+
+INPUT_LAYOUT = "NHWC"  # (batch, height, width, RGB channel)
+INPUT_DTYPE = "uint8"
+
+
+def prepare_pixels(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
+    """Resize and centre-crop exactly like the val transform; (H, W, 3) uint8 RGB."""
+    interpolation = transforms.InterpolationMode(preprocessing.interpolation)
+    resize_and_crop = transforms.Compose(
+        [
+            transforms.Resize(
+                preprocessing.resize_size, interpolation=interpolation, antialias=True
+            ),
+            transforms.CenterCrop(preprocessing.crop_size),
+        ]
+    )
+    cropped = resize_and_crop(image.convert("RGB"))
+    return np.ascontiguousarray(np.asarray(cropped, dtype=np.uint8))
+
+
+class PixelNormalize(nn.Module):
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 normalised as the backbone's weights expect."""
+
+    def __init__(self, preprocessing: Preprocessing) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(preprocessing.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(preprocessing.std).view(1, 3, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        # The same operations, in the same order, as ToDtype(scale=True) then Normalize.
+        images = pixels.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        normalized: torch.Tensor = (images - self.mean) / self.std  # type: ignore[operator]
+        return normalized
+
+
+class PixelClassifier(nn.Module):
+    """A trained model behind PixelNormalize: uint8 NHWC pixels -> (N, num_classes) logits."""
+
+    def __init__(self, model: nn.Module, preprocessing: Preprocessing) -> None:
+        super().__init__()
+        self.normalize = PixelNormalize(preprocessing)
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.model(self.normalize(pixels))
+        return logits

@@ -1,0 +1,132 @@
+"""The frozen routes: the body runs once per image and view, then a head trains on CNN codes.
+
+feature-extract trains the new last layer as the classic loop would (same optimizer, schedule
+and epochs), but on cached codes, and puts it back into the full model. linear-probe fits a head
+(softmax, logistic regression or linear SVM) on the pooled codes of any stage; the saved model
+is the body cut at that stage plus the head. Neither keeps a per-epoch checkpoint: the codes are
+cached, so a killed run is simply run again from its recorded config (`CODES_RUN_CONFIG`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from tlvision.codes.cache import FeatureCache, default_cache_dir
+from tlvision.codes.extraction import UnreadableImagesError
+from tlvision.codes.split_codes import SplitCodes, extract_split_codes
+from tlvision.compute import distributed
+from tlvision.config import epochs_of, views_of
+from tlvision.data.layouts import DatasetSplits
+from tlvision.jsonio import write_json_atomic
+from tlvision.models.backbones import head_of, install_head
+from tlvision.models.stages import StageClassifier, stage_label
+from tlvision.training.heads import accuracy, fit_sklearn_head, train_linear_head
+from tlvision.training.run_dir import (
+    CODES_RUN_CONFIG,
+    METRICS_FILE,
+    Log,
+    RunSetup,
+    finish_run,
+    record_epoch,
+)
+
+
+def fit_on_codes(setup: RunSetup, model: nn.Module, log: Log) -> dict[str, Any]:
+    """Train the head of a frozen route on codes and save the run; returns the summary.
+
+    Under torchrun each rank computes the codes of its share of the images into the shared
+    cache; then rank 0 reads them all back (cache hits) and trains the head alone, while the
+    other ranks wait for it in `training.fit`. With --no-cache rank 0 does all the work.
+    """
+    started = time.perf_counter()
+    config, job = setup.config, setup.distributed
+    stage = config.stage if config.strategy == "linear-probe" else None
+    # --no-cache means no cache at all: codes stay in memory and nothing is written to disk.
+    cache = (
+        None if config.no_cache else FeatureCache(config.cache_dir or default_cache_dir(), log=log)
+    )
+
+    def split_codes(splits: DatasetSplits) -> SplitCodes:
+        return extract_split_codes(
+            model, setup.backbone, splits, weights=setup.weights.label,
+            preprocessing=setup.preprocessing, cache=cache, stages=[stage],
+            augmented_views=views_of(config), seed=config.seed, batch_size=config.batch_size,
+            num_workers=setup.num_workers, device=setup.device, log=log,
+        )[stage]  # fmt: skip
+
+    if job.world_size > 1 and cache is not None:
+        shares = {phase: distributed.shard(job, s) for phase, s in setup.splits.samples.items()}
+        # A share of nothing but unreadable images raises: rank 0's full pass reports them.
+        with contextlib.suppress(UnreadableImagesError):
+            split_codes(replace(setup.splits, samples=shares))
+        distributed.barrier(job)  # every rank's codes are in the cache
+    if not job.is_main:
+        return {}
+    codes = split_codes(setup.splits)
+    (config.out_dir / METRICS_FILE).write_text("")
+    write_json_atomic(config.out_dir / CODES_RUN_CONFIG, config.to_json())
+    head_name = "linear" if config.strategy == "feature-extract" else config.head
+    log(
+        f"{config.strategy}: {setup.backbone.name} ({setup.weights.label}) codes from "
+        f"{stage_label(stage)}, head {head_name}, {len(codes.train_labels)} train x "
+        f"{len(codes.train_views)} views / {len(codes.val_labels)} val images"
+    )
+    layer = _train_head(setup, codes, head_name, head_of(model, setup.backbone), log)
+    final: nn.Module
+    if stage is None:
+        install_head(model, setup.backbone, layer)
+        final = model
+    else:
+        final = StageClassifier.from_trained(setup.backbone, stage, model, layer)
+    return finish_run(
+        setup, final.cpu(), log,
+        seconds=time.perf_counter() - started,
+        skipped={Path(path) for path, *_ in codes.skipped},
+        extra={"views": views_of(config), "head": head_name, "stage": stage},
+    )  # fmt: skip
+
+
+def _train_head(
+    setup: RunSetup, codes: SplitCodes, head_name: str, init: nn.Linear, log: Log
+) -> nn.Linear:
+    """The head on the codes, each epoch logged and appended to metrics.jsonl."""
+    config = setup.config
+    num_classes = len(setup.splits.class_names)
+
+    def on_epoch(record: dict[str, Any]) -> None:
+        record_epoch(setup, record)
+        train = f"  train acc {record['train_acc']:.4f}" if "train_acc" in record else ""
+        log(f"epoch {record['epoch']:>3}  val acc {record['val_acc']:.4f}{train}")
+
+    if head_name == "linear":
+        layer, _history = train_linear_head(
+            codes.train_views, codes.train_labels, codes.val, codes.val_labels,
+            num_classes=num_classes, epochs=epochs_of(config),
+            learning_rate=config.learning_rate, batch_size=config.batch_size,
+            weight_decay=config.weight_decay, momentum=config.momentum,
+            schedule=config.schedule, step_epochs=config.step_epochs,
+            step_gamma=config.step_gamma, seed=config.seed,
+            # the top's head starts from the model's new head, as the classic loop's would
+            init=init if config.stage is None else None,
+            class_weights=setup.class_weights, on_epoch=on_epoch,
+        )  # fmt: skip
+        return layer
+    fit_started = time.perf_counter()
+    layer = fit_sklearn_head(
+        head_name, codes.train_views, codes.train_labels,
+        num_classes=num_classes, seed=config.seed,
+    )  # fmt: skip
+    on_epoch(
+        {
+            "epoch": 1,
+            "val_acc": accuracy(layer, codes.val, codes.val_labels),
+            "seconds": time.perf_counter() - fit_started,
+        }
+    )
+    return layer
