@@ -27,7 +27,7 @@ from tlvision.config import TrainConfig
 from tlvision.export.exporter import ExportRequest, export_model
 from tlvision.export.parity import load_pixels, run_splits
 from tlvision.inference.runtime import OnnxClassifier, TorchClassifier
-from tlvision.runs.checkpoint import load_run_model
+from tlvision.runs.reader import load_run_model
 from tlvision.training.fit import fit
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera_data"

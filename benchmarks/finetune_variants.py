@@ -42,16 +42,13 @@ from torch import nn
 
 from tlvision.config import TrainConfig
 from tlvision.data.images import load_rgb_image
-from tlvision.data.layouts import build_transforms, reseed_loader
-from tlvision.models.backbones import create_model, head_of
+from tlvision.data.transforms import build_transforms
+from tlvision.data.loading import reseed_loader
+from tlvision.models.network import create_model, head_of
 from tlvision.models.stages import stage_graph
-from tlvision.training.fit import (
-    HEAD_START_EPOCHS,
-    keep_frozen_prefix,
-    prefix_loaders,
-    seed_everything,
-    set_up,
-)
+from tlvision.training.finetune import HEAD_START_EPOCHS, keep_frozen_prefix
+from tlvision.training.fit import prefix_loaders
+from tlvision.training.setup import seed_everything, set_up
 from tlvision.training.freezing import apply_finetuning, parameter_groups, set_train_mode
 from tlvision.training.frozen_prefix import (
     PrefixActivations,

@@ -41,10 +41,12 @@ import torch
 from tlvision.api import demo_data_dir
 from tlvision.config import TrainConfig
 from tlvision.data.images import load_rgb_image
-from tlvision.data.layouts import build_transforms, default_num_workers, is_image_file
+from tlvision.data.transforms import build_transforms
+from tlvision.data.loading import default_num_workers
+from tlvision.data.layouts import is_image_file
 from tlvision.inference.runtime import ONNX_THREADS, ensure_onnx_export, open_classifier
-from tlvision.models.pixels import prepare_pixels
-from tlvision.runs.checkpoint import load_run_model
+from tlvision.data.transforms import prepare_pixels
+from tlvision.runs.reader import load_run_model
 from tlvision.training.fit import fit
 
 BATCH = 32

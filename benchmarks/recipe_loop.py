@@ -21,7 +21,7 @@ import torchvision
 from torch import nn
 from torchvision import datasets, transforms
 
-from tlvision.models.backbones import get_backbone
+from tlvision.models.backbone import get_backbone
 from tlvision.models.weights import ensure_weights_file, load_state_dict_file
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

@@ -38,8 +38,9 @@ from tlvision import demo_data_dir
 from tlvision.config import TrainConfig
 from tlvision.data.images import load_rgb_image
 from tlvision.inference.predict import predict_images
-from tlvision.inference.runtime import open_classifier, prepare_pixels
-from tlvision.runs.checkpoint import load_run_model
+from tlvision.inference.runtime import open_classifier
+from tlvision.data.transforms import prepare_pixels
+from tlvision.runs.reader import load_run_model
 from tlvision.training.fit import fit
 
 OFFLINE_IMAGES = 256  # images timed through predict_images (the val set, repeated)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -98,3 +99,14 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def predict_with_torch(
+    loaded: Any, images: list[Any], *, top_k: int = 1, tta: bool = False, device: Any = None
+) -> list[Any]:
+    """The run's predictions on torch: the reference other runtimes are held against."""
+    from tlvision.inference.runtime import TorchClassifier
+    from tlvision.inference.stream import stream_predictions
+
+    classifier = TorchClassifier(loaded, device)
+    return list(stream_predictions(classifier, images, top_k=top_k, tta=tta, decoders=0))

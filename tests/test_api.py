@@ -18,7 +18,8 @@ from conftest import write_dataset
 from PIL import Image
 
 import tlvision
-from tlvision.cli import build_parser, main, train_options
+from tlvision.cli import build_parser, main
+from tlvision.cli.options import training_options as train_options
 from tlvision.config import TrainConfig
 
 REPOSITORY = Path(__file__).resolve().parents[1]

@@ -7,14 +7,8 @@ import pytest
 import torch
 
 from tlvision.errors import UserError
-from tlvision.models.backbones import (
-    BACKBONES,
-    choose_weights,
-    create_model,
-    get_backbone,
-    head_of,
-    preprocessing_for,
-)
+from tlvision.models.backbone import BACKBONES, get_backbone
+from tlvision.models.network import choose_weights, create_model, head_of, preprocessing_for
 from tlvision.models.stages import stage_graph
 from tlvision.models.weights import ensure_weights_file, hub_checkpoints_dir
 

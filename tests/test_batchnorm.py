@@ -9,12 +9,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tlvision.config import BACKBONE_LR_MULT, TrainConfig
-from tlvision.data.layouts import build_transforms, find_splits
+from tlvision.config import TrainConfig
+from tlvision.data.layouts import find_splits
+from tlvision.data.transforms import build_transforms
 from tlvision.errors import UserError
-from tlvision.models.backbones import choose_weights, create_model, get_backbone, preprocessing_for
+from tlvision.models.backbone import get_backbone
+from tlvision.models.network import choose_weights, create_model, preprocessing_for
+from tlvision.models.weights import IMAGENET_LIKE_SHIFT
 from tlvision.training.batchnorm import (
-    FROZEN_BATCHNORM_MAX_SHIFT,
+    BACKBONE_LR_MULT,
     batchnorm_line,
     choose_batchnorm,
     measure_shift,
@@ -29,9 +32,9 @@ def test_choose_batchnorm_reads_only_the_trained_stages() -> None:
     shift = {"stem": 0.9, "stage1": 0.9, "stage2": 0.9, "stage3": 0.1, "stage4": 0.2}
     assert choose_batchnorm(shift, ["stage3", "stage4"]) == "frozen"
     assert choose_batchnorm(shift, ["stem", "stage1", "stage2", "stage3", "stage4"]) == "train"
-    at_limit = {"stage3": FROZEN_BATCHNORM_MAX_SHIFT, "stage4": FROZEN_BATCHNORM_MAX_SHIFT}
+    at_limit = {"stage3": IMAGENET_LIKE_SHIFT, "stage4": IMAGENET_LIKE_SHIFT}
     assert choose_batchnorm(at_limit, ["stage3", "stage4"]) == "frozen"
-    above = {"stage3": FROZEN_BATCHNORM_MAX_SHIFT + 0.01, "stage4": FROZEN_BATCHNORM_MAX_SHIFT}
+    above = {"stage3": IMAGENET_LIKE_SHIFT + 0.01, "stage4": IMAGENET_LIKE_SHIFT}
     assert choose_batchnorm(above, ["stage3", "stage4"]) == "train"
     assert choose_batchnorm({}, ["stage3"]) == "train"  # nothing measured: the usual mode
     assert batchnorm_line("train", []).endswith("no BatchNorm layer in the trained stages measured")
@@ -99,5 +102,5 @@ def test_auto_mode_is_measured_and_recorded(tiny_dataset: Path, tmp_path: Path) 
     assert recorded["backbone_lr_mult"] == BACKBONE_LR_MULT["train"]
     with pytest.raises(UserError, match="--batchnorm applies to --strategy finetune"):
         fit(TrainConfig(data_dir=tiny_dataset, out_dir=tmp_path / "x", batchnorm="frozen"))
-    with pytest.raises(UserError, match="unknown --batchnorm 'eval'"):
+    with pytest.raises(UserError, match="--batchnorm eval: choose one of train, frozen"):
         fit(TrainConfig(tiny_dataset, tmp_path / "y", strategy="finetune", batchnorm="eval"))

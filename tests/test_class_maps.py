@@ -14,16 +14,17 @@ from tlvision.cli import main
 from tlvision.config import TrainConfig
 from tlvision.data.images import load_rgb_image
 from tlvision.inference.class_maps import (
-    ClassMapNetwork,
     class_mapper,
     class_maps,
     fit_image,
     open_class_mapper,
     overlay_png,
 )
-from tlvision.models.backbones import get_backbone, replace_head
+from tlvision.models.backbone import get_backbone
+from tlvision.models.maps import ClassMapNetwork
+from tlvision.models.network import replace_head
 from tlvision.models.pixels import PixelNormalize
-from tlvision.runs.checkpoint import LoadedModel, load_run_model
+from tlvision.runs.reader import LoadedModel, load_run_model
 from tlvision.training.fit import fit
 
 
@@ -48,7 +49,7 @@ def pixels_of(height: int, width: int, seed: int = 0) -> torch.Tensor:
 def test_mean_of_maps_is_the_models_logits(backbone_name: str, one_torch_thread: None) -> None:
     """Global average pool then linear == linear at every location then average."""
     loaded = random_loaded(backbone_name)
-    network = ClassMapNetwork(loaded)
+    network = ClassMapNetwork(loaded.model, loaded.backbone, loaded.preprocessing)
     pixels = pixels_of(96, 160)
     with torch.inference_mode():
         maps = network(pixels)
@@ -63,7 +64,7 @@ def test_layers_between_pool_and_head_run_per_location(
 ) -> None:
     """A 1x1 image has one location: its map must equal the model's logits exactly."""
     loaded = random_loaded(backbone_name)
-    network = ClassMapNetwork(loaded)
+    network = ClassMapNetwork(loaded.model, loaded.backbone, loaded.preprocessing)
     pixels = pixels_of(32, 32)
     with torch.inference_mode():
         maps = network(pixels)

@@ -7,14 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from tlvision.data.layouts import (
-    FLAT_VAL_SPLIT,
-    build_transforms,
-    find_splits,
-    layout_note,
-)
+from tlvision.data.layouts import FLAT_VAL_SPLIT, find_splits, layout_note
+from tlvision.data.preprocessing import Preprocessing
+from tlvision.data.transforms import build_transforms
 from tlvision.errors import UserError
-from tlvision.models.weights import Preprocessing
 
 
 def test_find_splits_matches_classes_by_name_and_ignores_hidden_files(tiny_dataset: Path) -> None:

@@ -17,7 +17,8 @@ from tlvision.compute.devices import resolve_device
 from tlvision.compute.distributed import ShardSampler, shard
 from tlvision.data.layouts import find_splits
 from tlvision.inference.evaluation import evaluate_run
-from tlvision.runs.checkpoint import TRAINING_CHECKPOINT, load_training_checkpoint
+from tlvision.runs.layout import TRAINING_CHECKPOINT
+from tlvision.training.checkpoint import load_training_checkpoint
 
 RECORDER = Path(__file__).with_name("record_run.py")
 # No report: it decodes the val images again after training, which would blur the record of

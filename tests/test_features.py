@@ -27,10 +27,13 @@ from tlvision.codes.cache import (
 )
 from tlvision.codes.extraction import UnreadableImagesError, extract_codes
 from tlvision.codes.split_codes import extract_split_codes
-from tlvision.data.layouts import DatasetSplits, build_transforms, load_rgb_image
-from tlvision.models.backbones import BACKBONES, get_backbone, head_of, replace_head
+from tlvision.data.images import load_rgb_image
+from tlvision.data.layouts import DatasetSplits
+from tlvision.data.preprocessing import Preprocessing
+from tlvision.data.transforms import build_transforms
+from tlvision.models.backbone import BACKBONES, get_backbone
+from tlvision.models.network import head_of, replace_head
 from tlvision.models.stages import StageCodes, model_fingerprint, stage_channels
-from tlvision.models.weights import Preprocessing
 
 TINY = Preprocessing(resize_size=36, crop_size=32)
 
@@ -520,7 +523,7 @@ MEMORY_CHILD = textwrap.dedent(
     from pathlib import Path
     import numpy as np, torch
     from torch import nn
-    from tlvision.models.weights import Preprocessing
+    from tlvision.data.preprocessing import Preprocessing
     from tlvision.codes.cache import CodesSpec, FeatureCache
     from tlvision.codes.extraction import extract_codes
 

@@ -11,35 +11,33 @@ import torch
 from safetensors.torch import load_file
 
 from tlvision.codes.cache import sha256_hex, train_views
-from tlvision.config import (
-    FINETUNE_EPOCHS,
-    FINETUNE_FREEZE_UNTIL,
-    FINETUNE_VIEWS,
-    TrainConfig,
-    frozen_stage,
-    with_strategy_defaults,
-)
+from tlvision.config import TrainConfig
 from tlvision.data.images import decode_image_rgb
-from tlvision.data.layouts import build_transforms, find_splits
-from tlvision.models.backbones import choose_weights, create_model, get_backbone, preprocessing_for
+from tlvision.data.layouts import find_splits
+from tlvision.data.transforms import build_transforms
+from tlvision.models.backbone import get_backbone
+from tlvision.models.network import choose_weights, create_model, preprocessing_for
 from tlvision.models.stages import stage_graph
 from tlvision.progress import showing_progress
 from tlvision.training.fit import fit
+from tlvision.training.freezing import frozen_stage
 from tlvision.training.frozen_prefix import SkipPrefix, compute_prefix, prefix_modules
+from tlvision.training.strategies import finetune
+from tlvision.training.strategy import FROZEN_ROUTE_EPOCHS, with_defaults
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_strategy_defaults_are_filled_in_and_recorded() -> None:
-    finetune = with_strategy_defaults(TrainConfig(Path("d"), Path("o"), strategy="finetune"))
-    assert (finetune.freeze_until, finetune.views, finetune.epochs) == (
-        FINETUNE_FREEZE_UNTIL, FINETUNE_VIEWS, FINETUNE_EPOCHS,
-    )  # fmt: skip
-    assert with_strategy_defaults(finetune) == finetune
-    frozen = with_strategy_defaults(TrainConfig(Path("d"), Path("o")))
-    assert (frozen.freeze_until, frozen.views, frozen.epochs) == (None, 0, 25)
+    backbone = get_backbone("mobilenet_v2")
+    tuned = with_defaults(TrainConfig(Path("d"), Path("o"), strategy="finetune"), backbone)
+    assert (tuned.freeze_until, tuned.views, tuned.epochs) == ("stage2", 8, 10)
+    assert (finetune.VIEWS, finetune.EPOCHS, backbone.partial_freeze_stage) == (8, 10, "stage2")
+    assert with_defaults(tuned, backbone) == tuned
+    frozen = with_defaults(TrainConfig(Path("d"), Path("o")), backbone)
+    assert (frozen.freeze_until, frozen.views, frozen.epochs) == (None, 0, FROZEN_ROUTE_EPOCHS)
     every_stage = TrainConfig(Path("d"), Path("o"), strategy="finetune", freeze_until="none")
-    assert frozen_stage(with_strategy_defaults(every_stage)) is None
+    assert frozen_stage(with_defaults(every_stage, backbone)) is None
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v2", "resnet18"])
@@ -71,7 +69,7 @@ def test_default_finetune_keeps_the_prefix_frozen_and_shows_images_per_second(
     assert any(line.startswith("head started on the top codes") for line in lines)
     assert "img/s" in capsys.readouterr().err
     recorded = json.loads((tmp_path / "run" / "model.json").read_text())["config"]
-    assert recorded["freeze_until"] == "stage2" and recorded["views"] == FINETUNE_VIEWS
+    assert recorded["freeze_until"] == "stage2" and recorded["views"] == finetune.VIEWS
     assert summary["epochs"] == 2
 
     backbone = get_backbone("mobilenet_v2")

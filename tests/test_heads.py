@@ -19,18 +19,20 @@ from tlvision.advisor.probe import format_probe_table, probe
 from tlvision.codes.cache import FeatureCache
 from tlvision.codes.split_codes import extract_split_codes
 from tlvision.config import HEADS
-from tlvision.data.layouts import ImageDataset, build_transforms, find_splits
+from tlvision.data.layouts import find_splits
+from tlvision.data.loading import ImageDataset
+from tlvision.data.transforms import build_transforms
 from tlvision.errors import UserError
-from tlvision.models.backbones import (
-    WeightsChoice,
+from tlvision.models.backbone import get_backbone
+from tlvision.models.network import (
     choose_weights,
     create_model,
-    get_backbone,
     head_of,
     install_head,
     preprocessing_for,
 )
 from tlvision.models.stages import StageClassifier, StageCodes
+from tlvision.models.weights import WeightsChoice
 from tlvision.training.heads import (
     fit_sklearn_head,
     select_C,

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from tlvision.compute.devices import available_memory_bytes
-from tlvision.config import TrainConfig, with_strategy_defaults
-from tlvision.data.layouts import build_transforms, find_splits
-from tlvision.models.backbones import choose_weights, create_model, get_backbone, preprocessing_for
+from tlvision.config import TrainConfig
+from tlvision.data.layouts import find_splits
+from tlvision.data.transforms import build_transforms
+from tlvision.models.backbone import get_backbone
+from tlvision.models.network import choose_weights, create_model, preprocessing_for
 from tlvision.models.stages import stage_graph
 from tlvision.training.frozen_prefix import (
     KEPT_MEMORY_SHARE,
@@ -21,6 +23,7 @@ from tlvision.training.frozen_prefix import (
     values_per_view,
     views_that_fit,
 )
+from tlvision.training.strategy import with_defaults
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -63,7 +66,7 @@ def test_views_that_fit_keeps_all_some_or_none() -> None:
 
 def test_a_fresh_run_keeps_the_views_that_fit_and_says_so() -> None:
     backbone = get_backbone("mobilenet_v2")
-    config = with_strategy_defaults(TrainConfig(Path("d"), Path("o"), strategy="finetune"))
+    config = with_defaults(TrainConfig(Path("d"), Path("o"), strategy="finetune"), backbone)
     counts = (20_000, 5_000)  # 9 train views at 224 px: 9.0 GB; val in float32: 0.5 GB
     needed_for_8 = kept_bytes(*counts, 1 + 8, STAGE2_AT_224)
     lines: list[str] = []
@@ -81,8 +84,8 @@ def test_a_fresh_run_keeps_the_views_that_fit_and_says_so() -> None:
 
     unknown = fit_kept_views(config, backbone, counts, 224, None, lines.append)
     assert unknown == config  # no measure of memory here: the views asked for
-    whole = with_strategy_defaults(
-        TrainConfig(Path("d"), Path("o"), strategy="finetune", freeze_until="none")
+    whole = with_defaults(
+        TrainConfig(Path("d"), Path("o"), strategy="finetune", freeze_until="none"), backbone
     )
     assert fit_kept_views(whole, backbone, counts, 224, 10**9, lines.append) == whole
 

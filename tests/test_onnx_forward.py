@@ -19,8 +19,9 @@ from tlvision.codes.onnx_forward import (
     use_onnx_runtime,
 )
 from tlvision.data.images import load_rgb_image
-from tlvision.data.layouts import build_transforms
-from tlvision.models.backbones import choose_weights, create_model, get_backbone, preprocessing_for
+from tlvision.data.transforms import build_transforms
+from tlvision.models.backbone import get_backbone
+from tlvision.models.network import choose_weights, create_model, preprocessing_for
 from tlvision.models.stages import StageCodes
 
 STAGES = (None, "stage3")

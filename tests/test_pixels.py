@@ -10,9 +10,8 @@ import torch
 from PIL import Image
 
 from tlvision.data.images import load_rgb_image
-from tlvision.data.layouts import build_transforms
-from tlvision.models.pixels import prepare_pixels
-from tlvision.models.weights import Preprocessing
+from tlvision.data.preprocessing import Preprocessing
+from tlvision.data.transforms import build_transforms, prepare_pixels
 
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tlvision.cli import without_option
+from tlvision.cli.train import without_option
 from tlvision.compute.devices import autocast_for, resolve_precision
 from tlvision.errors import UserError
-from tlvision.runs.checkpoint import (
+from tlvision.training.checkpoint import (
     TrainingCheckpoint,
     capture_random_state,
     load_training_checkpoint,

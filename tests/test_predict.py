@@ -12,16 +12,16 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import predict_with_torch
 from torch import nn
 
 from tlvision.cli import main
 from tlvision.config import TrainConfig
 from tlvision.data.images import load_rgb_image
-from tlvision.data.layouts import build_transforms
+from tlvision.data.transforms import build_transforms
 from tlvision.inference.evaluation import ClassificationReport
-from tlvision.inference.predict import predict_images
-from tlvision.runs.checkpoint import load_run_model
-from tlvision.training import run_dir as runs
+from tlvision.runs.reader import load_run_model
+from tlvision.training import finish as runs
 from tlvision.training.fit import fit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -85,7 +85,7 @@ def test_saved_model_predicts_like_the_trained_one(
 ) -> None:
     images = sorted((tiny_dataset / "val").rglob("*.jpg"))
     expected = trained_run.probabilities(images)
-    predictions = predict_images(load_run_model(trained_run.run_dir), images, top_k=2)
+    predictions = predict_with_torch(load_run_model(trained_run.run_dir), images, top_k=2)
     for prediction, row in zip(predictions, expected, strict=True):
         order = row.argsort(descending=True).tolist()
         assert [name for name, _ in prediction.top] == [trained_run.classes[i] for i in order]
@@ -173,5 +173,5 @@ def test_predict_names_a_bee_on_the_reference_set(reference_data: Path, tmp_path
     summary = fit(config, log=lambda _: None)
     assert summary["best_val_acc"] >= 0.9
     bee = sorted((reference_data / "val" / "bees").iterdir())[0]
-    prediction = predict_images(load_run_model(out), [bee], device=torch.device("cpu"))[0]
+    prediction = predict_with_torch(load_run_model(out), [bee], device=torch.device("cpu"))[0]
     assert prediction.top[0][0] == "bees"

@@ -18,9 +18,12 @@ from salted_data import make_salted
 from tlvision.cli import main
 from tlvision.config import TrainConfig
 from tlvision.data.images import load_rgb_image
-from tlvision.data.layouts import ImageDataset, build_transforms, find_splits
+from tlvision.data.layouts import find_splits
+from tlvision.data.loading import ImageDataset
+from tlvision.data.transforms import build_transforms
 from tlvision.errors import UserError
-from tlvision.runs.checkpoint import load_run_model, load_training_checkpoint
+from tlvision.runs.reader import load_run_model
+from tlvision.training.checkpoint import load_training_checkpoint
 from tlvision.training.fit import fit
 
 FAST = ["--weights", "none", "--input-size", "48", "--batch-size", "8", "--workers", "0"]

@@ -18,6 +18,7 @@ from urllib.parse import unquote
 import httpx
 import numpy as np
 import pytest
+from conftest import predict_with_torch
 from PIL import Image
 from serving import (
     Server,
@@ -31,8 +32,7 @@ from serving import (
 from tlvision.cli import main
 from tlvision.config import TrainConfig
 from tlvision.errors import UserError
-from tlvision.inference.predict import predict_images
-from tlvision.runs.checkpoint import load_run_model
+from tlvision.runs.reader import load_run_model
 from tlvision.serve.batching import Batcher, BatchingConfig, QueueFull, retry_after_seconds
 from tlvision.serve.config import ServeConfig, is_loopback, startup_lines, validate_config
 from tlvision.training.fit import fit
@@ -81,7 +81,7 @@ def test_health_and_model_info(server: Server, run_dir: Path) -> None:
 
 def test_predict_matches_the_predict_command(server: Server, run_dir: Path) -> None:
     paths = demo_val_images()[::4]  # 7 images over the three classes
-    expected = predict_images(load_run_model(run_dir), paths, top_k=2)
+    expected = predict_with_torch(load_run_model(run_dir), paths, top_k=2)
     response = httpx.post(
         f"{server.url}/v1/predict", files=image_files(paths), data={"top_k": "2"}, timeout=60
     )
@@ -101,7 +101,7 @@ def test_predict_matches_the_predict_command(server: Server, run_dir: Path) -> N
 
 def test_maps_answers_a_png_overlay(server: Server, run_dir: Path) -> None:
     path = demo_val_images()[0]
-    predicted = predict_images(load_run_model(run_dir), [path])[0].top[0][0]
+    predicted = predict_with_torch(load_run_model(run_dir), [path])[0].top[0][0]
     response = httpx.post(f"{server.url}/v1/maps", files=image_files([path], "file"), timeout=60)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "image/png"

@@ -6,10 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import predict_with_torch
 from serving import Server, demo_val_images, running_server, train_demo_run
 
-from tlvision.inference.predict import predict_images
-from tlvision.runs.checkpoint import load_run_model
+from tlvision.runs.reader import load_run_model
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -52,7 +52,7 @@ def test_page_asks_for_the_token_then_classifies_an_upload(
     from playwright.sync_api import expect, sync_playwright
 
     image = next(path for path in demo_val_images() if path.parent.name == "tool")
-    expected = predict_images(load_run_model(run_dir), [image])[0].top[0][0]
+    expected = predict_with_torch(load_run_model(run_dir), [image])[0].top[0][0]
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch_persistent_context(
             str(tmp_path / "profile"),

@@ -9,16 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from tlvision.config import TrainConfig, validate_config
+from tlvision.config import TrainConfig
 from tlvision.errors import UserError
-from tlvision.models.backbones import (
-    BackboneSpec,
-    choose_weights,
-    create_model,
-    get_backbone,
-    head_of,
-)
+from tlvision.models.backbone import BackboneSpec, get_backbone
+from tlvision.models.network import choose_weights, create_model, head_of
 from tlvision.training.freezing import apply_finetuning, parameter_groups, set_train_mode
+from tlvision.training.strategy import check_strategy_options
 
 
 def batchnorm_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -94,9 +90,10 @@ def test_freeze_until_errors() -> None:
     model, backbone = build("resnet18")
     with pytest.raises(UserError, match="stage1"):
         apply_finetuning(model, backbone, freeze_until="layer2")
-    with pytest.raises(UserError, match="finetune"):
-        validate_config(
-            TrainConfig(Path("."), Path("."), strategy="feature-extract", freeze_until="stage1")
+    with pytest.raises(UserError, match="--freeze-until applies to --strategy finetune"):
+        check_strategy_options(
+            TrainConfig(Path("."), Path("."), strategy="feature-extract", freeze_until="stage1"),
+            backbone,
         )
 
 

@@ -10,16 +10,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import predict_with_torch
 from PIL import Image
 
 from tlvision.cli import main
 from tlvision.config import TrainConfig
+from tlvision.data.preprocessing import Preprocessing
 from tlvision.errors import UserError
-from tlvision.inference.predict import expand_image_paths, predict_images
 from tlvision.inference.runtime import choose_runtime
+from tlvision.inference.sources import expand_image_paths
 from tlvision.inference.stream import decoded_batches, merge_parts, part_file
-from tlvision.models.weights import Preprocessing
-from tlvision.runs.checkpoint import load_run_model
+from tlvision.runs.reader import load_run_model
 from tlvision.training.fit import fit
 
 
@@ -85,7 +86,7 @@ def test_jsonl_probabilities_match_the_torch_model_on_each_runtime(
     data = dataset_factory(per_class={"train": 12, "val": 6})
     trained_run = train_small_run(data, tmp_path / "run")
     paths = expand_image_paths([data / "val"])
-    expected = predict_images(load_run_model(trained_run), paths, top_k=2)
+    expected = predict_with_torch(load_run_model(trained_run), paths, top_k=2)
     jsonl = tmp_path / f"{runtime}.jsonl"
     main(
         ["predict", str(trained_run), str(data / "val"), "--jsonl", str(jsonl),
@@ -137,7 +138,7 @@ def test_runtime_choice(
     requested: str, device: str, installed: bool, exists: bool, count: int | None, chosen: str
 ) -> None:
     choice = choose_runtime(
-        requested, device_type=device, onnx_installed=installed, export_exists=exists,
+        requested, device_type=device, preferred_installed=installed, export_exists=exists,
         image_count=count,
     )  # fmt: skip
     assert choice == chosen
@@ -146,7 +147,7 @@ def test_runtime_choice(
 def test_unknown_runtime_is_a_user_error() -> None:
     with pytest.raises(UserError, match="unknown runtime 'tensorrt'"):
         choose_runtime(
-            "tensorrt", device_type="cpu", onnx_installed=True, export_exists=False,
+            "tensorrt", device_type="cpu", preferred_installed=True, export_exists=False,
             image_count=None,
         )  # fmt: skip
 
@@ -186,8 +187,8 @@ def test_bad_batch_size_and_workers_are_user_errors(
     image = tmp_path / "one.jpg"
     Image.new("RGB", (40, 30), "red").save(image)
     for option, value, message in (
-        ("--batch-size", "0", "--batch-size must be at least 1"),
-        ("--workers", "-1", "--workers must be 0"),
+        ("--batch-size", "0", "--batch-size 0: must be at least 1"),
+        ("--workers", "-1", "--workers -1: must be 0"),
     ):
         for jsonl in ([], ["--jsonl", str(tmp_path / "out.jsonl")]):
             assert main(["predict", str(trained_run), str(image), option, value, *jsonl]) == 2

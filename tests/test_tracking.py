@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from tlvision.cli import apply_config_file, build_parser, main, train_options
+from tlvision.cli import build_parser, main
+from tlvision.cli.options import training_options as train_options
+from tlvision.cli.train import with_config_file as apply_config_file
 from tlvision.errors import UserError
-from tlvision.training.tracking import read_config_toml
+from tlvision.runs.config_file import read_config_toml
 
 FAST = ["--weights", "none", "--input-size", "32", "--batch-size", "4", "--workers", "0"]
 

@@ -12,7 +12,7 @@ import torch
 from tlvision.config import TrainConfig
 from tlvision.errors import UserError
 from tlvision.inference.evaluation import evaluate_run
-from tlvision.runs.checkpoint import load_run_model
+from tlvision.runs.reader import load_run_model
 from tlvision.training.fit import fit
 
 

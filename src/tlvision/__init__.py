@@ -8,26 +8,16 @@ From Python (the command line's commands as functions; nothing is printed unless
     run.evaluate("DATA/val").accuracy
 """
 
-import os
+from importlib import metadata
 
-# Before torch loads its OpenMP runtime: idle OpenMP threads that busy-wait steal the CPU from
-# the data-loader processes. On a 2-core machine a feature-extract epoch measured 21.0 s with the
-# default policy and 9.6 s with PASSIVE (benchmarks/RESULTS.md). A user's own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-# The public API; none of it imports torch until a function is called.
+# The public API; none of it imports torch, numpy or PIL until a function is called, and
+# importing it changes nothing in the process (the functions set what torch needs first).
 from tlvision.api import advise, check, demo_data_dir, load, probe, resume, train
-from tlvision.api.results import (
-    Advice,
-    CheckReport,
-    ImageLike,
-    Prediction,
-    ProbeTable,
-    Run,
-)
+from tlvision.api.results import Advice, CheckReport, ProbeTable, Run
 from tlvision.errors import UserError
+from tlvision.inference.prediction import ImageLike, Prediction
 
-__version__ = "0.1.0"
+__version__ = metadata.version("tlvision")  # pyproject.toml's, the one definition
 
 __all__ = [
     "Advice",

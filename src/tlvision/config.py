@@ -1,88 +1,164 @@
-"""The options of a training run, in one place: the CLI's flags and the Python API's keyword
-arguments take their defaults and choices from here, and `validate_config` checks them.
+"""The options of a training run, defined once: each TrainConfig field carries its type, default
+and help, and everything else is made from those fields.
 
-Kept free of torch so that `import tlvision` (and the API signatures built on these defaults)
-stays fast; training.py re-exports TrainConfig where it always was.
+- the command line: `tlvision train` (and `lr-find`) get one flag per field (tlvision.cli.options);
+- the Python API: `tlvision.train(data, **options)` takes one keyword per field, typed by
+  tlvision.api.train_options, which `train_options_source()` writes;
+- config.toml: what a run records and `--config` reads back, checked against the field types
+  (tlvision.runs.config_file);
+- the report's reproduce line (`reproduce_arguments`).
+
+Choices that are registries (backbones, strategies) are named here and filled in by the layers
+that own them. Imports no torch, so `import tlvision` stays fast.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+import textwrap
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from tlvision.errors import UserError
 
 DEFAULT_BACKBONE = "mobilenet_v2"
-STRATEGIES = ("feature-extract", "linear-probe", "finetune")
-# The frozen routes: the body never trains, so its codes are computed once and cached.
-CODES_STRATEGIES = ("feature-extract", "linear-probe")
 HEADS = ("linear", "logreg", "svm")  # linear: softmax layer (torch); logreg, svm: scikit-learn
 SCHEDULES = ("step", "cosine", "onecycle", "constant")
 PRECISIONS = ("auto", "32", "bf16", "16")  # auto: bf16 on a CUDA GPU that has it, else 32
-RUNTIMES = ("auto", "torch", "onnx")  # forward-only runtimes; see runtime.choose_runtime
-
-# `--strategy finetune`'s defaults, the measured best (benchmarks/RESULTS.md, "Fine-tuning
-# fast"): the stages up to stage2 stay frozen and their output is computed once for the centre
-# crop and FINETUNE_VIEWS augmented views of each train image, so an epoch runs only stage3
-# onwards; the head starts from one trained on the top codes of those views. `--freeze-until
-# none` trains every stage.
-FINETUNE_FREEZE_UNTIL = "stage2"
-FINETUNE_VIEWS = 8
-FINETUNE_EPOCHS = 10
-EPOCHS = 25  # the frozen routes' epochs: the classic recipe's
-# finetune's BatchNorm modes (batchnorm.py) and --backbone-lr-mult's default in each: with
-# ImageNet's statistics kept, the default rate was unstable and a 3x lower one was not.
-BATCHNORM_MODES = ("train", "frozen")
-BACKBONE_LR_MULT = {"train": 0.1, "frozen": 0.03}
-NO_FREEZING = "none"
+BATCHNORM_MODES = ("train", "frozen")  # finetune: see tlvision.training.batchnorm
+NO_FREEZING = "none"  # --freeze-until none: every stage trains
+AUTO_STRATEGY = "auto"  # not a strategy: the advisor's pick (tlvision.advisor)
+DATA_HELP = "dataset folder: with train/ and val/, or flat with one folder per class"
 
 
-# TrainConfig fields whose command-line option (and API keyword) has another name.
-OPTION_OF_FIELD = {
-    "data_dir": "data", "out_dir": "out", "learning_rate": "lr", "num_workers": "workers",
-}  # fmt: skip
-FIELD_OF_OPTION = {option: field for field, option in OPTION_OF_FIELD.items()}
+@dataclass(frozen=True)
+class Option:
+    """How a TrainConfig field appears to users (the field gives its type and default)."""
+
+    help: str
+    name: str = ""  # the flag (--name) and API keyword, when not the field's own name
+    metavar: str | None = None
+    choices: tuple[str, ...] = ()  # a fixed set of values
+    registry: str = ""  # the values are a registry's names: "backbone" or "strategy"
+    replayed: bool = True  # config.toml and the reproduce line carry it (not --overwrite)
+
+
+def setting(default: Any, help: str, **option: Any) -> Any:
+    """A TrainConfig field with its default and its Option."""
+    return field(default=default, metadata={"option": Option(help, **option)})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    data_dir: Path
-    out_dir: Path
-    backbone: str = DEFAULT_BACKBONE
-    weights: str | None = None  # a registry name (default: the backbone's first), a path, "none"
-    strategy: str = "feature-extract"
-    freeze_until: str | None = None  # finetune: None is FINETUNE_FREEZE_UNTIL; "none": no stage
-    input_size: int | None = None  # crop side in pixels; None: the weights' own (224 for most)
-    epochs: int | None = None  # None: FINETUNE_EPOCHS for finetune, EPOCHS for the frozen routes
-    batch_size: int = 32
-    learning_rate: float = 0.01  # the new head's; pretrained layers get backbone_lr_mult x this
-    # None: BACKBONE_LR_MULT of the run's BatchNorm mode (0.1 or 0.03; backbone_lr_mult_of)
-    backbone_lr_mult: float | None = None
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "step"
-    step_epochs: int = 7  # the classic recipe: x0.1 every 7 epochs
-    step_gamma: float = 0.1
-    seed: int = 0
-    device: str = "auto"
-    num_workers: int | None = None  # None: one per core
-    stage: str | None = None  # linear-probe: the stage whose pooled codes the head reads; None: top
-    head: str = "linear"  # linear-probe: linear (softmax, torch), logreg or svm (scikit-learn)
-    # frozen routes: augmented views per train image beside the centre crop (None: 0);
-    # finetune: augmented views whose frozen-prefix output is kept (None: FINETUNE_VIEWS; 0:
-    # augment afresh each epoch and run the whole network, the classic loop)
-    views: int | None = None
-    # finetune: "train" (the batches' statistics), "frozen" (ImageNet's kept), None: measured at
-    # the start of the run (batchnorm.choose_batchnorm) and recorded
-    batchnorm: str | None = None
-    cache_dir: Path | None = None  # CNN-codes cache; None: ~/.cache/tlvision/features
-    no_cache: bool = False  # keep codes in memory only
-    val_split: float | None = None  # hold out this fraction of train/ when there is no val/
-    class_weights: str | None = None  # "auto": weight the loss by inverse class frequency
-    precision: str = "auto"  # auto, 32, bf16 or 16 (devices.resolve_precision)
-    tensorboard: bool = False  # also write RUN/tensorboard/ event files
-    overwrite: bool = False
+    data_dir: Path = field(metadata={"option": Option(DATA_HELP, name="data", metavar="DATA")})
+    out_dir: Path = field(
+        metadata={
+            "option": Option(
+                "run directory (default: runs/<strategy>-<date>-<time>)", name="out", metavar="DIR"
+            )
+        }
+    )
+    backbone: str = setting(DEFAULT_BACKBONE, "pretrained network", registry="backbone")
+    weights: str | None = setting(
+        None,
+        "pretrained weights: a name such as IMAGENET1K_V1 (default: the backbone's first), a "
+        ".pth/.safetensors file, or none for random initialisation",
+        metavar="NAME|FILE|none",
+    )
+    strategy: str = setting(
+        "feature-extract",
+        f"what trains; {AUTO_STRATEGY}: measure the data (as `tlvision advise` does) and run "
+        "its recommendation",
+        registry="strategy",
+    )
+    freeze_until: str | None = setting(
+        None,
+        "finetune: keep the stages up to and including STAGE frozen (default: the backbone's "
+        f"middle stage, stage2 for most; {NO_FREEZING}: train every stage; names: `tlvision "
+        "backbones`)",
+        metavar="STAGE",
+    )
+    stage: str | None = setting(
+        None, "linear-probe: take pooled codes from this stage instead of the top", metavar="STAGE"
+    )
+    head: str = setting(
+        "linear",
+        "linear-probe: softmax layer (torch), logistic regression or linear SVM (scikit-learn)",
+        choices=HEADS,
+    )
+    input_size: int | None = setting(
+        None,
+        "side of the square the network sees (default: the weights' own, 224 for most)",
+        metavar="PIXELS",
+    )
+    epochs: int | None = setting(
+        None, "epochs (default: the strategy's: 25 for the frozen routes, 10 for finetune)"
+    )
+    batch_size: int = setting(32, "images per step (per process under torchrun)")
+    learning_rate: float = setting(
+        0.01,
+        "the new head's learning rate; fine-tuning starts its head on codes and then trains it "
+        "at the pretrained layers' rate (--backbone-lr-mult x this); `find`: run the "
+        "learning-rate range test first (tlvision lr-find)",
+        name="lr",
+    )
+    backbone_lr_mult: float | None = setting(
+        None,
+        "finetune: pretrained layers learn at this times --lr (default 0.1; 0.03 with "
+        "--batchnorm frozen)",
+    )
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float = setting(0.0, "SGD weight decay (L2)")
+    schedule: str = setting(
+        "step", "learning-rate schedule, stepped every batch", choices=SCHEDULES
+    )
+    step_epochs: int = setting(7, "step schedule: multiply the rate by --step-gamma every N epochs")
+    step_gamma: float = setting(0.1, "step schedule: the factor")
+    seed: int = setting(0, "seeds the split, the augmentation, the order and the new head")
+    device: str = setting("auto", "auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps")
+    num_workers: int | None = setting(
+        None,
+        "data-loader processes (default: one per CPU core, up to 8; none when fine-tuning on "
+        "the CPU)",
+        name="workers",
+    )
+    views: int | None = setting(
+        None,
+        "augmented views per train image beside its centre crop: the frozen routes compute their "
+        "codes once (default 0); finetune keeps the frozen stages' output for them (default 8; "
+        "0: augment afresh each epoch and run the whole network)",
+    )
+    batchnorm: str | None = setting(
+        None,
+        "finetune: train (BatchNorm follows the batches' statistics) or frozen (ImageNet's kept; "
+        "default: chosen by measuring how far the data sits from them)",
+        choices=BATCHNORM_MODES,
+    )
+    cache_dir: Path | None = setting(
+        None, "CNN-codes cache (default: ~/.cache/tlvision/features)", metavar="DIR"
+    )
+    no_cache: bool = setting(False, "keep CNN codes in memory only")
+    val_split: float | None = setting(
+        None,
+        "hold out this stratified, seeded share of each class as val when there is no val/ "
+        "folder (default 0.2 for a flat DATA/<class>/ folder)",
+        metavar="FRACTION",
+    )
+    class_weights: str | None = setting(
+        None, "auto: weight the loss by inverse class frequency", choices=("auto",)
+    )
+    precision: str = setting(
+        "auto",
+        "auto: bf16 mixed precision on a CUDA GPU that has it, else 32; 16: float16 with a "
+        "gradient scaler (CUDA)",
+        choices=PRECISIONS,
+    )
+    tensorboard: bool = setting(False, "write TensorBoard events to RUN/tensorboard/")
+    overwrite: bool = setting(
+        False, "replace an existing run in --out (never a folder that is not a run)", replayed=False
+    )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -92,88 +168,148 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {field.name for field in fields(cls)}
+        """A config as `to_json` (model.json, a checkpoint) recorded it; unknown keys are left."""
+        known = {each.field: each for each in option_fields()}
         values = {key: value for key, value in data.items() if key in known}
-        for key in ("data_dir", "out_dir", "cache_dir"):
-            values[key] = None if values.get(key) is None else Path(values[key])
+        for key, value in values.items():
+            if value is not None and known[key].type is Path:
+                values[key] = Path(value)
         return cls(**values)
 
 
-def with_strategy_defaults(config: TrainConfig) -> TrainConfig:
-    """The config with its strategy's defaults filled in where it left them unset (None).
+@dataclass(frozen=True)
+class OptionField:
+    """One TrainConfig field as an option: its name for users, plain type, default."""
 
-    Idempotent, and what a run records: a resumed run reads back the same choices.
-    """
-    freeze_until = config.freeze_until
-    if config.strategy == "finetune" and freeze_until is None:
-        freeze_until = FINETUNE_FREEZE_UNTIL
-    return replace(
-        config, freeze_until=freeze_until, views=views_of(config), epochs=epochs_of(config)
-    )
+    field: str  # the TrainConfig field
+    name: str  # the flag (--name with dashes) and API keyword
+    type: type  # bool, int, float, str or Path
+    optional: bool  # None is a value (meaning "the default that depends on something else")
+    default: Any  # dataclasses.MISSING for data_dir and out_dir
+    option: Option
 
-
-def epochs_of(config: TrainConfig) -> int:
-    if config.epochs is not None:
-        return config.epochs
-    return FINETUNE_EPOCHS if config.strategy == "finetune" else EPOCHS
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
 
 
-def views_of(config: TrainConfig) -> int:
-    if config.views is not None:
-        return config.views
-    return FINETUNE_VIEWS if config.strategy == "finetune" else 0
+def option_fields() -> list[OptionField]:
+    """Every TrainConfig field as an option, in declaration order."""
+    hints = typing.get_type_hints(TrainConfig)
+    result = []
+    for each in fields(TrainConfig):
+        option: Option = each.metadata["option"]
+        plain, optional = _plain_type(hints[each.name])
+        result.append(
+            OptionField(
+                field=each.name, name=option.name or each.name, type=plain, optional=optional,
+                default=each.default, option=option,
+            )
+        )  # fmt: skip
+    return result
 
 
-def backbone_lr_mult_of(config: TrainConfig) -> float:
-    """--backbone-lr-mult, or its default for the run's BatchNorm mode."""
-    if config.backbone_lr_mult is not None:
-        return config.backbone_lr_mult
-    return BACKBONE_LR_MULT[config.batchnorm or "train"]
+def _plain_type(annotation: Any) -> tuple[type, bool]:
+    """(int, True) for `int | None`; (Path, False) for `Path`."""
+    if isinstance(annotation, types.UnionType):
+        members = [member for member in typing.get_args(annotation) if member is not type(None)]
+        return members[0], len(members) < len(typing.get_args(annotation))
+    return annotation, False
 
 
-def frozen_stage(config: TrainConfig) -> str | None:
-    """The last frozen stage of a fine-tuning run, or None when every stage trains."""
-    if config.freeze_until in (None, NO_FREEZING):
-        return None
-    return config.freeze_until
+def config_from_options(data: Any, out: Any, options: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig that `tlvision.train(data, out=out, **options)` asks for: options by
+    their user names (`lr`, `workers`), paths as given; an unknown name is a UserError."""
+    by_name = {each.name: each for each in option_fields()}
+    unknown = sorted(set(options) - set(by_name))
+    if unknown:
+        raise UserError(
+            f"unknown option(s) {', '.join(unknown)}; the options are "
+            f"{', '.join(name for name in by_name if name not in ('data', 'out'))}"
+        )
+    values = {by_name[name].field: value for name, value in options.items()}
+    for key in ("cache_dir",):
+        if values.get(key) is not None:
+            values[key] = Path(values[key])
+    return TrainConfig(data_dir=Path(data), out_dir=Path(out), **values)
 
 
-ADVISE_TIME_BUDGET_MINUTES = 30.0  # `tlvision advise`: the time the training run may take
+def reproduce_arguments(config: dict[str, Any]) -> list[str]:
+    """The `tlvision train` arguments that make a recorded config (`to_json`) again: DATA, then
+    every replayed option that is set, spelled out, in declaration order."""
+    words = [str(config["data_dir"])]
+    for each in option_fields():
+        value = config.get(each.field)
+        if each.field == "data_dir" or not each.option.replayed or value is None:
+            continue
+        if each.type is bool:
+            words += [each.flag] if value else []
+        else:
+            words += [each.flag, str(value)]
+    return words
 
 
 def validate_config(config: TrainConfig) -> None:
-    if config.strategy not in STRATEGIES:
-        raise UserError(
-            f"unknown strategy {config.strategy!r}; choose one of {', '.join(STRATEGIES)}"
+    """The checks that need no registry: choices and ranges, each naming the bad value. The
+    strategy, backbone and stage names are checked by their registries (tlvision.training)."""
+    for each in option_fields():
+        value = getattr(config, each.field)
+        if each.option.choices and value is not None and value not in each.option.choices:
+            raise UserError(f"{each.flag} {value}: choose one of {', '.join(each.option.choices)}")
+    _require(
+        config.input_size is None or config.input_size >= 32, "--input-size", config.input_size,
+        "at least 32 pixels",
+    )  # fmt: skip
+    _require(config.epochs is None or config.epochs >= 1, "--epochs", config.epochs, "at least 1")
+    _require(config.batch_size >= 1, "--batch-size", config.batch_size, "at least 1")
+    _require(config.learning_rate > 0, "--lr", config.learning_rate, "positive")
+    _require(
+        config.backbone_lr_mult is None or config.backbone_lr_mult >= 0,
+        "--backbone-lr-mult", config.backbone_lr_mult, "zero or more",
+    )  # fmt: skip
+    _require(config.views is None or config.views >= 0, "--views", config.views, "0 or more")
+    _require(config.step_epochs >= 1, "--step-epochs", config.step_epochs, "at least 1")
+    _require(
+        config.num_workers is None or config.num_workers >= 0, "--workers", config.num_workers,
+        "0 or more",
+    )  # fmt: skip
+    _require(
+        config.val_split is None or 0 < config.val_split < 1, "--val-split", config.val_split,
+        "a fraction between 0 and 1, e.g. 0.2",
+    )  # fmt: skip
+
+
+def _require(holds: bool, flag: str, value: Any, expected: str) -> None:
+    if not holds:
+        raise UserError(f"{flag} {value}: must be {expected}")
+
+
+def train_options_source() -> str:
+    """The source of tlvision/api/train_options.py: a TypedDict of every option but DATA, so
+    that type checkers check `tlvision.train(data, epochs="3")` as they check any call."""
+    names = {bool: "bool", int: "int", float: "float", str: "str", Path: "PathLike"}
+    lines = [
+        '"""The keyword options of tlvision.train: written by tlvision.config.train_options_source',
+        "from TrainConfig's fields (tests/test_options.py checks that it is current); do not edit.",
+        '"""',
+        "",
+        "from __future__ import annotations",
+        "",
+        "import os",
+        "from typing import TypedDict",
+        "",
+        "PathLike = str | os.PathLike[str]",
+        "",
+        "",
+        "class TrainOptions(TypedDict, total=False):",
+    ]
+    for each in option_fields():
+        if each.field == "data_dir":
+            continue
+        optional = each.optional or each.field == "out_dir"  # out: None is runs/<strategy>-<time>
+        lines.append(f"    {each.name}: {names[each.type]}{' | None' if optional else ''}")
+        lines += textwrap.wrap(
+            each.option.help, width=96, initial_indent='    """', subsequent_indent="    "
         )
-    if config.schedule not in SCHEDULES:
-        raise UserError(
-            f"unknown schedule {config.schedule!r}; choose one of {', '.join(SCHEDULES)}"
-        )
-    if config.freeze_until is not None and config.strategy != "finetune":
-        raise UserError(
-            "--freeze-until applies to --strategy finetune; the frozen routes already freeze "
-            "every pretrained layer"
-        )
-    if config.input_size is not None and config.input_size < 32:
-        raise UserError("--input-size must be at least 32 pixels")
-    if (config.epochs is not None and config.epochs < 1) or config.batch_size < 1:
-        raise UserError("--epochs and --batch-size must be at least 1")
-    if config.batchnorm is not None and config.batchnorm not in BATCHNORM_MODES:
-        raise UserError(
-            f"unknown --batchnorm {config.batchnorm!r}; choose {' or '.join(BATCHNORM_MODES)}"
-        )
-    if config.batchnorm is not None and config.strategy != "finetune":
-        raise UserError("--batchnorm applies to --strategy finetune; the frozen routes keep it")
-    if not (config.learning_rate > 0 and (config.backbone_lr_mult or 0) >= 0):
-        raise UserError("--lr must be positive and --backbone-lr-mult zero or more")
-    if config.head not in HEADS:
-        raise UserError(f"unknown head {config.head!r}; choose one of {', '.join(HEADS)}")
-    if config.strategy != "linear-probe" and (config.stage is not None or config.head != "linear"):
-        raise UserError("--stage and --head apply to --strategy linear-probe")
-    if config.views is not None and config.views < 0:
-        raise UserError("--views must be 0 or more")
-    if config.precision not in PRECISIONS:
-        raise UserError(f"--precision {config.precision}: choose one of {', '.join(PRECISIONS)}")
-    if config.class_weights not in (None, "auto"):
-        raise UserError(f"--class-weights {config.class_weights}: the only choice is auto")
+        lines[-1] += '"""'
+    return "\n".join(lines) + "\n"

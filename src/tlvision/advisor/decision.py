@@ -17,6 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tlvision.models.backbone import TOP_LABEL
+from tlvision.models.weights import IMAGENET_LIKE_SHIFT
+from tlvision.training.strategies.finetune import NAME as FINETUNE
+from tlvision.training.strategy import FROZEN_ROUTE_EPOCHS
+
 # Small: too few images to move millions of weights without overfitting: under 1000 train images
 # in all, or under 100 per class for the median class.
 SMALL_TOTAL = 1000
@@ -24,9 +29,10 @@ SMALL_PER_CLASS = 100
 # Similar: the ImageNet head answers with a mean top-1 probability of at least 0.35 (measured:
 # 0.73 on ants/bees photos, 0.66 on the demo photos, 0.44 digits, 0.50 clip art) ...
 SIMILAR_CONFIDENCE = 0.35
-# ... the data's activations in the stem and stage1 sit within 0.25 running standard deviations
-# of ImageNet's (measured: 0.09 ants/bees, 0.12 demo photos, 0.28 clip art, 0.37 digits) ...
-SIMILAR_BATCHNORM_SHIFT = 0.25
+# ... the data's activations in the early stages (the first two: stem and stage1) sit within
+# IMAGENET_LIKE_SHIFT running standard deviations of ImageNet's (measured: 0.09 ants/bees,
+# 0.12 demo photos, 0.28 clip art, 0.37 digits) ...
+SIMILAR_BATCHNORM_SHIFT = IMAGENET_LIKE_SHIFT
 # ... and the top codes are no worse than the best earlier stage by more than 0.02.
 TOP_STAGE_MARGIN = 0.02
 # The pick: the cheapest candidate within this much (or one standard error) of the best.
@@ -114,6 +120,9 @@ class Evidence:
     seconds_per_pass: float  # measured forward time per 224-px image pass (estimates only)
     native_input_size: int
     full_trial_skipped: str = ""  # why full fine-tuning had no trial after the partial one
+    # the backbone's stages by role (BackboneSpec): the first two, and those raced, in order
+    early_stages: tuple[str, ...] = ("stem", "stage1")
+    race_stages: tuple[str, ...] = ("stage2", "stage3")
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Evidence:
@@ -133,6 +142,9 @@ class Evidence:
             seconds_per_pass=data["seconds_per_pass_224"],
             native_input_size=data["native_input_size"],
             full_trial_skipped=data.get("full_trial_skipped", ""),
+            # advice.json from before stages were declared by role: the five-stage names
+            early_stages=tuple(data.get("early_stages", ("stem", "stage1"))),
+            race_stages=tuple(data.get("race_stages", ("stage2", "stage3"))),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -148,6 +160,8 @@ class Evidence:
             "device_kind": self.device_kind,
             "seconds_per_pass_224": self.seconds_per_pass,
             "native_input_size": self.native_input_size,
+            "early_stages": list(self.early_stages),
+            "race_stages": list(self.race_stages),
             "thresholds": {
                 "small_total": SMALL_TOTAL,
                 "small_per_class": SMALL_PER_CLASS,
@@ -233,12 +247,8 @@ class Advice:
         lines += [
             "",
             f"recommended: {self.strategy}"
-            + (f" (stage {self.stage})" if self.stage and self.strategy != "finetune" else "")
-            + (
-                f" (frozen until {self.stage})"
-                if self.stage and self.strategy == "finetune"
-                else ""
-            )
+            + (f" (stage {self.stage})" if self.stage and self.strategy != FINETUNE else "")
+            + (f" (frozen until {self.stage})" if self.stage and self.strategy == FINETUNE else "")
             + f", input {self.input_size} px, about {self.predicted_seconds / 60:.1f} min here "
             "(estimate)",
             f"run it: {self.command}",
@@ -247,13 +257,16 @@ class Advice:
 
 
 def axes(
-    size: SizeEvidence, fit: PretrainedFit, probe_accuracy: dict[str, float]
+    size: SizeEvidence,
+    fit: PretrainedFit,
+    probe_accuracy: dict[str, float],
+    early_stages: Sequence[str] = ("stem", "stage1"),
 ) -> tuple[bool, bool, list[str]]:
     """(small, similar) on the recipe's two axes, and the reasons, as sentences."""
     is_small = size.train_images < SMALL_TOTAL or size.per_class_median < SMALL_PER_CLASS
-    best_label = max(probe_accuracy, key=lambda name: (probe_accuracy[name], name == "top"))
-    top_gap = probe_accuracy[best_label] - probe_accuracy["top"]
-    shifts = [fit.batchnorm_shift.get(name, 0.0) for name in ("stem", "stage1")]
+    best_label = max(probe_accuracy, key=lambda name: (probe_accuracy[name], name == TOP_LABEL))
+    top_gap = probe_accuracy[best_label] - probe_accuracy[TOP_LABEL]
+    shifts = [fit.batchnorm_shift.get(name, 0.0) for name in early_stages]
     early_shift = sum(shifts) / len(shifts)
     votes = [
         fit.imagenet_confidence >= SIMILAR_CONFIDENCE,
@@ -299,10 +312,11 @@ def trial_plan(
     native_input_size: int,
     device_kind: str,
     time_budget_minutes: float,
+    early_stages: Sequence[str] = ("stem", "stage1"),
 ) -> str:
     """Why no fine-tuning trial is worth running ("" when one is): fine-tuning costs far more
     than 10x the frozen route, so it is only recommended after a measured trial."""
-    is_small, is_similar, _ = axes(size, fit, probe_accuracy)
+    is_small, is_similar, _ = axes(size, fit, probe_accuracy, early_stages)
     best = max(probe_accuracy.values())
     if is_small and is_similar:
         return "small and similar: the recipe's frozen top codes, no fine-tuning trial needed"
@@ -324,7 +338,7 @@ def _finetune_epoch_passes(size: SizeEvidence, input_size: int, backward: float)
 
 def cost_passes(entry: Entry, size: SizeEvidence, epochs: int) -> float:
     """224-px image passes the full run needs: the frozen routes read every image once."""
-    if entry.strategy != "finetune":
+    if entry.strategy != FINETUNE:
         scale = (entry.input_size / REFERENCE_SIZE) ** 2
         return (size.train_images + size.val_images) * scale
     backward = FULL_BACKWARD if entry.stage is None else PARTIAL_BACKWARD
@@ -344,14 +358,15 @@ def standard_error(accuracy: float, images: int) -> float:
     return math.sqrt(smoothed * (1 - smoothed) / max(1, images))
 
 
-def rank(entry: Entry, is_similar: bool) -> int:
+def rank(entry: Entry, is_similar: bool, race_stages: Sequence[str]) -> int:
     """The rules of thumb's order among candidates of equal cost and equal predicted accuracy
     (equal cost, different accuracy: the better one; the rules only break exact ties): similar
     data, the top codes first; different data, earlier stages first (latest first)."""
-    if entry.strategy == "finetune":
+    if entry.strategy == FINETUNE:
         return 0
-    order = ("top", "stage3", "stage2") if is_similar else ("stage3", "stage2", "top")
-    label = "top" if entry.stage is None else entry.stage
+    later_first = tuple(reversed(race_stages))
+    order = (TOP_LABEL, *later_first) if is_similar else (*later_first, TOP_LABEL)
+    label = TOP_LABEL if entry.stage is None else entry.stage
     return order.index(label) if label in order else len(order)
 
 
@@ -390,7 +405,7 @@ def full_trial_plan(
     measured it never beat partial on val (benchmarks/RESULTS.md, advisor validation), so it is
     only tried when partial fine-tuning comes within the margin of the best frozen candidate:
     when fine-tuning looks worth more of the network at all."""
-    frozen = [entry for entry in race if entry.strategy != "finetune"]
+    frozen = [entry for entry in race if entry.strategy != FINETUNE]
     best = max(entry.accuracy for entry in frozen)
     predicted = comparable_accuracy(partial, best_frozen_at(frozen, partial.input_size), epochs)
     margin = race_margin(best, race_sample)
@@ -407,7 +422,7 @@ def best_frozen_at(race: Sequence[Entry], input_size: int) -> float:
     there): what a fine-tuning run at that size starts from. Measured on shapes (tuning set):
     adding a 64-px trial's gain to the 224-px top codes rated fine-tuning at 64 px within the
     margin of the best (0.939 against 0.948); on val it scored 0.920 against 0.967."""
-    frozen = [entry for entry in race if entry.strategy != "finetune"]
+    frozen = [entry for entry in race if entry.strategy != FINETUNE]
     same_size = [entry.accuracy for entry in frozen if entry.input_size == input_size]
     return max(same_size or [entry.accuracy for entry in frozen])
 
@@ -416,7 +431,7 @@ def comparable_accuracy(entry: Entry, best_frozen: float, epochs: int) -> float:
     """On the frozen candidates' footing (CV over the pool): a trial's gain over the frozen
     codes on its own images, after `epochs`, added to the best frozen candidate at the run's
     input size (`best_frozen`)."""
-    if entry.strategy != "finetune" or entry.frozen_reference is None:
+    if entry.strategy != FINETUNE or entry.frozen_reference is None:
         return entry.accuracy
     trial = trial_accuracy(entry.epoch_accuracy or (entry.accuracy,), epochs)
     return min(1.0, max(0.0, best_frozen + trial - entry.frozen_reference))
@@ -426,11 +441,13 @@ def decide(evidence: Evidence, *, time_budget_minutes: float) -> Advice:
     """The race's cheapest candidate within the margin of the best (no measuring here); the
     returned Advice has no command or evidence yet."""
     size = evidence.size
-    is_small, is_similar, reasons = axes(size, evidence.pretrained_fit, evidence.probe_accuracy)
+    is_small, is_similar, reasons = axes(
+        size, evidence.pretrained_fit, evidence.probe_accuracy, evidence.early_stages
+    )
     epochs = finetune_epochs(
         size, evidence.native_input_size, evidence.device_kind, time_budget_minutes
     )
-    race = [entry for entry in evidence.race if entry.strategy != "finetune"]
+    race = [entry for entry in evidence.race if entry.strategy != FINETUNE]
     if epochs >= MIN_FINETUNE_EPOCHS:
         race = list(evidence.race)
     elif len(race) < len(evidence.race):
@@ -454,7 +471,12 @@ def decide(evidence: Evidence, *, time_budget_minutes: float) -> Advice:
             within_margin=predicted[entry.name] >= best - margin,
         )
         for entry in sorted(
-            race, key=lambda e: (costs[e.name], -predicted[e.name], rank(e, is_similar))
+            race,
+            key=lambda e: (
+                costs[e.name],
+                -predicted[e.name],
+                rank(e, is_similar, evidence.race_stages),
+            ),
         )
     ]
     chosen_name = next(standing.name for standing in standings if standing.within_margin)
@@ -472,8 +494,8 @@ def decide(evidence: Evidence, *, time_budget_minutes: float) -> Advice:
         strategy=chosen.strategy, stage=chosen.stage, size="small" if is_small else "large",
         similarity="similar" if is_similar else "different",
         quadrant=quadrant_of(is_small, is_similar), input_size=chosen.input_size,
-        epochs=epochs if chosen.strategy == "finetune" else 25, learning_rate=0.01,
-        backbone_lr_mult=None, head="logreg" if chosen.strategy != "finetune" else "linear",
+        epochs=epochs if chosen.strategy == FINETUNE else FROZEN_ROUTE_EPOCHS, learning_rate=0.01,
+        backbone_lr_mult=None, head="logreg" if chosen.strategy != FINETUNE else "linear",
         predicted_seconds=costs[chosen.name] * evidence.seconds_per_pass, margin=margin,
         standings=standings, command="", reasons=reasons,
     )  # fmt: skip

@@ -60,25 +60,16 @@ from tlvision.advisor.race import (
 from tlvision.codes.cache import FeatureCache, default_cache_dir
 from tlvision.compute.devices import resolve_device
 from tlvision.config import DEFAULT_BACKBONE, NO_FREEZING
-from tlvision.data.layouts import (
-    DatasetSplits,
-    ImageDataset,
-    build_transforms,
-    collate_readable,
-    default_num_workers,
-    find_splits,
-    image_files,
-)
+from tlvision.data.layouts import DatasetSplits, find_splits, image_files
+from tlvision.data.loading import ImageDataset, collate_readable, default_num_workers
+from tlvision.data.transforms import build_transforms
 from tlvision.errors import UserError
-from tlvision.models.backbones import (
-    BackboneSpec,
-    choose_weights,
-    get_backbone,
-    preprocessing_for,
-)
+from tlvision.models.backbone import BackboneSpec, get_backbone
+from tlvision.models.network import choose_weights, preprocessing_for
 from tlvision.models.stages import stage_label
 from tlvision.models.weights import load_state_dict_file
 from tlvision.training.batchnorm import BatchNormInputStatistics
+from tlvision.training.strategies import finetune, linear_probe
 
 __all__ = ["Advice", "Evidence", "advise", "decide", "measure", "recommended_input_size"]
 
@@ -210,6 +201,19 @@ def advise(
     )  # fmt: skip
     evidence = measure(setup, time_budget_minutes=time_budget_minutes)
     decision = decide(evidence, time_budget_minutes=time_budget_minutes)
+    command = advice_command(decision, setup, data_dir, val_split, device_name)
+    return replace(decision, command=shlex.join(command), evidence=evidence.to_json())
+
+
+def advice_command(
+    decision: Advice,
+    setup: RaceSetup,
+    data_dir: Path,
+    val_split: float | None,
+    device_name: str,
+) -> list[str]:
+    """The `tlvision train` line that runs the advice."""
+    backbone, weights, weights_argument = setup.backbone, setup.weights, setup.weights_argument
     command = ["tlvision", "train", str(data_dir), "--strategy", decision.strategy]
     if backbone.name != DEFAULT_BACKBONE:
         command += ["--backbone", backbone.name]
@@ -219,11 +223,11 @@ def advise(
         command += ["--val-split", str(val_split)]
     if decision.input_size != preprocessing_for(backbone, weights).crop_size:
         command += ["--input-size", str(decision.input_size)]
-    if decision.strategy == "linear-probe":
+    if decision.strategy == linear_probe.NAME:
         command += ["--head", decision.head] + (
             ["--stage", decision.stage] if decision.stage else []
         )
-    if decision.strategy == "finetune":
+    if decision.strategy == finetune.NAME:
         command += ["--epochs", str(decision.epochs), "--lr", str(decision.learning_rate)]
         if decision.backbone_lr_mult is not None:
             command += ["--backbone-lr-mult", str(decision.backbone_lr_mult)]
@@ -231,8 +235,7 @@ def advise(
         command += ["--freeze-until", decision.stage or NO_FREEZING]
     if device_name != "auto":
         command += ["--device", device_name]
-    command += ["--seed", str(seed)]
-    return replace(decision, command=shlex.join(command), evidence=evidence.to_json())
+    return [*command, "--seed", str(setup.seed)]
 
 
 def measure(setup: RaceSetup, *, time_budget_minutes: float) -> Evidence:
@@ -248,20 +251,7 @@ def measure(setup: RaceSetup, *, time_budget_minutes: float) -> Evidence:
         samples = {"train": train, "val": holdout}  # the holdout is part of the pool
         return replace(setup, splits=replace(splits, samples=samples))
 
-    # Similarity, signals 1 and 2: the pretrained network with its own ImageNet head.
-    imagenet_model = backbone.build()
-    assert weights.path is not None
-    imagenet_model.load_state_dict(load_state_dict_file(weights.path))
-    imagenet_model = imagenet_model.to(setup.device).to(memory_format=torch.channels_last)
-    setup.log(f"advise: {len(holdout)} held-out train images against the pretrained network")
-    preprocessing = preprocessing_for(backbone, weights, input_size=native)
-    pretrained_fit = measure_pretrained_fit(
-        imagenet_model, backbone, holdout, build_transforms(preprocessing)["val"],
-        num_workers=default_num_workers(),
-    )  # fmt: skip
-    seconds_per_pass = seconds_per_image(imagenet_model, 224)
-    del imagenet_model
-
+    pretrained_fit, seconds_per_pass = measure_similarity(setup, holdout, native)
     frozen = {size: frozen_entries(on(pool), size) for size in sorted({native, weights_crop})}
     race = [entry for result in frozen.values() for entry in result.entries]
     probe_accuracy = {stage_label(e.stage): e.accuracy for e in frozen[native].entries}
@@ -274,6 +264,7 @@ def measure(setup: RaceSetup, *, time_budget_minutes: float) -> Evidence:
     skipped = trial_plan(
         size, pretrained_fit, probe_accuracy, native_input_size=native,
         device_kind=setup.device.type, time_budget_minutes=time_budget_minutes,
+        early_stages=backbone.early_stages,
     )  # fmt: skip
     race_sample = {"cv": len(pool), "fit": len(fit_sample), "holdout": len(holdout)}
     full_skipped = ""
@@ -290,7 +281,27 @@ def measure(setup: RaceSetup, *, time_budget_minutes: float) -> Evidence:
         race_sample=race_sample, full_trial_skipped=full_skipped,
         learning_curve=curve, trial_skipped=skipped, device_kind=setup.device.type,
         seconds_per_pass=seconds_per_pass, native_input_size=native,
+        early_stages=backbone.early_stages, race_stages=backbone.race_stages,
     )  # fmt: skip
+
+
+def measure_similarity(
+    setup: RaceSetup, holdout: list[Sample], input_size: int
+) -> tuple[PretrainedFit, float]:
+    """Similarity, signals 1 and 2, from the pretrained network with its own ImageNet head;
+    and its speed per 224-px image (for the time estimate only)."""
+    backbone, weights = setup.backbone, setup.weights
+    imagenet_model = backbone.build()
+    assert weights.path is not None
+    imagenet_model.load_state_dict(load_state_dict_file(weights.path))
+    imagenet_model = imagenet_model.to(setup.device).to(memory_format=torch.channels_last)
+    setup.log(f"advise: {len(holdout)} held-out train images against the pretrained network")
+    preprocessing = preprocessing_for(backbone, weights, input_size=input_size)
+    pretrained_fit = measure_pretrained_fit(
+        imagenet_model, backbone, holdout, build_transforms(preprocessing)["val"],
+        num_workers=default_num_workers(),
+    )  # fmt: skip
+    return pretrained_fit, seconds_per_image(imagenet_model, 224)
 
 
 def raise_no_weights(backbone: str) -> None:

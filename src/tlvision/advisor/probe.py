@@ -16,14 +16,11 @@ from tlvision.codes.cache import FeatureCache, default_cache_dir
 from tlvision.codes.split_codes import extract_split_codes
 from tlvision.compute.devices import resolve_device
 from tlvision.config import DEFAULT_BACKBONE, HEADS
-from tlvision.data.layouts import default_num_workers, find_splits
+from tlvision.data.layouts import find_splits
+from tlvision.data.loading import default_num_workers
 from tlvision.errors import UserError
-from tlvision.models.backbones import (
-    choose_weights,
-    create_model,
-    get_backbone,
-    preprocessing_for,
-)
+from tlvision.models.backbone import get_backbone
+from tlvision.models.network import choose_weights, create_model, preprocessing_for
 from tlvision.models.stages import TOP_LABEL, stage_label
 from tlvision.training.heads import (
     Codes,

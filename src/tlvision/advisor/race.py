@@ -27,9 +27,12 @@ from tlvision.advisor.decision import MAX_FINETUNE_EPOCHS, Entry, full_trial_pla
 from tlvision.codes.cache import FeatureCache
 from tlvision.codes.split_codes import SplitCodes, extract_split_codes
 from tlvision.config import NO_FREEZING, TrainConfig
-from tlvision.data.layouts import DatasetSplits, default_num_workers, stratified_split
-from tlvision.models.backbones import BackboneSpec, WeightsChoice, create_model, preprocessing_for
+from tlvision.data.layouts import DatasetSplits, stratified_split
+from tlvision.data.loading import default_num_workers
+from tlvision.models.backbone import BackboneSpec
+from tlvision.models.network import create_model, preprocessing_for
 from tlvision.models.stages import stage_label
+from tlvision.models.weights import WeightsChoice
 from tlvision.training.heads import (
     DEFAULT_C_GRID,
     accuracy,
@@ -37,6 +40,7 @@ from tlvision.training.heads import (
     cross_validated_scores,
     fit_sklearn_head,
 )
+from tlvision.training.strategies import finetune, linear_probe
 
 Sample = tuple[Path, int]
 Log = Callable[[str], None]
@@ -57,15 +61,19 @@ CV_FOLDS = 5
 HOLDOUT_SHARE = 0.25
 HOLDOUT_IMAGES, HOLDOUT_PER_CLASS = 300, 40
 FIT_IMAGES, FIT_PER_CLASS = 900, 150
-RACE_STAGES: tuple[str | None, ...] = ("stage2", "stage3", None)  # stage4's pooled codes = top's
 # The fine-tuning trial: the advised run's most epochs (decision.MAX_FINETUNE_EPOCHS), so its
 # last epoch is measured, not extrapolated (3 epochs underrated partial fine-tuning on every
 # tuning set: far 0.931 predicted against 0.962 with 5, 0.959 on val), at no more than 96 px
 # (96 px trains about 4x faster than 128 on a CPU; 128 px predicted the same on clip art, 0.776);
-# the partial candidate trains what follows stage2 (MobileNetV2: blocks 7-18).
+# the partial candidate trains what follows the backbone's partial-freeze stage (stage2 for the
+# five-stage backbones; MobileNetV2: blocks 7-18).
 TRIAL_EPOCHS = MAX_FINETUNE_EPOCHS
 TRIAL_MAX_SIZE = 96
-PARTIAL_FREEZE_UNTIL = "stage2"
+
+
+def race_stages(backbone: BackboneSpec) -> tuple[str | None, ...]:
+    """The stages whose pooled codes are raced (BackboneSpec.race_stages), then the top."""
+    return (*backbone.race_stages, None)
 
 
 def sample_per_class(samples: Sequence[Sample], per_class: int, seed: int) -> list[Sample]:
@@ -120,7 +128,8 @@ def race_codes(setup: RaceSetup, input_size: int) -> dict[str | None, SplitCodes
     model = create_model(setup.backbone, len(setup.splits.class_names), setup.weights)
     return extract_split_codes(
         model, setup.backbone, setup.splits, weights=setup.weights.label,
-        preprocessing=preprocessing, cache=setup.cache, stages=RACE_STAGES, seed=setup.seed,
+        preprocessing=preprocessing, cache=setup.cache, stages=race_stages(setup.backbone),
+        seed=setup.seed,
         num_workers=default_num_workers(), device=setup.device, log=setup.log,
     )  # fmt: skip
 
@@ -139,15 +148,16 @@ def frozen_entries(setup: RaceSetup, input_size: int) -> FrozenRace:
     """The frozen candidates at `input_size`: each stage's codes of the pool, scored by CV."""
     started = time.perf_counter()
     codes = race_codes(setup, input_size)
-    extraction_share = (time.perf_counter() - started) / len(RACE_STAGES)
+    stages = race_stages(setup.backbone)
+    extraction_share = (time.perf_counter() - started) / len(stages)
     entries, chosen = [], {}
-    for stage in RACE_STAGES:
+    for stage in stages:
         started = time.perf_counter()
         score, chosen[stage] = cv_accuracy(codes[stage], setup.seed)
         entries.append(
             Entry(
                 name=frozen_name(stage, input_size),
-                strategy="linear-probe",
+                strategy=linear_probe.NAME,
                 stage=stage,
                 input_size=input_size,
                 accuracy=score,
@@ -207,7 +217,7 @@ def trial_reference(trial_setup: RaceSetup, size: int, frozen: FrozenRace | None
     classes = len(trial_setup.splits.class_names)
     codes = frozen.codes if frozen is not None else race_codes(trial_setup, size)
     best = 0.0
-    for stage in RACE_STAGES:
+    for stage in race_stages(trial_setup.backbone):
         stage_codes = codes[stage]
         row_of = {sample: row for row, sample in enumerate(stage_codes.train_samples)}
         rows = [row_of[sample] for sample in fit_samples if sample in row_of]
@@ -255,7 +265,7 @@ def finetune_trials(
     with tempfile.TemporaryDirectory(prefix="tlvision-trial-") as scratch:
         data = link_dataset(Path(scratch) / "data", setup.splits)
         partial = run_trial(
-            setup, data, Path(scratch) / "partial", PARTIAL_FREEZE_UNTIL,
+            setup, data, Path(scratch) / "partial", setup.backbone.partial_freeze_stage,
             size=size, native_input_size=native_input_size, reference=reference,
         )  # fmt: skip
         skipped = full_trial_plan(race, partial, epochs=epochs, race_sample=race_sample)
@@ -281,15 +291,15 @@ def run_trial(
     """One fine-tuning trial at `size` px through `training.fit`, like any run, for a run at
     `native_input_size`: its holdout accuracy by epoch, beside `reference` (the best frozen codes
     at the trial size on the same images)."""
+    from tlvision.runs.reader import read_metrics
     from tlvision.training.fit import fit  # training pulls in much; only the trials need it
-    from tlvision.training.run_dir import read_metrics
 
     label = "fine-tune all" if freeze_until is None else f"fine-tune after {freeze_until}"
     started = time.perf_counter()
     setup.log(f"advise: {TRIAL_EPOCHS}-epoch trial: {label} at {size} px")
     config = TrainConfig(
         data_dir=data, out_dir=out_dir, backbone=setup.backbone.name,
-        weights=setup.weights_argument, strategy="finetune",
+        weights=setup.weights_argument, strategy=finetune.NAME,
         freeze_until=freeze_until or NO_FREEZING, input_size=size, epochs=TRIAL_EPOCHS,
         seed=setup.seed, device=str(setup.device), no_cache=True,
     )  # fmt: skip
@@ -297,7 +307,7 @@ def run_trial(
     curve = tuple(float(row["val_acc"]) for row in read_metrics(config.out_dir))
     return Entry(
         name=f"{label} @{native_input_size}",
-        strategy="finetune",
+        strategy=finetune.NAME,
         stage=freeze_until,
         input_size=native_input_size,
         accuracy=curve[-1],

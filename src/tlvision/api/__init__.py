@@ -1,9 +1,12 @@
 """The Python API: the commands as functions that return objects instead of printing.
 
-`tlvision.train`, `advise`, `check`, `probe` and `load` take the command line's options under the
-same names (`--batch-size` is `batch_size=`), with the same defaults: both read them from
-config.TrainConfig, and the CLI's handlers call these functions. A bad input raises
-`tlvision.UserError` with the very message the command prints.
+`tlvision.train`, `advise`, `check`, `probe` and `load` take the command line's options under
+the same names (`--batch-size` is `batch_size=`), with the same defaults: both are made from
+TrainConfig's fields (tlvision.config), and the CLI's handlers call these functions. A bad input
+raises `tlvision.UserError` with the very message the command prints.
+
+Imports every layer below it (lazily, inside the functions) and nothing above it: the command
+line (tlvision.cli) is built on it, not the other way round.
 
 Nothing is printed unless asked: `verbose=True` prints progress messages and shows progress bars
 (a widget in Jupyter), `log=callable` receives the messages instead. Torch is imported on the
@@ -12,7 +15,7 @@ first call, not on `import tlvision`.
 
 from __future__ import annotations
 
-import json
+import inspect
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,17 +23,25 @@ from contextlib import contextmanager
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 from tlvision.api.results import Advice, CheckReport, ProbeTable, Run
-from tlvision.config import ADVISE_TIME_BUDGET_MINUTES, DEFAULT_BACKBONE, HEADS, TrainConfig
-from tlvision.errors import UserError
+from tlvision.api.train_options import TrainOptions
+from tlvision.compute.cores import prefer_passive_waiting
+from tlvision.config import (
+    AUTO_STRATEGY,
+    HEADS,
+    TrainConfig,
+    config_from_options,
+    option_fields,
+)
 from tlvision.progress import showing_progress
 
 __all__ = ["advise", "check", "demo_data_dir", "load", "probe", "resume", "train"]
 
 Log = Callable[[str], None]
 PathLike = str | os.PathLike[str]
+ADVISE_TIME_BUDGET_MINUTES = 30.0  # `tlvision advise`: the time the training run may take
 
 
 def demo_data_dir() -> Path:
@@ -49,7 +60,9 @@ def _silent(message: str) -> None:
 
 @contextmanager
 def _reporting(verbose: bool, log: Log | None) -> Iterator[Log]:
-    """Messages go to `log`, else to print when verbose, else nowhere; bars only when verbose."""
+    """Messages go to `log`, else to print when verbose, else nowhere; bars only when verbose.
+    Entering it also prepares the process for torch (tlvision.compute.cores)."""
+    prefer_passive_waiting()
     with showing_progress(verbose):
         yield log if log is not None else (print if verbose else _silent)
 
@@ -57,62 +70,26 @@ def _reporting(verbose: bool, log: Log | None) -> Iterator[Log]:
 def train(
     data: PathLike,
     *,
-    strategy: str = TrainConfig.strategy,
-    backbone: str = TrainConfig.backbone,
-    epochs: int | None = TrainConfig.epochs,
-    out: PathLike | None = None,
-    overwrite: bool = TrainConfig.overwrite,
-    weights: str | None = TrainConfig.weights,
-    freeze_until: str | None = TrainConfig.freeze_until,
-    stage: str | None = TrainConfig.stage,
-    head: str = TrainConfig.head,
-    views: int | None = TrainConfig.views,
-    cache_dir: PathLike | None = TrainConfig.cache_dir,
-    no_cache: bool = TrainConfig.no_cache,
-    input_size: int | None = TrainConfig.input_size,
-    batch_size: int = TrainConfig.batch_size,
-    lr: float = TrainConfig.learning_rate,
-    backbone_lr_mult: float | None = TrainConfig.backbone_lr_mult,
-    batchnorm: str | None = TrainConfig.batchnorm,
-    momentum: float = TrainConfig.momentum,
-    weight_decay: float = TrainConfig.weight_decay,
-    schedule: str = TrainConfig.schedule,
-    seed: int = TrainConfig.seed,
-    device: str = TrainConfig.device,
-    workers: int | None = TrainConfig.num_workers,
-    val_split: float | None = TrainConfig.val_split,
-    class_weights: str | None = TrainConfig.class_weights,
-    precision: str = TrainConfig.precision,
-    tensorboard: bool = TrainConfig.tensorboard,
-    step_epochs: int = TrainConfig.step_epochs,
-    step_gamma: float = TrainConfig.step_gamma,
     verbose: bool = False,
     log: Log | None = None,
+    **options: Unpack[TrainOptions],
 ) -> Run:
     """Train a classifier on DATA/train, validate on DATA/val, as `tlvision train` does.
 
-    The options are the command's (`tlvision train --help`), spelled as keywords. `out` is the
-    run directory (default runs/<strategy>-<time>); `strategy="auto"` measures the data first
-    and runs what `advise` recommends (the advice is saved as advice.json). `verbose=True`
-    prints the per-epoch lines and shows progress bars; `log` receives the lines instead of
-    print. Returns the finished Run; a bad input raises UserError before anything is trained.
+    The options are the command's, spelled as keywords (`--batch-size 16` is `batch_size=16`,
+    `--lr` is `lr`; `tlvision train --help` lists them, with their defaults; so do the
+    TrainOptions fields). `out` is the run directory (default runs/<strategy>-<time>);
+    `strategy="auto"` measures the data first and runs what `advise` recommends (the advice
+    is saved as advice.json). `verbose=True` prints the per-epoch lines and shows progress
+    bars; `log` receives the lines instead of print. Returns the finished Run; a bad input
+    raises UserError before anything is trained.
     """
-    config = TrainConfig(
-        data_dir=Path(data),
-        out_dir=default_out_dir(strategy) if out is None else Path(out),
-        backbone=backbone, weights=weights, strategy=strategy, freeze_until=freeze_until,
-        input_size=input_size, stage=stage, head=head, views=views,
-        cache_dir=None if cache_dir is None else Path(cache_dir), no_cache=no_cache,
-        epochs=epochs, batch_size=batch_size, learning_rate=lr,
-        backbone_lr_mult=backbone_lr_mult, batchnorm=batchnorm, momentum=momentum,
-        weight_decay=weight_decay,
-        schedule=schedule, seed=seed, device=device, num_workers=workers,
-        val_split=val_split, class_weights=class_weights, overwrite=overwrite,
-        precision=precision, tensorboard=tensorboard, step_epochs=step_epochs,
-        step_gamma=step_gamma,
-    )  # fmt: skip
+    values: dict[str, Any] = dict(options)
+    strategy = str(values.get("strategy", TrainConfig.strategy))
+    out = values.pop("out", None) or default_out_dir(strategy)
+    config = config_from_options(data, out, values)
     with _reporting(verbose, log) as report:
-        if config.strategy == "auto":
+        if config.strategy == AUTO_STRATEGY:
             _train_as_advised(config, report)
         else:
             from tlvision.training.fit import fit
@@ -121,11 +98,31 @@ def train(
     return load(config.out_dir)
 
 
+def _signature_of_train() -> inspect.Signature:
+    """`train`'s signature with every option spelled out, for help() and notebooks (the type
+    checkers read TrainOptions)."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    parameters = [
+        inspect.Parameter("data", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="PathLike"),
+        inspect.Parameter("verbose", keyword, default=False, annotation="bool"),
+        inspect.Parameter("log", keyword, default=None, annotation="Log | None"),
+    ]
+    for each in option_fields():
+        if each.field != "data_dir":
+            default = None if each.field == "out_dir" else each.default
+            parameters.append(inspect.Parameter(each.name, keyword, default=default))
+    return inspect.Signature(parameters, return_annotation="Run")
+
+
+train.__signature__ = _signature_of_train()  # type: ignore[attr-defined]
+
+
 def _train_as_advised(config: TrainConfig, log: Log) -> None:
     from tlvision.advisor.measure import advise as measure_and_advise
     from tlvision.jsonio import write_json_atomic
+    from tlvision.runs.layout import ADVICE_FILE, refuse_to_overwrite
     from tlvision.training.fit import fit
-    from tlvision.training.run_dir import refuse_to_overwrite
+    from tlvision.training.strategies import linear_probe
 
     # Refuse an occupied out directory before spending the advisor's minutes, not after.
     refuse_to_overwrite(config.out_dir, overwrite=config.overwrite)
@@ -138,10 +135,11 @@ def _train_as_advised(config: TrainConfig, log: Log) -> None:
         use_cache=not config.no_cache,
         val_split=config.val_split,
         device_name=config.device,
+        time_budget_minutes=ADVISE_TIME_BUDGET_MINUTES,
         log=log,
     )
     log(advice.to_text())
-    probing = advice.strategy == "linear-probe"
+    probing = advice.strategy == linear_probe.NAME
     config = replace(
         config,
         strategy=advice.strategy,
@@ -154,7 +152,7 @@ def _train_as_advised(config: TrainConfig, log: Log) -> None:
         backbone_lr_mult=advice.backbone_lr_mult,
     )
     fit(config, log=log)
-    write_json_atomic(config.out_dir / "advice.json", advice.to_json())
+    write_json_atomic(config.out_dir / ADVICE_FILE, advice.to_json())
 
 
 def resume(run_dir: PathLike, *, verbose: bool = False, log: Log | None = None) -> Run:
@@ -168,34 +166,22 @@ def resume(run_dir: PathLike, *, verbose: bool = False, log: Log | None = None) 
 
 def load(run_dir: PathLike) -> Run:
     """The finished run in `run_dir` (the `out` of a train): summary, metrics, model."""
-    from tlvision.runs.checkpoint import read_model_json
-    from tlvision.training.run_dir import SUMMARY_FILE, read_metrics
+    from tlvision.runs.reader import read_run
 
-    run_dir = Path(run_dir)
-    model_info = read_model_json(run_dir)
-    summary_path = run_dir / SUMMARY_FILE
-    summary = read_json_object(summary_path) if summary_path.is_file() else {}
-    return Run(run_dir, summary, read_metrics(run_dir), model_info)
-
-
-def read_json_object(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise UserError(f"{path}: not valid JSON ({error}); retrain or restore the file") from error
-    return dict(data)
+    record = read_run(Path(run_dir))
+    return Run(record.run_dir, record.summary, record.metrics, record.model_info)
 
 
 def advise(
     data: PathLike,
     *,
-    backbone: str = DEFAULT_BACKBONE,
-    weights: str | None = None,
+    backbone: str = TrainConfig.backbone,
+    weights: str | None = TrainConfig.weights,
     seed: int = TrainConfig.seed,
     time_budget: float = ADVISE_TIME_BUDGET_MINUTES,
-    cache_dir: PathLike | None = None,
-    no_cache: bool = False,
-    val_split: float | None = None,
+    cache_dir: PathLike | None = TrainConfig.cache_dir,
+    no_cache: bool = TrainConfig.no_cache,
+    val_split: float | None = TrainConfig.val_split,
     device: str = TrainConfig.device,
     verbose: bool = False,
     log: Log | None = None,
@@ -234,14 +220,14 @@ def check(data: PathLike, *, verbose: bool = False) -> CheckReport:
 def probe(
     data: PathLike,
     *,
-    backbone: str = DEFAULT_BACKBONE,
-    weights: str | None = None,
+    backbone: str = TrainConfig.backbone,
+    weights: str | None = TrainConfig.weights,
     stages: Sequence[str] | None = None,
     heads: Sequence[str] = HEADS,
-    input_size: int | None = None,
-    cache_dir: PathLike | None = None,
-    no_cache: bool = False,
-    val_split: float | None = None,
+    input_size: int | None = TrainConfig.input_size,
+    cache_dir: PathLike | None = TrainConfig.cache_dir,
+    no_cache: bool = TrainConfig.no_cache,
+    val_split: float | None = TrainConfig.val_split,
     seed: int = TrainConfig.seed,
     device: str = TrainConfig.device,
     verbose: bool = False,

@@ -9,68 +9,22 @@ Run loads its model only when asked to predict or evaluate.
 from __future__ import annotations
 
 import copy
-import html
-import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any
 
 from tlvision.errors import UserError
+from tlvision.inference.prediction import ImageLike, Prediction
+from tlvision.tables import escape, html_table
 
 if TYPE_CHECKING:
-    import numpy as np
-    from PIL import Image
-
     from tlvision.inference.class_maps import ClassMaps
     from tlvision.inference.evaluation import ClassificationReport
     from tlvision.inference.runtime import Classifier
-    from tlvision.runs.checkpoint import LoadedModel
+    from tlvision.runs.reader import LoadedModel
 
 __all__ = ["Advice", "CheckReport", "ImageLike", "Prediction", "ProbeTable", "Run"]
-
-ImageLike: TypeAlias = "str | os.PathLike[str] | Image.Image | np.ndarray"
-"""What Run.predict takes, one or a sequence of: an image file or folder, a PIL image, or pixels
-(height x width [x 3 or 4], channels last; uint8, or floats in 0..1)."""
-
-
-def html_table(
-    headers: Sequence[str], rows: Iterable[Sequence[object]], caption: str | None = None
-) -> str:
-    """A plain HTML table; every cell is escaped, floats shown to 4 places."""
-
-    def cell(value: object) -> str:
-        text = f"{value:.4f}" if isinstance(value, float) else "-" if value is None else value
-        return html.escape(str(text))
-
-    parts = ["<table>"]
-    if caption:
-        parts.append(f"<caption>{html.escape(caption)}</caption>")
-    parts.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr>")
-    for row in rows:
-        parts.append("<tr>" + "".join(f"<td>{cell(value)}</td>" for value in row) + "</tr>")
-    parts.append("</table>")
-    return "".join(parts)
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """The top classes of one image, or why its file could not be read."""
-
-    path: Path | None  # the file; None for an image given in memory (PIL image or array)
-    top: tuple[tuple[str, float], ...]  # (class name, probability), most likely first
-    error: str | None = None  # why the file could not be read; `top` is empty then
-
-    def to_json(self) -> dict[str, Any]:
-        path = None if self.path is None else str(self.path)
-        if self.error is not None:
-            return {"path": path, "error": self.error}
-        return {
-            "path": path,
-            "class": self.top[0][0],
-            "probability": self.top[0][1],
-            "top": [{"class": name, "probability": probability} for name, probability in self.top],
-        }
 
 
 @dataclass(frozen=True, repr=False)
@@ -145,7 +99,7 @@ class Advice(_Report):
             caption=f"{size['classes']} classes, {size['train_images']} train / "
             f"{size['val_images']} val images",
         )
-        reasons = "".join(f"<li>{html.escape(reason)}</li>" for reason in self.reasons)
+        reasons = "".join(f"<li>{escape(reason)}</li>" for reason in self.reasons)
         return f"{recommended}{probe}<ul>{reasons}</ul>"
 
 
@@ -261,7 +215,7 @@ class Run:
     def model(self) -> LoadedModel:
         """The trained network with its classes and preprocessing (loaded once)."""
         if self._loaded is None:
-            from tlvision.runs.checkpoint import load_run_model
+            from tlvision.runs.reader import load_run_model
 
             self._loaded = load_run_model(self.run_dir)
         return self._loaded
@@ -279,33 +233,26 @@ class Run:
     ) -> list[Prediction]:
         """Top-k classes for each image: files, folders (searched recursively), PIL images or
         arrays of pixels, one or a list. An unreadable file gets an `error` instead of stopping.
-        tta: average the mirror and corner-crop views' probabilities (tlvision.inference.tta; torch).
+        tta: average the mirror and corner-crop views' probabilities (tlvision.inference.tta).
         runtime: auto (ONNX Runtime on a CPU once an export exists or for 500 images or more,
-        see runtime.choose_runtime), torch or onnx. workers: decoding threads (None: one per
-        core; 0: none)."""
-        from tlvision.compute.devices import resolve_device
-        from tlvision.inference.predict import image_inputs, predict_images
+        see tlvision.inference.runtime), torch or a serving export format. workers: decoding
+        threads (None: one per core; 0: none)."""
+        from tlvision.inference.sources import image_inputs
         from tlvision.inference.stream import stream_predictions
 
         inputs = image_inputs(images)
-        if tta:
-            if runtime == "onnx":
-                raise UserError("--tta runs on torch: leave out --runtime onnx")
-            return predict_images(
-                self.model(), inputs, top_k=top_k, batch_size=batch_size,
-                device=resolve_device(device), tta=True,
-            )  # fmt: skip
         classifier = self.classifier(runtime, device, image_count=len(inputs))
         return list(
             stream_predictions(
-                classifier, inputs, top_k=top_k, batch_size=batch_size, decoders=workers
+                classifier, inputs, top_k=top_k, batch_size=batch_size, decoders=workers, tta=tta
             )
         )
 
     def classifier(
         self, runtime: str = "auto", device: str = "auto", *, image_count: int | None = None
     ) -> Classifier:
-        """The model behind uint8 pixels on a runtime (tlvision.inference.runtime), opened once each."""
+        """The model behind uint8 pixels on a runtime (tlvision.inference.runtime), opened once
+        each."""
         from tlvision.compute.devices import resolve_device
         from tlvision.inference.runtime import open_classifier, runtime_for
 
@@ -325,6 +272,7 @@ class Run:
         device: str = "auto",
         batch_size: int = 32,
         tta: bool = False,
+        runtime: str = "auto",
     ) -> ClassificationReport:
         """Accuracy, per-class precision/recall/F1 and confusion matrix on a split folder whose
         class folders this model knows (as `tlvision evaluate`)."""
@@ -332,12 +280,9 @@ class Run:
         from tlvision.inference.evaluation import evaluate_run
 
         return evaluate_run(
-            self.run_dir,
-            Path(split_dir),
-            device=resolve_device(device),
-            batch_size=batch_size,
-            tta=tta,
-        )
+            self.run_dir, Path(split_dir), device=resolve_device(device), batch_size=batch_size,
+            tta=tta, runtime=runtime,
+        )  # fmt: skip
 
     def report(self, data: str | Path | None = None, *, device: str = "auto") -> Path:
         """Write RUN/report.html as `tlvision report` does (`data`: default the run's own
@@ -376,7 +321,7 @@ class Run:
         """Per-class score maps of one image at its own size (the head read as a 1x1
         convolution over the last feature map); `.top(k)`, `.probability_maps()`."""
         from tlvision.inference.class_maps import class_mapper, class_maps
-        from tlvision.inference.predict import image_inputs, rgb_image
+        from tlvision.inference.sources import image_inputs, rgb_image
 
         inputs = image_inputs(image)
         if len(inputs) != 1:

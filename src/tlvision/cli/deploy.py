@@ -1,5 +1,4 @@
-"""The commands that use a trained model outside training: `tlvision predict`, `export` and
-`serve`."""
+"""The commands that use a trained model: `tlvision evaluate`, `predict`, `export` and `serve`."""
 
 from __future__ import annotations
 
@@ -9,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tlvision.config import RUNTIMES
 from tlvision.errors import UserError
+from tlvision.export.format import EXPORT_FORMATS, runtime_names
 from tlvision.jsonio import json_text
 
 if TYPE_CHECKING:
@@ -20,9 +19,29 @@ TTA_HELP = "test-time augmentation: average the centre crop, its mirror and the 
 
 
 def add_commands(commands: Commands) -> None:
+    evaluate = commands.add_parser("evaluate", help="accuracy, per-class P/R/F1, confusion matrix")
+    evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    evaluate.add_argument("split_dir", type=Path, metavar="DATA_SPLIT_DIR", help="e.g. DATA/val")
+    evaluate.add_argument("--json", action="store_true", help="print the scores as JSON")
+    evaluate.add_argument("--device", default="auto", help="where the model runs (default auto)")
+    evaluate.add_argument("--tta", action="store_true", help=TTA_HELP)
+    evaluate.add_argument(
+        "--runtime", default="auto", help=f"one of {', '.join(runtime_names())} (default auto)"
+    )
+    evaluate.set_defaults(handler=command_evaluate)
     add_predict_command(commands)
     add_export_command(commands)
     add_serve_command(commands)
+
+
+def command_evaluate(arguments: argparse.Namespace) -> int:
+    from tlvision import api
+
+    report = api.load(arguments.run_dir).evaluate(
+        arguments.split_dir, device=arguments.device, tta=arguments.tta, runtime=arguments.runtime
+    )
+    print(json_text(report.to_json()) if arguments.json else report.to_text())
+    return 0
 
 
 def command_predict(arguments: argparse.Namespace) -> int:
@@ -72,7 +91,7 @@ def _command_predict_jsonl(arguments: argparse.Namespace) -> int:
     total, failed = predict_to_jsonl(
         arguments.run_dir, arguments.paths, arguments.jsonl, top_k=arguments.top_k,
         batch_size=arguments.batch_size, decoders=arguments.workers,
-        device_name=arguments.device, runtime=arguments.runtime,
+        device_name=arguments.device, runtime=arguments.runtime, tta=arguments.tta,
     )  # fmt: skip
     if failed and int(os.environ.get("RANK", "0")) == 0:
         print(f"{failed} of {total} files could not be read", file=sys.stderr)
@@ -101,9 +120,9 @@ def add_predict_command(commands: Commands) -> None:
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument("--workers", type=int, help="decoding threads (default: one per core)")
     predict.add_argument(
-        "--runtime", default="auto", choices=RUNTIMES,
-        help="auto: ONNX Runtime on a CPU (exported into RUN/export/ once, for 500+ images or "
-        "when an export exists), torch on a GPU or with --tta",
+        "--runtime", default="auto",
+        help=f"one of {', '.join(runtime_names())}; auto: ONNX Runtime on a CPU (exported into "
+        "RUN/export/ once, for 500+ images or when an export exists), torch on a GPU",
     )  # fmt: skip
     predict.set_defaults(handler=command_predict)
 
@@ -130,7 +149,9 @@ def add_export_command(commands: Commands) -> None:
         "export", help="the model as ONNX or TorchScript, checked against torch before written"
     )
     export.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    export.add_argument(
+        "--format", default="onnx", help=f"one of {', '.join(EXPORT_FORMATS)} (default onnx)"
+    )
     export.add_argument(
         "--out", type=Path, help="default RUN_DIR/export/model[-maps][-int8].onnx or .pt"
     )
@@ -180,7 +201,7 @@ def command_serve(arguments: argparse.Namespace) -> int:
 
 def add_serve_command(commands: Commands) -> None:
     from tlvision.serve.batching import BatchingConfig
-    from tlvision.serve.config import RUNTIMES, TOKEN_ENVIRONMENT_VARIABLE, ServeConfig
+    from tlvision.serve.config import TOKEN_ENVIRONMENT_VARIABLE, ServeConfig
 
     defaults = ServeConfig(run_dir=Path("."))
     batching = BatchingConfig()
@@ -196,8 +217,8 @@ def add_serve_command(commands: Commands) -> None:
     )
     serve.add_argument("--port", type=int, default=defaults.port)
     serve.add_argument(
-        "--runtime", default=defaults.runtime, choices=RUNTIMES,
-        help="auto: ONNX Runtime when installed, else torch",
+        "--runtime", default=defaults.runtime,
+        help=f"one of {', '.join(runtime_names())}; auto: ONNX Runtime when installed, else torch",
     )  # fmt: skip
     serve.add_argument(
         "--token",

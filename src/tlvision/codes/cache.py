@@ -45,8 +45,8 @@ from tlvision.codes.shards import (
     rows_per_block,
     shard_name,
 )
+from tlvision.data.preprocessing import Preprocessing
 from tlvision.models.stages import stage_label
-from tlvision.models.weights import Preprocessing
 from tlvision.progress import progress_bar
 
 STALE_TEMPORARY_SECONDS = 24 * 3600

@@ -33,7 +33,7 @@ from tlvision.codes.cache import (
 from tlvision.codes.onnx_forward import Forward, fastest_forward
 from tlvision.codes.shards import ShardWriter, shard_name
 from tlvision.data.images import BadImageError, decode_image_rgb
-from tlvision.data.layouts import build_transforms
+from tlvision.data.transforms import build_transforms
 from tlvision.errors import UserError
 from tlvision.models.stages import model_fingerprint
 from tlvision.progress import progress_bar

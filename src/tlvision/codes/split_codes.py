@@ -21,10 +21,10 @@ from tlvision.codes.cache import (
 )
 from tlvision.codes.extraction import UnreadableImagesError, extract_codes
 from tlvision.data.layouts import DatasetSplits
+from tlvision.data.preprocessing import Preprocessing
 from tlvision.errors import UserError
 from tlvision.models.backbone import BackboneSpec
 from tlvision.models.stages import StageCodes
-from tlvision.models.weights import Preprocessing
 
 Extract = Callable[[list[tuple[Path, int]]], dict[str | None, np.ndarray]]
 

@@ -1,5 +1,5 @@
-"""Which device a run uses: the one thing training, probing and advising all ask first; and how
-much memory the machine has free for what a run keeps in it."""
+"""Which device a run uses and its arithmetic: the one thing training, probing and advising all
+ask first; and how much memory the machine has free for what a run keeps in it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Datasets in the ImageFolder layout and the phase-keyed transforms that feed them.
+"""Where a dataset's images are and which class each belongs to: the layouts, the splits.
 
 DATA/train/<class>/*.jpg and DATA/val/<class>/*.jpg. Classes are matched by folder name across
 splits, so a missing or extra folder on one side is an error rather than a silent label shift.
@@ -6,61 +6,23 @@ A flat DATA/<class>/*.jpg folder (no train/ or val/) is split here, seeded and s
 
 File names are kept as Python gives them (os.fsdecode): a byte that is not valid UTF-8, such as
 0xff in a name written by an old camera, becomes a lone surrogate (U+DCFF), so every Path opens
-the right file. JSON files hold these strings escaped as ASCII ("\\udcff", checkpoint.json_text),
+the right file. JSON files hold these strings escaped as ASCII ("\\udcff", tlvision.jsonio),
 which json.loads turns back into the same name; the CLI writes text to streams that cannot fail
-on them (see cli.main).
+on them (tlvision.cli.main).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.transforms import v2 as transforms
 
-from tlvision.data.images import BadImageError, load_rgb_image
 from tlvision.errors import UserError
-from tlvision.models.weights import Preprocessing
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 PHASES = ("train", "val")
-
-
-def build_transforms(
-    preprocessing: Preprocessing,
-) -> dict[str, Callable[[Image.Image], torch.Tensor]]:
-    """The phase-keyed transform set: augmentation for train, resize + centre crop for val."""
-    interpolation = transforms.InterpolationMode(preprocessing.interpolation)
-    to_normalized_tensor = [
-        transforms.ToImage(),
-        transforms.ToDtype(torch.float32, scale=True),
-        transforms.Normalize(list(preprocessing.mean), list(preprocessing.std)),
-    ]
-    return {
-        "train": transforms.Compose(
-            [
-                transforms.RandomResizedCrop(
-                    preprocessing.crop_size, interpolation=interpolation, antialias=True
-                ),
-                transforms.RandomHorizontalFlip(),
-                *to_normalized_tensor,
-            ]
-        ),
-        "val": transforms.Compose(
-            [
-                transforms.Resize(
-                    preprocessing.resize_size, interpolation=interpolation, antialias=True
-                ),
-                transforms.CenterCrop(preprocessing.crop_size),
-                *to_normalized_tensor,
-            ]
-        ),
-    }
 
 
 def is_image_file(path: Path) -> bool:
@@ -114,52 +76,6 @@ def scan_split(
         samples.extend((path, class_index) for path in files)
         broken_links.extend(broken)
     return samples, broken_links
-
-
-UNREADABLE = -1  # the label ImageDataset gives a file it cannot decode (see collate_readable)
-
-
-class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
-    """A list of (image path, class index) with a transform; images are decoded on demand.
-
-    A file that cannot be decoded (truncated, not an image, a decompression bomb) yields an
-    empty tensor and the label UNREADABLE - index - ... so that `collate_readable` can drop it
-    from the batch and report which sample it was: one broken JPEG must not end a run.
-    """
-
-    def __init__(
-        self,
-        samples: Sequence[tuple[Path, int]],
-        class_names: Sequence[str],
-        transform: Callable[[Image.Image], torch.Tensor],
-    ) -> None:
-        self.samples = list(samples)
-        self.class_names = list(class_names)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        path, label = self.samples[index]
-        try:
-            image = load_rgb_image(path)
-        except BadImageError:
-            return torch.empty(0), UNREADABLE - index
-        return self.transform(image), label
-
-
-def collate_readable(
-    batch: Sequence[tuple[torch.Tensor, int]],
-) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Stack the decodable samples; return (images, labels, dataset indices of unreadable ones)."""
-    good = [(image, label) for image, label in batch if label > UNREADABLE]
-    unreadable = [UNREADABLE - label for _, label in batch if label <= UNREADABLE]
-    if not good:
-        return torch.empty(0, 3, 1, 1), torch.empty(0, dtype=torch.long), unreadable
-    images = torch.stack([image for image, _ in good])
-    labels = torch.tensor([label for _, label in good], dtype=torch.long)
-    return images, labels, unreadable
 
 
 @dataclass(frozen=True)
@@ -332,58 +248,3 @@ def stratified_split(
         split["val"].extend(members[index] for index in sorted(order[:held_out]))
         split["train"].extend(members[index] for index in sorted(order[held_out:]))
     return split
-
-
-def default_num_workers() -> int:
-    """Loader processes (and predict's decoding threads): one per core, up to 8.
-
-    For predict, 2 decoding threads beside ONNX Runtime's 2 measured 98 img/s against 64 with
-    one (benchmarks/RESULTS.md, streaming predict): the forward's threads leave gaps to fill.
-
-    Decoding JPEGs in the main process stalls the model. With OpenMP's passive wait policy
-    (set in tlvision/__init__.py) the model's idle threads yield to the loaders, so one worker
-    per core measured fastest on 2 cores: 9.6 s an epoch against 14.5 s with one worker.
-    """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(8, cores or 1))
-
-
-def make_loader(
-    dataset: Dataset[tuple[torch.Tensor, int]],
-    *,
-    batch_size: int,
-    shuffle: bool,
-    num_workers: int,
-    seed: int,
-    pin_memory: bool = False,
-    sampler: Sampler[int] | None = None,
-) -> DataLoader[tuple[torch.Tensor, int]]:
-    """`sampler` (a rank's share, see tlvision.compute.distributed) replaces the shuffle when given."""
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle and sampler is None,
-        sampler=sampler,
-        num_workers=num_workers,
-        generator=generator,
-        pin_memory=pin_memory,
-        collate_fn=collate_readable,
-    )
-
-
-def reseed_loader(loader: DataLoader[tuple[torch.Tensor, int]], seed: int, epoch: int) -> None:
-    """Make an epoch's shuffle order and augmentations depend only on (seed, epoch).
-
-    Workers are started afresh each epoch and seeded from the loader's generator, so a run
-    resumed at epoch N draws exactly what the uninterrupted run drew at epoch N.
-    """
-    if loader.generator is not None:
-        loader.generator.manual_seed(seed * 100_003 + epoch)
-
-
-def inverse_frequency_weights(counts: list[int]) -> list[float]:
-    """n_total / (n_classes * n_class): each class contributes equally to the loss."""
-    total = sum(counts)
-    return [total / (len(counts) * max(1, count)) for count in counts]

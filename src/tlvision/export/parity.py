@@ -1,22 +1,32 @@
-"""Real images for checking an export: the run's own val split, as uint8 pixels at the crop size.
+"""The parity check every export passes before it counts as written: the file, run by its own
+runtime, against the torch model on real images of the run's classes.
 
-An export is compared with the torch model on images like the ones it will see, not on noise;
-they come from the run's data_dir (recorded in model.json) or from --data.
+The images come from the run's val split, topped up from train (tlvision.runs.reader.run_splits:
+the run's own data or --data), as uint8 pixels at the crop size; class-map exports are also run
+at a second, non-square size that the fixed-size check never runs. The check itself is hand-
+written on purpose: no library compares an exported graph with torch on a run's own images.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
+from torch import nn
 
+from tlvision.compute.onnx import agreement
 from tlvision.data.images import BadImageError, load_rgb_image
-from tlvision.data.layouts import DatasetSplits, find_splits
+from tlvision.data.transforms import prepare_pixels
 from tlvision.errors import UserError
-from tlvision.models.pixels import prepare_pixels
-from tlvision.runs.checkpoint import LoadedModel
+from tlvision.runs.reader import LoadedModel, run_splits
+
+MAPS_SIZE_OFFSET = (32, -32)  # the maps check also runs at crop + these (height, width)
+Runner = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -25,8 +35,7 @@ class ParityImages:
     labels: np.ndarray  # (N,) class indices in the run's class order
 
     def at_other_size(self, offset: tuple[int, int], count: int = 2) -> np.ndarray:
-        """The first `count` images resized by (height, width) offset pixels: a non-square size
-        that the fixed-size check never ran."""
+        """The first `count` images resized by (height, width) offset pixels."""
         height = self.pixels.shape[1] + offset[0]
         width = self.pixels.shape[2] + offset[1]
         resized = [
@@ -36,22 +45,20 @@ class ParityImages:
         return np.ascontiguousarray(np.stack(resized))
 
 
-def run_splits(loaded: LoadedModel, data: Path | None) -> DatasetSplits:
-    """The labelled splits of `data`, or of the data_dir the run was trained on."""
-    config = loaded.metadata.get("config", {})
-    data_dir = data if data is not None else Path(config.get("data_dir") or ".")
-    if not data_dir.is_dir():
-        raise UserError(
-            f"{data_dir}: no images to check the export with (the run's data is gone); pass "
-            "--data DIR, a dataset folder with images of this model's classes"
-        )
-    splits = find_splits(data_dir, val_split=config.get("val_split"), seed=config.get("seed", 0))
-    if tuple(splits.class_names) != loaded.class_names:
-        raise UserError(
-            f"{data_dir}: classes {', '.join(splits.class_names)} differ from the model's "
-            f"{', '.join(loaded.class_names)}; pass --data with the model's classes"
-        )
-    return splits
+@dataclass(frozen=True)
+class ParityReport:
+    images: int
+    max_abs_logit_difference: float
+    top1_agreement: float  # fraction of images whose top-1 class is the same
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "images": self.images,
+            "max_abs_logit_difference": self.max_abs_logit_difference,
+            "top1_agreement": self.top1_agreement,
+            **self.extra,
+        }
 
 
 def load_pixels(
@@ -75,12 +82,42 @@ def load_pixels(
 
 def parity_pixels(loaded: LoadedModel, data: Path | None, minimum: int = 32) -> ParityImages:
     """`minimum` readable images: from the val split, topped up from train if it is small."""
-    splits = run_splits(loaded, data)
+    splits = run_splits(loaded.metadata, data)
     samples = list(splits.samples.get("val", [])) + list(splits.samples.get("train", []))
     images = load_pixels(loaded, samples, limit=minimum)
     if len(images.pixels) < minimum:
         raise UserError(
             f"{splits.root}: only {len(images.pixels)} readable images; the export check needs "
-            f"at least {minimum}: pass --data with more val images"
+            f"at least {minimum}: pass --data with more images of this model's classes"
         )
     return images
+
+
+def in_batches(run: Runner, pixels: np.ndarray) -> np.ndarray:
+    return np.concatenate([run(pixels[start : start + 32]) for start in range(0, len(pixels), 32)])
+
+
+def torch_runner(network: nn.Module) -> Runner:
+    def run(pixels: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            output: np.ndarray = network(torch.from_numpy(pixels)).float().numpy()
+        return output
+
+    return run
+
+
+def check_parity(
+    network: nn.Module, exported: Runner, images: ParityImages, *, class_maps: bool
+) -> ParityReport:
+    """Torch vs the exported file on the parity images (and, for maps, a second size)."""
+    reference = torch_runner(network)
+    difference, agrees = agreement(
+        in_batches(reference, images.pixels), in_batches(exported, images.pixels)
+    )
+    extra: dict[str, Any] = {}
+    if class_maps:
+        odd = images.at_other_size(MAPS_SIZE_OFFSET)
+        odd_difference, odd_agrees = agreement(reference(odd), exported(odd))
+        extra["other_size"] = {"shape": list(odd.shape), "max_abs": odd_difference}
+        difference, agrees = max(difference, odd_difference), min(agrees, odd_agrees)
+    return ParityReport(len(images.pixels), difference, agrees, extra)

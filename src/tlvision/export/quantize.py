@@ -19,8 +19,14 @@ from typing import Any
 import numpy as np
 
 from tlvision.errors import UserError
-from tlvision.export.parity import ParityImages, load_pixels, run_splits
-from tlvision.runs.checkpoint import LoadedModel
+from tlvision.export.parity import (
+    ParityImages,
+    ParityReport,
+    in_batches,
+    load_pixels,
+    torch_runner,
+)
+from tlvision.runs.reader import LoadedModel, run_splits
 
 CALIBRATION_IMAGES = 64  # train images; more moves the int8 ranges little on a small head task
 EVALUATION_IMAGES = 512  # val images for the accuracy comparison (all of a small val split)
@@ -68,8 +74,6 @@ def images_per_second(run: Callable[[np.ndarray], np.ndarray], pixels: np.ndarra
 
 
 def accuracy(run: Callable[[np.ndarray], np.ndarray], images: ParityImages) -> float:
-    from tlvision.export.exporter import in_batches
-
     predicted = in_batches(run, images.pixels).argmax(axis=1)
     return float(np.mean(predicted == images.labels))
 
@@ -78,21 +82,17 @@ def quantize_and_check(
     fp32_path: Path,
     loaded: LoadedModel,
     parity: ParityImages,
-    fp32_report: Any,
+    fp32_report: ParityReport,
     log: Log,
     data: Path | None = None,
-) -> Any:
+    *,
+    open_file: Callable[[Path], Callable[[np.ndarray], np.ndarray]],
+) -> ParityReport:
     """Replace the checked fp32 file at `fp32_path` by its int8 version, measured and checked."""
-    from tlvision.export.exporter import (
-        ParityReport,
-        compare,
-        exported_runner,
-        in_batches,
-        torch_runner,
-    )
+    from tlvision.compute.onnx import agreement
     from tlvision.models.pixels import PixelClassifier
 
-    splits = run_splits(loaded, data)
+    splits = run_splits(loaded.metadata, data)
     calibration = load_pixels(loaded, splits.samples["train"], limit=CALIBRATION_IMAGES)
     evaluation = load_pixels(loaded, splits.samples["val"], limit=EVALUATION_IMAGES)
     if len(evaluation.pixels) == 0:
@@ -101,9 +101,9 @@ def quantize_and_check(
     try:
         log(f"quantizing to int8, calibrated on {len(calibration.pixels)} train images ...")
         quantize_file(fp32_path, int8_path, calibration.pixels)
-        fp32, int8 = exported_runner(fp32_path, "onnx"), exported_runner(int8_path, "onnx")
+        fp32, int8 = open_file(fp32_path), open_file(int8_path)
         reference = torch_runner(PixelClassifier(loaded.model, loaded.preprocessing).eval())
-        difference, agreement = compare(
+        difference, agrees = agreement(
             in_batches(reference, parity.pixels), in_batches(int8, parity.pixels)
         )
         measured = {
@@ -118,15 +118,15 @@ def quantize_and_check(
             "fp32_parity": fp32_report.to_json(),
         }
         log(describe(measured))
-        if agreement < MIN_AGREEMENT:
+        if agrees < MIN_AGREEMENT:
             raise UserError(
-                f"int8 model agrees with the torch model on top-1 for only {agreement:.0%} of "
+                f"int8 model agrees with the torch model on top-1 for only {agrees:.0%} of "
                 f"{len(parity.pixels)} images (need {MIN_AGREEMENT:.0%}); use the fp32 export"
             )
         os.replace(int8_path, fp32_path)
     finally:
         int8_path.unlink(missing_ok=True)
-    return ParityReport(len(parity.pixels), difference, agreement, {"int8": measured})
+    return ParityReport(len(parity.pixels), difference, agrees, {"int8": measured})
 
 
 def describe(measured: dict[str, Any]) -> str:

@@ -1,11 +1,8 @@
-"""Class maps: the trained classifier read as a fully convolutional net, on any image size.
+"""Class maps: per-class score maps of one image at its own size, and their overlays.
 
-Global average pooling then a linear layer equals a linear layer applied at every location (a
-1x1 convolution) then averaging, so running the conv body on a whole image and the head as a
-1x1 conv gives per-class score maps whose spatial mean is the model's logits. For an
-earlier-stage linear probe the map comes from that stage. Backbones with layers between the pool
-and the head (mobilenet_v3_large: Linear + Hardswish; convnext: LayerNorm2d) get those layers
-applied per location too; their maps are then a per-location reading, not an exact decomposition.
+The network is tlvision.models.maps.ClassMapNetwork (the head read as a 1x1 convolution over
+the whole image); here an image is fitted to it (long side capped, sides rounded to the
+backbone's multiple), its maps computed, and drawn over the image as heat maps.
 """
 
 from __future__ import annotations
@@ -17,106 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
-from torchvision.models.convnext import LayerNorm2d
-from torchvision.models.feature_extraction import create_feature_extractor
 
-from tlvision.errors import UserError
-from tlvision.models.backbones import BackboneSpec
-from tlvision.models.pixels import PixelNormalize
-from tlvision.runs.checkpoint import LoadedModel, load_run_model
+from tlvision.models.maps import ClassMapNetwork
+from tlvision.runs.reader import LoadedModel, load_run_model
 
 MAX_SIDE = 1024  # a longer image side is scaled down to this: bounds memory on huge photos
 MIN_SIDE = 32  # one location of a stride-32 network
-# Layers that act on each location alone: kept as they are in the per-location head.
-PER_LOCATION_LAYERS = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.Hardswish,
-    nn.SiLU,
-    nn.GELU,
-    nn.Identity,
-    LayerNorm2d,
-)
-NOT_AT_INFERENCE = (nn.Dropout, nn.Flatten)  # no-ops in eval mode, or only reshaping
-
-
-def conv_from_linear(linear: nn.Linear) -> nn.Conv2d:
-    """The same weights as a 1x1 convolution: the linear layer at every location."""
-    conv = nn.Conv2d(linear.in_features, linear.out_features, kernel_size=1)
-    with torch.no_grad():
-        conv.weight.copy_(linear.weight.view(linear.out_features, linear.in_features, 1, 1))
-        conv.bias.copy_(linear.bias)  # type: ignore[union-attr]
-    return conv.to(linear.weight.device)
-
-
-def location_head(model: nn.Module, backbone: BackboneSpec, head: nn.Linear) -> nn.Sequential:
-    """The layers from the pooled features to the logits, rewritten to run per location."""
-    parent_path, _, _ = backbone.head.rpartition(".")
-    if not parent_path:  # the head reads the pooled features directly (resnet, lite0)
-        return nn.Sequential(conv_from_linear(head))
-    layers: list[nn.Module] = []
-    for layer in model.get_submodule(parent_path).children():
-        if layer is head:
-            layers.append(conv_from_linear(layer))
-            return nn.Sequential(*layers)
-        if isinstance(layer, nn.Linear):
-            layers.append(conv_from_linear(layer))
-        elif isinstance(layer, PER_LOCATION_LAYERS):
-            layers.append(layer)
-        elif not isinstance(layer, NOT_AT_INFERENCE):
-            raise UserError(
-                f"class maps: {backbone.name} has a {type(layer).__name__} between its pool "
-                "and head that cannot run per location; use another backbone for maps"
-            )
-    raise TypeError(f"{backbone.head} is not a child of {parent_path}")
-
-
-def _stage_body(loaded: LoadedModel, stage: str) -> nn.Module:
-    """A full backbone holding the run's body weights (keys `body.*`), for tracing to `stage`.
-
-    Built fresh from the registry so the feature extraction does not depend on how the saved
-    classifier cuts its body; the layers after the stage are never traced, so never run.
-    """
-    body_state = {
-        key.removeprefix("body."): value
-        for key, value in loaded.model.state_dict().items()
-        if key.startswith("body.")
-    }
-    full = loaded.backbone.build()
-    result = full.load_state_dict(body_state, strict=False)
-    if result.unexpected_keys:
-        raise RuntimeError(f"body keys not in {loaded.backbone.name}: {result.unexpected_keys}")
-    return full.eval()
-
-
-class ClassMapNetwork(nn.Module):
-    """(N, H, W, 3) uint8 RGB of any H, W -> (N, num_classes, h, w) per-location logits."""
-
-    def __init__(self, loaded: LoadedModel) -> None:
-        super().__init__()
-        backbone = loaded.backbone
-        stage = loaded.metadata.get("stage")
-        if stage:
-            body = _stage_body(loaded, stage)
-            output = backbone.stage(stage).output
-            head = loaded.model.get_submodule("head")
-            assert isinstance(head, nn.Linear)
-            self.head = nn.Sequential(conv_from_linear(head))
-        else:
-            body = loaded.model
-            output = backbone.stages[-1].output
-            head = loaded.model.get_submodule(backbone.head)
-            assert isinstance(head, nn.Linear)
-            self.head = location_head(loaded.model, backbone, head)
-        self.normalize = PixelNormalize(loaded.preprocessing)
-        self.features = create_feature_extractor(body.eval(), return_nodes={output: "map"})
-        self.eval()
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        feature_map = self.features(self.normalize(pixels))["map"]
-        maps: torch.Tensor = self.head(feature_map)
-        return maps
 
 
 @dataclass(frozen=True)
@@ -155,7 +58,9 @@ class ClassMapper:
 
 def class_mapper(loaded: LoadedModel) -> ClassMapper:
     return ClassMapper(
-        network=ClassMapNetwork(loaded),
+        network=ClassMapNetwork(
+            loaded.model, loaded.backbone, loaded.preprocessing, loaded.metadata.get("stage")
+        ),
         class_names=loaded.class_names,
         side_multiple=loaded.backbone.input_multiple,
     )

@@ -1,4 +1,6 @@
-"""Accuracy, per-class precision / recall / F1 and the confusion matrix."""
+"""Scoring a run on labelled images: class probabilities (`predict_labelled`, the path evaluate
+and the report share), then accuracy, per-class precision / recall / F1 and the confusion
+matrix (scikit-learn's)."""
 
 from __future__ import annotations
 
@@ -9,20 +11,13 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix
-from torch import nn
-from torch.utils.data import DataLoader
 
-from tlvision.api.results import html_table
-from tlvision.data.layouts import (
-    ImageDataset,
-    build_transforms,
-    collate_readable,
-    list_class_folders,
-    scan_split,
-)
+from tlvision.data.layouts import list_class_folders, scan_split
 from tlvision.errors import UserError
-from tlvision.progress import progress_bar
-from tlvision.runs.checkpoint import LoadedModel, load_run_model
+from tlvision.inference.runtime import AUTO, Classifier, classifier_of
+from tlvision.inference.stream import classify
+from tlvision.runs.reader import LoadedModel, load_run_model
+from tlvision.tables import html_table
 
 
 @dataclass(frozen=True)
@@ -113,28 +108,6 @@ class ClassificationReport:
         return "\n".join(lines)
 
 
-@torch.inference_mode()
-def predict_probabilities(
-    model: nn.Module, loader: DataLoader[tuple[torch.Tensor, int]], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Softmax probabilities and true labels for every readable image the loader yields, and
-    the dataset indices of the unreadable ones (see data.collate_readable)."""
-    model.eval()
-    probabilities, labels, unreadable = [], [], []
-    # a bar when someone watches (tlvision.progress): --json output and logs stay clean
-    batches = progress_bar(loader, desc="predicting", unit="batch", leave=False)
-    for images, batch_labels, batch_unreadable in batches:
-        unreadable.extend(batch_unreadable)
-        if len(batch_labels) == 0:
-            continue
-        logits = model(images.to(device))
-        probabilities.append(torch.softmax(logits.float(), dim=1).cpu())
-        labels.append(batch_labels)
-    if not labels:
-        return torch.empty(0, 0), torch.empty(0, dtype=torch.long), unreadable
-    return torch.cat(probabilities), torch.cat(labels), unreadable
-
-
 @dataclass(frozen=True)
 class SamplePredictions:
     """Class probabilities for the readable samples of a list, in the list's order."""
@@ -148,43 +121,84 @@ class SamplePredictions:
         return np.asarray([label for _path, label in self.samples], dtype=np.int64)
 
 
-def predict_samples(
+def classify_samples(
+    classifier: Classifier,
+    samples: list[tuple[Path, int]],
+    *,
+    tta: bool = False,
+    batch_size: int = 32,
+    decoders: int | None = None,
+) -> SamplePredictions:
+    """Every (path, class index) sample through the classifier: one view each, or the TTA
+    views averaged."""
+    kept, rows, unreadable = [], [], []
+    paths = [path for path, _label in samples]
+    for sample, item in zip(
+        samples, classify(classifier, paths, batch_size=batch_size, decoders=decoders, tta=tta),
+        strict=True,
+    ):  # fmt: skip
+        if item.probabilities is None:
+            unreadable.append(sample[0])
+        else:
+            kept.append(sample)
+            rows.append(item.probabilities)
+    classes = len(classifier.class_names)
+    probabilities = np.stack(rows) if rows else np.zeros((0, classes), np.float32)
+    return SamplePredictions(tuple(kept), probabilities.astype(np.float32), tuple(unreadable))
+
+
+@torch.inference_mode()
+def cached_codes_predictions(
+    loaded: LoadedModel, samples: list[tuple[Path, int]], device: torch.device
+) -> SamplePredictions | None:
+    """The head over the top codes a frozen body's run cached while training: no forward pass
+    of the body when they are still there. None when the run has no such codes."""
+    from tlvision.codes.cache import VAL_VIEW, CodesSpec, FeatureCache, default_cache_dir
+    from tlvision.codes.extraction import UnreadableImagesError, extract_codes
+    from tlvision.models.network import head_of
+    from tlvision.models.stages import StageCodes
+
+    metadata, config = loaded.metadata, loaded.metadata.get("config", {})
+    if metadata.get("body") != "frozen" or metadata.get("stage") or config.get("no_cache"):
+        return None
+    root = Path(config["cache_dir"]) if config.get("cache_dir") else default_cache_dir()
+    cache = FeatureCache(root, log=lambda _message: None)
+    spec = CodesSpec(
+        loaded.backbone.name, metadata["weights"], loaded.preprocessing, None, VAL_VIEW
+    )
+    model = loaded.model.to(device).eval()
+    try:
+        codes = extract_codes(
+            StageCodes(model, loaded.backbone, [None]), samples, specs=[spec], cache=cache,
+            device=device, description="val codes", log=lambda _message: None,
+        )[None]  # fmt: skip
+    except UnreadableImagesError:
+        return None  # the classifier's route lists them
+    inputs = torch.from_numpy(np.array(codes, dtype=np.float32)).to(device)
+    logits = head_of(model, loaded.backbone)(inputs)
+    probabilities = torch.softmax(logits.float(), dim=1).cpu().numpy()
+    return SamplePredictions(samples=tuple(samples), probabilities=probabilities, unreadable=())
+
+
+def predict_labelled(
     loaded: LoadedModel,
     samples: list[tuple[Path, int]],
     *,
     device: torch.device,
+    runtime: str = "auto",
     tta: bool = False,
     batch_size: int = 32,
-    num_workers: int = 0,
-) -> SamplePredictions:
-    """Run the model on every (path, class index) sample: one view each, or the TTA views
-    averaged (tlvision.inference.tta)."""
-    from tlvision.inference.tta import AveragedViews, tta_transform
-
-    transform = (
-        tta_transform(loaded.preprocessing)
-        if tta
-        else build_transforms(loaded.preprocessing)["val"]
-    )
-    dataset = ImageDataset(samples, loaded.class_names, transform)
-    loader = DataLoader(
-        dataset,
-        batch_size=max(1, batch_size // 6) if tta else batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=collate_readable,
-    )
-    model: nn.Module = loaded.model.to(device)
-    if tta:
-        model = AveragedViews(model)
-    probabilities, _labels, unreadable = predict_probabilities(model, loader, device)
-    missing = set(unreadable)
-    kept = tuple(sample for index, sample in enumerate(samples) if index not in missing)
-    return SamplePredictions(
-        samples=kept,
-        probabilities=probabilities.numpy().reshape(len(kept), len(loaded.class_names)),
-        unreadable=tuple(samples[index][0] for index in unreadable),
-    )
+) -> tuple[SamplePredictions, str]:
+    """Class probabilities of labelled samples, and how they were computed: the one path that
+    `evaluate` and the report take. A frozen body's run reads its cached codes back (the head
+    alone runs; not with TTA or a runtime asked for); otherwise the images go through the run's
+    classifier."""
+    if not tta and runtime == AUTO:
+        cached = cached_codes_predictions(loaded, samples, device)
+        if cached is not None:
+            return cached, "cached codes"
+    classifier = classifier_of(loaded, runtime, device=device, image_count=len(samples))
+    return classify_samples(classifier, samples, tta=tta, batch_size=batch_size), "images"
 
 
 def report_of(
@@ -231,13 +245,13 @@ def evaluate_run(
     *,
     device: torch.device,
     batch_size: int = 32,
-    num_workers: int = 0,
     tta: bool = False,
+    runtime: str = "auto",
 ) -> ClassificationReport:
     """Score a trained run on a folder of class subfolders whose names the model knows."""
     loaded = load_run_model(run_dir)
     samples, broken_links = labelled_split(loaded, split_dir)
-    predictions = predict_samples(
-        loaded, samples, device=device, tta=tta, batch_size=batch_size, num_workers=num_workers
+    predictions, _source = predict_labelled(
+        loaded, samples, device=device, runtime=runtime, tta=tta, batch_size=batch_size
     )
     return report_of(loaded.class_names, predictions, tuple(broken_links))

@@ -1,53 +1,47 @@
-"""One interface over the runtimes a trained run can be served with: torch eager or ONNX Runtime.
+"""The one classifier interface, over torch or any exported file that serves.
 
-Both take what a decoder gives, uint8 RGB pixels (N, H, W, 3) already resized and centre-cropped
-by `prepare_pixels`, and return float32 logits; the scaling and normalisation are inside the
-model (see tlvision.models.pixels), so both give `predict`'s probabilities to float rounding.
+Every path that classifies (predict, streaming, evaluate, the report, serve, the test split at
+the end of training) goes through a Classifier: uint8 RGB pixels (N, H, W, 3), already resized
+and centre-cropped (tlvision.data.transforms.prepare_pixels), in; float32 logits out. The
+scaling and normalisation are inside the model (tlvision.models.pixels), so every runtime gives
+`predict`'s probabilities to float rounding.
 
-"auto" picks ONNX Runtime on CPU when it is installed: benchmarks/export_runtime.py measures it
-3-4x faster than torch eager there (see benchmarks/RESULTS.md). The ONNX file is exported into
-RUN/export/ on first use, with the same parity check as `tlvision export`; the export costs about
-10 s, so `choose_runtime` leaves a handful of images on torch until an export exists.
+The runtimes are torch and every registered export format that serves (tlvision.export.format;
+ONNX Runtime is built in). "auto" picks ONNX Runtime on a CPU when it is installed
+(benchmarks/export_runtime.py: 2-4.5x torch eager on 2 cores), exporting the run into
+RUN/export/ on first use with the same parity check as `tlvision export`; as that export costs
+about 10 s, a handful of images (under EXPORT_PAYS_FROM_IMAGES) stays on torch until an export
+exists. On a GPU torch keeps the model on the device.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from tlvision.codes.onnx_forward import onnx_session, onnxruntime_installed
-from tlvision.config import RUNTIMES
+from tlvision.data.preprocessing import Preprocessing
 from tlvision.errors import UserError
-from tlvision.models.pixels import PixelClassifier, prepare_pixels
-from tlvision.models.weights import Preprocessing
-from tlvision.runs.checkpoint import LoadedModel, load_run_model
+from tlvision.export.format import EXPORT_FORMATS, runtime_names
+from tlvision.models.pixels import PixelClassifier
+from tlvision.runs.layout import EXPORT_DIR
+from tlvision.runs.reader import LoadedModel, load_run_model
 
-ONNX_THREADS = 2  # intra-op threads per session: this project's reference CPU has 2 cores
-EXPORT_DIR = "export"
-RUNTIME_ONNX_FILE = "model.onnx"
+AUTO, TORCH = "auto", "torch"
+PREFERRED_CPU_FORMAT = "onnx"  # what auto picks on a CPU, when installed
 # Below this many images a first ONNX export (about 10 s) costs more than ONNX Runtime saves over
 # torch eager (about 45 against 200 img/s on 2 cores): the export pays from about 550 images.
 EXPORT_PAYS_FROM_IMAGES = 500
-
-__all__ = [
-    "RUNTIMES",
-    "Classifier",
-    "OnnxClassifier",
-    "TorchClassifier",
-    "choose_runtime",
-    "open_classifier",
-    "prepare_pixels",
-]
 
 
 class Classifier(Protocol):
     class_names: tuple[str, ...]
     preprocessing: Preprocessing  # from the run's model.json
-    runtime: str  # "torch" or "onnx"
+    runtime: str  # "torch", or the export format that runs it
 
     def logits(self, pixels: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 RGB at the crop size -> (N, num_classes) float32 logits."""
@@ -64,7 +58,7 @@ def check_pixels(pixels: np.ndarray, crop_size: int) -> None:
 
 
 class TorchClassifier:
-    runtime = "torch"
+    runtime = TORCH
 
     def __init__(self, loaded: LoadedModel, device: torch.device | None = None) -> None:
         self.class_names = loaded.class_names
@@ -81,36 +75,37 @@ class TorchClassifier:
         return output
 
 
-class OnnxClassifier:
-    runtime = "onnx"
+class ExportedClassifier:
+    """A checked export of the run, run by its format's own runtime."""
 
-    def __init__(self, path: Path, loaded: LoadedModel, threads: int = ONNX_THREADS) -> None:
+    def __init__(
+        self, runtime: str, run: Callable[[np.ndarray], np.ndarray], loaded: LoadedModel
+    ) -> None:
+        self.runtime = runtime
         self.class_names = loaded.class_names
         self.preprocessing = loaded.preprocessing
         self.metadata = loaded.metadata
-        self.path = path
-        self.session = onnx_session(path, threads)
-        self.input_name = self.session.get_inputs()[0].name
+        self.run = run
 
     def logits(self, pixels: np.ndarray) -> np.ndarray:
         check_pixels(pixels, self.preprocessing.crop_size)
-        outputs = self.session.run(None, {self.input_name: np.ascontiguousarray(pixels)})
-        return np.asarray(outputs[0], dtype=np.float32)
+        return np.asarray(self.run(np.ascontiguousarray(pixels)), dtype=np.float32)
 
 
-def runtime_onnx_path(run_dir: Path) -> Path:
-    return run_dir / EXPORT_DIR / RUNTIME_ONNX_FILE
+def export_path(run_dir: Path, format_name: str) -> Path:
+    """Where the runtime keeps the run's export in `format_name`."""
+    return run_dir / EXPORT_DIR / f"model{EXPORT_FORMATS.get(format_name).suffix}"
 
 
-def ensure_onnx_export(run_dir: Path, log: Any = None) -> Path:
-    """RUN/export/model.onnx, exported and parity-checked now unless a current one is there."""
+def ensure_export(run_dir: Path, format_name: str, log: Any = None) -> Path:
+    """RUN/export/model.<suffix>, exported and parity-checked now unless a current one is there."""
     from tlvision.export.exporter import ExportRequest, export_is_current, export_model
 
-    path = runtime_onnx_path(run_dir)
+    path = export_path(run_dir, format_name)
     if export_is_current(path, run_dir, kind="classifier"):
         return path
     path.parent.mkdir(exist_ok=True)
-    export_model(ExportRequest(run_dir=run_dir, format="onnx", out=path), log=log)
+    export_model(ExportRequest(run_dir=run_dir, format=format_name, out=path), log=log)
     return path
 
 
@@ -118,21 +113,22 @@ def choose_runtime(
     requested: str,
     *,
     device_type: str,
-    onnx_installed: bool,
+    preferred_installed: bool,
     export_exists: bool,
     image_count: int | None,
 ) -> str:
-    """ "torch" or "onnx" for `requested` (auto, torch or onnx); image_count None: unknown, a
-    stream. ONNX Runtime is the CPU runtime here; on a GPU torch keeps the model on the device."""
-    if requested not in RUNTIMES:
-        raise UserError(f"unknown runtime {requested!r}; choose one of {', '.join(RUNTIMES)}")
-    if requested != "auto":
+    """ "torch" or a serving format for `requested` (auto, torch or a format); image_count None:
+    unknown, a stream. On a GPU torch keeps the model on the device."""
+    if requested not in runtime_names():
+        names = ", ".join(runtime_names())
+        raise UserError(f"unknown runtime {requested!r}; choose one of {names}")
+    if requested != AUTO:
         return requested
-    if device_type != "cpu" or not onnx_installed:
-        return "torch"
+    if device_type != "cpu" or not preferred_installed:
+        return TORCH
     if export_exists or image_count is None or image_count >= EXPORT_PAYS_FROM_IMAGES:
-        return "onnx"
-    return "torch"
+        return PREFERRED_CPU_FORMAT
+    return TORCH
 
 
 def runtime_for(
@@ -140,37 +136,54 @@ def runtime_for(
 ) -> str:
     """choose_runtime for this run directory, this machine and `device`."""
     return choose_runtime(
-        requested, device_type=device.type, onnx_installed=onnxruntime_installed(),
-        export_exists=runtime_onnx_path(run_dir).is_file(), image_count=image_count,
+        requested, device_type=device.type,
+        preferred_installed=not EXPORT_FORMATS.get(PREFERRED_CPU_FORMAT).missing(),
+        export_exists=export_path(run_dir, PREFERRED_CPU_FORMAT).is_file(),
+        image_count=image_count,
     )  # fmt: skip
 
 
 def open_classifier(
     run_dir: Path,
-    runtime: str = "auto",
+    runtime: str = AUTO,
     *,
-    onnx_threads: int = ONNX_THREADS,
     device: torch.device | None = None,
     image_count: int | None = None,
 ) -> Classifier:
-    """The run's classifier on `runtime`: torch, onnx, or auto (see choose_runtime; when the
-    ONNX export fails its parity check, auto falls back to torch, saying why on stderr)."""
+    """The run's classifier on `runtime`: torch, a serving format, or auto (choose_runtime;
+    when the export fails its parity check, auto falls back to torch, saying why on stderr)."""
+    return classifier_of(load_run_model(run_dir), runtime, device=device, image_count=image_count)
+
+
+def classifier_of(
+    loaded: LoadedModel,
+    runtime: str = AUTO,
+    *,
+    device: torch.device | None = None,
+    image_count: int | None = None,
+) -> Classifier:
+    """`open_classifier` for a model already loaded; one built in memory runs on torch."""
     device = device or torch.device("cpu")
-    chosen = runtime_for(run_dir, runtime, device, image_count)
-    loaded = load_run_model(run_dir)
-    if chosen == "torch":
+    if loaded.run_dir is None:
         return TorchClassifier(loaded, device)
+    chosen = runtime_for(loaded.run_dir, runtime, device, image_count)
+    if chosen == TORCH:
+        return TorchClassifier(loaded, device)
+    export_format = EXPORT_FORMATS.get(chosen)
     if device.type != "cpu":
-        raise UserError("--runtime onnx runs on the CPU; use --device cpu or --runtime torch")
-    if not onnxruntime_installed():
+        raise UserError(f"--runtime {chosen} runs on the CPU; use --device cpu or --runtime torch")
+    if export_format.missing():
         raise UserError(
-            "--runtime onnx needs onnxruntime: pip install 'tlvision[export]', or use torch"
+            f"--runtime {chosen} needs {', '.join(export_format.missing())}: "
+            f"{export_format.install}, or use --runtime torch"
         )
     try:
-        path = ensure_onnx_export(run_dir, log=lambda message: print(message, file=sys.stderr))
+        path = ensure_export(
+            loaded.run_dir, chosen, log=lambda message: print(message, file=sys.stderr)
+        )
     except (UserError, OSError) as error:
-        if runtime == "onnx":
-            raise UserError(f"--runtime onnx: the ONNX export failed: {error}") from error
-        print(f"runtime auto: using torch, the ONNX export failed: {error}", file=sys.stderr)
+        if runtime != AUTO:
+            raise UserError(f"--runtime {chosen}: the export failed: {error}") from error
+        print(f"runtime auto: using torch, the {chosen} export failed: {error}", file=sys.stderr)
         return TorchClassifier(loaded, device)
-    return OnnxClassifier(path, loaded, onnx_threads)
+    return ExportedClassifier(chosen, export_format.open(path), loaded)

@@ -1,6 +1,6 @@
 """Batch prediction that streams: any number of images, flat memory, JSON lines.
 
-Paths are listed lazily (predict.ImagePaths) and decoded a batch at a time by a few threads
+Paths are listed lazily (sources.ImagePaths) and decoded a batch at a time by a few threads
 while the model classifies the batch before: PIL's decoder and resampler and ONNX Runtime all
 release the GIL, so threads overlap them without the memory, start-up and copying of loader
 processes. At most `2 * decoders + 1` batches are in flight, whatever the number of images.
@@ -8,9 +8,9 @@ Under torchrun each rank takes every world_size-th batch; with `--jsonl FILE` ra
 FILE.rank<r> and rank 0 then merges the parts, in input order, into FILE. Unreadable files get
 an error line in their place.
 
-The model runs on the runtime `runtime.choose_runtime` picks: ONNX Runtime on a CPU (3-4x torch
-eager here), torch on a GPU. Both take uint8 pixels, so a batch crosses to a GPU at a quarter of
-the bytes of float tensors.
+The model runs on the runtime `runtime.choose_runtime` picks: ONNX Runtime on a CPU, torch on a
+GPU. Both take uint8 pixels, so a batch crosses to a GPU at a quarter of the bytes of float
+tensors. Every path that classifies images comes through `classify`.
 """
 
 from __future__ import annotations
@@ -25,38 +25,48 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.special import softmax
 
-from tlvision.api.results import Prediction
+from tlvision.compute import distributed
+from tlvision.compute.devices import resolve_device
 from tlvision.data.images import BadImageError
-from tlvision.data.layouts import default_num_workers
+from tlvision.data.loading import default_num_workers
+from tlvision.data.preprocessing import Preprocessing
+from tlvision.data.transforms import prepare_pixels
 from tlvision.errors import UserError
-from tlvision.inference.predict import ImageInput, ImagePaths, rgb_image
-from tlvision.inference.runtime import Classifier
-from tlvision.models.pixels import prepare_pixels
-from tlvision.models.weights import Preprocessing
+from tlvision.inference.runtime import Classifier, open_classifier
+from tlvision.inference.sources import ImageInput, ImagePaths, Prediction, rgb_image
+from tlvision.inference.tta import TTA_VIEWS, averaged, tta_pixels
 from tlvision.progress import progress_bar
 
 
 @dataclass
 class _Batch:
-    """A batch of inputs: the decodable ones' pixels stacked in `pixels`, an error for the
-    others."""
+    """A batch of inputs: the decodable ones' pixels stacked in `pixels` (each input's `views`
+    rows in turn), an error for the others."""
 
     sources: list[tuple[int, ImageInput]]  # (position in the input, the input)
-    pixels: np.ndarray | None  # (n, H, W, 3) uint8 for the inputs whose error is None, in order
+    pixels: np.ndarray | None  # (n x views, H, W, 3) uint8 for the inputs without an error
     errors: list[str | None]
 
 
-def _decode(sources: list[tuple[int, ImageInput]], preprocessing: Preprocessing) -> _Batch:
+def _decode(
+    sources: list[tuple[int, ImageInput]], preprocessing: Preprocessing, tta: bool
+) -> _Batch:
     arrays: list[np.ndarray] = []
     errors: list[str | None] = []
     for index, source in sources:
         try:
-            arrays.append(prepare_pixels(rgb_image(source, index), preprocessing))
-            errors.append(None)
+            image = rgb_image(source, index)
         except BadImageError as error:
             errors.append(error.reason)
-    return _Batch(sources, np.stack(arrays) if arrays else None, errors)
+            continue
+        if tta:
+            arrays.append(tta_pixels(image, preprocessing))
+        else:
+            arrays.append(prepare_pixels(image, preprocessing)[None])
+        errors.append(None)
+    return _Batch(sources, np.concatenate(arrays) if arrays else None, errors)
 
 
 def decoded_batches(
@@ -65,6 +75,7 @@ def decoded_batches(
     *,
     batch_size: int,
     decoders: int,
+    tta: bool = False,
     rank: int = 0,
     world_size: int = 1,
 ) -> Iterator[_Batch]:
@@ -74,22 +85,68 @@ def decoded_batches(
     chunks = iter(lambda: list(itertools.islice(numbered, batch_size)), [])
     mine = (chunk for index, chunk in enumerate(chunks) if index % world_size == rank)
     if decoders == 0:
-        yield from (_decode(chunk, preprocessing) for chunk in mine)
+        yield from (_decode(chunk, preprocessing, tta) for chunk in mine)
         return
     with ThreadPoolExecutor(decoders, thread_name_prefix="decode") as pool:
         pending: deque[Future[_Batch]] = deque()
         for chunk in mine:
-            pending.append(pool.submit(_decode, chunk, preprocessing))
+            pending.append(pool.submit(_decode, chunk, preprocessing, tta))
             if len(pending) > 2 * decoders:  # bounded read-ahead: memory stays flat
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probabilities: np.ndarray = shifted / shifted.sum(axis=1, keepdims=True)
-    return probabilities
+@dataclass(frozen=True)
+class Classified:
+    """One input and its class probabilities, or why it could not be read."""
+
+    source: ImageInput
+    probabilities: np.ndarray | None  # (classes,), softmax of the logits (TTA: views averaged)
+    error: str | None = None
+
+
+def classify(
+    classifier: Classifier,
+    sources: Iterable[ImageInput],
+    *,
+    batch_size: int = 32,
+    decoders: int | None = None,
+    tta: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = False,
+) -> Iterator[Classified]:
+    """Every input's class probabilities as its batch is classified, in input order; an error
+    for an unreadable file. `sources` (paths, PIL images or pixel arrays) may be a lazy
+    iterator, walked once. `tta`: the views of tlvision.inference.tta, averaged."""
+    if batch_size < 1:
+        raise UserError(f"--batch-size {batch_size}: must be at least 1")
+    if decoders is not None and decoders < 0:
+        raise UserError(f"--workers {decoders}: must be 0 (decode in the main thread) or more")
+    views = len(TTA_VIEWS) if tta else 1
+    batches = decoded_batches(
+        sources, classifier.preprocessing, batch_size=batch_size,
+        decoders=default_num_workers() if decoders is None else decoders, tta=tta,
+        rank=rank, world_size=world_size,
+    )  # fmt: skip
+    with progress_bar(desc="predict", unit="img", disable=None if progress else True) as bar:
+        for batch in batches:
+            rows: Iterator[np.ndarray] = iter(())
+            if batch.pixels is not None:
+                probabilities = softmax(classifier.logits(batch.pixels), axis=1)
+                rows = iter(averaged(probabilities, views))
+            for (_, source), error in zip(batch.sources, batch.errors, strict=True):
+                yield Classified(source, None if error else next(rows), error)
+            bar.update(len(batch.sources))
+
+
+def top_classes(
+    probabilities: np.ndarray, class_names: tuple[str, ...], top_k: int
+) -> tuple[tuple[str, float], ...]:
+    """The `top_k` (class name, probability) pairs, most likely first (ties: the earlier)."""
+    order = np.argsort(-probabilities, kind="stable")[:top_k]
+    return tuple((class_names[int(i)], float(probabilities[i])) for i in order)
 
 
 def stream_predictions(
@@ -99,47 +156,26 @@ def stream_predictions(
     top_k: int = 1,
     batch_size: int = 32,
     decoders: int | None = None,
+    tta: bool = False,
     rank: int = 0,
     world_size: int = 1,
     progress: bool = False,
 ) -> Iterator[Prediction]:
     """Top-k classes per input as each batch is classified; an `error` entry for unreadable
-    files. `sources` (paths, PIL images or pixel arrays) may be a lazy iterator, walked once."""
+    files (see `classify`)."""
     if top_k < 1:
-        raise UserError("--top-k must be at least 1")
-    if batch_size < 1:
-        raise UserError("--batch-size must be at least 1")
-    if decoders is not None and decoders < 0:
-        raise UserError("--workers must be 0 (decode in the main thread) or more")
+        raise UserError(f"--top-k {top_k}: must be at least 1")
     top_k = min(top_k, len(classifier.class_names))
-    batches = decoded_batches(
-        sources, classifier.preprocessing, batch_size=batch_size,
-        decoders=default_num_workers() if decoders is None else decoders,
-        rank=rank, world_size=world_size,
-    )  # fmt: skip
-    bar = progress_bar(desc="predict", unit="img", disable=None if progress else True)
-    with bar:
-        for batch in batches:
-            yield from _classify(classifier, batch, top_k)
-            bar.update(len(batch.sources))
-
-
-def _classify(classifier: Classifier, batch: _Batch, top_k: int) -> Iterator[Prediction]:
-    ranked: Iterator[tuple[np.ndarray, np.ndarray]] = iter(())
-    if batch.pixels is not None:
-        probabilities = _softmax(classifier.logits(batch.pixels))
-        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
-        ranked = iter(zip(order, np.take_along_axis(probabilities, order, axis=1), strict=True))
-    for (_, source), error in zip(batch.sources, batch.errors, strict=True):
-        path = source if isinstance(source, Path) else None
-        if error is not None:
-            yield Prediction(path=path, top=(), error=error)
-            continue
-        indices, values = next(ranked)
-        top = tuple(
-            (classifier.class_names[int(i)], float(v)) for i, v in zip(indices, values, strict=True)
-        )
-        yield Prediction(path=path, top=top)
+    for item in classify(
+        classifier, sources, batch_size=batch_size, decoders=decoders, tta=tta, rank=rank,
+        world_size=world_size, progress=progress,
+    ):  # fmt: skip
+        path = item.source if isinstance(item.source, Path) else None
+        if item.probabilities is None:
+            yield Prediction(path=path, top=(), error=item.error)
+        else:
+            top = top_classes(item.probabilities, classifier.class_names, top_k)
+            yield Prediction(path=path, top=top)
 
 
 def write_jsonl(predictions: Iterable[Prediction], jsonl: Path) -> tuple[int, int]:
@@ -187,13 +223,10 @@ def predict_to_jsonl(
     decoders: int | None = None,
     device_name: str = "auto",
     runtime: str = "auto",
+    tta: bool = False,
 ) -> tuple[int, int]:
     """`tlvision predict RUN PATHS --jsonl FILE`, in one process or on every torchrun rank;
     returns (lines, unreadable files) over all ranks."""
-    from tlvision.compute import distributed
-    from tlvision.compute.devices import resolve_device
-    from tlvision.inference.runtime import open_classifier
-
     paths = ImagePaths(arguments)
     job, device = distributed.start(resolve_device(device_name))
     try:
@@ -203,7 +236,7 @@ def predict_to_jsonl(
         if job.active and job.is_main:
             distributed.barrier(job)
         predictions = stream_predictions(
-            classifier, paths, top_k=top_k, batch_size=batch_size, decoders=decoders,
+            classifier, paths, top_k=top_k, batch_size=batch_size, decoders=decoders, tta=tta,
             rank=job.rank, world_size=job.world_size, progress=job.is_main,
         )  # fmt: skip
         target = part_file(jsonl, job.rank) if job.active else jsonl

@@ -1,39 +1,21 @@
-"""uint8 RGB pixels in, logits out: the network with its preprocessing inside.
+"""uint8 RGB pixels in, logits out: a network with its preprocessing inside.
 
 A deployed model should not make every client re-implement the backbone's normalisation, so the
-exported graphs (and the torch runtime) take the pixels a decoder gives: uint8, RGB,
-(N, H, W, 3) NHWC, already resized and centre-cropped by `prepare_pixels` (or the caller's own
-resize). Scaling by 1/255 and the mean/std normalisation happen inside, in the same order as the
-val transform of `data.build_transforms`, so the logits match `predict` to float rounding.
+exported graphs and every runtime take the pixels a decoder gives: uint8, RGB, (N, H, W, 3)
+NHWC, already resized and centre-cropped (tlvision.data.transforms.prepare_pixels, or the
+caller's own). Scaling by 1/255 and the mean/std normalisation happen inside, in the same order
+as the val transform, so the logits match `predict` to float rounding.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
-from torchvision.transforms import v2 as transforms
 
-from tlvision.models.weights import Preprocessing
+from tlvision.data.preprocessing import Preprocessing
 
 INPUT_LAYOUT = "NHWC"  # (batch, height, width, RGB channel)
 INPUT_DTYPE = "uint8"
-
-
-def prepare_pixels(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
-    """Resize and centre-crop exactly like the val transform; (H, W, 3) uint8 RGB."""
-    interpolation = transforms.InterpolationMode(preprocessing.interpolation)
-    resize_and_crop = transforms.Compose(
-        [
-            transforms.Resize(
-                preprocessing.resize_size, interpolation=interpolation, antialias=True
-            ),
-            transforms.CenterCrop(preprocessing.crop_size),
-        ]
-    )
-    cropped = resize_and_crop(image.convert("RGB"))
-    return np.ascontiguousarray(np.asarray(cropped, dtype=np.uint8))
 
 
 class PixelNormalize(nn.Module):

@@ -25,9 +25,7 @@ import torch
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from tlvision.models.backbone import BackboneSpec
-
-TOP_LABEL = "top"  # how the top codes (stage None) are named in files, logs and tables
+from tlvision.models.backbone import TOP_LABEL, BackboneSpec
 
 
 def stage_label(stage: str | None) -> str:

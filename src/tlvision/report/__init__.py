@@ -1,1 +1,5 @@
-"""tlvision.report."""
+"""What a run learned, as pages: RUN/report.html (page, plots, interpretation) and `tlvision
+compare`.
+
+Imports training and below; not advisor (it reads advice.json) or serve.
+"""

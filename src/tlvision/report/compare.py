@@ -3,15 +3,12 @@ page with their val curves overlaid."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tlvision.errors import UserError
-from tlvision.runs.checkpoint import read_model_json
-from tlvision.training.run_dir import SUMMARY_FILE, read_metrics
+from tlvision.runs.reader import read_metrics, read_run
 
 COLUMNS = (
     ("run", "run"), ("strategy", "strategy"), ("backbone", "backbone"),
@@ -21,12 +18,8 @@ COLUMNS = (
 
 
 def compare_row(run_dir: Path) -> dict[str, Any]:
-    metadata = read_model_json(run_dir)
-    summary_path = run_dir / SUMMARY_FILE
-    if not summary_path.is_file():
-        raise UserError(f"{summary_path}: missing; compare works on finished runs")
-    summary = json.loads(summary_path.read_text())
-    metrics = read_metrics(run_dir)
+    record = read_run(run_dir)
+    metadata, summary, metrics = record.model_info, record.summary, record.metrics
     final = summary.get("final_val_acc", metrics[-1]["val_acc"] if metrics else None)
     return {
         "run": str(run_dir),

@@ -1,6 +1,6 @@
 """What a run's model does on its val set: predictions, losses, confusions, calibration.
 
-Measuring (`val_results`: one pass of the model, or of its head over the cached CNN codes) is
+Measuring (`val_results`: the path `tlvision evaluate` takes, tlvision.inference.evaluation) is
 kept apart from the pure readings of the result (`top_losses`, `confused_pairs`,
 `calibration`), which the report draws and tests can recompute independently.
 """
@@ -14,17 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from tlvision.codes.cache import VAL_VIEW, CodesSpec, FeatureCache, default_cache_dir
-from tlvision.config import CODES_STRATEGIES
-from tlvision.data.layouts import DatasetSplits, find_splits
-from tlvision.errors import UserError
+from tlvision.data.layouts import DatasetSplits
 from tlvision.inference.evaluation import (
     ClassificationReport,
     SamplePredictions,
-    predict_samples,
+    predict_labelled,
     report_of,
 )
-from tlvision.runs.checkpoint import LoadedModel
+from tlvision.runs.reader import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -47,73 +44,14 @@ class ValResults:
         return report_of(self.class_names, self.predictions, self.broken_links)
 
 
-def labelled_val_samples(loaded: LoadedModel, splits: DatasetSplits) -> list[tuple[Path, int]]:
-    """The val samples labelled with the model's class indices (matched by name)."""
-    unknown = [name for name in splits.class_names if name not in loaded.class_names]
-    if unknown:
-        raise UserError(
-            f"{splits.root}: classes {unknown} are not classes of this run's model "
-            f"({list(loaded.class_names)}); pass the run's own dataset with --data"
-        )
-    return [
-        (path, loaded.class_names.index(splits.class_names[label]))
-        for path, label in splits.samples["val"]
-    ]
-
-
-def run_splits(loaded: LoadedModel, data_dir: Path) -> DatasetSplits:
-    """The run's train/val split of `data_dir`: the same --val-split and seed as training."""
-    config = loaded.metadata.get("config", {})
-    return find_splits(data_dir, val_split=config.get("val_split"), seed=config.get("seed", 0))
-
-
-def _run_cache(loaded: LoadedModel) -> FeatureCache | None:
-    config = loaded.metadata.get("config", {})
-    if config.get("no_cache"):
-        return None
-    root = config.get("cache_dir")
-    return FeatureCache(Path(root) if root else default_cache_dir(), log=lambda _message: None)
-
-
-@torch.inference_mode()
-def codes_predictions(
-    loaded: LoadedModel, samples: list[tuple[Path, int]], device: torch.device
-) -> SamplePredictions | None:
-    """The head over the val codes the frozen routes cached while training: no forward pass
-    of the body when they are still there. None when this run has no such codes."""
-    from tlvision.codes.extraction import UnreadableImagesError, extract_codes
-    from tlvision.models.backbones import head_of
-    from tlvision.models.stages import StageCodes
-
-    metadata = loaded.metadata
-    cache = _run_cache(loaded)
-    if cache is None or metadata.get("strategy") not in CODES_STRATEGIES or metadata.get("stage"):
-        return None
-    spec = CodesSpec(
-        loaded.backbone.name, metadata["weights"], loaded.preprocessing, None, VAL_VIEW
-    )
-    model = loaded.model.to(device).eval()
-    try:
-        codes = extract_codes(
-            StageCodes(model, loaded.backbone, [None]), samples, specs=[spec], cache=cache,
-            device=device, description="val codes", log=lambda _message: None,
-        )[None]  # fmt: skip
-    except UnreadableImagesError:
-        return None  # the image route below lists them
-    head = head_of(model, loaded.backbone)
-    logits = head(torch.from_numpy(np.array(codes, dtype=np.float32)).to(device))
-    probabilities = torch.softmax(logits.float(), dim=1).cpu().numpy()
-    return SamplePredictions(samples=tuple(samples), probabilities=probabilities, unreadable=())
-
-
 def val_results(loaded: LoadedModel, splits: DatasetSplits, *, device: torch.device) -> ValResults:
-    """Probabilities on the val split: from cached codes when the run has them, else images."""
-    samples = labelled_val_samples(loaded, splits)
-    predictions = codes_predictions(loaded, samples, device)
-    source = "cached codes"
-    if predictions is None:
-        predictions = predict_samples(loaded, samples, device=device)
-        source = "images"
+    """Probabilities on the val split, as `tlvision evaluate` computes them (the head over the
+    cached codes for a frozen body's run, else the images through the classifier)."""
+    names = list(loaded.class_names)
+    samples = [
+        (path, names.index(splits.class_names[label])) for path, label in splits.samples["val"]
+    ]
+    predictions, source = predict_labelled(loaded, samples, device=device)
     val_links = tuple(path for path in splits.broken_links if "val" in path.parts)
     return ValResults(loaded.class_names, predictions, val_links, source)
 

@@ -10,7 +10,6 @@ opens from disk anywhere, offline. All text from files and folders is HTML-escap
 from __future__ import annotations
 
 import base64
-import html
 import json
 import os
 import shlex
@@ -23,23 +22,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from tlvision.config import reproduce_arguments
 from tlvision.data.layouts import DatasetSplits
-from tlvision.errors import UserError
 from tlvision.inference.evaluation import ClassificationReport
 from tlvision.report import plots as report_plots
 from tlvision.report.interpretation import (
     ValResults,
     calibration,
     confused_pairs,
-    run_splits,
     top_losses,
     val_results,
 )
-from tlvision.runs.checkpoint import LoadedModel, load_run_model
-from tlvision.training.run_dir import SUMMARY_FILE, read_metrics
+from tlvision.runs.layout import ADVICE_FILE, REPORT_FILE
+from tlvision.runs.reader import LoadedModel, load_run_model, read_run, run_splits
+from tlvision.tables import escape, html_table
 
-REPORT_FILE = "report.html"
-ADVICE_FILE = "advice.json"
 TOP_LOSSES = 12
 MAP_SIDE = 224  # class-map overlays are drawn on the image scaled to this long side
 MAX_LISTED_PROBLEMS = 40
@@ -48,7 +45,7 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; 
 h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; }
 table { border-collapse: collapse; margin: 0.5em 0; }
 td, th { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
-td.number { text-align: right; font-variant-numeric: tabular-nums; }
+td { font-variant-numeric: tabular-nums; }
 code, pre { background: #f4f4f4; padding: 0.2em 0.4em; }
 pre { white-space: pre-wrap; word-break: break-all; }
 img.plot { max-width: 100%; }
@@ -59,52 +56,19 @@ img.plot { max-width: 100%; }
 """
 
 
-def escape(value: object) -> str:
-    """HTML-escaped text; a file name that is not UTF-8 shows its bytes as backslash escapes."""
-    return html.escape(report_plots.printable(value), quote=True)
-
-
 def image_tag(png: bytes, alt: str, css_class: str = "plot") -> str:
     data = base64.b64encode(png).decode("ascii")
     return f'<img class="{css_class}" alt="{escape(alt)}" src="data:image/png;base64,{data}">'
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]], css_id: str = "") -> str:
-    def cell(value: object) -> str:
-        if isinstance(value, float):
-            return f'<td class="number">{value:.4f}</td>'
-        if isinstance(value, int):
-            return f'<td class="number">{value}</td>'
-        return f"<td>{escape(value)}</td>"
-
-    head = "".join(f"<th>{escape(name)}</th>" for name in header)
-    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in rows)
-    identifier = f' id="{css_id}"' if css_id else ""
-    return f"<table{identifier}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-# The config fields `tlvision train` takes as options, in the order the command lists them.
-COMMAND_OPTIONS = (
-    ("strategy", "--strategy"), ("backbone", "--backbone"), ("weights", "--weights"),
-    ("input_size", "--input-size"), ("freeze_until", "--freeze-until"), ("stage", "--stage"),
-    ("head", "--head"), ("views", "--views"), ("epochs", "--epochs"),
-    ("batch_size", "--batch-size"), ("learning_rate", "--lr"),
-    ("backbone_lr_mult", "--backbone-lr-mult"), ("batchnorm", "--batchnorm"),
-    ("momentum", "--momentum"),
-    ("weight_decay", "--weight-decay"), ("schedule", "--schedule"), ("seed", "--seed"),
-    ("val_split", "--val-split"), ("class_weights", "--class-weights"),
-)  # fmt: skip
+    return html_table(header, rows, table_id=css_id)
 
 
 def reproduce_command(config: dict[str, Any], run_dir: Path) -> str:
-    """The `tlvision train` line that makes this run again, every option spelled out."""
-    words = ["tlvision", "train", str(config["data_dir"])]
-    for key, option in COMMAND_OPTIONS:
-        value = config.get(key)
-        if value is None or (key == "head" and config.get("strategy") != "linear-probe"):
-            continue
-        words += [option, str(value)]
-    return shlex.join([*words, "--out", str(run_dir)])
+    """The `tlvision train` line that makes this run again, every option it set spelled out
+    (tlvision.config.reproduce_arguments)."""
+    return shlex.join(["tlvision", "train", *reproduce_arguments(config), "--out", str(run_dir)])
 
 
 def run_section(
@@ -281,25 +245,19 @@ def write_report(
 ) -> ReportResult:
     """Write RUN/report.html for a finished run; `data_dir` defaults to the run's own data."""
     started = time.perf_counter()
+    record = read_run(run_dir)
     loaded = load_run_model(run_dir)
-    summary_path = run_dir / SUMMARY_FILE
-    if not summary_path.is_file():
-        raise UserError(f"{summary_path}: missing; report works on a finished run")
-    summary = json.loads(summary_path.read_text())
-    data_dir = data_dir or Path(loaded.metadata.get("config", {}).get("data_dir", ""))
-    if not data_dir.is_dir():
-        raise UserError(f"{data_dir}: the run's data folder is not there; pass --data DATA")
-    splits = run_splits(loaded, data_dir)
+    splits = run_splits(loaded.metadata, data_dir)
     results = val_results(loaded, splits, device=device or torch.device("cpu"))
     classification = results.classification_report()
     sections = [
-        run_section(loaded, summary, splits, run_dir),
-        curves_section(read_metrics(run_dir)),
+        run_section(loaded, record.summary, splits, run_dir),
+        curves_section(record.metrics),
         confusion_section(classification),
         top_losses_section(loaded, results, splits.root),
         mistakes_section(classification, results),
         advice_section(run_dir),
-        check_section(data_dir),
+        check_section(splits.root),
     ]
     seconds = time.perf_counter() - started
     title = f"tlvision report: {run_dir.name}"

@@ -16,14 +16,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from tlvision.report.interpretation import Calibration
+from tlvision.tables import printable
 
 DPI = 80
-
-
-def printable(value: object) -> str:
-    """The text of a name that may not be UTF-8 (a lone surrogate from os.fsdecode, see
-    tlvision.data.layouts) with such bytes shown as backslash escapes: fonts and files take it."""
-    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def png_bytes(figure: Figure) -> bytes:
@@ -165,6 +160,7 @@ def advisor_signals(evidence: dict[str, Any]) -> list[tuple[str, float, float, b
     probe = evidence.get("probe", {})
     curve = evidence.get("learning_curve", {})
     shifts = fit.get("batchnorm_shift", {})
+    early_stages = evidence.get("early_stages", ("stem", "stage1"))  # older advice: the names
     rows: list[tuple[str, Any, Any, str]] = [
         ("train images (small if <)", size.get("train_images"), thresholds.get("small_total"), "<"),
         ("median per class (small if <)", size.get("per_class_median"),
@@ -172,7 +168,7 @@ def advisor_signals(evidence: dict[str, Any]) -> list[tuple[str, float, float, b
         ("ImageNet confidence (similar if >=)", fit.get("imagenet_confidence"),
          thresholds.get("similar_confidence"), ">="),
         ("early BN shift (similar if <=)",
-         float(np.mean([shifts.get(name, 0.0) for name in ("stem", "stage1")])),
+         float(np.mean([shifts.get(name, 0.0) for name in early_stages])),
          thresholds.get("similar_batchnorm_shift"), "<="),
         ("top codes below best stage (similar if <=)",
          max(probe.values()) - probe["top"] if "top" in probe else None,

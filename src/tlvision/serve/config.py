@@ -10,8 +10,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tlvision.config import RUNTIMES
 from tlvision.errors import UserError
+from tlvision.export.format import runtime_names
 from tlvision.serve.batching import BatchingConfig
 
 TOKEN_ENVIRONMENT_VARIABLE = "TLVISION_TOKEN"
@@ -44,8 +44,9 @@ def is_loopback(host: str) -> bool:
 
 def validate_config(config: ServeConfig) -> None:
     """Refuse, before binding, what would be unsafe or could never work."""
-    if config.runtime not in RUNTIMES:
-        raise UserError(f"--runtime {config.runtime}: choose one of {', '.join(RUNTIMES)}")
+    if config.runtime not in runtime_names():
+        names = ", ".join(runtime_names())
+        raise UserError(f"--runtime {config.runtime}: choose one of {names}")
     if config.token is not None and not config.token.strip():
         raise UserError(
             f"--token / {TOKEN_ENVIRONMENT_VARIABLE} is empty; give a long random string"

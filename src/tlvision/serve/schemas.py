@@ -9,7 +9,7 @@ from typing import Any
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from tlvision.training.run_dir import METRICS_FILE, SUMMARY_FILE
+from tlvision.runs.layout import METRICS_FILE, SUMMARY_FILE
 
 
 class AsciiJSONResponse(JSONResponse):

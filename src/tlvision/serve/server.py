@@ -6,7 +6,7 @@ import socket
 import sys
 
 from tlvision.errors import UserError
-from tlvision.runs.checkpoint import read_model_json
+from tlvision.runs.reader import read_model_json
 from tlvision.serve.config import ServeConfig, startup_lines, validate_config
 
 

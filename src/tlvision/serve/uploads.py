@@ -22,8 +22,8 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tlvision.data.images import decode_image_rgb
-from tlvision.data.layouts import Preprocessing
-from tlvision.inference.runtime import prepare_pixels
+from tlvision.data.preprocessing import Preprocessing
+from tlvision.data.transforms import prepare_pixels
 from tlvision.serve.schemas import AsciiJSONResponse
 
 

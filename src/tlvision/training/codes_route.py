@@ -1,9 +1,10 @@
 """The frozen routes: the body runs once per image and view, then a head trains on CNN codes.
 
-feature-extract trains the new last layer as the classic loop would (same optimizer, schedule
-and epochs), but on cached codes, and puts it back into the full model. linear-probe fits a head
-(softmax, logistic regression or linear SVM) on the pooled codes of any stage; the saved model
-is the body cut at that stage plus the head. Neither keeps a per-epoch checkpoint: the codes are
+A head on the top codes (feature-extract) trains as the classic loop's last layer would (same
+optimizer, schedule and epochs), but on cached codes, and goes back into the full model. A head
+on an earlier stage's pooled codes (linear-probe --stage) makes a model that is the body cut at
+that stage plus the head. The head is a softmax layer (torch) or, fitted without epochs,
+logistic regression or a linear SVM (scikit-learn). No per-epoch checkpoint: the codes are
 cached, so a killed run is simply run again from its recorded config (`CODES_RUN_CONFIG`).
 """
 
@@ -21,24 +22,22 @@ from tlvision.codes.cache import FeatureCache, default_cache_dir
 from tlvision.codes.extraction import UnreadableImagesError
 from tlvision.codes.split_codes import SplitCodes, extract_split_codes
 from tlvision.compute import distributed
-from tlvision.config import epochs_of, views_of
 from tlvision.data.layouts import DatasetSplits
 from tlvision.jsonio import write_json_atomic
-from tlvision.models.backbones import head_of, install_head
+from tlvision.models.network import head_of, install_head
 from tlvision.models.stages import StageClassifier, stage_label
+from tlvision.runs.layout import CODES_RUN_CONFIG
+from tlvision.runs.writer import start_metrics
+from tlvision.training.finish import finish_run, record_epoch
 from tlvision.training.heads import accuracy, fit_sklearn_head, train_linear_head
-from tlvision.training.run_dir import (
-    CODES_RUN_CONFIG,
-    METRICS_FILE,
-    Log,
-    RunSetup,
-    finish_run,
-    record_epoch,
-)
+from tlvision.training.setup import Log, RunSetup
+from tlvision.training.strategy import epochs_of, views_of
 
 
-def fit_on_codes(setup: RunSetup, model: nn.Module, log: Log) -> dict[str, Any]:
-    """Train the head of a frozen route on codes and save the run; returns the summary.
+def fit_on_codes(
+    setup: RunSetup, model: nn.Module, log: Log, *, stage: str | None, head: str
+) -> dict[str, Any]:
+    """Train a `head` on `stage`'s codes (None: the top) and save the run; returns the summary.
 
     Under torchrun each rank computes the codes of its share of the images into the shared
     cache; then rank 0 reads them all back (cache hits) and trains the head alone, while the
@@ -46,7 +45,6 @@ def fit_on_codes(setup: RunSetup, model: nn.Module, log: Log) -> dict[str, Any]:
     """
     started = time.perf_counter()
     config, job = setup.config, setup.distributed
-    stage = config.stage if config.strategy == "linear-probe" else None
     # --no-cache means no cache at all: codes stay in memory and nothing is written to disk.
     cache = (
         None if config.no_cache else FeatureCache(config.cache_dir or default_cache_dir(), log=log)
@@ -69,15 +67,16 @@ def fit_on_codes(setup: RunSetup, model: nn.Module, log: Log) -> dict[str, Any]:
     if not job.is_main:
         return {}
     codes = split_codes(setup.splits)
-    (config.out_dir / METRICS_FILE).write_text("")
+    start_metrics(config.out_dir)
     write_json_atomic(config.out_dir / CODES_RUN_CONFIG, config.to_json())
-    head_name = "linear" if config.strategy == "feature-extract" else config.head
     log(
         f"{config.strategy}: {setup.backbone.name} ({setup.weights.label}) codes from "
-        f"{stage_label(stage)}, head {head_name}, {len(codes.train_labels)} train x "
+        f"{stage_label(stage)}, head {head}, {len(codes.train_labels)} train x "
         f"{len(codes.train_views)} views / {len(codes.val_labels)} val images"
     )
-    layer = _train_head(setup, codes, head_name, head_of(model, setup.backbone), log)
+    # the top's head starts from the model's new head, as the classic loop's would
+    init = head_of(model, setup.backbone) if stage is None else None
+    layer = _train_head(setup, codes, head, init, log)
     final: nn.Module
     if stage is None:
         install_head(model, setup.backbone, layer)
@@ -88,12 +87,13 @@ def fit_on_codes(setup: RunSetup, model: nn.Module, log: Log) -> dict[str, Any]:
         setup, final.cpu(), log,
         seconds=time.perf_counter() - started,
         skipped={Path(path) for path, *_ in codes.skipped},
-        extra={"views": views_of(config), "head": head_name, "stage": stage},
+        extra={"views": views_of(config), "head": head, "stage": stage},
+        model_info={"stage": stage, "head": head},
     )  # fmt: skip
 
 
 def _train_head(
-    setup: RunSetup, codes: SplitCodes, head_name: str, init: nn.Linear, log: Log
+    setup: RunSetup, codes: SplitCodes, head_name: str, init: nn.Linear | None, log: Log
 ) -> nn.Linear:
     """The head on the codes, each epoch logged and appended to metrics.jsonl."""
     config = setup.config
@@ -112,8 +112,7 @@ def _train_head(
             weight_decay=config.weight_decay, momentum=config.momentum,
             schedule=config.schedule, step_epochs=config.step_epochs,
             step_gamma=config.step_gamma, seed=config.seed,
-            # the top's head starts from the model's new head, as the classic loop's would
-            init=init if config.stage is None else None,
+            init=init,
             class_weights=setup.class_weights, on_epoch=on_epoch,
         )  # fmt: skip
         return layer

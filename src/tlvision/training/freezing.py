@@ -16,7 +16,16 @@ from typing import Any
 
 from torch import nn
 
-from tlvision.models.backbones import BackboneSpec, head_of, stage_parameters
+from tlvision.config import NO_FREEZING, TrainConfig
+from tlvision.models.backbone import BackboneSpec
+from tlvision.models.network import head_of, stage_parameters
+
+
+def frozen_stage(config: TrainConfig) -> str | None:
+    """The last frozen stage of a fine-tuning run, or None when every stage trains."""
+    if config.freeze_until in (None, NO_FREEZING):
+        return None
+    return config.freeze_until
 
 
 def freeze(parameters: Any) -> None:

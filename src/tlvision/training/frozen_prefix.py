@@ -33,13 +33,15 @@ from torch.utils.data import Dataset
 
 from tlvision.codes.cache import VAL_VIEW, View, sha256_hex, train_views
 from tlvision.codes.onnx_forward import Forward, fastest_forward
-from tlvision.config import TrainConfig, frozen_stage, views_of
+from tlvision.config import TrainConfig
 from tlvision.data.images import BadImageError, decode_image_rgb
-from tlvision.data.layouts import UNREADABLE, make_loader
+from tlvision.data.loading import UNREADABLE, make_loader
 from tlvision.errors import UserError
 from tlvision.models.backbone import BackboneSpec, Stage
 from tlvision.progress import progress_bar
+from tlvision.training.freezing import frozen_stage
 from tlvision.training.heads import train_linear_head
+from tlvision.training.strategy import views_of
 
 Transform = Callable[[Image.Image], torch.Tensor]
 Log = Callable[[str], None]

@@ -22,15 +22,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from tlvision.config import (
-    TrainConfig,
-    backbone_lr_mult_of,
-    frozen_stage,
-    validate_config,
-    views_of,
-)
+from tlvision.codes.cache import FeatureCache, default_cache_dir
+from tlvision.codes.split_codes import extract_split_codes
+from tlvision.config import TrainConfig
 from tlvision.errors import UserError
-from tlvision.training.run_dir import Log
+from tlvision.models.network import create_model, head_of
+from tlvision.training.batchnorm import backbone_lr_mult_of
+from tlvision.training.freezing import (
+    apply_finetuning,
+    frozen_stage,
+    parameter_groups,
+    set_train_mode,
+)
+from tlvision.training.setup import Log, RunSetup, set_up
+from tlvision.training.strategy import strategy_of, views_of
 
 SMOOTHING = 0.98  # weight of the running average: the last ~50 steps
 DIVERGENCE = 4.0  # stop when the smoothed loss exceeds this times its lowest value
@@ -103,39 +108,30 @@ def _set_rate(optimizer: torch.optim.Optimizer, rate: float) -> None:
         group["lr"] = rate * group["multiplier"]
 
 
-def _codes_stepper(config: TrainConfig, log: Log) -> Callable[[float], float]:
-    """One SGD step of a fresh head on a random batch of the cached train codes."""
-    from tlvision.codes.cache import FeatureCache, default_cache_dir
-    from tlvision.codes.split_codes import extract_split_codes
-    from tlvision.models.backbones import create_model, head_of
-    from tlvision.training.fit import set_up
-
-    setup = set_up(config, log, fresh=False)
+def codes_step(setup: RunSetup, log: Log, *, stage: str | None) -> Callable[[float], float]:
+    """One SGD step of a fresh head on a random batch of the cached train codes of `stage`."""
+    config = setup.config
     model = create_model(setup.backbone, len(setup.splits.class_names), setup.weights)
-    stage = config.stage if config.strategy == "linear-probe" else None
     cache = (
         None if config.no_cache else FeatureCache(config.cache_dir or default_cache_dir(), log=log)
     )
     codes = extract_split_codes(
         model, setup.backbone, setup.splits, weights=setup.weights.label,
         preprocessing=setup.preprocessing, cache=cache, stages=[stage],
-        augmented_views=views_of(setup.config), seed=config.seed, batch_size=config.batch_size,
+        augmented_views=views_of(config), seed=config.seed, batch_size=config.batch_size,
         num_workers=setup.num_workers, device=setup.device, log=log,
     )[stage]  # fmt: skip
     train, labels = codes.stacked_train()
-    inputs, targets = (
-        torch.from_numpy(np.asarray(train, dtype=np.float32)),
-        torch.from_numpy(labels),
-    )
+    inputs = torch.from_numpy(np.asarray(train, dtype=np.float32))
+    targets = torch.from_numpy(labels)
     layer = nn.Linear(inputs.shape[1], len(setup.splits.class_names))
     if stage is None:
         layer.load_state_dict(head_of(model, setup.backbone).state_dict())
-    weight = None if setup.class_weights is None else torch.tensor(setup.class_weights)
-    criterion = nn.CrossEntropyLoss(weight=weight)
     optimizer = torch.optim.SGD(
         [{"params": layer.parameters(), "multiplier": 1.0}], lr=1.0,
         momentum=config.momentum, weight_decay=config.weight_decay,
     )  # fmt: skip
+    criterion = _criterion(setup)
     generator = torch.Generator().manual_seed(config.seed)
 
     def step(rate: float) -> float:
@@ -152,18 +148,21 @@ def _codes_stepper(config: TrainConfig, log: Log) -> Callable[[float], float]:
     return step
 
 
-def _image_stepper(config: TrainConfig, log: Log) -> Callable[[float], float]:
-    """One fine-tuning step on a train batch (augmented), with the run's per-group rates."""
-    from tlvision.models.backbones import create_model
-    from tlvision.training.fit import make_loaders, set_up
-    from tlvision.training.freezing import apply_finetuning, parameter_groups, set_train_mode
+def _criterion(setup: RunSetup) -> nn.Module:
+    weight = None if setup.class_weights is None else torch.tensor(setup.class_weights)
+    return nn.CrossEntropyLoss(weight=weight).to(setup.device)
 
-    setup = set_up(config, log, fresh=False)
-    config = setup.config  # BatchNorm mode and --backbone-lr-mult resolved as the run will
+
+def finetune_step(setup: RunSetup, log: Log) -> Callable[[float], float]:
+    """One fine-tuning step on a train batch (augmented), with the run's per-group rates (its
+    BatchNorm mode and --backbone-lr-mult resolved as the run will)."""
+    from tlvision.training.finetune import make_loaders
+
+    config = setup.config
     model = create_model(setup.backbone, len(setup.splits.class_names), setup.weights)
     apply_finetuning(
         model, setup.backbone,
-        freeze_until=frozen_stage(setup.config), backbone_lr_mult=backbone_lr_mult_of(config),
+        freeze_until=frozen_stage(config), backbone_lr_mult=backbone_lr_mult_of(config),
     )  # fmt: skip
     model.to(setup.device).to(memory_format=torch.channels_last)
     groups = parameter_groups(
@@ -174,8 +173,7 @@ def _image_stepper(config: TrainConfig, log: Log) -> Callable[[float], float]:
     optimizer = torch.optim.SGD(
         groups, lr=1.0, momentum=config.momentum, weight_decay=config.weight_decay
     )
-    weight = None if setup.class_weights is None else torch.tensor(setup.class_weights)
-    criterion = nn.CrossEntropyLoss(weight=weight).to(setup.device)
+    criterion = _criterion(setup)
     batches = _endless(make_loaders(setup)["train"])
     set_train_mode(model, keep_batchnorm_statistics=config.batchnorm == "frozen")
 
@@ -205,16 +203,18 @@ def find_learning_rate(
     log: Log = print,
     progress: bool = True,
 ) -> RangeTest:
-    """The range test for `config`'s strategy: on codes for the frozen routes, else images."""
-    validate_config(replace(config, learning_rate=1.0))
-    if config.strategy == "linear-probe" and config.head != "linear":
-        raise UserError(f"lr-find: the {config.head} head is fitted without a learning rate")
-    route = "images" if config.strategy == "finetune" else "codes"
+    """The range test of `config`'s strategy (its `range_test`): on the cached codes for a
+    frozen body, on images when the body trains."""
+    config = replace(config, learning_rate=1.0)  # each step sets its own rate
+    strategy = strategy_of(config)
+    if strategy.range_test is None:
+        raise UserError(f"lr-find: --strategy {strategy.name} has no learning rate to find")
+    route = "codes" if strategy.frozen_body else "images"
     rates = ramp(start, end, steps or DEFAULT_STEPS[route])
     # a scratch run directory: the test writes nothing into the real one (which may not exist)
     with tempfile.TemporaryDirectory(prefix="tlvision-lr-find-") as scratch:
-        config = replace(config, out_dir=Path(scratch), overwrite=True)
-        stepper = _image_stepper(config, log) if route == "images" else _codes_stepper(config, log)
+        setup = set_up(replace(config, out_dir=Path(scratch), overwrite=True), log, fresh=False)
+        stepper = strategy.range_test(setup, log)
         return run_range_test(_with_progress(stepper, len(rates), progress), rates, route)
 
 

@@ -17,13 +17,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tlvision.runs.checkpoint import (
+from tlvision.runs.layout import METRICS_FILE
+from tlvision.training.checkpoint import (
     TrainingCheckpoint,
     capture_random_state,
     restore_random_state,
     save_training_checkpoint,
 )
-from tlvision.training.run_dir import METRICS_FILE, RunSetup
+from tlvision.training.setup import RunSetup
 
 
 @dataclass

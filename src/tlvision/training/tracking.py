@@ -1,32 +1,20 @@
-"""Tracked, reproducible runs: every run's `config.toml`, and TensorBoard event files on request.
-
-`config.toml` holds the TrainConfig a run was started with (absolute paths, no `overwrite`), so
-`tlvision train --config RUN/config.toml --out NEW` trains the same run again; options given on
-the command line override the file's. With `--tensorboard`, rank 0 writes each epoch's losses,
+"""TensorBoard event files on request: with `--tensorboard`, rank 0 writes each epoch's losses,
 accuracies and learning rate, and at the end the val confusion matrix as an image, to
-`RUN/tensorboard/` (`tensorboard --logdir RUN/tensorboard`).
-"""
+`RUN/tensorboard/` (`tensorboard --logdir RUN/tensorboard`). A run's settings are recorded in
+config.toml either way (tlvision.runs.config_file)."""
 
 from __future__ import annotations
 
-import tomllib
-from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tlvision.config import OPTION_OF_FIELD, TrainConfig, with_strategy_defaults
 from tlvision.errors import UserError
+from tlvision.runs.layout import TENSORBOARD_DIR
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
-
-CONFIG_FILE = "config.toml"
-TENSORBOARD_DIR = "tensorboard"
-
-NOT_REPLAYED = ("overwrite",)  # a replay never deletes a run without being told to
 
 # Scalars of a metrics.jsonl record, as TensorBoard tags.
 SCALAR_TAGS = {
@@ -37,60 +25,6 @@ SCALAR_TAGS = {
     "lr": "lr",
     "seconds": "seconds_per_epoch",
 }
-
-
-def write_config_toml(config: TrainConfig, log: Callable[[str], None]) -> None:
-    """RUN/config.toml: every set field of the config (TOML has no null: unset ones are left
-    out and read back as their defaults)."""
-    try:
-        import tomli_w
-    except ImportError:  # a dependency; missing only from a hand-made environment
-        log("note: tomli-w is not installed, so no config.toml (pip install tomli-w)")
-        return
-    values = {
-        key: value
-        for key, value in config.to_json().items()
-        if value is not None and key not in NOT_REPLAYED
-    }
-    (config.out_dir / CONFIG_FILE).write_text(tomli_w.dumps(values))
-
-
-def read_config_toml(path: Path) -> dict[str, Any]:
-    """The TrainConfig fields a config file sets, checked by name and type."""
-    try:
-        values = tomllib.loads(path.read_text())
-    except FileNotFoundError as error:
-        raise UserError(f"--config {path}: no such file") from error
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"--config {path}: not valid TOML ({error})") from error
-    # filled in, so that settings whose default depends on the strategy have a type to check
-    defaults = with_strategy_defaults(TrainConfig(data_dir=Path("."), out_dir=Path(".")))
-    known = {field.name for field in fields(TrainConfig)} - set(NOT_REPLAYED)
-    for key, value in values.items():
-        if key not in known:
-            raise UserError(
-                f"--config {path}: unknown setting {key!r}; known: {', '.join(sorted(known))}"
-            )
-        default = getattr(defaults, key)
-        expected = (int, float) if isinstance(default, float) else type(default)
-        if (
-            default is not None
-            and not isinstance(default, Path)
-            and not isinstance(value, expected)
-        ):
-            raise UserError(
-                f"--config {path}: {key} = {value!r} should be a {type(default).__name__}"
-            )
-    return values
-
-
-def option_defaults(path: Path) -> dict[str, Any]:
-    """A config file as defaults for the train command's options (argparse dests)."""
-    values = read_config_toml(path)
-    for key in ("data_dir", "out_dir", "cache_dir"):
-        if key in values:
-            values[key] = Path(values[key])
-    return {OPTION_OF_FIELD.get(key, key): value for key, value in values.items()}
 
 
 class Tracker:

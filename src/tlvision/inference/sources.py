@@ -1,29 +1,24 @@
-"""Class predictions from a trained run directory, for image files or images in memory."""
+"""What can be classified: image files, folders of them (walked lazily, in a stable order), PIL
+images and arrays of pixels; and what a classification says about one of them (Prediction)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from itertools import chain
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
-from tlvision.api.results import ImageLike, Prediction
-from tlvision.data.images import BadImageError, load_rgb_image, rgb_from_array, rgb_from_pil
-from tlvision.data.layouts import build_transforms, is_broken_link, is_image_file
+from tlvision.data.images import load_rgb_image, rgb_from_array, rgb_from_pil
+from tlvision.data.layouts import is_broken_link, is_image_file
 from tlvision.errors import UserError
-from tlvision.runs.checkpoint import LoadedModel
-
-__all__ = [
-    "ImageInput", "ImagePaths", "Prediction", "expand_image_paths", "image_inputs",
-    "iter_image_paths", "predict_images",
-]  # fmt: skip
+from tlvision.inference.prediction import ImageLike, Prediction
 
 ImageInput = Path | Image.Image | np.ndarray
 """A file (decoded by images.load_rgb_image), a PIL image or an array of pixels."""
+
+__all__ = ["ImageInput", "ImageLike", "ImagePaths", "Prediction", "image_inputs", "rgb_image"]
 
 
 def _walk_sorted(folder: Path) -> Iterator[Path]:
@@ -105,80 +100,3 @@ def rgb_image(source: ImageInput, index: int) -> Image.Image:
     if isinstance(source, Image.Image):
         return rgb_from_pil(source)
     return rgb_from_array(source, name=f"image {index}")
-
-
-def predict_images(
-    loaded: LoadedModel,
-    images: Sequence[ImageInput],
-    *,
-    top_k: int = 1,
-    batch_size: int = 32,
-    device: torch.device | None = None,
-    tta: bool = False,
-) -> list[Prediction]:
-    """Top-k classes per image. Unreadable files get an `error` entry instead of stopping;
-    images in memory get `path` None. tta: average the probabilities of the mirror and crop
-    views of tlvision.inference.tta."""
-    if top_k < 1:
-        raise UserError("--top-k must be at least 1")
-    errors: dict[int, str] = {}
-
-    def readable_images() -> Iterator[Image.Image]:
-        for index, source in enumerate(images):
-            try:
-                yield rgb_image(source, index)
-            except BadImageError as error:
-                errors[index] = error.reason
-
-    ranked = iter(
-        rank_classes(
-            loaded, readable_images(), top_k=top_k, batch_size=batch_size, device=device, tta=tta
-        )
-    )
-    predictions = []
-    for index, source in enumerate(images):
-        path = source if isinstance(source, Path) else None
-        if index in errors:
-            predictions.append(Prediction(path=path, top=(), error=errors[index]))
-        else:
-            predictions.append(Prediction(path=path, top=next(ranked)))
-    return predictions
-
-
-@torch.inference_mode()
-def rank_classes(
-    loaded: LoadedModel,
-    images: Iterable[Image.Image],
-    *,
-    top_k: int,
-    batch_size: int,
-    device: torch.device | None,
-    tta: bool = False,
-) -> list[tuple[tuple[str, float], ...]]:
-    """(class name, probability) pairs, most likely first, per RGB image; images are transformed
-    one batch at a time, so a long list never sits in memory as tensors."""
-    top_k = min(top_k, len(loaded.class_names))
-    device = device or torch.device("cpu")
-    model: torch.nn.Module = loaded.model.to(device).eval()
-    transform = build_transforms(loaded.preprocessing)["val"]
-    if tta:
-        from tlvision.inference.tta import AveragedViews, tta_transform
-
-        model, transform = AveragedViews(model), tta_transform(loaded.preprocessing)
-    ranked: list[tuple[tuple[str, float], ...]] = []
-    batch: list[torch.Tensor] = []
-    for image in chain(images, [None]):  # None: the end, flush the last batch
-        if image is not None:
-            batch.append(transform(image))
-        if batch and (len(batch) == batch_size or image is None):
-            probabilities = torch.softmax(model(torch.stack(batch).to(device)).float(), dim=1)
-            values, indices = probabilities.cpu().topk(top_k, dim=1)
-            for row_values, row_indices in zip(values, indices, strict=True):
-                ranked.append(
-                    tuple(
-                        (loaded.class_names[int(i)], float(v))
-                        for v, i in zip(row_values, row_indices, strict=True)
-                    )
-                )
-            batch = []
-    return ranked

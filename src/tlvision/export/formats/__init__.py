@@ -1,0 +1,1 @@
+"""The built-in export formats: each module registers one (tlvision.export.format)."""

@@ -1,0 +1,1 @@
+"""The built-in backbones: each module registers one family (tlvision.models.backbone)."""

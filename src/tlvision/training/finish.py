@@ -1,0 +1,141 @@
+"""The end of a run: the model and its summary written, each epoch's record on the way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tlvision.data.images import BadImageError, open_image_rgb
+from tlvision.errors import UserError
+from tlvision.runs.reader import read_metrics
+from tlvision.runs.writer import append_metrics, save_run_model, write_summary
+from tlvision.training.setup import Log, RunSetup
+from tlvision.training.strategy import strategy_of
+
+
+def record_epoch(setup: RunSetup, record: dict[str, Any]) -> None:
+    """One epoch's metrics: a metrics.jsonl line and, with --tensorboard, its scalars."""
+    append_metrics(setup.config.out_dir, record)
+    if setup.tracker is not None:
+        setup.tracker.epoch(record)
+
+
+def _track_confusion(setup: RunSetup, model: nn.Module, epoch: int) -> None:
+    """The saved model's val confusion matrix into TensorBoard (only with --tensorboard)."""
+    if setup.tracker is None:
+        return
+    from sklearn.metrics import confusion_matrix
+
+    from tlvision.inference.evaluation import classify_samples
+    from tlvision.inference.runtime import TorchClassifier
+    from tlvision.runs.reader import LoadedModel
+
+    names = tuple(setup.splits.class_names)
+    loaded = LoadedModel(model.eval(), setup.backbone, names, setup.preprocessing, {})
+    predictions = classify_samples(TorchClassifier(loaded), setup.splits.samples["val"])
+    predicted = predictions.probabilities.argmax(axis=1)
+    matrix = confusion_matrix(predictions.labels, predicted, labels=list(range(len(names))))
+    setup.tracker.confusion(matrix, list(names), epoch)
+    setup.tracker.close()
+
+
+def describe_skipped(paths: set[Path]) -> list[dict[str, str]]:
+    """Why each skipped file could not be read (decoded again once, at the end)."""
+    described = []
+    for path in sorted(paths):
+        try:
+            open_image_rgb(path)
+            reason = "could not be read during training"
+        except BadImageError as error:
+            reason = error.reason
+        described.append({"path": str(path), "reason": reason})
+    return described
+
+
+def finish_run(
+    setup: RunSetup,
+    model: nn.Module,
+    log: Log,
+    *,
+    seconds: float,
+    skipped: set[Path],
+    extra: dict[str, Any],
+    model_info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Save the model (safetensors + model.json) and summary.json; report skipped files.
+
+    The saved weights are the best val epoch's; the summary gives the final epoch's val
+    accuracy beside the best one, since the best was chosen on val. `model_info` is what the
+    strategy adds to model.json (the frozen routes: the stage and head read).
+    """
+    model_info = model_info or {}
+    config, backbone, weights = setup.config, setup.backbone, setup.weights
+    metadata = {
+        "classes": list(setup.splits.class_names),
+        "backbone": backbone.name,
+        "weights": weights.label,
+        "pretrained": weights.pretrained,
+        "preprocessing": setup.preprocessing.to_json(),
+        "strategy": config.strategy,
+        # whether the pretrained body trained: a frozen one's codes are in the cache
+        "body": "frozen" if strategy_of(config).frozen_body else "trained",
+        "config": config.to_json(),
+    }
+    save_run_model(config.out_dir, model, {**metadata, **model_info})
+    metrics = read_metrics(config.out_dir)
+    best = max(metrics, key=lambda record: record["val_acc"])  # ties: the earliest epoch
+    skipped_files = describe_skipped(skipped | set(setup.splits.broken_links))
+    summary = {
+        **_test_split_result(setup, log),
+        "final_val_acc": metrics[-1]["val_acc"],
+        "best_val_acc": best["val_acc"],
+        "best_epoch": best["epoch"],
+        "epochs": config.epochs,
+        "seconds": seconds,
+        "strategy": config.strategy,
+        "backbone": backbone.name,
+        "weights": weights.label,
+        "classes": list(setup.splits.class_names),
+        "train_images": len(setup.splits.samples["train"]),
+        "val_images": len(setup.splits.samples["val"]),
+        "val_split": setup.splits.val_split,
+        "class_weights": setup.class_weights,
+        "skipped_files": skipped_files,
+        **extra,
+        "device": str(setup.device),
+        "precision": setup.precision,
+        "processes": setup.distributed.world_size,
+        "torch_threads": torch.get_num_threads(),
+        "loader_workers": setup.num_workers,
+    }
+    write_summary(config.out_dir, summary)
+    _track_confusion(setup, model, metrics[-1]["epoch"])
+    if skipped_files:
+        log(f"skipped {len(skipped_files)} unreadable files (listed in summary.json):")
+        for entry in skipped_files:
+            log(f"  {entry['path']}: {entry['reason']}")
+    log(
+        f"final val acc {summary['final_val_acc']:.4f} (best {best['val_acc']:.4f} at epoch "
+        f"{best['epoch']}, the weights saved); {seconds:.0f}s; model saved to {config.out_dir}"
+    )
+    return summary
+
+
+def _test_split_result(setup: RunSetup, log: Log) -> dict[str, Any]:
+    """DATA/test, when there is one: the saved model scored on it once, at the very end, so the
+    number the summary leads with was never used to choose anything (epoch, rate, strategy)."""
+    test_dir = setup.config.data_dir / "test"
+    if not test_dir.is_dir():
+        return {}
+    from tlvision.inference.evaluation import evaluate_run
+
+    try:
+        report = evaluate_run(setup.config.out_dir, test_dir, device=setup.device)
+    except UserError as error:  # the model is saved: say why there is no test number, go on
+        log(f"note: no test accuracy: {error}")
+        return {"test_error": str(error)}
+    log(f"test acc {report.accuracy:.4f} on {report.total} images of {test_dir} (scored once)")
+    return {"test_acc": report.accuracy, "test_images": report.total}

@@ -1,0 +1,1 @@
+"""The built-in strategies: each module registers one (tlvision.training.strategy)."""
