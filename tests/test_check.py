@@ -8,13 +8,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageEnhance
 from salted_data import make_salted, save_jpegs, texture
 
 from tlvision.cli import main
 from tlvision.data.doctor import (
     FLAT_SPLIT,
     MIN_SIDE,
+    TEST_SPLIT,
     CheckReport,
     Problem,
     check_dataset,
@@ -270,3 +271,126 @@ def test_names_that_are_not_utf8_survive_json_and_text(
     # capsys's stream is strict UTF-8, as stdout is in an en_US.UTF-8 locale
     assert main(["check", str(tmp_path)]) == 1
     assert "bad_\\udcff.jpg: truncated image data" in capsys.readouterr().out
+
+
+def write_three_splits(root: Path) -> Path:
+    """train, val and test/ with two classes each and no image shared between them."""
+    for split, start in (("train", 0), ("val", 100), (TEST_SPLIT, 200)):
+        save_jpegs(root / split / "cats", "c", range(start, start + 3))
+        save_jpegs(root / split / "dogs", "d", range(start + 10, start + 13))
+    return root
+
+
+def save_near_copy(source: Path, target: Path) -> None:
+    """A re-encoded, slightly brighter copy: other bytes, nearly the same picture."""
+    brighter = ImageEnhance.Brightness(Image.open(source).convert("RGB")).enhance(1.08)
+    brighter.save(target, quality=70)
+
+
+def test_clean_dataset_with_test_split_exits_zero(tmp_path: Path) -> None:
+    data = write_three_splits(tmp_path)
+    report = check_dataset(data, progress=False)
+    assert (report.problems, report.notes, report.ignored) == ([], [], [])
+    assert report.class_counts == {
+        "train": {"cats": 3, "dogs": 3},
+        "val": {"cats": 3, "dogs": 3},
+        "test": {"cats": 3, "dogs": 3},
+    }
+    assert report.images_checked == 18
+    assert report.suggested_class_weights == {"cats": 1.0, "dogs": 1.0}
+    assert "test 6" in report.to_text()
+
+
+def test_missing_test_split_is_normal(tmp_path: Path) -> None:
+    data = write_three_splits(tmp_path)
+    shutil.rmtree(data / TEST_SPLIT)
+    report = check_dataset(data, progress=False)
+    assert report.problems == [] and list(report.class_counts) == ["train", "val"]
+
+
+def test_test_split_leakage_names_both_files(tmp_path: Path) -> None:
+    data = write_three_splits(tmp_path)
+    train, val, test = (data / split / "cats" for split in ("train", "val", TEST_SPLIT))
+    shutil.copy(train / "c0.jpg", test / "from_train.jpg")
+    shutil.copy(val / "c100.jpg", test / "from_val.jpg")
+    save_near_copy(train / "c1.jpg", test / "near_train.jpg")
+    save_near_copy(val / "c101.jpg", test / "near_val.jpg")
+    report = check_dataset(data, progress=False)
+    found = kinds_by_name(report.problems)
+    assert found == {
+        "from_train.jpg": {"duplicate-across-splits"},
+        "from_val.jpg": {"duplicate-across-splits"},
+        "near_train.jpg": {"near-duplicate-across-splits"},
+        "near_val.jpg": {"near-duplicate-across-splits"},
+    }
+    by_path = {Path(problem.path).name: problem.message for problem in report.problems}
+    assert f"{train / 'c0.jpg'} in train/" in by_path["from_train.jpg"]
+    assert f"{val / 'c100.jpg'} in val/" in by_path["from_val.jpg"]
+    assert f"{train / 'c1.jpg'} in train/" in by_path["near_train.jpg"]
+    assert f"{val / 'c101.jpg'} in val/" in by_path["near_val.jpg"]
+    for message in by_path.values():
+        assert "the test score is inflated" in message and "delete the test copy" in message
+    assert (
+        "trained on" in by_path["from_train.jpg"] and "picks the epoch" in by_path["from_val.jpg"]
+    )
+    assert report.class_counts[TEST_SPLIT] == {"cats": 7, "dogs": 3}
+
+
+def test_test_copy_of_a_file_in_train_and_val_is_named_for_both(tmp_path: Path) -> None:
+    data = write_three_splits(tmp_path)
+    original = data / "train" / "dogs" / "d10.jpg"
+    val_copy, test_copy = data / "val" / "dogs" / "x.jpg", data / TEST_SPLIT / "dogs" / "y.jpg"
+    shutil.copy(original, val_copy)
+    shutil.copy(original, test_copy)
+    report = check_dataset(data, progress=False)
+    assert report.problem_counts() == {"duplicate-across-splits": 3}
+    named = {(p.path, p.message.split(": ")[0]) for p in report.problems}
+    assert named == {
+        (str(val_copy), f"same file content as {original} in train/"),
+        (str(test_copy), f"same file content as {original} in train/"),
+        (str(test_copy), f"same file content as {val_copy} in val/"),
+    }
+
+
+def test_test_split_class_folders_are_compared_with_train(tmp_path: Path) -> None:
+    data = write_three_splits(tmp_path)
+    save_jpegs(data / TEST_SPLIT / "birds", "b", range(300, 302))
+    report = check_dataset(data, progress=False)
+    [mismatch] = report.problems
+    assert (mismatch.kind, mismatch.path) == ("class-mismatch", str(data / TEST_SPLIT))
+    assert "only in train/: none" in mismatch.message
+    assert "only in test/: ['birds']" in mismatch.message
+    assert report.class_counts[TEST_SPLIT] == {"birds": 2, "cats": 3, "dogs": 3}
+    # Class weights and imbalance look at train only.
+    assert report.suggested_class_weights == {"cats": 1.0, "dogs": 1.0}
+
+
+def test_test_split_files_are_decoded_and_sorted_out(tmp_path: Path) -> None:
+    data = write_three_splits(tmp_path)
+    (data / TEST_SPLIT / "cats" / "zero.jpg").touch()
+    texture(400).save(data / TEST_SPLIT / "stray.jpg")
+    (data / TEST_SPLIT / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    save_jpegs(data / TEST_SPLIT / "dogs", "extra", range(500, 530))  # test imbalance is fine
+    report = check_dataset(data, progress=False)
+    found = kinds_by_name(report.problems)
+    assert found == {"zero.jpg": {"zero-byte"}, "stray.jpg": {"loose-file"}}
+    stray = next(p for p in report.problems if p.kind == "loose-file")
+    assert "so the test score ignores it" in stray.message
+    assert report.ignored == [data / TEST_SPLIT / ".DS_Store"]
+    assert report.images_checked == 18 + 1 + 30
+
+
+def test_class_weights_are_sklearn_balanced() -> None:
+    import numpy as np
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from tlvision.data.doctor_classes import suggested_class_weights
+
+    counts = {"a": 7, "b": 1, "c": 13}
+    labels = [name for name, n in counts.items() for _ in range(n)]
+    expected = compute_class_weight("balanced", classes=np.array(list(counts)), y=labels)
+    weights = suggested_class_weights(counts)
+    assert weights == {name: round(21 / (3 * n), 3) for name, n in counts.items()}
+    assert weights == {n: round(float(w), 3) for n, w in zip(counts, expected, strict=True)}
+    assert suggested_class_weights({"a": 3}) is None
+    assert suggested_class_weights({"a": 3, "b": 0}) is None
