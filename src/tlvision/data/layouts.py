@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -384,6 +385,17 @@ def reseed_loader(loader: DataLoader[tuple[torch.Tensor, int]], seed: int, epoch
 
 
 def inverse_frequency_weights(counts: list[int]) -> list[float]:
-    """n_total / (n_classes * n_class): each class contributes equally to the loss."""
-    total = sum(counts)
-    return [total / (len(counts) * max(1, count)) for count in counts]
+    """n_total / (n_classes * n_class), scikit-learn's "balanced" class weights: each class
+    contributes equally to the loss. A class with no images (a train split never has one:
+    scan_split and the held-out split refuse it) weighs as if it had one, n_total / n_classes."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = np.arange(len(counts))
+    present = labels[np.asarray(counts, dtype=np.int64) > 0]
+    weights = np.full(len(counts), sum(counts) / max(1, len(counts)))
+    if len(present) > 0:
+        y = np.repeat(labels, counts)
+        weights[present] = compute_class_weight("balanced", classes=present, y=y)
+        if len(present) < len(counts):  # "balanced" divides by the classes present, not all
+            weights[present] *= len(present) / len(counts)
+    return [float(weight) for weight in weights]
