@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -110,6 +111,11 @@ def reseed_loader(loader: DataLoader[tuple[torch.Tensor, int]], seed: int, epoch
 
 
 def inverse_frequency_weights(counts: list[int]) -> list[float]:
-    """n_total / (n_classes * n_class): each class contributes equally to the loss."""
-    total = sum(counts)
-    return [total / (len(counts) * max(1, count)) for count in counts]
+    """n_total / (n_classes * n_class), scikit-learn's "balanced" class weights: each class
+    contributes equally to the loss (a train split never has an empty class: scan_split and
+    the held-out split refuse one)."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = np.arange(len(counts))
+    weights = compute_class_weight("balanced", classes=labels, y=np.repeat(labels, counts))
+    return [float(weight) for weight in weights]

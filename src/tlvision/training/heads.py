@@ -317,23 +317,26 @@ def _step(
 # --------------------------------------------------------------------------------------------
 
 
-def _estimator(kind: str, C: float, seed: int, max_iter: int) -> Any:
+def _pipeline(kind: str, C: float, seed: int, max_iter: int, standardize: bool) -> Any:
+    """The head, alone or after a StandardScaler fitted on the head's rows."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
     from sklearn.svm import LinearSVC
 
-    if kind == "logreg":
-        return LogisticRegression(C=C, max_iter=max_iter)
-    if kind == "svm":
-        return LinearSVC(C=C, max_iter=max_iter, random_state=seed)
-    raise UserError(f"unknown head {kind!r}; choose one of {', '.join(SKLEARN_HEADS)}")
+    # feature_statistics' mean and deviation, StandardScaler's but for the last bits, on which a
+    # LinearSVC that max_iter stops (a large C) can turn: the Cs picked before stay picked.
+    class Scaler(StandardScaler):
+        def fit(self, X: np.ndarray, y: Any = None, sample_weight: Any = None) -> Any:
+            super().fit(X)
+            self.mean_, self.scale_ = feature_statistics(X)
+            return self
 
-
-def _fit_quietly(estimator: Any, codes: np.ndarray, labels: np.ndarray) -> Any:
-    from sklearn.exceptions import ConvergenceWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return estimator.fit(codes, labels)
+    if kind not in SKLEARN_HEADS:
+        raise UserError(f"unknown head {kind!r}; choose one of {', '.join(SKLEARN_HEADS)}")
+    svm = LinearSVC(C=C, max_iter=max_iter, random_state=seed)
+    head = svm if kind == "svm" else LogisticRegression(C=C, max_iter=max_iter)
+    return Pipeline([("scale", Scaler() if standardize else "passthrough"), ("head", head)])
 
 
 def one_blas_thread() -> Any:
@@ -357,33 +360,31 @@ def cross_validated_scores(
     max_iter: int = 5000,
 ) -> np.ndarray:
     """Mean accuracy of each C of `grid` in stratified k-fold CV on the training codes only
-    (NaN when a class has one image: no CV possible). Stacked views of one image stay in one
-    fold, so no image is scored by a model that saw it."""
-    from sklearn.model_selection import StratifiedKFold
+    (NaN when a class has one image: no CV possible), by GridSearchCV on folds of the images:
+    an image's views stay in its fold, so no image is scored by a model that saw one of them;
+    it is scored on its first view (the centre crop)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
-    views = code_views(train_codes)
-    labels = label_array(train_labels)
-    _, per_class = np.unique(labels, return_counts=True)
-    splits = min(folds, int(per_class.min()))
-    if splits < 2:
+    views, labels = code_views(train_codes), label_array(train_labels)
+    splits = min(folds, int(np.unique(labels, return_counts=True)[1].min()))
+    if splits < 2 or len(grid) == 0:
         return np.full(len(grid), np.nan)
     folder = StratifiedKFold(n_splits=splits, shuffle=True, random_state=seed)
-    scores = np.zeros(len(grid))
-    with one_blas_thread():
-        for train_rows, test_rows in folder.split(np.zeros(len(labels)), labels):
-            fit_codes = np.concatenate([np.asarray(view[np.sort(train_rows)]) for view in views])
-            fit_labels = np.tile(labels[np.sort(train_rows)], len(views))
-            test_codes = np.asarray(views[0][np.sort(test_rows)], dtype=np.float64)
-            if standardize:
-                mean, std = feature_statistics(fit_codes)
-                fit_codes = (fit_codes - mean) / std
-                test_codes = (test_codes - mean) / std
-            for position, C in enumerate(grid):
-                estimator = _fit_quietly(_estimator(kind, C, seed, max_iter), fit_codes, fit_labels)
-                scores[position] += float(
-                    (estimator.predict(test_codes) == labels[np.sort(test_rows)]).mean()
-                )
-    return scores / splits
+    cv = [  # rows of the views stacked view after view: image i of view v is row v * N + i
+        ((np.sort(train) + len(labels) * np.arange(len(views))[:, None]).ravel(), np.sort(test))
+        for train, test in folder.split(np.zeros(len(labels)), labels)
+    ]
+    # Standardised codes are scaled in float64, as fit_sklearn_head's; raw ones fit as they are.
+    codes = np.concatenate([np.asarray(v, np.float64 if standardize else None) for v in views])
+    search = GridSearchCV(
+        _pipeline(kind, 1.0, seed, max_iter, standardize), {"head__C": list(grid)},
+        scoring="accuracy", cv=cv, refit=False, error_score="raise",
+    )  # fmt: skip
+    # no ConvergenceWarning: a fit that max_iter stops is used as it is
+    with one_blas_thread(), warnings.catch_warnings(action="ignore", category=ConvergenceWarning):
+        search.fit(codes, np.tile(labels, len(views)))
+    return np.asarray(search.cv_results_["mean_test_score"], dtype=np.float64)
 
 
 def best_C(grid: Sequence[float], scores: np.ndarray) -> float:
@@ -465,10 +466,9 @@ def fit_sklearn_head(
     layer. `C=None` picks C from `grid` by cross-validation on the training codes
     (`select_C`); the validation set is never used.
     """
-    if kind not in SKLEARN_HEADS:
-        raise UserError(f"unknown head {kind!r}; choose one of {', '.join(SKLEARN_HEADS)}")
-    views = code_views(train_codes)
-    labels = label_array(train_labels)
+    from sklearn.exceptions import ConvergenceWarning
+
+    views, labels = code_views(train_codes), label_array(train_labels)
     if len(np.unique(labels)) < 2:
         raise UserError("the training codes hold one class; a classifier needs at least two")
     classes = int(labels.max()) + 1 if num_classes is None else num_classes
@@ -478,15 +478,11 @@ def fit_sklearn_head(
             max_iter=max_iter,
         )  # fmt: skip
     codes = np.concatenate([np.asarray(view, dtype=np.float64) for view in views])
-    stacked_labels = np.tile(labels, len(views))
-    mean: np.ndarray | None = None
-    std: np.ndarray | None = None
-    if standardize:
-        mean, std = feature_statistics(codes)
-        codes = (codes - mean) / std
-    with one_blas_thread():
-        estimator = _fit_quietly(_estimator(kind, C, seed, max_iter), codes, stacked_labels)
-    return sklearn_to_linear(estimator, num_classes=classes, mean=mean, std=std)
+    pipeline = _pipeline(kind, C, seed, max_iter, standardize)  # it refuses an unknown kind
+    with one_blas_thread(), warnings.catch_warnings(action="ignore", category=ConvergenceWarning):
+        pipeline.fit(codes, np.tile(labels, len(views)))
+    mean, std = (pipeline[0].mean_, pipeline[0].scale_) if standardize else (None, None)
+    return sklearn_to_linear(pipeline[1], num_classes=classes, mean=mean, std=std)
 
 
 @torch.no_grad()
