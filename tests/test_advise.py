@@ -13,10 +13,16 @@ import pytest
 from PIL import Image
 
 from tlvision import demo_data_dir
+from tlvision.advisor.decision import SIMILAR_CONFIDENCE
 from tlvision.advisor.measure import advise, recommended_input_size
 from tlvision.advisor.race import POOL_IMAGES, race_pool, race_split
 from tlvision.cli import main
+from tlvision.data.images import load_rgb_image
 from tlvision.data.layouts import find_splits
+from tlvision.data.transforms import build_transforms
+from tlvision.models.backbone import get_backbone
+from tlvision.models.network import choose_weights, preprocessing_for
+from tlvision.models.weights import load_state_dict_file
 
 
 def test_input_size_follows_native_resolution() -> None:
@@ -45,10 +51,40 @@ def test_advice_on_demo_photos_is_frozen_features_and_reproducible(
     assert first["command"].startswith("tlvision train ")
     evidence = first["evidence"]
     assert evidence["size"]["train_images"] == 51
-    assert 0 < evidence["pretrained_fit"]["imagenet_confidence"] <= 1
+    # The ImageNet head's confidence: its mean top-1 probability over the race's held-out
+    # train images, at the measured input size. Fish, monuments and tools are ImageNet-like
+    # photos, so the similarity vote it casts is "similar".
+    fit = evidence["pretrained_fit"]
+    holdout, confidence = imagenet_confidence(demo_data_dir(), evidence["native_input_size"])
+    assert fit["images"] == len(holdout)
+    assert fit["imagenet_confidence"] == pytest.approx(confidence, abs=1e-4)
+    assert fit["imagenet_confidence"] >= SIMILAR_CONFIDENCE
+    stated = f"ImageNet head confidence {fit['imagenet_confidence']:.2f} (>= {SIMILAR_CONFIDENCE})"
+    assert stated in " ".join(first["reasons"])
     assert set(evidence["probe"]) == {"stage2", "stage3", "top"}
     assert "small and similar" in evidence["trial_skipped"]
     assert {entry["strategy"] for entry in evidence["race"]} == {"linear-probe"}
+
+
+def imagenet_confidence(data: Path, input_size: int) -> tuple[list[Path], float]:
+    """(the held-out train images, the pretrained mobilenet_v2's mean top-1 ImageNet
+    probability over them), computed image by image here."""
+    import torch
+
+    train = find_splits(data).samples["train"]
+    _fit, holdout = race_split(race_pool(train, seed=0), seed=0)
+    backbone = get_backbone("mobilenet_v2")
+    weights = choose_weights(backbone, None)
+    assert weights.path is not None
+    model = backbone.build()  # with its own 1000-class head
+    model.load_state_dict(load_state_dict_file(weights.path))
+    transform = build_transforms(preprocessing_for(backbone, weights, input_size=input_size))
+    top1 = []
+    with torch.inference_mode():
+        for path, _label in holdout:
+            logits = model.eval()(transform["val"](load_rgb_image(path)).unsqueeze(0))
+            top1.append(float(torch.softmax(logits, dim=1).max()))
+    return [path for path, _ in holdout], sum(top1) / len(top1)
 
 
 def test_advise_refuses_random_weights(

@@ -18,9 +18,7 @@ from conftest import write_dataset
 from PIL import Image
 
 import tlvision
-from tlvision.cli import build_parser, main
-from tlvision.cli.options import training_options as train_options
-from tlvision.config import TrainConfig
+from tlvision.cli import main
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 SOURCE_DIR = Path(tlvision.__file__).resolve().parents[1]  # the src/ this test imports
@@ -95,17 +93,6 @@ def test_api_and_cli_give_the_same_run_and_predictions(
     assert capsys.readouterr().out.strip() == api_run.evaluate(val, device="cpu").to_text()
 
 
-def test_train_options_have_the_cli_names_and_defaults() -> None:
-    import inspect
-
-    cli_defaults = vars(build_parser().parse_args(["train", "DATA"]))
-    api_parameters = inspect.signature(tlvision.train).parameters
-    for name, value in train_options(build_parser().parse_args(["train", "DATA"])).items():
-        assert name in api_parameters, name
-        assert api_parameters[name].default == cli_defaults[name] == value, name
-    assert api_parameters["epochs"].default == TrainConfig.epochs
-
-
 def cli_error(arguments: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     capsys.readouterr()
     assert main(arguments) == 2
@@ -176,7 +163,60 @@ def test_nothing_is_printed_unless_asked(
     tlvision.train(odd_dataset, out=tmp_path / "verbose", verbose=True, **options)
     out, err = capfd.readouterr()
     assert "epoch   1" in out and "final val acc" in out
-    assert "codes" in err or "img" in err  # the feature pass's progress bar
+    # verbose: the bars of the code passes, counting images, though stderr is no terminal
+    assert progress_bars(err) == CODE_PASS_BARS
+
+
+# A feature-extract run's bars on odd_dataset: one pass over each split's centre crops ("val"
+# view), 16 train and 8 val images.
+CODE_PASS_BARS = {"train codes (val)": "16 img", "val codes (val)": "8 img"}
+
+
+def progress_bars(text: str) -> dict[str, str]:
+    """{description: "total unit"} of the tqdm bars drawn in `text`."""
+    bar = r"([^\r\n:]+): +\d+%\|[^|]*\| *\d+/(\d+) \[[^\]]*?"
+    rate = r"(?:\?|[\d.]+)(?:([a-z]+)/s|s/([a-z]+))\]"  # ?img/s, 12.5img/s or 1.25s/img
+    found = re.findall(bar + rate, text)
+    return {name.strip(): f"{total} {unit or slow}" for name, total, unit, slow in found}
+
+
+def test_the_command_line_shows_bars_only_on_a_terminal(
+    odd_dataset: Path, api_run: tlvision.Run, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+    import threading
+
+    flags = [*cli_flags({**TRAIN_OPTIONS, "epochs": 1}), "--no-report"]
+    capfd.readouterr()
+    assert main(["train", str(odd_dataset), "--out", str(tmp_path / "piped"), *flags]) == 0
+    assert progress_bars(capfd.readouterr().err) == {}
+
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # 120 columns
+    drawn = bytearray()
+    reader = threading.Thread(target=read_until, args=(controller, drawn, END), daemon=True)
+    reader.start()
+    with open(terminal, "w") as stderr, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "stderr", stderr)
+        assert main(["train", str(odd_dataset), "--out", str(tmp_path / "tty"), *flags]) == 0
+        stderr.write(END.decode())  # everything before it has reached the terminal
+        stderr.flush()
+        reader.join(timeout=120)
+    os.close(controller)
+    assert not reader.is_alive() and drawn.endswith(END)
+    assert progress_bars(drawn.decode(errors="replace")) == CODE_PASS_BARS
+
+
+END = b"<end of the run>"
+
+
+def read_until(descriptor: int, into: bytearray, end: bytes) -> None:
+    """What a terminal shows, up to `end`."""
+    while not into.endswith(end):
+        into += os.read(descriptor, 65536)
 
 
 def test_predict_takes_paths_pil_images_and_arrays(
@@ -267,8 +307,21 @@ def test_train_auto_runs_the_advice_quietly(
     run = tlvision.train(odd_dataset, strategy="auto", out=tmp_path / "auto", workers=0)
     assert capfd.readouterr() == ("", "")
     advice = json.loads((tmp_path / "auto" / "advice.json").read_text())
-    assert run.summary["strategy"] == advice["strategy"] != "auto"
-    assert run.model_info["preprocessing"]["crop_size"] == advice["input_size"]
+    model = json.loads((tmp_path / "auto" / "model.json").read_text())
+    summary = json.loads((tmp_path / "auto" / "summary.json").read_text())
+    assert (model, summary) == (run.model_info, run.summary)
+    # 16 train images: small, so the advice is a classifier on frozen codes
+    assert (advice["size"], advice["strategy"]) == ("small", "linear-probe")
+    advised = (advice["strategy"], advice["stage"], advice["head"], advice["input_size"])
+    config = model["config"]
+    recorded = (config["strategy"], config["stage"], config["head"], config["input_size"])
+    assert recorded == advised
+    trained = (model["strategy"], model["stage"], model["head"])
+    assert trained == (summary["strategy"], summary["stage"], summary["head"]) == advised[:3]
+    assert model["preprocessing"]["crop_size"] == advice["input_size"]
+    assert config["epochs"] == summary["epochs"] == advice["epochs"]
+    assert config["learning_rate"] == advice["learning_rate"]
+    assert config["freeze_until"] is None and summary["views"] == 0
 
 
 @pytest.mark.parametrize("module", ["tlvision", "tlvision.cli"])

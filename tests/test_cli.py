@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -135,4 +136,18 @@ def test_demo_trains_evaluates_predicts_and_reports(
     summary = json.loads((out / "summary.json").read_text())
     assert f"final val accuracy {summary['final_val_acc']:.3f}" in printed
     assert summary["final_val_acc"] >= 0.9  # 27 photos of fish, monuments and tools
-    assert (out / "report.html").is_file() and "step 4: tlvision report" in printed
+    assert "step 4: tlvision report" in printed
+    # The report holds this run's numbers: summary.json's, and the evaluation of step 2
+    evaluated = re.search(r"^accuracy (\d\.\d{4}) on 27 images$", printed, flags=re.MULTILINE)
+    assert evaluated is not None
+    assert evaluated.group(1) == f"{summary['best_val_acc']:.4f}"  # the best epoch's weights
+    report = (out / "report.html").read_text()
+    assert "<h1>tlvision report: demo</h1>" in report
+    assert "<p>Classes: fish, monument, tool</p>" in report
+    for fact, value in (
+        ("epochs", "3"),
+        ("best val accuracy (chosen on val)", f"{summary['best_val_acc']:.4f}"),
+        ("final epoch val accuracy", f"{summary['final_val_acc']:.4f}"),
+    ):
+        assert f'<tr><td>{fact}</td><td class="number">{value}</td></tr>' in report, fact
+    assert f"<p>Val accuracy {evaluated.group(1)} on 27 images" in report

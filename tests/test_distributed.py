@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -115,48 +116,90 @@ def test_two_processes_see_each_image_once_and_report_the_whole_val_set(
     assert report.accuracy == best["val_acc"] == summary["best_val_acc"]
 
 
+# Put first on a process's PYTHONPATH: rank 0 of a run holds, alive, once it has saved the
+# checkpoint of epoch $TLVISION_TEST_HOLD_AFTER_EPOCH, so the run cannot get past that epoch
+# before the test stops it. The code under test runs unchanged up to there.
+HOLD_AFTER_CHECKPOINT = """
+import os
+
+if os.environ.get("RANK") == "0" and "TLVISION_TEST_HOLD_AFTER_EPOCH" in os.environ:
+    import time
+
+    from tlvision.training import fit
+
+    hold_after = int(os.environ["TLVISION_TEST_HOLD_AFTER_EPOCH"])
+    save_checkpoint = fit.save_checkpoint
+
+    def save_then_hold(setup, epoch, *arguments, **keywords):
+        save_checkpoint(setup, epoch, *arguments, **keywords)
+        while epoch == hold_after:
+            time.sleep(60)
+
+    fit.save_checkpoint = save_then_hold
+"""
+
+
 def test_two_process_run_resumed_with_one_process_continues_its_epochs(
     odd_dataset: Path, tmp_path: Path
 ) -> None:
-    run, epochs = tmp_path / "run", 8
+    run, epochs, stopped = tmp_path / "run", 8, 3
     command = [
         sys.executable, "-m", "tlvision.cli", "train", str(odd_dataset), "--out", str(run),
         "--strategy", "finetune", "--epochs", str(epochs), "--schedule", "cosine", "--nproc", "2",
         *FAST,
     ]  # fmt: skip
-    process = subprocess.Popen(
-        command, env=environment(tmp_path), start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    hook = tmp_path / "hold"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HOLD_AFTER_CHECKPOINT)
+    env = environment(tmp_path)
+    env["PYTHONPATH"] = os.pathsep.join([str(hook), env["PYTHONPATH"]])
+    env["TLVISION_TEST_HOLD_AFTER_EPOCH"] = str(stopped)
+    output = tmp_path / "output.txt"
+    with output.open("w") as sink:
+        process = subprocess.Popen(
+            command, env=env, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT
+        )
     try:
-        saved = wait_for_checkpoint(run, process)
+        wait_for_checkpoint(run, process, stopped, output)
     finally:
         # torchrun passes SIGTERM on to both ranks and waits for them to end
         process.send_signal(signal.SIGTERM)
-        process.wait(timeout=120)
-    assert saved < epochs, "killed too late to test resuming"
+        try:
+            process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
     checkpoint = load_training_checkpoint(run)
-    assert checkpoint.info["processes"] == 2
+    assert checkpoint.epoch == stopped and checkpoint.info["processes"] == 2
+    assert not (run / "summary.json").exists()
 
     assert main(["train", "--resume", str(run)]) == 0
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [record["epoch"] for record in metrics] == list(range(1, epochs + 1))
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["resumed_from_epoch"] == saved and summary["processes"] == 1
-    # the cosine schedule carried on where it was, though an epoch now has twice the steps
-    assert metrics[-1]["lr"] < metrics[saved]["lr"] < metrics[0]["lr"]
+    assert summary["resumed_from_epoch"] == stopped and summary["processes"] == 1
+    # The cosine schedule carried on where it was, though an epoch now has twice the steps:
+    # epoch e starts at the rate a cosine over the whole run gives after e - 1 of its epochs.
+    for record in metrics:
+        share = (record["epoch"] - 1) / epochs
+        expected = metrics[0]["lr"] * (1 + math.cos(math.pi * share)) / 2
+        assert record["lr"] == pytest.approx(expected, rel=1e-4), record["epoch"]
 
 
-def wait_for_checkpoint(run: Path, process: subprocess.Popen[bytes]) -> int:
+def wait_for_checkpoint(
+    run: Path, process: subprocess.Popen[bytes], epoch: int, output: Path
+) -> None:
+    """Until the run's checkpoint is that of `epoch` (it goes no further: see the hold)."""
     import time
 
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        assert process.poll() is None, "the run ended before it could be interrupted"
-        if (run / TRAINING_CHECKPOINT).exists():
-            return load_training_checkpoint(run).epoch
-        time.sleep(0.02)
-    raise AssertionError("no checkpoint appeared")
+        ended = process.poll() is not None
+        assert not ended, f"the run ended before epoch {epoch}:\n{output.read_text()[-3000:]}"
+        if (run / TRAINING_CHECKPOINT).exists() and load_training_checkpoint(run).epoch == epoch:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no checkpoint of epoch {epoch} in 300 s:\n{output.read_text()[-3000:]}")
 
 
 def test_code_extraction_under_two_ranks_computes_each_image_once(

@@ -4,6 +4,7 @@ it is the same model, and the run records the defaults it used."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,14 @@ def test_the_model_above_the_prefix_is_the_whole_model(name: str) -> None:
     assert set(model.state_dict()) == keys, "the frozen modules are back after each pass"
 
 
+def progress_bars(text: str) -> dict[str, str]:
+    """{description: "total unit"} of the tqdm bars drawn in `text`."""
+    bar = r"([^\r\n:]+): +\d+%\|[^|]*\| *\d+/(\d+) \[[^\]]*?"
+    rate = r"(?:\?|[\d.]+)(?:([a-z]+)/s|s/([a-z]+))\]"  # ?img/s, 12.5img/s or 1.25s/img
+    found = re.findall(bar + rate, text)
+    return {name.strip(): f"{total} {unit or slow}" for name, total, unit, slow in found}
+
+
 def test_default_finetune_keeps_the_prefix_frozen_and_shows_images_per_second(
     tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -67,7 +76,15 @@ def test_default_finetune_keeps_the_prefix_frozen_and_shows_images_per_second(
         summary = fit(config, log=lines.append)
     assert any(line.startswith("frozen prefix (up to stage2)") for line in lines)
     assert any(line.startswith("head started on the top codes") for line in lines)
-    assert "img/s" in capsys.readouterr().err
+    # The bars tlvision shows when asked: the prefix pass counts views (the centre crop and
+    # each kept view of the 16 train images, then the 8 val images), each epoch counts images.
+    views = finetune.VIEWS
+    assert progress_bars(capsys.readouterr().err) == {
+        f"frozen prefix, centre + {finetune.VIEWS} train views": f"{16 * (1 + views)} view",
+        "frozen prefix, val": "8 view",
+        **{f"epoch {epoch}/2 train": "16 img" for epoch in (1, 2)},
+        **{f"epoch {epoch}/2 val": "8 img" for epoch in (1, 2)},
+    }
     recorded = json.loads((tmp_path / "run" / "model.json").read_text())["config"]
     assert recorded["freeze_until"] == "stage2" and recorded["views"] == finetune.VIEWS
     assert summary["epochs"] == 2

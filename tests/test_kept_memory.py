@@ -97,6 +97,11 @@ def test_available_memory_is_read_from_the_kernel(tmp_path: Path) -> None:
     meminfo.write_text("MemTotal:       24000000 kB\n")
     assert available_memory_bytes(meminfo) is None
     assert available_memory_bytes(tmp_path / "absent") is None
-    if Path("/proc/meminfo").is_file():  # this machine's own, on Linux
+    own = Path("/proc/meminfo")
+    if own.is_file():  # this machine's own, on Linux: read by default, in kB like the fixture
+        lines = own.read_text().splitlines()
+        total_kb = next(int(line.split()[1]) for line in lines if line.startswith("MemTotal:"))
         measured = available_memory_bytes()
-        assert measured is not None and 0 < measured < 2**50
+        # MemAvailable, not MemTotal (the kernel always keeps some back), counted in whole kB
+        assert measured is not None and measured % 1024 == 0
+        assert 0 < measured < total_kb * 1024

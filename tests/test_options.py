@@ -16,12 +16,7 @@ from tlvision.api.train_options import TrainOptions
 from tlvision.cli import build_parser, main
 from tlvision.cli.options import config_file_defaults, training_options
 from tlvision.cli.train import with_config_file
-from tlvision.config import (
-    TrainConfig,
-    config_from_options,
-    option_fields,
-    train_options_source,
-)
+from tlvision.config import TrainConfig, config_from_options, option_fields, train_options_source
 from tlvision.errors import UserError
 from tlvision.report.page import reproduce_command
 from tlvision.runs.config_file import read_config_toml, write_config_toml

@@ -7,12 +7,14 @@ characters in its name) trained through the CLI, which writes report.html at the
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import json
 import re
 import shlex
 import shutil
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
+BROWSER_WIDTH = 1280
 ODD_CLASS = "stripes <b>&amp;"  # must show as typed, never as markup
 
 
@@ -68,7 +71,7 @@ def open_in_browser(page_path: Path, screenshot: Path) -> dict[str, Any]:
     with sync_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(screenshot.parent / "chromium-profile"), executable_path=str(CHROMIUM),
-            args=CHROMIUM_FLAGS, headless=True, viewport={"width": 1280, "height": 900},
+            args=CHROMIUM_FLAGS, headless=True, viewport={"width": BROWSER_WIDTH, "height": 900},
         )  # fmt: skip
         page = context.new_page()
         errors: list[str] = []
@@ -108,33 +111,140 @@ def independent_losses(run: Path, data: Path) -> dict[str, float]:
     return losses
 
 
+class PageSource(HTMLParser):
+    """What a page's HTML source holds: its tables by id (the cells' text, unescaped), the
+    top-loss figures' data attributes and every embedded PNG."""
+
+    def __init__(self, source: str) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self.losses: list[tuple[str, float]] = []
+        self.pngs: list[bytes] = []
+        self._table: str | None = None
+        self._cell: list[str] | None = None
+        self.feed(source)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "table":
+            self._table = values.get("id") or ""
+            self.tables[self._table] = []
+        elif tag == "tr" and self._table is not None:
+            self.tables[self._table].append([])
+        elif tag in ("td", "th") and self._table is not None:
+            self._cell = []
+        elif tag == "figure" and "top-loss" in (values.get("class") or "").split():
+            self.losses.append((values["data-path"] or "", float(values["data-loss"] or "nan")))
+        elif tag == "img":
+            source = values.get("src") or ""
+            assert source.startswith(PNG_URI), source[:40]  # self-contained: nothing to fetch
+            self.pngs.append(base64.b64decode(source.removeprefix(PNG_URI)))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._table is not None and self._cell is not None:
+            self.tables[self._table][-1].append("".join(self._cell))
+            self._cell = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+PNG_URI = "data:image/png;base64,"
+
+
+def decoded_sizes(pngs: list[bytes]) -> list[tuple[int, int]]:
+    sizes = []
+    for png in pngs:
+        with Image.open(io.BytesIO(png)) as image:
+            assert image.format == "PNG"
+            image.load()  # the whole image decodes, not just its header
+            sizes.append(image.size)
+    return sizes
+
+
+def test_report_holds_the_runs_numbers_evaluates_matrix_and_the_top_losses(
+    trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """report.html as train wrote it, read from its source: no browser needed."""
+    run, data = trained
+    source = (run / "report.html").read_text()
+    page = PageSource(source)
+    assert ODD_CLASS not in source and html.escape(ODD_CLASS) in source  # escaped
+
+    summary = json.loads((run / "summary.json").read_text())
+    facts = dict(tuple(row) for row in page.tables[""] if len(row) == 2)
+    assert facts["best val accuracy (chosen on val)"] == f"{summary['best_val_acc']:.4f}"
+    assert facts["final epoch val accuracy"] == f"{summary['final_val_acc']:.4f}"
+    assert facts["best epoch (its weights are saved)"] == str(summary["best_epoch"])
+    assert facts["epochs"] == "2" and facts["strategy"] == "feature-extract"
+    # (train counts the files found, the unreadable empty.jpg too: not checked here)
+    val_sizes = [(row[0], row[2]) for row in page.tables["dataset-sizes"][1:]]
+    assert val_sizes == [("circles", "6"), ("squares", "6"), (ODD_CLASS, "6"), ("all", "18")]
+    assert summary["val_images"] == 18
+
+    capsys.readouterr()
+    assert main(["evaluate", str(run), str(data / "val"), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    confusion = page.tables["confusion"]
+    assert confusion[0] == ["true \\ predicted", *evaluated["classes"]]
+    assert [[int(count) for count in row[1:]] for row in confusion[1:]] == evaluated[
+        "confusion_matrix"
+    ]
+    assert f"Val accuracy {evaluated['accuracy']:.4f} on 18 images" in source
+    assert any(row[1].endswith("empty.jpg") for row in page.tables["check-problems"][1:])
+
+    losses = independent_losses(run, data)
+    expected = sorted(losses, key=lambda path: -losses[path])[:TOP_LOSSES]
+    shown = [path for path, _loss in page.losses]
+    assert set(shown) == set(expected)
+    assert shown == sorted(shown, key=lambda path: -losses[path])
+    for path, loss in page.losses:
+        assert loss == pytest.approx(losses[path], abs=1e-3)
+
+    # curves, confusion heat map, one overlay per top loss (at its image's size), reliability
+    curves, heat_map, *overlays, reliability = decoded_sizes(page.pngs)
+    assert all(width > 200 and height > 100 for width, height in (curves, heat_map, reliability))
+    assert len(overlays) == len(page.losses) == TOP_LOSSES
+    for (path, _loss), size in zip(page.losses, overlays, strict=True):
+        with Image.open(path) as image:
+            assert size == image.size
+
+
 def test_report_opens_in_a_browser_and_matches_evaluate(
     trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """What only a browser shows: no script or console errors, every image drawn, the class
+    names as typed, the confusion matrix as rendered, and a screenshot of it all."""
     run, data = trained
-    report = run / "report.html"
-    assert report.is_file()  # written by train
-    found = open_in_browser(report, tmp_path / "report.png")
+    found = open_in_browser(run / "report.html", tmp_path / "report.png")
     assert found["errors"] == []
-    assert len(found["widths"]) >= 3 + TOP_LOSSES and all(width > 0 for width in found["widths"])
-    assert (tmp_path / "report.png").stat().st_size > 10_000
+    assert len(found["widths"]) == 3 + TOP_LOSSES and all(width > 0 for width in found["widths"])
     for name in ("circles", "squares", ODD_CLASS):
         assert name in found["text"]
     assert "Dataset problems" in found["text"] and "empty.jpg" in found["text"]
-    assert ODD_CLASS not in report.read_text()  # escaped in the HTML source
 
     capsys.readouterr()
     assert main(["evaluate", str(run), str(data / "val"), "--json"]) == 0
     evaluated = json.loads(capsys.readouterr().out)
     assert found["confusion"] == evaluated["confusion_matrix"]
+    assert [path for path, _loss in found["losses"]] == [
+        path for path, _loss in PageSource((run / "report.html").read_text()).losses
+    ]
+    check_screenshot(tmp_path / "report.png")
 
-    losses = independent_losses(run, data)
-    expected = sorted(losses, key=lambda path: -losses[path])[:TOP_LOSSES]
-    shown = [path for path, _loss in found["losses"]]
-    assert set(shown) == set(expected)
-    assert shown == sorted(shown, key=lambda path: -losses[path])
-    for path, loss in found["losses"]:
-        assert loss == pytest.approx(losses[path], abs=1e-3)
+
+def check_screenshot(path: Path) -> None:
+    """A full-page screenshot: the browser's width, taller than one screen of figures and
+    tables, and not blank (text, plots and photos: many colours, dark and light)."""
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width == BROWSER_WIDTH and image.height > 900
+        pixels = np.asarray(image.convert("L"))
+    assert pixels.min() < 64 and pixels.max() > 192
+    assert len(np.unique(pixels)) > 100
 
 
 def test_report_command_reproduces_the_run_config(trained: tuple[Path, Path]) -> None:
@@ -213,28 +323,55 @@ def test_report_command_with_data_and_no_report(
     assert (quiet / "summary.json").is_file() and not (quiet / "report.html").exists()
 
 
-def test_compare_table_and_page(
-    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture(scope="module")
+def compared(
+    trained: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path, list[dict[str, Any]]]:
+    """(a linear-probe run beside `trained`'s, the compare page of both, compare's JSON rows)."""
     run, data = trained
-    probe = tmp_path / "probe"
+    root = tmp_path_factory.mktemp("compare")
+    probe, page = root / "probe", root / "compare.html"
     main(["train", str(data), "--strategy", "linear-probe", "--head", "logreg", "--input-size",
           "96", "--workers", "0", "--no-report", "--out", str(probe)])  # fmt: skip
-    capsys.readouterr()
-    page = tmp_path / "compare.html"
-    assert main(["compare", str(run), str(probe), "--html", str(page), "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        assert main(["compare", str(run), str(probe), "--html", str(page), "--json"]) == 0
+    return probe, page, json.loads(output.getvalue())
+
+
+def test_compare_table_and_page(
+    trained: tuple[Path, Path], compared: tuple[Path, Path, list[dict[str, Any]]]
+) -> None:
+    run, _data = trained
+    probe, page, rows = compared
     assert [row["strategy"] for row in rows] == ["feature-extract", "linear-probe"]
-    for row, run_dir in zip(rows, (run, probe), strict=True):
+    source = PageSource(page.read_text())
+    table = source.tables["runs"]
+    for row, shown, run_dir in zip(rows, table[1:], (run, probe), strict=True):
         summary = json.loads((run_dir / "summary.json").read_text())
         assert row["final_val_acc"] == summary["final_val_acc"]
         assert row["best_val_acc"] == summary["best_val_acc"]
         assert row["input_size"] == 96 and row["backbone"] == "mobilenet_v2"
-    found = open_in_browser(page, tmp_path / "compare.png")
-    assert found["errors"] == [] and found["widths"] and all(found["widths"])
-    assert str(probe) in found["text"]
+        assert str(run_dir) in shown
+        assert f"{summary['best_val_acc']:.4f}" in shown
+        assert f"{summary['final_val_acc']:.4f}" in shown
+    [(width, height)] = decoded_sizes(source.pngs)  # the overlaid val curves
+    assert width > 300 and height > 150
     written = tlvision.load(probe).report()  # the API, on the logistic-regression run
-    assert written == probe / "report.html" and "linear-probe" in written.read_text()
+    assert written == probe / "report.html"
+    probe_page = PageSource(written.read_text())
+    facts = dict(tuple(row) for row in probe_page.tables[""] if len(row) == 2)
+    assert facts["strategy"] == "linear-probe" and facts["stage / head"] == "top / logreg"
+    assert len(decoded_sizes(probe_page.pngs)) == 3 + TOP_LOSSES
+
+
+def test_compare_page_in_a_browser(
+    compared: tuple[Path, Path, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    probe, page, _rows = compared
+    found = open_in_browser(page, tmp_path / "compare.png")
+    assert found["errors"] == [] and len(found["widths"]) == 1 and all(found["widths"])
+    assert str(probe) in found["text"]
 
 
 def symmetric_image() -> Image.Image:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import numpy as np
 import pytest
 from conftest import predict_with_torch
+from PIL import Image
 from serving import Server, demo_val_images, running_server, train_demo_run
 
 from tlvision.runs.reader import load_run_model
 
 CHROMIUM = Path("/usr/bin/chromium")
+VIEWPORT = (1280, 720)
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -59,6 +64,7 @@ def test_page_asks_for_the_token_then_classifies_an_upload(
             executable_path=str(CHROMIUM),
             headless=True,
             args=CHROMIUM_FLAGS,
+            viewport={"width": VIEWPORT[0], "height": VIEWPORT[1]},
         )
         try:
             page = browser.new_page()
@@ -77,8 +83,30 @@ def test_page_asks_for_the_token_then_classifies_an_upload(
             expect(bars).to_have_count(3)  # the page asks for the top 3 by default
             expect(page.locator(".result .map-figure")).to_be_visible(timeout=60_000)
             assert page.locator(".result .map").evaluate("image => image.naturalWidth") > 0
+            expect(page.locator(".result .map")).to_have_js_property("complete", True)
+            shown = page.locator(".result .map").bounding_box()  # in the viewport
+            scrolled = page.evaluate("() => [window.scrollX, window.scrollY]")
             screenshot = tmp_path / "page.png"
             page.screenshot(path=str(screenshot), full_page=True)
         finally:
             browser.close()
-    assert screenshot.stat().st_size > 10_000
+    # The screenshot is the page as drawn: the viewport's width, and where the page shows the
+    # class map, the overlay the server makes for this image (scaled by the browser).
+    overlay = httpx.post(
+        f"{server.url}/v1/maps",
+        files=[("file", (image.name, image.read_bytes()))],
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=60,
+    )
+    assert overlay.status_code == 200 and shown is not None
+    with Image.open(screenshot) as drawn:
+        assert drawn.format == "PNG" and drawn.width == VIEWPORT[0] and drawn.height >= VIEWPORT[1]
+        left, top = shown["x"] + scrolled[0], shown["y"] + scrolled[1]  # in the whole page
+        box = [round(value) for value in (left, top, shown["width"], shown["height"])]
+        assert box[2] > 50 and box[3] > 50, shown
+        region = drawn.convert("RGB").crop((box[0], box[1], box[0] + box[2], box[1] + box[3]))
+    expected = Image.open(io.BytesIO(overlay.content)).convert("RGB").resize(region.size)
+    region_pixels = np.asarray(region, dtype=np.float32)
+    difference = np.abs(region_pixels - np.asarray(expected, dtype=np.float32)).mean()
+    assert region_pixels.std() > 20  # a picture, not a blank box
+    assert difference < 10, difference  # 0.9 of 255 here

@@ -28,13 +28,7 @@ from typing import Any, Unpack
 from tlvision.api.results import Advice, CheckReport, ProbeTable, Run
 from tlvision.api.train_options import TrainOptions
 from tlvision.compute.cores import prefer_passive_waiting
-from tlvision.config import (
-    AUTO_STRATEGY,
-    HEADS,
-    TrainConfig,
-    config_from_options,
-    option_fields,
-)
+from tlvision.config import AUTO_STRATEGY, HEADS, TrainConfig, config_from_options, option_fields
 from tlvision.progress import showing_progress
 
 __all__ = ["advise", "check", "demo_data_dir", "load", "probe", "resume", "train"]
