@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +34,8 @@ from tlvision.models.network import (
 )
 from tlvision.models.stages import StageClassifier, StageCodes
 from tlvision.models.weights import WeightsChoice
-from tlvision.training.heads import (
-    fit_sklearn_head,
-    select_C,
-    sklearn_to_linear,
-    train_linear_head,
-)
+from tlvision.training.heads import HeadTraining, train_linear_head
+from tlvision.training.sklearn_heads import fit_sklearn_head, select_C, sklearn_to_linear
 
 REFERENCE_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera_data"
 NO_WEIGHTS = WeightsChoice(spec=None, path=None, label="none")
@@ -67,8 +64,9 @@ def test_linear_head_learns_a_separable_problem() -> None:
     train, train_labels = blobs(600, 4, 32, seed=0)
     val, val_labels = blobs(300, 4, 32, seed=1)
     layer, history = train_linear_head(
-        train, train_labels, val, val_labels, num_classes=4, epochs=10, seed=0
-    )
+        train, train_labels, val, val_labels, num_classes=4,
+        training=HeadTraining(epochs=10, seed=0),
+    )  # fmt: skip
     assert isinstance(layer, nn.Linear) and (layer.in_features, layer.out_features) == (32, 4)
     assert [record["epoch"] for record in history] == list(range(1, 11))
     assert set(history[0]) == {
@@ -81,20 +79,20 @@ def test_linear_head_learns_a_separable_problem() -> None:
 def test_linear_head_keeps_the_best_epoch_or_the_last_and_is_reproducible() -> None:
     train, train_labels = blobs(200, 3, 16, seed=0, spread=4.0)
     val, val_labels = blobs(200, 3, 16, seed=1, spread=4.0)
-    kwargs = {"num_classes": 3, "epochs": 6, "learning_rate": 0.05, "seed": 5}
-    best, history = train_linear_head(train, train_labels, val, val_labels, **kwargs)  # type: ignore[arg-type]
-    again, _ = train_linear_head(train, train_labels, val, val_labels, **kwargs)  # type: ignore[arg-type]
+    training = HeadTraining(epochs=6, learning_rate=0.05, seed=5)
+    best, history = train_linear_head(
+        train, train_labels, val, val_labels, num_classes=3, training=training
+    )
+    again, _ = train_linear_head(
+        train, train_labels, val, val_labels, num_classes=3, training=training
+    )
     torch.testing.assert_close(best.weight, again.weight, rtol=0, atol=0)
     accuracies = [record["val_acc"] for record in history]
     assert (argmax_of(best, val) == val_labels).mean() == pytest.approx(max(accuracies))
     last, history = train_linear_head(
-        train,
-        train_labels,
-        val,
-        val_labels,
-        keep_best=False,
-        **kwargs,  # type: ignore[arg-type]
-    )
+        train, train_labels, val, val_labels, num_classes=3,
+        training=replace(training, keep_best=False),
+    )  # fmt: skip
     assert (argmax_of(last, val) == val_labels).mean() == pytest.approx(history[-1]["val_acc"])
 
 
@@ -106,8 +104,10 @@ def test_linear_head_starts_from_init_and_folds_standardisation() -> None:
     init = nn.Linear(8, 3)
     start = init.weight.detach().clone()
     layer, history = train_linear_head(
-        train, train_labels, val, val_labels, num_classes=3, epochs=5, init=init,
-        standardize=True, optimizer="adamw", learning_rate=0.01, schedule="cosine",
+        train, train_labels, val, val_labels, num_classes=3, init=init,
+        training=HeadTraining(
+            epochs=5, standardize=True, optimizer="adamw", learning_rate=0.01, schedule="cosine"
+        ),
     )  # fmt: skip
     torch.testing.assert_close(init.weight, start)  # init is copied, not trained in place
     assert history[-1]["val_acc"] >= 0.95
@@ -118,8 +118,8 @@ def test_class_weights_weight_the_losses_like_cross_entropy_loss() -> None:
     train, train_labels = blobs(120, 2, 8, seed=0, spread=3.0)
     val, val_labels = blobs(60, 2, 8, seed=1, spread=3.0)
     layer, history = train_linear_head(
-        train, train_labels, val, val_labels, num_classes=2, epochs=2, keep_best=False,
-        class_weights=[1.0, 3.0],
+        train, train_labels, val, val_labels, num_classes=2,
+        training=HeadTraining(epochs=2, keep_best=False), class_weights=[1.0, 3.0],
     )  # fmt: skip
     criterion = nn.CrossEntropyLoss(weight=torch.tensor([1.0, 3.0]))
     with torch.no_grad():
@@ -131,8 +131,9 @@ def test_linear_head_trains_on_views_one_per_image_per_epoch() -> None:
     centre, labels = blobs(100, 2, 8, seed=0)
     views = [centre, centre + 0.01, centre - 0.01]
     _layer, history = train_linear_head(
-        views, labels, centre, labels, num_classes=2, epochs=3, batch_size=10, seed=0
-    )
+        views, labels, centre, labels, num_classes=2,
+        training=HeadTraining(epochs=3, batch_size=10, seed=0),
+    )  # fmt: skip
     assert len(history) == 3 and history[-1]["val_acc"] >= 0.95
     with pytest.raises(ValueError, match="one shape"):
         train_linear_head([centre, centre[:50]], labels, centre, labels, num_classes=2)
@@ -194,7 +195,7 @@ def test_probe_scores_every_head_on_every_stage() -> None:
     train = {"stage1": noise.normal(size=(150, 4)).astype(np.float32), None: train_top}
     val = {"stage1": noise.normal(size=(90, 4)).astype(np.float32), None: val_top}
     lines: list[str] = []
-    rows = probe(train, val, labels, val_labels, num_classes=3, linear_epochs=20, log=lines.append)
+    rows = probe(train, val, labels, val_labels, num_classes=3, log=lines.append)
     assert [(row.stage, row.head) for row in rows] == [
         (stage, head) for stage in ("stage1", None) for head in HEADS
     ]

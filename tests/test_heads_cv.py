@@ -16,15 +16,12 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import LinearSVC
 
 from tlvision.data.loading import inverse_frequency_weights
-from tlvision.training.heads import (
+from tlvision.training.heads import TrainCodes, code_views, feature_statistics, label_array
+from tlvision.training.sklearn_heads import (
     DEFAULT_C_GRID,
-    TrainCodes,
     best_C,
-    code_views,
     cross_validated_scores,
-    feature_statistics,
     fit_sklearn_head,
-    label_array,
     one_blas_thread,
     select_C,
 )

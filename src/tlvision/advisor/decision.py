@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from tlvision.advisor.advice import Advice, Standing
 from tlvision.models.backbone import TOP_LABEL
 from tlvision.models.weights import IMAGENET_LIKE_SHIFT
 from tlvision.training.strategies.finetune import NAME as FINETUNE
@@ -171,89 +172,6 @@ class Evidence:
                 "margin": MARGIN,
             },
         }
-
-
-@dataclass(frozen=True)
-class Standing:
-    """A candidate in the decided race: predicted accuracy on all of train, cost, verdict."""
-
-    name: str
-    predicted_accuracy: float
-    cost_passes: float  # 224-px image passes the full training run needs
-    predicted_seconds: float  # an estimate, from the measured speed
-    within_margin: bool
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass(frozen=True)
-class Advice:
-    strategy: str  # linear-probe or finetune
-    stage: str | None  # linear-probe: the stage read; finetune: --freeze-until (None: all)
-    size: str  # small / large
-    similarity: str  # similar / different
-    quadrant: str
-    input_size: int
-    epochs: int
-    learning_rate: float
-    backbone_lr_mult: float | None  # None: the run's default for its BatchNorm mode
-    head: str
-    predicted_seconds: float
-    margin: float
-    standings: list[Standing]
-    command: str
-    reasons: list[str]
-    evidence: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        data = dict(self.__dict__)
-        data["standings"] = [standing.to_json() for standing in self.standings]
-        return data
-
-    def to_text(self) -> str:
-        size, fit = self.evidence["size"], self.evidence["pretrained_fit"]
-        sample = self.evidence["race_sample"]
-        lines = [
-            f"data: {size['train_images']} train / {size['val_images']} val images"
-            + (f" / {size['test_images']} test (not used)" if size["test_images"] else "")
-            + f", {size['classes']} classes ({size['per_class_min']}-{size['per_class_max']} "
-            f"per class), native short side {size['native_short_side']} px",
-            f"ImageNet head confidence {fit['imagenet_confidence']:.3f}; BatchNorm shift by "
-            "stage: " + ", ".join(f"{k} {v:.2f}" for k, v in fit["batchnorm_shift"].items()),
-            "learning curve of the best frozen candidate (share of the pool: CV accuracy): "
-            + ", ".join(f"{k} {v:.3f}" for k, v in self.evidence["learning_curve"].items()),
-            "",
-            f"quadrant: {self.quadrant}",
-            *[f"  - {reason}" for reason in self.reasons],
-            "",
-            f"race on train/ only: frozen codes by {sample.get('cv', 0)}-image cross-validation; "
-            f"trials {sample['fit']} fit / {sample['holdout']} held-out images; "
-            f"margin {self.margin:.3f}",
-            f"  {'candidate':<28} {'measured':>8} {'predicted':>9} {'cost':>9} {'est. time':>9}",
-        ]
-        measured = {entry["name"]: entry for entry in self.evidence["race"]}
-        for standing in self.standings:
-            mark = "*" if standing.within_margin else " "
-            lines.append(
-                f"{mark} {standing.name:<28} {measured[standing.name]['accuracy']:>8.3f} "
-                f"{standing.predicted_accuracy:>9.3f} {standing.cost_passes:>9.0f} "
-                f"{standing.predicted_seconds / 60:>7.1f}min"
-            )
-        if self.evidence["trial_skipped"]:
-            lines.append(f"  no fine-tuning trial: {self.evidence['trial_skipped']}")
-        if self.evidence.get("full_trial_skipped"):
-            lines.append(f"  no full fine-tuning trial: {self.evidence['full_trial_skipped']}")
-        lines += [
-            "",
-            f"recommended: {self.strategy}"
-            + (f" (stage {self.stage})" if self.stage and self.strategy != FINETUNE else "")
-            + (f" (frozen until {self.stage})" if self.stage and self.strategy == FINETUNE else "")
-            + f", input {self.input_size} px, about {self.predicted_seconds / 60:.1f} min here "
-            "(estimate)",
-            f"run it: {self.command}",
-        ]
-        return "\n".join(lines)
 
 
 def axes(
@@ -437,6 +355,22 @@ def comparable_accuracy(entry: Entry, best_frozen: float, epochs: int) -> float:
     return min(1.0, max(0.0, best_frozen + trial - entry.frozen_reference))
 
 
+def raced(
+    evidence: Evidence, epochs: int, time_budget_minutes: float, reasons: list[str]
+) -> list[Entry]:
+    """The candidates that race: fine-tuning's only when the budget allows enough epochs (and
+    a reason says so when it does not)."""
+    frozen = [entry for entry in evidence.race if entry.strategy != FINETUNE]
+    if epochs >= MIN_FINETUNE_EPOCHS:
+        return list(evidence.race)
+    if len(frozen) < len(evidence.race):
+        reasons.append(
+            f"fine-tuning left out: the {time_budget_minutes:g}-minute budget allows {epochs} "
+            f"epochs (under {MIN_FINETUNE_EPOCHS}) at a nominal {evidence.device_kind} speed"
+        )
+    return frozen
+
+
 def decide(evidence: Evidence, *, time_budget_minutes: float) -> Advice:
     """The race's cheapest candidate within the margin of the best (no measuring here); the
     returned Advice has no command or evidence yet."""
@@ -447,14 +381,7 @@ def decide(evidence: Evidence, *, time_budget_minutes: float) -> Advice:
     epochs = finetune_epochs(
         size, evidence.native_input_size, evidence.device_kind, time_budget_minutes
     )
-    race = [entry for entry in evidence.race if entry.strategy != FINETUNE]
-    if epochs >= MIN_FINETUNE_EPOCHS:
-        race = list(evidence.race)
-    elif len(race) < len(evidence.race):
-        reasons.append(
-            f"fine-tuning left out: the {time_budget_minutes:g}-minute budget allows {epochs} "
-            f"epochs (under {MIN_FINETUNE_EPOCHS}) at a nominal {evidence.device_kind} speed"
-        )
+    race = raced(evidence, epochs, time_budget_minutes, reasons)
     predicted = {
         entry.name: comparable_accuracy(entry, best_frozen_at(race, entry.input_size), epochs)
         for entry in race
@@ -462,6 +389,14 @@ def decide(evidence: Evidence, *, time_budget_minutes: float) -> Advice:
     best = max(predicted.values())
     margin = race_margin(best, evidence.race_sample)
     costs = {entry.name: cost_passes(entry, size, epochs) for entry in race}
+    order = sorted(
+        race,
+        key=lambda e: (
+            costs[e.name],
+            -predicted[e.name],
+            rank(e, is_similar, evidence.race_stages),
+        ),
+    )
     standings = [
         Standing(
             name=entry.name,
@@ -470,14 +405,7 @@ def decide(evidence: Evidence, *, time_budget_minutes: float) -> Advice:
             predicted_seconds=costs[entry.name] * evidence.seconds_per_pass,
             within_margin=predicted[entry.name] >= best - margin,
         )
-        for entry in sorted(
-            race,
-            key=lambda e: (
-                costs[e.name],
-                -predicted[e.name],
-                rank(e, is_similar, evidence.race_stages),
-            ),
-        )
+        for entry in order
     ]
     chosen_name = next(standing.name for standing in standings if standing.within_margin)
     chosen = next(entry for entry in race if entry.name == chosen_name)
@@ -486,10 +414,11 @@ def decide(evidence: Evidence, *, time_budget_minutes: float) -> Advice:
         f"race: best predicted {best_name} {best:.3f}; the cheapest within {margin:.3f} of it is "
         f"{chosen.name} ({predicted[chosen.name]:.3f}, {costs[chosen.name]:.0f} image passes)"
     )
-    if evidence.trial_skipped:
-        reasons.append(f"fine-tuning not raced: {evidence.trial_skipped}")
-    elif evidence.full_trial_skipped:
-        reasons.append(f"full fine-tuning not raced: {evidence.full_trial_skipped}")
+    if evidence.trial_skipped or evidence.full_trial_skipped:
+        which = "fine-tuning" if evidence.trial_skipped else "full fine-tuning"
+        reasons.append(
+            f"{which} not raced: {evidence.trial_skipped or evidence.full_trial_skipped}"
+        )
     return Advice(
         strategy=chosen.strategy, stage=chosen.stage, size="small" if is_small else "large",
         similarity="similar" if is_similar else "different",

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from torch import nn
+
 from tlvision.codes.cache import FeatureCache, default_cache_dir
 from tlvision.codes.split_codes import extract_split_codes
 from tlvision.compute.devices import resolve_device
@@ -24,14 +27,14 @@ from tlvision.models.network import choose_weights, create_model, preprocessing_
 from tlvision.models.stages import TOP_LABEL, stage_label
 from tlvision.training.heads import (
     Codes,
+    HeadTraining,
     TrainCodes,
     accuracy,
     code_views,
-    fit_sklearn_head,
     label_array,
-    select_C,
     train_linear_head,
 )
+from tlvision.training.sklearn_heads import fit_sklearn_head, select_C
 
 
 @dataclass(frozen=True)
@@ -63,10 +66,6 @@ def probe(
     num_classes: int | None = None,
     heads: Sequence[str] = HEADS,
     seed: int = 0,
-    linear_epochs: int = 30,
-    linear_learning_rate: float = 1e-2,
-    linear_weight_decay: float = 1e-4,
-    batch_size: int = 32,
     C: float | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[ProbeRow]:
@@ -90,19 +89,7 @@ def probe(
         views = code_views(train_codes)
         for head in heads:
             started = time.perf_counter()
-            chosen: float | None = None
-            if head == "linear":
-                layer, _history = train_linear_head(
-                    views, labels, val_codes, val_targets, num_classes=classes,
-                    epochs=linear_epochs, learning_rate=linear_learning_rate,
-                    batch_size=batch_size, weight_decay=linear_weight_decay, optimizer="adamw",
-                    schedule="cosine", seed=seed, standardize=True, keep_best=False,
-                )  # fmt: skip
-            else:
-                chosen = C if C is not None else select_C(head, views, labels, seed=seed)
-                layer = fit_sklearn_head(
-                    head, views, labels, num_classes=classes, C=chosen, seed=seed
-                )
+            layer, chosen = _fit_head(head, views, labels, val_codes, val_targets, classes, C, seed)
             row = ProbeRow(
                 stage=stage,
                 head=head,
@@ -119,6 +106,31 @@ def probe(
                     f"train acc {row.train_acc:.4f}  {row.seconds:.1f}s{c_text}"
                 )
     return rows
+
+
+def _fit_head(
+    head: str,
+    views: list[np.ndarray],
+    labels: np.ndarray,
+    val_codes: Codes,
+    val_labels: np.ndarray,
+    classes: int,
+    C: float | None,
+    seed: int,
+) -> tuple[nn.Linear, float | None]:
+    """The head on the codes, and the C the sklearn heads chose. The linear head trains a fixed
+    30 epochs (AdamW, cosine schedule, standardised codes) and is its last epoch's."""
+    if head == "linear":
+        training = HeadTraining(
+            epochs=30, learning_rate=1e-2, weight_decay=1e-4, optimizer="adamw",
+            schedule="cosine", seed=seed, standardize=True, keep_best=False,
+        )  # fmt: skip
+        layer, _history = train_linear_head(
+            views, labels, val_codes, val_labels, num_classes=classes, training=training
+        )
+        return layer, None
+    chosen = C if C is not None else select_C(head, views, labels, seed=seed)
+    return fit_sklearn_head(head, views, labels, num_classes=classes, C=chosen, seed=seed), chosen
 
 
 def format_probe_table(rows: Sequence[ProbeRow]) -> str:

@@ -33,9 +33,9 @@ from tlvision.models.backbone import BackboneSpec
 from tlvision.models.network import create_model, preprocessing_for
 from tlvision.models.stages import stage_label
 from tlvision.models.weights import WeightsChoice
-from tlvision.training.heads import (
+from tlvision.training.heads import accuracy
+from tlvision.training.sklearn_heads import (
     DEFAULT_C_GRID,
-    accuracy,
     best_C,
     cross_validated_scores,
     fit_sklearn_head,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,6 +73,29 @@ def _readable_codes(
         return samples, extract(samples)
 
 
+@dataclass(frozen=True)
+class _Passes:
+    """Extraction passes of one traced extractor: one per view, every stage at once."""
+
+    extractor: StageCodes
+    specs: list[CodesSpec]  # one per stage, of the centre view
+    options: dict[str, Any]  # extract_codes' cache, batch size, workers, device, log
+
+    def codes_for(self, view: View, phase: str) -> Extract:
+        specs = [replace(spec, view=view) for spec in self.specs]
+
+        def extract(samples: list[tuple[Path, int]]) -> dict[str | None, np.ndarray]:
+            return extract_codes(
+                self.extractor,
+                samples,
+                specs=specs,
+                description=f"{phase} codes ({view.name})",
+                **self.options,
+            )
+
+        return extract
+
+
 def extract_split_codes(
     model: nn.Module,
     backbone: BackboneSpec,
@@ -95,27 +119,17 @@ def extract_split_codes(
     Unreadable images are skipped, logged once and listed in each SplitCodes' `skipped`.
     """
     if augmented_views < 0 or (augmented_views == 0 and not center_view):
-        raise UserError(
-            "give the training set at least one view (--views 0 means centre crop only)"
-        )
+        raise UserError("give the training set at least one view (--views 0: the centre crop)")
     log = log or (cache.log if cache is not None else stderr_log)
     views = ([VAL_VIEW] if center_view else []) + list(train_views(augmented_views, seed))
     stages = list(dict.fromkeys(stages))
-    extractor = StageCodes(model, backbone, stages)  # traced once, used for every pass
-
-    def codes_for(view: View, phase: str) -> Extract:
-        specs = [CodesSpec(backbone.name, weights, preprocessing, stage, view) for stage in stages]
-
-        def extract(samples: list[tuple[Path, int]]) -> dict[str | None, np.ndarray]:
-            return extract_codes(
-                extractor, samples, specs=specs, cache=cache, batch_size=batch_size,
-                num_workers=num_workers, device=device, channels_last=channels_last,
-                description=f"{phase} codes ({view.name})", log=log,
-            )  # fmt: skip
-
-        return extract
-
-    skipped: list[tuple[Path, str]] = []
+    passes = _Passes(
+        StageCodes(model, backbone, stages),  # traced once, used for every pass
+        [CodesSpec(backbone.name, weights, preprocessing, stage) for stage in stages],
+        dict(cache=cache, batch_size=batch_size, num_workers=num_workers, device=device,
+             channels_last=channels_last, log=log),
+    )  # fmt: skip
+    codes_for, skipped = passes.codes_for, list[tuple[Path, str]]()
     train_samples = list(splits.samples["train"])
     per_view = []
     for view in views:
@@ -128,23 +142,26 @@ def extract_split_codes(
         list(splits.samples["val"]), skipped, codes_for(VAL_VIEW, "val")
     )
     if skipped:
-        log(
-            f"skipped {len(skipped)} unreadable image(s): "
-            + "; ".join(f"{path}: {reason}" for path, reason in skipped[:5])
-            + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
-        )
-    train_labels = np.asarray([label for _path, label in train_samples], dtype=np.int64)
-    val_labels = np.asarray([label for _path, label in val_samples], dtype=np.int64)
+        log(f"skipped {len(skipped)} unreadable image(s): {_listed(skipped)}")
     return {
         stage: SplitCodes(
             stage=stage,
             train_views=tuple(codes[stage] for codes in per_view),
-            train_labels=train_labels,
+            train_labels=_labels(train_samples),
             val=val[stage],
-            val_labels=val_labels,
+            val_labels=_labels(val_samples),
             train_samples=tuple(train_samples),
             val_samples=tuple(val_samples),
             skipped=tuple(skipped),
         )
         for stage in stages
     }
+
+
+def _listed(skipped: list[tuple[Path, str]]) -> str:
+    more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+    return "; ".join(f"{path}: {reason}" for path, reason in skipped[:5]) + more
+
+
+def _labels(samples: Sequence[tuple[Path, int]]) -> np.ndarray:
+    return np.asarray([label for _path, label in samples], dtype=np.int64)

@@ -17,7 +17,14 @@ from PIL import Image
 
 from tlvision.data.doctor_report import Findings, Problem
 from tlvision.data.images import BadImageError, decode_image_rgb, read_image_bytes
-from tlvision.data.layouts import IMAGE_EXTENSIONS, PHASES, dataset_layout, image_files, is_image_file, list_class_folders
+from tlvision.data.layouts import (
+    IMAGE_EXTENSIONS,
+    PHASES,
+    dataset_layout,
+    image_files,
+    is_image_file,
+    list_class_folders,
+)
 from tlvision.progress import progress_bar
 
 MIN_SIDE = 32

@@ -12,7 +12,13 @@ from torch import nn
 from tlvision.data.preprocessing import Preprocessing
 from tlvision.errors import UserError
 from tlvision.models.backbone import BackboneSpec, Stage
-from tlvision.models.weights import WEIGHT_FILE_SUFFIXES, WeightsChoice, ensure_weights_file, load_state_dict_file, sha256_of_file
+from tlvision.models.weights import (
+    WEIGHT_FILE_SUFFIXES,
+    WeightsChoice,
+    ensure_weights_file,
+    load_state_dict_file,
+    sha256_of_file,
+)
 
 
 def choose_weights(

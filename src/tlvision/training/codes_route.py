@@ -29,8 +29,9 @@ from tlvision.models.stages import StageClassifier, stage_label
 from tlvision.runs.layout import CODES_RUN_CONFIG
 from tlvision.runs.writer import start_metrics
 from tlvision.training.finish import finish_run, record_epoch
-from tlvision.training.heads import accuracy, fit_sklearn_head, train_linear_head
+from tlvision.training.heads import HeadTraining, accuracy, train_linear_head
 from tlvision.training.setup import Log, RunSetup
+from tlvision.training.sklearn_heads import fit_sklearn_head
 from tlvision.training.strategy import epochs_of, views_of
 
 
@@ -105,14 +106,15 @@ def _train_head(
         log(f"epoch {record['epoch']:>3}  val acc {record['val_acc']:.4f}{train}")
 
     if head_name == "linear":
+        training = HeadTraining(
+            epochs=epochs_of(config), learning_rate=config.learning_rate,
+            batch_size=config.batch_size, weight_decay=config.weight_decay,
+            momentum=config.momentum, schedule=config.schedule, step_epochs=config.step_epochs,
+            step_gamma=config.step_gamma, seed=config.seed,
+        )  # fmt: skip
         layer, _history = train_linear_head(
             codes.train_views, codes.train_labels, codes.val, codes.val_labels,
-            num_classes=num_classes, epochs=epochs_of(config),
-            learning_rate=config.learning_rate, batch_size=config.batch_size,
-            weight_decay=config.weight_decay, momentum=config.momentum,
-            schedule=config.schedule, step_epochs=config.step_epochs,
-            step_gamma=config.step_gamma, seed=config.seed,
-            init=init,
+            num_classes=num_classes, training=training, init=init,
             class_weights=setup.class_weights, on_epoch=on_epoch,
         )  # fmt: skip
         return layer

@@ -55,6 +55,22 @@ def describe_skipped(paths: set[Path]) -> list[dict[str, str]]:
     return described
 
 
+def model_metadata(setup: RunSetup) -> dict[str, Any]:
+    """model.json: what rebuilds and explains the saved model."""
+    config = setup.config
+    return {
+        "classes": list(setup.splits.class_names),
+        "backbone": setup.backbone.name,
+        "weights": setup.weights.label,
+        "pretrained": setup.weights.pretrained,
+        "preprocessing": setup.preprocessing.to_json(),
+        "strategy": config.strategy,
+        # whether the pretrained body trained: a frozen one's codes are in the cache
+        "body": "frozen" if strategy_of(config).frozen_body else "trained",
+        "config": config.to_json(),
+    }
+
+
 def finish_run(
     setup: RunSetup,
     model: nn.Module,
@@ -71,20 +87,8 @@ def finish_run(
     accuracy beside the best one, since the best was chosen on val. `model_info` is what the
     strategy adds to model.json (the frozen routes: the stage and head read).
     """
-    model_info = model_info or {}
     config, backbone, weights = setup.config, setup.backbone, setup.weights
-    metadata = {
-        "classes": list(setup.splits.class_names),
-        "backbone": backbone.name,
-        "weights": weights.label,
-        "pretrained": weights.pretrained,
-        "preprocessing": setup.preprocessing.to_json(),
-        "strategy": config.strategy,
-        # whether the pretrained body trained: a frozen one's codes are in the cache
-        "body": "frozen" if strategy_of(config).frozen_body else "trained",
-        "config": config.to_json(),
-    }
-    save_run_model(config.out_dir, model, {**metadata, **model_info})
+    save_run_model(config.out_dir, model, {**model_metadata(setup), **(model_info or {})})
     metrics = read_metrics(config.out_dir)
     best = max(metrics, key=lambda record: record["val_acc"])  # ties: the earliest epoch
     skipped_files = describe_skipped(skipped | set(setup.splits.broken_links))

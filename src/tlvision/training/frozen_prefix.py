@@ -40,7 +40,7 @@ from tlvision.errors import UserError
 from tlvision.models.backbone import BackboneSpec, Stage
 from tlvision.progress import progress_bar
 from tlvision.training.freezing import frozen_stage
-from tlvision.training.heads import train_linear_head
+from tlvision.training.heads import HeadTraining, train_linear_head
 from tlvision.training.strategy import views_of
 
 Transform = Callable[[Image.Image], torch.Tensor]
@@ -392,11 +392,13 @@ def start_head_from_codes(
     started = time.perf_counter()
     train_codes = [_top_codes(network, head, view) for view in activations.train_views]
     val_codes = _top_codes(network, head, activations.val)
+    training = HeadTraining(
+        epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
+        keep_best=False,
+    )  # fmt: skip
     layer, history = train_linear_head(
         train_codes, activations.train_labels.numpy(), val_codes, activations.val_labels.numpy(),
-        num_classes=head.out_features, epochs=epochs, learning_rate=learning_rate,
-        batch_size=batch_size, seed=seed, init=head, class_weights=class_weights,
-        keep_best=False,
+        num_classes=head.out_features, training=training, init=head, class_weights=class_weights,
     )  # fmt: skip
     with torch.no_grad():
         head.weight.copy_(layer.weight)
