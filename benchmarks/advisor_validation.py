@@ -32,11 +32,14 @@ from typing import Any
 
 from tlvision.advisor.decision import Entry, Evidence, SizeEvidence, cost_passes, decide
 from tlvision.advisor.measure import advise
-from tlvision.advisor.race import PARTIAL_FREEZE_UNTIL, RACE_STAGES, frozen_name
+from tlvision.advisor.race import frozen_name, race_stages
 from tlvision.api import probe
 from tlvision.config import NO_FREEZING, TrainConfig
+from tlvision.models.backbone import get_backbone
 from tlvision.models.stages import stage_label
 from tlvision.training.fit import fit
+
+BACKBONE = get_backbone("mobilenet_v2")  # the advisor's default: what the validation measured
 
 
 def pick_name(advice: dict[str, Any]) -> str:
@@ -50,7 +53,7 @@ def frozen_rows(data: Path, sizes: list[int], cache: Path) -> list[dict[str, Any
     rows = []
     for size in sizes:
         table = probe(
-            data, stages=[stage_label(stage) for stage in RACE_STAGES], heads=["logreg"],
+            data, stages=[stage_label(stage) for stage in race_stages(BACKBONE)], heads=["logreg"],
             input_size=size, cache_dir=cache,
         ).details  # fmt: skip
         head_seconds = sum(row["seconds"] for row in table["rows"])
@@ -72,7 +75,7 @@ def frozen_rows(data: Path, sizes: list[int], cache: Path) -> list[dict[str, Any
 
 def finetune_rows(data: Path, size: int, epochs: int, scratch: Path) -> list[dict[str, Any]]:
     rows = []
-    for freeze_until in (PARTIAL_FREEZE_UNTIL, None):
+    for freeze_until in (BACKBONE.partial_freeze_stage, None):
         name = f"fine-tune {'after ' + freeze_until if freeze_until else 'all'} @{size}"
         started = time.perf_counter()
         summary = fit(

@@ -5,7 +5,8 @@
 Trains a feature-extract mobilenet_v2 run on the data (frozen route on cached codes, seconds)
 unless --run is given, exports it to ONNX fp32 and int8 (each checked for parity), then measures
 side by side in one process, 2 threads each, batch 32 of the val images as uint8 pixels:
-torch eager (tlvision.inference.runtime.TorchClassifier), ONNX Runtime fp32 and int8. The runtimes take
+torch eager (tlvision.inference.runtime.TorchClassifier), ONNX Runtime fp32 and int8 (one
+session per file, as the runtime opens it, with the usable cores' threads). The runtimes take
 turns batch by batch for `--rounds` rounds, so a load change on a shared machine hits them all;
 the median per runtime is reported. Val accuracy is over the whole val split.
 """
@@ -25,9 +26,10 @@ import torch
 
 from tlvision.config import TrainConfig
 from tlvision.export.exporter import ExportRequest, export_model
-from tlvision.export.parity import load_pixels, run_splits
-from tlvision.inference.runtime import OnnxClassifier, TorchClassifier
-from tlvision.runs.reader import load_run_model
+from tlvision.export.formats.onnx import open_file
+from tlvision.export.parity import load_pixels
+from tlvision.inference.runtime import TorchClassifier
+from tlvision.runs.reader import load_run_model, run_splits
 from tlvision.training.fit import fit
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera_data"
@@ -86,11 +88,11 @@ def main() -> None:
             ExportRequest(run, "onnx", out=int8_path, quantize="int8", data=arguments.data)
         )
         print(f"parity fp32: {fp32['parity']['max_abs_logit_difference']:.2g} max abs logit")
-        val = load_pixels(loaded, run_splits(loaded, arguments.data).samples["val"])
+        val = load_pixels(loaded, run_splits(loaded.metadata, arguments.data).samples["val"])
         runners = {
             "torch eager": TorchClassifier(loaded).logits,
-            "onnxruntime fp32": OnnxClassifier(fp32_path, loaded, THREADS).logits,
-            "onnxruntime int8": OnnxClassifier(int8_path, loaded, THREADS).logits,
+            "onnxruntime fp32": open_file(fp32_path),
+            "onnxruntime int8": open_file(int8_path),
         }
         rates = interleaved_rates(runners, val.pixels[:BATCH], arguments.rounds)
         sizes = {

@@ -22,8 +22,8 @@ import torch
 
 from tlvision.codes.cache import VAL_VIEW, CodesSpec
 from tlvision.codes.extraction import extract_codes
-from tlvision.data.loading import default_num_workers
 from tlvision.data.layouts import is_image_file
+from tlvision.data.loading import default_num_workers
 from tlvision.models.backbone import get_backbone
 from tlvision.models.network import choose_weights, create_model, preprocessing_for
 from tlvision.models.stages import StageCodes

@@ -42,41 +42,23 @@ from torch import nn
 
 from tlvision.config import TrainConfig
 from tlvision.data.images import load_rgb_image
-from tlvision.data.transforms import build_transforms
 from tlvision.data.loading import reseed_loader
+from tlvision.data.transforms import build_transforms
 from tlvision.models.network import create_model, head_of
 from tlvision.models.stages import stage_graph
-from tlvision.training.finetune import HEAD_START_EPOCHS, keep_frozen_prefix
-from tlvision.training.fit import prefix_loaders
-from tlvision.training.setup import seed_everything, set_up
-from tlvision.training.freezing import apply_finetuning, parameter_groups, set_train_mode
+from tlvision.training.finetune import HEAD_START_EPOCHS, keep_frozen_prefix, prefix_loaders
+from tlvision.training.freezing import apply_finetuning, parameter_groups
 from tlvision.training.frozen_prefix import (
     PrefixActivations,
     SkipPrefix,
     prefix_modules,
     start_head_from_codes,
 )
-from tlvision.training.loop import evaluate
+from tlvision.training.loop import evaluate, train_one_epoch
 from tlvision.training.schedules import make_scheduler
+from tlvision.training.setup import seed_everything, set_up
 
 CPU = torch.device("cpu")
-
-
-def train_epoch(
-    network: nn.Module, loader: Any, criterion: nn.Module, optimizer: Any, scheduler: Any,
-    batchnorm: str, on_step: Any = None, before_step: Any = None,
-) -> None:  # fmt: skip
-    """One epoch as epochs.train_one_epoch runs it, with every BatchNorm in eval mode on ask."""
-    set_train_mode(network, keep_batchnorm_statistics=batchnorm == "eval")
-    for inputs, labels, _unreadable in loader:
-        optimizer.zero_grad(set_to_none=True)
-        criterion(network(inputs.to(memory_format=torch.channels_last)), labels).backward()
-        if before_step is not None:
-            before_step()
-        optimizer.step()
-        scheduler.step()
-        if on_step is not None:
-            on_step()
 
 
 def wrong_indices(network: nn.Module, loader: Any) -> list[int]:
@@ -146,7 +128,7 @@ def run_variant(
     optimizer = torch.optim.SGD(
         groups, lr=rate, momentum=0.9, weight_decay=variant.get("weight_decay", 0.0)
     )
-    loaders = prefix_loaders(activations, config)
+    loaders = prefix_loaders(activations, replace(setup, config=config))
     epochs = 10
     scheduler = make_scheduler(
         optimizer, config.schedule, epochs=epochs, steps_per_epoch=len(loaders["train"])
@@ -174,13 +156,11 @@ def run_variant(
         if parameter.requires_grad and id(parameter) not in head_names
     ]
 
-    def pull_to_start() -> None:
-        if "l2sp" not in variant:
-            return
-        with torch.no_grad():
-            for parameter, start in anchors:
-                if parameter.grad is not None:
-                    parameter.grad.add_(parameter - start, alpha=variant["l2sp"])
+    if "l2sp" in variant:  # its gradient, alpha (w - w0), added to each anchored weight's
+        for parameter, start in anchors:
+            parameter.register_hook(
+                lambda grad, p=parameter, s=start: grad + variant["l2sp"] * (p.detach() - s)
+            )
 
     epoch_states: list[dict[str, torch.Tensor]] = []
     swa_accuracies: list[float] = []
@@ -188,9 +168,10 @@ def run_variant(
     for epoch in range(1, epochs + 1):
         loaders["train"].dataset.set_epoch(epoch)
         reseed_loader(loaders["train"], seed, epoch)
-        train_epoch(
-            network, loaders["train"], criterion, optimizer, scheduler,
-            variant.get("batchnorm", "train"), update_ema, pull_to_start,
+        train_one_epoch(
+            network, loaders["train"], criterion, optimizer, scheduler, CPU,
+            keep_batchnorm_statistics=variant.get("batchnorm", "train") == "eval",
+            on_step=update_ema,
         )  # fmt: skip
         accuracies.append(round(evaluate(network, loaders["val"], criterion, CPU)[1], 4))
         if "average" in variant:

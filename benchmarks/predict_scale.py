@@ -39,13 +39,13 @@ import numpy as np
 import torch
 
 from tlvision.api import demo_data_dir
+from tlvision.compute.cores import usable_cores
 from tlvision.config import TrainConfig
 from tlvision.data.images import load_rgb_image
-from tlvision.data.transforms import build_transforms
-from tlvision.data.loading import default_num_workers
 from tlvision.data.layouts import is_image_file
-from tlvision.inference.runtime import ONNX_THREADS, ensure_onnx_export, open_classifier
-from tlvision.data.transforms import prepare_pixels
+from tlvision.data.loading import default_num_workers
+from tlvision.data.transforms import build_transforms, prepare_pixels
+from tlvision.inference.runtime import ensure_export, open_classifier
 from tlvision.runs.reader import load_run_model
 from tlvision.training.fit import fit
 
@@ -182,7 +182,7 @@ def main() -> None:
             ),
             log=lambda _: None,
         )  # fmt: skip
-        ensure_onnx_export(run)  # as the first streamed predict would; not timed
+        ensure_export(run, "onnx")  # as the first streamed predict would; not timed
         sample = sorted(p for p in arguments.data.rglob("*.jpg"))[:BATCH]
         decoding = decode_seconds(run, sorted(arguments.data.rglob("*.jpg"))[:200])
 
@@ -210,7 +210,7 @@ def report(
     cores = len(os.sched_getaffinity(0))
     print(
         f"cores {cores}, torch threads {torch.get_num_threads()}, ONNX Runtime threads "
-        f"{ONNX_THREADS}, decoding threads {arguments.decoders}, input {arguments.input_size}px, "
+        f"{usable_cores()}, decoding threads {arguments.decoders}, input {arguments.input_size}px, "
         f"batch {BATCH}"
     )
     torch_rates = ", ".join(f"{rates[0]:.1f}" for rates in forward)

@@ -3,7 +3,7 @@
     python benchmarks/serve_load.py [--run RUN_DIR] [--seconds 60] [--clients 16]
 
 Trains a feature-extract run on the embedded demo set unless --run is given and measures, on
-the demo val images, the offline rate of `tlvision predict` (tlvision.inference.predict.predict_images,
+the demo val images, the offline rate of `tlvision predict` on torch (`Run.predict`,
 batches of 32, decoding included) and of the server's runtime alone (decode, prepare_pixels,
 Classifier.logits in batches of 32; with auto, ONNX Runtime exports the run first). Then it
 starts `tlvision serve` on 127.0.0.1 (default runtime: auto) and runs a bounded load: --clients
@@ -34,26 +34,25 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+import tlvision
 from tlvision import demo_data_dir
 from tlvision.config import TrainConfig
 from tlvision.data.images import load_rgb_image
-from tlvision.inference.predict import predict_images
-from tlvision.inference.runtime import open_classifier
 from tlvision.data.transforms import prepare_pixels
-from tlvision.runs.reader import load_run_model
+from tlvision.inference.runtime import open_classifier
 from tlvision.training.fit import fit
 
-OFFLINE_IMAGES = 256  # images timed through predict_images (the val set, repeated)
+OFFLINE_IMAGES = 256  # images timed through predict on torch (the val set, repeated)
 WARM_UP_SECONDS = 10  # of the same load, before the timed part
 CONNECTION_ERROR = 0  # the status counted when a request got no HTTP answer at all
 
 
 def offline_rate(run_dir: Path, images: list[Path]) -> float:
-    loaded = load_run_model(run_dir)
+    run = tlvision.load(run_dir)
     paths = [images[index % len(images)] for index in range(OFFLINE_IMAGES)]
-    predict_images(loaded, paths[:32])  # warm-up: first calls allocate
+    run.predict(paths[:32], runtime="torch", workers=0)  # warm-up: first calls allocate
     started = time.perf_counter()
-    predict_images(loaded, paths, batch_size=32)
+    run.predict(paths, batch_size=32, runtime="torch", workers=0)
     return len(paths) / (time.perf_counter() - started)
 
 

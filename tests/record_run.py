@@ -14,7 +14,7 @@ from typing import Any
 
 from tlvision.cli import main
 from tlvision.codes import extraction
-from tlvision.data import layouts as data
+from tlvision.data import loading as data
 
 RECORD = Path(os.environ["TLVISION_RECORD_DIR"]) / f"rank{os.environ.get('RANK', '0')}.txt"
 

@@ -149,5 +149,5 @@ def test_demo_trains_evaluates_predicts_and_reports(
         ("best val accuracy (chosen on val)", f"{summary['best_val_acc']:.4f}"),
         ("final epoch val accuracy", f"{summary['final_val_acc']:.4f}"),
     ):
-        assert f'<tr><td>{fact}</td><td class="number">{value}</td></tr>' in report, fact
+        assert f"<tr><td>{fact}</td><td>{value}</td></tr>" in report, fact
     assert f"<p>Val accuracy {evaluated.group(1)} on 27 images" in report

@@ -1,30 +1,29 @@
 """Forward-only passes of a frozen torch module in ONNX Runtime, the fastest CPU runtime here.
 
-Code extraction (the frozen routes, `probe`, the advisor, the report) runs a body that never
-changes over every image. On this project's 2-core reference CPU ONNX Runtime runs MobileNetV2
-3-8x faster than eager torch (benchmarks/RESULTS.md), and exporting the traced body takes 2-3 s
-with the TorchScript-based exporter (the dynamo exporter took 28-43 s), so a pass over more than
-a few dozen images pays for its export. `OnnxForward` is called like the module it replaces:
-a float NCHW batch in, the module's tensor or {key: tensor} out. Anything that fails to export
-or to load returns None, and the caller keeps torch.
+Code extraction (the frozen routes, `probe`, the advisor, the report) and the frozen prefix of
+fine-tuning run a body that never changes over every image. On this project's 2-core reference
+CPU ONNX Runtime runs MobileNetV2 2.06x faster than channels-last eager torch, export included
+(benchmarks/RESULTS.md), and the in-memory export takes 2-3 s (tlvision.compute.onnx), so a pass
+over more than a few dozen images pays for it. `OnnxForward` is called like the module it
+replaces: a float NCHW batch in, the module's tensor or {key: tensor} out. Anything that fails
+to export, to load or to agree with torch returns None, and the caller keeps torch.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import io
-import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from tlvision.compute.onnx import agreement, onnx_session, onnxruntime_installed, write_onnx
+
 # Measured on the reference CPU: the export costs 2-3 s and ONNX Runtime saves 15-60 ms an image
 # over channels-last eager torch, so from about 100 images the export has paid for itself.
 ONNX_FROM_IMAGES = 100
+AGREEMENT = 1e-3  # float rounding between the runtimes, far below what tells a wrong graph
 
 Forward = Callable[[torch.Tensor], Any]
 
@@ -32,30 +31,6 @@ Forward = Callable[[torch.Tensor], Any]
 def use_onnx_runtime(*, device_type: str, image_count: int, onnx_installed: bool) -> bool:
     """Whether a forward-only pass over `image_count` images should run in ONNX Runtime."""
     return device_type == "cpu" and onnx_installed and image_count >= ONNX_FROM_IMAGES
-
-
-def onnxruntime_installed() -> bool:
-    return importlib.util.find_spec("onnxruntime") is not None
-
-
-def onnx_session(model: Path | bytes, threads: int, *, memory_arena: bool = True) -> Any:
-    """An ONNX Runtime CPU session with a set number of intra-op threads (not one per core).
-
-    No busy-waiting between operators: decoding threads, loader processes and a server's event
-    loop share these cores (measured at equal or better throughput). `memory_arena` False: no
-    arena kept at the largest batch's size (code extraction, run once)."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = max(1, threads)
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.enable_cpu_mem_arena = memory_arena
-    source = str(model) if isinstance(model, Path) else model
-    return onnxruntime.InferenceSession(
-        source, sess_options=options, providers=["CPUExecutionProvider"]
-    )
 
 
 def fastest_forward(
@@ -91,7 +66,6 @@ class OnnxForward:
 
     def __init__(self, session: Any, keys: tuple[Any, ...] | None) -> None:
         self.session, self.keys = session, keys
-        self.input_name = session.get_inputs()[0].name
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor | dict[Any, torch.Tensor]:
         batch = np.ascontiguousarray(images.detach().cpu().float().numpy())
@@ -103,30 +77,21 @@ class OnnxForward:
 
 def onnx_forward(module: nn.Module, example: torch.Tensor, threads: int) -> OnnxForward | None:
     """`module` (in eval mode, on the CPU) exported and opened in ONNX Runtime; None when the
-    export or the session fails, so that the caller runs torch instead."""
+    export or the session fails, or its outputs do not agree with torch's on the example."""
     with torch.inference_mode(False), torch.no_grad():
         sample = example[:2].detach().cpu().float().contiguous().clone()
         produced = module(sample)
         keys = tuple(produced) if isinstance(produced, dict) else None
-        wrapper = _AsTuple(module, keys).eval()
         names = [f"output{index}" for index in range(len(keys or (None,)))]
-        buffer = io.BytesIO()
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes
-                torch.onnx.export(
-                    wrapper, (sample,), buffer,  # type: ignore[arg-type]
-                    input_names=["images"], output_names=names,
-                    dynamic_axes={name: {0: "batch"} for name in ["images", *names]},
-                    opset_version=17, dynamo=False,
-                )  # fmt: skip
-        except Exception:  # any export failure means: stay on torch
+            graph = write_onnx(
+                _AsTuple(module, keys).eval(), sample, input_name="images", output_names=names,
+                dynamic_axes={0: "batch"},
+            )  # fmt: skip
+            assert graph is not None
+            forward = OnnxForward(onnx_session(graph, threads, memory_arena=False), keys)
+        except Exception:  # any export or session failure (an operator missing): stay on torch
             return None
-    try:
-        session = onnx_session(buffer.getvalue(), threads, memory_arena=False)
-    except Exception:  # an operator ONNX Runtime lacks, say: stay on torch
-        return None
-    forward = OnnxForward(session, keys)
     return forward if _agrees(forward(sample), produced) else None
 
 
@@ -136,7 +101,9 @@ def _agrees(ours: Any, expected: Any) -> bool:
         [(ours, expected)] if isinstance(expected, torch.Tensor)
         else [(ours[key], expected[key]) for key in expected]
     )  # fmt: skip
-    return all(
-        got.shape == want.shape and torch.allclose(got, want.float(), rtol=1e-3, atol=1e-4)
-        for got, want in pairs
-    )
+    for got, want in pairs:
+        reference = want.float().numpy()
+        difference, _ = agreement(reference, got.numpy())
+        if not difference <= AGREEMENT * max(1.0, float(np.abs(reference).max())):
+            return False
+    return True

@@ -8,7 +8,8 @@ scaling and normalisation are inside the model (tlvision.models.pixels), so ever
 
 The runtimes are torch and every registered export format that serves (tlvision.export.format;
 ONNX Runtime is built in). "auto" picks ONNX Runtime on a CPU when it is installed
-(benchmarks/export_runtime.py: 2-4.5x torch eager on 2 cores), exporting the run into
+(benchmarks/RESULTS.md: 4.49x torch eager for the model alone at batch 32 on 2 cores,
+1.96-2.54x for predict with its decoding), exporting the run into
 RUN/export/ on first use with the same parity check as `tlvision export`; as that export costs
 about 10 s, a handful of images (under EXPORT_PAYS_FROM_IMAGES) stays on torch until an export
 exists. On a GPU torch keeps the model on the device.

@@ -13,7 +13,7 @@ from tlvision.runs.layout import METRICS_FILE, SUMMARY_FILE
 
 
 class AsciiJSONResponse(JSONResponse):
-    """JSON in pure ASCII, as tlvision writes all its JSON (checkpoint.json_text): a class
+    """JSON in pure ASCII, as tlvision writes all its JSON (tlvision.jsonio): a class
     folder whose name is not valid UTF-8 is held with lone surrogates, which strict UTF-8 JSON
     cannot encode; escaped ("\\udcff") they round-trip."""
 

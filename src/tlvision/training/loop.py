@@ -6,7 +6,7 @@ torchrun the epoch's sums reduced over every rank (tlvision.compute.distributed)
 
 from __future__ import annotations
 
-from collections.abc import Sized
+from collections.abc import Callable, Sized
 from typing import Any
 
 import torch
@@ -40,8 +40,10 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     job: Distributed | None = None,
     keep_batchnorm_statistics: bool = False,
+    on_step: Callable[[], None] | None = None,
 ) -> tuple[float, float, list[int]]:
     """One pass over the training data; returns (mean loss, accuracy, unreadable indices).
+    `on_step` runs after each optimizer step (a weight average's update, say).
 
     Under torchrun (`job`) `loader` holds this rank's share, and the returned numbers are the
     whole epoch's, summed over every rank.
@@ -69,6 +71,8 @@ def train_one_epoch(
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if on_step is not None:
+            on_step()
         loss_sum += loss.item() * labels.shape[0]
         correct += int((logits.argmax(dim=1) == labels).sum())
         seen += labels.shape[0]

@@ -3,7 +3,8 @@
 
 The checkpoint (checkpoint.TrainingCheckpoint) holds the unwrapped model, the best epoch's
 weights, the optimizer, the scheduler, the random generators and `Progress`; restoring puts all
-of it back, so a resumed run draws and steps exactly as if it had never stopped. With another
+of it back, so a run resumed on the same number of processes draws and steps as the uninterrupted
+one would have. With another
 number of processes the batches per epoch differ, and the schedule is replayed for them.
 """
 
