@@ -21,7 +21,7 @@ from tlvision.codes.split_codes import extract_split_codes
 from tlvision.models.network import install_head
 from tlvision.runs.writer import start_metrics
 from tlvision.training.finish import finish_run, record_epoch
-from tlvision.training.setup import Log, RunSetup
+from tlvision.training.run_setup import Log, RunSetup
 from tlvision.training.strategy import STRATEGIES, Strategy
 
 NAME = "nearest-centroid"

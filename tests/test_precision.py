@@ -18,7 +18,8 @@ from tlvision.models.network import create_model
 from tlvision.training.checkpoint import load_training_checkpoint
 from tlvision.training.finetune import make_loaders
 from tlvision.training.loop import evaluate, train_one_epoch
-from tlvision.training.setup import RunSetup, set_up
+from tlvision.training.run_setup import RunSetup
+from tlvision.training.setup import set_up
 from tlvision.training.state import Progress, restore, save_checkpoint, scaler_state
 
 

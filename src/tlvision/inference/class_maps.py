@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from scipy.special import softmax
 
 from tlvision.models.maps import ClassMapNetwork
 from tlvision.runs.reader import LoadedModel, load_run_model
@@ -32,15 +33,11 @@ class ClassMaps:
 
     def probabilities(self) -> np.ndarray:
         """(num_classes,) softmax of the spatially averaged logits: the whole-image reading."""
-        mean = self.logits.mean(axis=(1, 2)).astype(np.float64)
-        exponentials = np.exp(mean - mean.max())
-        return exponentials / exponentials.sum()
+        return np.asarray(softmax(self.logits.mean(axis=(1, 2)).astype(np.float64)))
 
     def probability_maps(self) -> np.ndarray:
         """(num_classes, h, w): softmax over classes at each location."""
-        shifted = self.logits - self.logits.max(axis=0, keepdims=True)
-        exponentials = np.exp(shifted.astype(np.float64))
-        return exponentials / exponentials.sum(axis=0, keepdims=True)
+        return np.asarray(softmax(self.logits.astype(np.float64), axis=0))
 
     def top(self, k: int) -> list[tuple[int, str, float]]:
         """(class index, name, probability) of the k most likely classes, most likely first."""

@@ -23,6 +23,7 @@ from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from scipy.special import softmax
 
 from tlvision.inference.class_maps import ClassMapper
 from tlvision.inference.runtime import Classifier
@@ -67,12 +68,6 @@ class Service:
     info: ModelInfo
     decode_limiter: anyio.CapacityLimiter  # images decoded and resized at once, all requests
     maps_limiter: anyio.CapacityLimiter  # class maps computed at once
-
-
-def softmax_rows(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exponentials = np.exp(shifted)
-    return (exponentials / exponentials.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def get_service(request: Request) -> Service:
@@ -223,7 +218,7 @@ def create_app(
     """The application for one loaded classifier; the batcher runs while the app does."""
 
     def probabilities(batch: np.ndarray) -> np.ndarray:
-        return softmax_rows(classifier.logits(batch))
+        return softmax(classifier.logits(batch), axis=1).astype(np.float32)
 
     service = Service(
         classifier=classifier,

@@ -76,7 +76,8 @@ def body_too_large_message(limit_mb: float) -> str:
 
 
 class BodySizeLimit:
-    """Pure ASGI middleware: a request body over ``limit_mb`` gets a 413, read or declared."""
+    """Pure ASGI middleware: a request body over ``limit_mb`` gets a 413, read or declared.
+    Written by hand because it must act while the body is read, before FastAPI parses it."""
 
     def __init__(self, app: ASGIApp, limit_mb: float) -> None:
         self.app = app

@@ -30,7 +30,7 @@ from tlvision.runs.layout import CODES_RUN_CONFIG
 from tlvision.runs.writer import start_metrics
 from tlvision.training.finish import finish_run, record_epoch
 from tlvision.training.heads import HeadTraining, accuracy, train_linear_head
-from tlvision.training.setup import Log, RunSetup
+from tlvision.training.run_setup import Log, RunSetup
 from tlvision.training.sklearn_heads import fit_sklearn_head
 from tlvision.training.strategy import epochs_of, views_of
 

@@ -48,8 +48,8 @@ from tlvision.training.frozen_prefix import (
     start_head_from_codes,
 )
 from tlvision.training.loop import NonFiniteLoss, evaluate, train_one_epoch
+from tlvision.training.run_setup import Log, RunSetup
 from tlvision.training.schedules import make_scheduler
-from tlvision.training.setup import Log, RunSetup
 from tlvision.training.state import Progress, restore, save_checkpoint, scaler_state
 from tlvision.training.strategy import epochs_of, views_of
 

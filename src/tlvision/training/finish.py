@@ -12,7 +12,7 @@ from tlvision.data.images import BadImageError, open_image_rgb
 from tlvision.errors import UserError
 from tlvision.runs.reader import read_metrics
 from tlvision.runs.writer import append_metrics, save_run_model, write_summary
-from tlvision.training.setup import Log, RunSetup
+from tlvision.training.run_setup import Log, RunSetup
 from tlvision.training.strategy import strategy_of
 
 

@@ -20,7 +20,8 @@ from tlvision.errors import UserError
 from tlvision.models.network import create_model
 from tlvision.runs.layout import CODES_RUN_CONFIG, SUMMARY_FILE, TRAINING_CHECKPOINT
 from tlvision.training.checkpoint import TrainingCheckpoint, load_training_checkpoint
-from tlvision.training.setup import Log, set_up, silent
+from tlvision.training.run_setup import Log, silent
+from tlvision.training.setup import set_up
 from tlvision.training.strategy import epochs_of, strategy_of
 
 

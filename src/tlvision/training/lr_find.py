@@ -34,7 +34,8 @@ from tlvision.training.freezing import (
     parameter_groups,
     set_train_mode,
 )
-from tlvision.training.setup import Log, RunSetup, set_up
+from tlvision.training.run_setup import Log, RunSetup
+from tlvision.training.setup import set_up
 from tlvision.training.strategy import strategy_of, views_of
 
 SMOOTHING = 0.98  # weight of the running average: the last ~50 steps

@@ -4,50 +4,23 @@ preprocessing and device resolved, its directory made and its settings recorded.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from tlvision.compute import distributed
 from tlvision.compute.devices import resolve_device, resolve_precision
-from tlvision.compute.distributed import Distributed
 from tlvision.config import TrainConfig, validate_config
 from tlvision.data.layouts import DatasetSplits, find_splits
 from tlvision.data.loading import default_num_workers, inverse_frequency_weights
-from tlvision.data.preprocessing import Preprocessing
 from tlvision.jsonio import write_json_atomic
 from tlvision.models.backbone import BackboneSpec, get_backbone
 from tlvision.models.network import choose_weights, preprocessing_for
-from tlvision.models.weights import WeightsChoice
 from tlvision.runs.config_file import write_config_toml
 from tlvision.runs.layout import VAL_SPLIT_FILE, prepare_run_dir, refuse_to_overwrite
+from tlvision.training.run_setup import Log, RunSetup, silent
 from tlvision.training.strategy import check_strategy_options, strategy_of, with_defaults
 from tlvision.training.tracking import Tracker
-
-Log = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class RunSetup:
-    """Everything a run resolves from its config before it trains: data, model and device."""
-
-    config: TrainConfig  # with the strategy's defaults filled in: what the run records
-    splits: DatasetSplits
-    backbone: BackboneSpec
-    weights: WeightsChoice
-    preprocessing: Preprocessing
-    device: torch.device
-    num_workers: int
-    class_weights: list[float] | None
-    precision: str = "32"  # resolved: 32, bf16 or 16 (devices.resolve_precision)
-    distributed: Distributed = field(default_factory=Distributed)
-    tracker: Tracker | None = None  # rank 0's TensorBoard writer (None: no --tensorboard)
-
-
-def silent(message: str) -> None:
-    """The log of ranks other than 0: one process speaks for the run."""
 
 
 def seed_everything(seed: int) -> None:

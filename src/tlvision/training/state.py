@@ -25,7 +25,7 @@ from tlvision.training.checkpoint import (
     restore_random_state,
     save_training_checkpoint,
 )
-from tlvision.training.setup import RunSetup
+from tlvision.training.run_setup import RunSetup
 
 
 @dataclass

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from tlvision.models.backbone import BackboneSpec
     from tlvision.training.checkpoint import TrainingCheckpoint
-    from tlvision.training.setup import Log, RunSetup
+    from tlvision.training.run_setup import Log, RunSetup
 
     Train = Callable[[RunSetup, nn.Module, Log, TrainingCheckpoint | None], dict[str, Any]]
     Prepare = Callable[[RunSetup, Log, bool], RunSetup]

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from tlvision.training.checkpoint import TrainingCheckpoint
-    from tlvision.training.setup import Log, RunSetup
+    from tlvision.training.run_setup import Log, RunSetup
 
 NAME = "feature-extract"
 

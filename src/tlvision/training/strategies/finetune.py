@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from tlvision.config import TrainConfig
     from tlvision.models.backbone import BackboneSpec
     from tlvision.training.checkpoint import TrainingCheckpoint
-    from tlvision.training.setup import Log, RunSetup
+    from tlvision.training.run_setup import Log, RunSetup
 
 NAME = "finetune"
 # The measured best (benchmarks/RESULTS.md, "Fine-tuning fast"): 10 epochs above the frozen
