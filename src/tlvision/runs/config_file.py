@@ -57,6 +57,4 @@ def _typed(path: Path, option: OptionField, value: Any) -> Any:
         return float(value)
     if isinstance(value, expected) and (expected is bool or not isinstance(value, bool)):
         return value
-    raise UserError(
-        f"--config {path}: {option.field} = {value!r} should be a {expected.__name__}"
-    )
+    raise UserError(f"--config {path}: {option.field} = {value!r} should be a {expected.__name__}")

@@ -24,7 +24,11 @@ if TYPE_CHECKING:
     from tlvision.models.backbone import BackboneSpec
 
 # Runs written before model.json said whether the pretrained body trained: by their strategy.
-EARLIER_RELEASES_BODY = {"feature-extract": "frozen", "linear-probe": "frozen", "finetune": "trained"}
+EARLIER_RELEASES_BODY = {
+    "feature-extract": "frozen",
+    "linear-probe": "frozen",
+    "finetune": "trained",
+}
 
 
 def read_json_file(path: Path, fix: str) -> dict[str, Any]:
