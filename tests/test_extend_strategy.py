@@ -107,3 +107,13 @@ def test_options_it_does_not_take_and_lr_find_are_refused(
     assert f"--stage applies to --strategy linear-probe, not {NAME}" in capsys.readouterr().err
     assert main(["lr-find", str(dataset), "--strategy", NAME]) == 2
     assert f"--strategy {NAME} has no learning rate to find" in capsys.readouterr().err
+
+
+def test_help_describes_it(registered: None, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    # argparse wraps the lines, at spaces and hyphens: compare without the whitespace
+    text = "".join(capsys.readouterr().out.split())
+    for line in (f"{NAME}: a head at the class means of the frozen body's codes",
+                 "finetune: the stages after --freeze-until and the head train"):  # fmt: skip
+        assert "".join(line.split()) in text

@@ -41,6 +41,10 @@ def _help(option: OptionField) -> str:
     text = option.option.help
     if option.option.registry:
         text += f" (one of {', '.join(registry_names(option.option.registry))})"
+    if option.option.registry == "strategy":
+        from tlvision.training.strategy import strategy_help
+
+        text += f". {strategy_help()}"
     shown = option.default is not None and option.default is not dataclasses.MISSING
     if shown and option.type is not bool:
         text += " (default: %(default)s)"
