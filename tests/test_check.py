@@ -112,6 +112,11 @@ def test_leakage_names_both_files(salted: tuple[Path, CheckReport]) -> None:
     [near] = [p for p in report.problems if p.kind == "near-duplicate-across-splits"]
     assert near.path == str(data / "val" / "ants" / "near.jpg")
     assert str(data / "train" / "ants" / "a1.jpg") in near.message
+    assert f"`tlvision audit {data}` also finds copies" in report.to_text()
+
+
+def test_no_pointer_to_audit_without_leaks(tiny_dataset: Path) -> None:
+    assert "tlvision audit" not in check_dataset(tiny_dataset, progress=False).to_text()
 
 
 def test_class_counts_weights_and_imbalance(salted: tuple[Path, CheckReport]) -> None:

@@ -140,7 +140,7 @@ if os.environ.get("RANK") == "0" and "TLVISION_TEST_HOLD_AFTER_EPOCH" in os.envi
 
 
 def test_two_process_run_resumed_with_one_process_continues_its_epochs(
-    odd_dataset: Path, tmp_path: Path
+    odd_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run, epochs, stopped = tmp_path / "run", 8, 3
     command = [
@@ -172,8 +172,13 @@ def test_two_process_run_resumed_with_one_process_continues_its_epochs(
     checkpoint = load_training_checkpoint(run)
     assert checkpoint.epoch == stopped and checkpoint.info["processes"] == 2
     assert not (run / "summary.json").exists()
+    # two processes run the whole network each epoch: the run records --views 0 ...
+    assert checkpoint.info["config"]["views"] == 0
+    assert "views = 0" in (run / "config.toml").read_text()
 
+    capsys.readouterr()
     assert main(["train", "--resume", str(run)]) == 0
+    assert "frozen prefix" not in capsys.readouterr().out  # ... and one process goes on so
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [record["epoch"] for record in metrics] == list(range(1, epochs + 1))
     summary = json.loads((run / "summary.json").read_text())

@@ -19,7 +19,14 @@ from tlvision.config import TrainConfig
 from tlvision.data.images import load_rgb_image
 from tlvision.data.transforms import prepare_pixels
 from tlvision.errors import UserError
-from tlvision.export.exporter import ExportRequest, export_is_current, export_model, sidecar_path
+from tlvision.export.exporter import (
+    ExportRequest,
+    export_is_current,
+    export_model,
+    parity_failure,
+    sidecar_path,
+)
+from tlvision.export.parity import ParityReport
 from tlvision.inference.runtime import export_path, open_classifier
 from tlvision.runs.reader import load_run_model
 from tlvision.training.fit import fit
@@ -237,3 +244,16 @@ def test_auto_runtime_falls_back_to_torch_without_check_images(
     assert "using torch" in capsys.readouterr().err
     with pytest.raises(UserError, match="pass --data"):
         open_classifier(moved, "onnx")
+
+
+def test_the_parity_gate_scales_with_the_size_of_the_logits() -> None:
+    """float32 rounding grows with the logits: 1.2e-4 on logits near 300 (a distance head's)
+    is rounding, on logits near 1 it is a wrong graph."""
+    request = ExportRequest(run_dir=Path("run"))
+    small = ParityReport(images=32, max_abs_logit_difference=1.2e-4, top1_agreement=1.0)
+    large = ParityReport(32, 1.2e-4, 1.0, logit_scale=300.0)
+    failure = parity_failure(small, request, Path("model.onnx"))
+    assert failure is not None and "need <= 0.0001" in failure
+    assert parity_failure(large, request, Path("model.onnx")) is None
+    disagrees = ParityReport(32, 0.0, 31 / 32, logit_scale=300.0)
+    assert parity_failure(disagrees, request, Path("model.onnx")) is not None

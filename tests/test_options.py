@@ -31,20 +31,22 @@ SET_VALUES: dict[str, Any] = {
     "weight_decay": 0.0001, "schedule": "cosine", "step_epochs": 3, "step_gamma": 0.5,
     "seed": 7, "device": "cpu", "num_workers": 1, "views": 2, "batchnorm": "frozen",
     "no_cache": True, "val_split": 0.3, "class_weights": "auto", "precision": "32",
-    "tensorboard": True,
+    "tensorboard": True, "exclude_sections": "label_issues,duplicates", "exclude_held_out": True,
+    "sampler": "balanced", "threshold_precision": 0.9,
 }  # fmt: skip
 
 
 def everything_set(tmp_path: Path) -> TrainConfig:
     return TrainConfig(
         data_dir=tmp_path / "data", out_dir=tmp_path / "run", cache_dir=tmp_path / "cache",
-        **SET_VALUES,
+        exclude=tmp_path / "audit.json", **SET_VALUES,
     )  # fmt: skip
 
 
 def test_every_field_has_an_option_and_a_value_that_differs_from_its_default() -> None:
     fields = {each.field for each in option_fields()}
-    assert fields == set(SET_VALUES) | {"data_dir", "out_dir", "cache_dir", "overwrite"}
+    paths = {"data_dir", "out_dir", "cache_dir", "exclude"}
+    assert fields == set(SET_VALUES) | paths | {"overwrite"}
     for each in option_fields():
         if each.field in SET_VALUES:
             assert SET_VALUES[each.field] != each.default, each.field

@@ -225,3 +225,26 @@ def test_old_config_trains_again(tmp_path: Path) -> None:
         old_value = json.loads((FIXTURES / "finetune" / "model.json").read_text())["config"][key]
         assert trained_with[key] == old_value, key
     assert (out / "model.safetensors").is_file()
+
+
+def test_reject_names_the_fix_then_calibrate_and_label_next_work(
+    old_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(old_run, run)
+    image = str(demo_val_images()[0])
+    capsys.readouterr()
+    assert main(["predict", str(run), image, "--json", "--reject", "auto"]) == 2
+    assert f"run `tlvision calibrate {run}`" in capsys.readouterr().err
+    assert main(["calibrate", str(run)]) == 0
+    assert "rejection.json" in capsys.readouterr().out
+    assert main(["predict", str(run), image, "--json", "--reject", "auto"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert isinstance(row["unknown"], bool) and math.isfinite(row["ood_score"])
+    pool = str(tlvision.demo_data_dir() / "val")
+    assert main(["label-next", str(run), pool, "-n", "3", "--json", "--out", str(tmp_path)]) == 0
+    # (the seeded random weights here make every code nearly the same: few distinct picks)
+    picks = json.loads(capsys.readouterr().out)["picks"]
+    assert len(picks) <= 3 and all(pick["predicted"] in CLASSES for pick in picks)

@@ -120,6 +120,7 @@ class PageSource(HTMLParser):
         self.tables: dict[str, list[list[str]]] = {}
         self.losses: list[tuple[str, float]] = []
         self.pngs: list[bytes] = []
+        self.jpegs: list[bytes] = []
         self._table: str | None = None
         self._cell: list[str] | None = None
         self.feed(source)
@@ -138,6 +139,9 @@ class PageSource(HTMLParser):
             self.losses.append((values["data-path"] or "", float(values["data-loss"] or "nan")))
         elif tag == "img":
             source = values.get("src") or ""
+            if source.startswith(JPEG_URI):  # the top losses' photos
+                self.jpegs.append(base64.b64decode(source.removeprefix(JPEG_URI)))
+                return
             assert source.startswith(PNG_URI), source[:40]  # self-contained: nothing to fetch
             self.pngs.append(base64.b64decode(source.removeprefix(PNG_URI)))
 
@@ -154,6 +158,7 @@ class PageSource(HTMLParser):
 
 
 PNG_URI = "data:image/png;base64,"
+JPEG_URI = "data:image/jpeg;base64,"
 
 
 def decoded_sizes(pngs: list[bytes]) -> list[tuple[int, int]]:
@@ -205,9 +210,11 @@ def test_report_holds_the_runs_numbers_evaluates_matrix_and_the_top_losses(
     for path, loss in page.losses:
         assert loss == pytest.approx(losses[path], abs=1e-3)
 
-    # curves, confusion heat map, one overlay per top loss (at its image's size), reliability
-    curves, heat_map, *overlays, reliability = decoded_sizes(page.pngs)
-    assert all(width > 200 and height > 100 for width, height in (curves, heat_map, reliability))
+    # curves, confusion heat map, one overlay per top loss (at its image's size), reliability,
+    # the val images' out-of-distribution scores
+    curves, heat_map, *overlays, reliability, val_scores = decoded_sizes(page.pngs)
+    figures = (curves, heat_map, reliability, val_scores)
+    assert all(width > 200 and height > 100 for width, height in figures)
     assert len(overlays) == len(page.losses) == TOP_LOSSES
     for (path, _loss), size in zip(page.losses, overlays, strict=True):
         with Image.open(path) as image:
@@ -222,7 +229,8 @@ def test_report_opens_in_a_browser_and_matches_evaluate(
     run, data = trained
     found = open_in_browser(run / "report.html", tmp_path / "report.png")
     assert found["errors"] == []
-    assert len(found["widths"]) == 3 + TOP_LOSSES and all(width > 0 for width in found["widths"])
+    # the figures (the val scores' histogram among them), and each top loss's photo and map
+    assert len(found["widths"]) == 4 + 2 * TOP_LOSSES and all(found["widths"])
     for name in ("circles", "squares", ODD_CLASS):
         assert name in found["text"]
     assert "Dataset problems" in found["text"] and "empty.jpg" in found["text"]
@@ -362,7 +370,7 @@ def test_compare_table_and_page(
     probe_page = PageSource(written.read_text())
     facts = dict(tuple(row) for row in probe_page.tables[""] if len(row) == 2)
     assert facts["strategy"] == "linear-probe" and facts["stage / head"] == "top / logreg"
-    assert len(decoded_sizes(probe_page.pngs)) == 3 + TOP_LOSSES
+    assert len(decoded_sizes(probe_page.pngs)) == 4 + TOP_LOSSES  # with the val scores
 
 
 def test_compare_page_in_a_browser(

@@ -12,8 +12,22 @@ from importlib import metadata
 
 # The public API; none of it imports torch, numpy or PIL until a function is called, and
 # importing it changes nothing in the process (the functions set what torch needs first).
-from tlvision.api import advise, check, demo_data_dir, load, probe, resume, train
-from tlvision.api.results import Advice, CheckReport, ProbeTable, Run
+from tlvision.api import (
+    add_labels,
+    advise,
+    audit,
+    check,
+    compare,
+    demo_data_dir,
+    load,
+    lr_find,
+    probe,
+    resume,
+    train,
+)
+from tlvision.api.audit_report import AuditReport
+from tlvision.api.rate import RangeTestReport
+from tlvision.api.results import Advice, CheckReport, Comparison, ProbeTable, Run
 from tlvision.errors import UserError
 from tlvision.inference.prediction import ImageLike, Prediction
 
@@ -21,17 +35,24 @@ __version__ = metadata.version("tlvision")  # pyproject.toml's, the one definiti
 
 __all__ = [
     "Advice",
+    "AuditReport",
     "CheckReport",
+    "Comparison",
     "ImageLike",
     "Prediction",
     "ProbeTable",
+    "RangeTestReport",
     "Run",
     "UserError",
     "__version__",
+    "add_labels",
     "advise",
+    "audit",
     "check",
+    "compare",
     "demo_data_dir",
     "load",
+    "lr_find",
     "probe",
     "resume",
     "train",

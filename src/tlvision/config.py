@@ -26,6 +26,7 @@ from tlvision.errors import UserError
 DEFAULT_BACKBONE = "mobilenet_v2"
 HEADS = ("linear", "logreg", "svm")  # linear: softmax layer (torch); logreg, svm: scikit-learn
 SCHEDULES = ("step", "cosine", "onecycle", "constant")
+SAMPLERS = ("shuffle", "balanced")  # finetune's order: see tlvision.training.sampling
 PRECISIONS = ("auto", "32", "bf16", "16")  # auto: bf16 on a CUDA GPU that has it, else 32
 BATCHNORM_MODES = ("train", "frozen")  # finetune: see tlvision.training.batchnorm
 NO_FREEZING = "none"  # --freeze-until none: every stage trains
@@ -146,8 +147,37 @@ class TrainConfig:
         "folder (default 0.2 for a flat DATA/<class>/ folder)",
         metavar="FRACTION",
     )
+    exclude: Path | None = setting(
+        None,
+        "leave these train files out: a list (one path a line, relative to DATA) or an "
+        "audit.json (`tlvision audit`; --exclude-sections); recorded in summary.json",
+        metavar="FILE",
+    )
+    exclude_sections: str = setting(
+        "label_issues",
+        "the audit.json sections --exclude reads, comma-separated: label_issues, duplicates, "
+        "outliers",
+        metavar="SECTIONS",
+    )
+    exclude_held_out: bool = setting(
+        False, "--exclude also leaves out val files (val accuracy is then inflated)"
+    )
     class_weights: str | None = setting(
-        None, "auto: weight the loss by inverse class frequency", choices=("auto",)
+        None,
+        "auto: weight the loss by inverse class frequency (multi-label: positive weights)",
+        choices=("auto",),
+    )
+    sampler: str = setting(
+        "shuffle",
+        "finetune: shuffle (each image once an epoch) or balanced (images drawn with "
+        "replacement, each class equally often: for classes of very different sizes)",
+        choices=SAMPLERS,
+    )
+    threshold_precision: float | None = setting(
+        None,
+        "multi-label data: tune each class's threshold on val to reach this precision "
+        "(default: the F1-optimal threshold)",
+        metavar="PRECISION",
     )
     precision: str = setting(
         "auto",
@@ -277,6 +307,10 @@ def validate_config(config: TrainConfig) -> None:
         config.val_split is None or 0 < config.val_split < 1, "--val-split", config.val_split,
         "a fraction between 0 and 1, e.g. 0.2",
     )  # fmt: skip
+    _require(
+        config.threshold_precision is None or 0 < config.threshold_precision <= 1,
+        "--threshold-precision", config.threshold_precision, "a precision in (0, 1], e.g. 0.9",
+    )  # fmt: skip
 
 
 def _require(holds: bool, flag: str, value: Any, expected: str) -> None:
@@ -296,7 +330,7 @@ def train_options_source() -> str:
         "from __future__ import annotations",
         "",
         "import os",
-        "from typing import TypedDict",
+        "from typing import Literal, TypedDict",
         "",
         "PathLike = str | os.PathLike[str]",
         "",
@@ -307,7 +341,8 @@ def train_options_source() -> str:
         if each.field == "data_dir":
             continue
         optional = each.optional or each.field == "out_dir"  # out: None is runs/<strategy>-<time>
-        lines.append(f"    {each.name}: {names[each.type]}{' | None' if optional else ''}")
+        spelled = names[each.type] + (' | Literal["find"]' if each.field == "learning_rate" else "")
+        lines.append(f"    {each.name}: {spelled}{' | None' if optional else ''}")
         lines += textwrap.wrap(
             each.option.help, width=96, initial_indent='    """', subsequent_indent="    "
         )

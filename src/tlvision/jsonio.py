@@ -21,6 +21,10 @@ def json_text(data: Any) -> str:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write then rename, so a reader never sees half a file, even if we are killed."""
+    from tlvision.errors import writing
+
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json_text(data) + "\n", encoding="ascii")
+    text = json_text(data) + "\n"
+    with writing(path, needed=len(text), temporary=temporary):
+        temporary.write_text(text, encoding="ascii")
     os.replace(temporary, path)

@@ -6,12 +6,14 @@ rather than through every signature in between:
 
 - unset (the command line): a text bar on stderr when stderr is a terminal, as tqdm does;
 - `showing_progress(True)` (the API with verbose=True): tqdm.auto's bar, a widget in Jupyter and
-  text elsewhere, shown even when the output is not a terminal;
+  text elsewhere (also in Jupyter when ipywidgets is not installed), shown even when the output
+  is not a terminal;
 - `showing_progress(False)` (the API's default): no bar at all.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -48,6 +50,8 @@ def progress_bar(
         return text_tqdm(iterable, disable=disable, file=sys.stderr, **options)
     if not show or disable:
         return text_tqdm(iterable, disable=True, file=sys.stderr, **options)
+    if importlib.util.find_spec("ipywidgets") is None:  # a notebook without widgets: tqdm.auto
+        return text_tqdm(iterable, file=sys.stderr, **options)  # warns "IProgress not found"
     from tqdm.auto import tqdm as notebook_aware_tqdm
 
     bar: text_tqdm[Item] = notebook_aware_tqdm(iterable, disable=False, file=sys.stderr, **options)

@@ -80,6 +80,10 @@ class Advice:
             lines.append(f"  no fine-tuning trial: {self.evidence['trial_skipped']}")
         if self.evidence.get("full_trial_skipped"):
             lines.append(f"  no full fine-tuning trial: {self.evidence['full_trial_skipped']}")
+        if budget := self.evidence.get("race_budget"):
+            lines.append(
+                f"  race: {budget['spent']:,.0f} of its {budget['budget']:,.0f} image passes"
+            )
         lines += [
             "",
             f"recommended: {self.strategy}"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tlvision.advisor.advice import Advice, Standing
@@ -124,6 +124,8 @@ class Evidence:
     # the backbone's stages by role (BackboneSpec): the first two, and those raced, in order
     early_stages: tuple[str, ...] = ("stem", "stage1")
     race_stages: tuple[str, ...] = ("stage2", "stage3")
+    # the race's budget in image passes and what it spent (advisor.budget); {} before it had one
+    race_budget: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Evidence:
@@ -146,6 +148,7 @@ class Evidence:
             # advice.json from before stages were declared by role: the five-stage names
             early_stages=tuple(data.get("early_stages", ("stem", "stage1"))),
             race_stages=tuple(data.get("race_stages", ("stage2", "stage3"))),
+            race_budget=dict(data.get("race_budget", {})),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -163,6 +166,7 @@ class Evidence:
             "native_input_size": self.native_input_size,
             "early_stages": list(self.early_stages),
             "race_stages": list(self.race_stages),
+            "race_budget": self.race_budget,
             "thresholds": {
                 "small_total": SMALL_TOTAL,
                 "small_per_class": SMALL_PER_CLASS,

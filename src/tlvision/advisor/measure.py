@@ -38,6 +38,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tlvision.advisor.budget import RaceLedger, scale, trial_passes
 from tlvision.advisor.decision import (
     Advice,
     Evidence,
@@ -48,6 +49,7 @@ from tlvision.advisor.decision import (
     trial_plan,
 )
 from tlvision.advisor.race import (
+    TRIAL_EPOCHS,
     RaceSetup,
     finetune_trials,
     frozen_entries,
@@ -170,6 +172,14 @@ def seconds_per_image(model: nn.Module, input_size: int, batch_size: int = 16) -
     return (time.perf_counter() - started) / batch_size
 
 
+MULTI_LABEL_ADVICE = (
+    "{data_dir}: multi-label labels (CSV tables); the advisor races routes by single-label "
+    "accuracy and does not race multi-label data. Train the route that measured best by mAP "
+    "(README, 'More than one label'): tlvision train {data_dir} --strategy linear-probe --head "
+    "logreg"
+)
+
+
 def advise(
     data_dir: Path,
     *,
@@ -190,6 +200,8 @@ def advise(
     train, so the trials and the time estimate are measured there.
     """
     splits = find_splits(data_dir, val_split=val_split, seed=seed)
+    if splits.multi_label:
+        raise UserError(MULTI_LABEL_ADVICE.format(data_dir=data_dir))
     backbone = get_backbone(backbone_name)
     weights = choose_weights(backbone, weights_argument)
     if not weights.pretrained or weights.path is None:
@@ -251,8 +263,11 @@ def measure(setup: RaceSetup, *, time_budget_minutes: float) -> Evidence:
         samples = {"train": train, "val": holdout}  # the holdout is part of the pool
         return replace(setup, splits=replace(splits, samples=samples))
 
+    ledger = RaceLedger()
     pretrained_fit, seconds_per_pass = measure_similarity(setup, holdout, native)
+    ledger.charge(len(holdout) * scale(native))
     frozen = {size: frozen_entries(on(pool), size) for size in sorted({native, weights_crop})}
+    ledger.charge(sum(len(pool) * scale(size) for size in frozen))
     race = [entry for result in frozen.values() for entry in result.entries]
     probe_accuracy = {stage_label(e.stage): e.accuracy for e in frozen[native].entries}
     best = max(race, key=lambda entry: (entry.accuracy, -entry.input_size))
@@ -265,14 +280,18 @@ def measure(setup: RaceSetup, *, time_budget_minutes: float) -> Evidence:
         size, pretrained_fit, probe_accuracy, native_input_size=native,
         device_kind=setup.device.type, time_budget_minutes=time_budget_minutes,
         early_stages=backbone.early_stages,
-    )  # fmt: skip
+    ) or _trials_refusal(ledger, len(fit_sample), len(holdout), native, frozen)  # fmt: skip
     race_sample = {"cv": len(pool), "fit": len(fit_sample), "holdout": len(holdout)}
     full_skipped = ""
     if not skipped:
+        full_cost = trial_passes(
+            len(fit_sample), len(holdout), trial_size(native), TRIAL_EPOCHS, full=True
+        )
         trials, full_skipped = finetune_trials(
             on(fit_sample), native_input_size=native, frozen=frozen.get(trial_size(native)),
             race=race, race_sample=race_sample,
             epochs=finetune_epochs(size, native, setup.device.type, time_budget_minutes),
+            full_refusal=lambda: ledger.refusal("the full fine-tuning trial", full_cost),
         )  # fmt: skip
         race += trials
     return Evidence(
@@ -282,7 +301,19 @@ def measure(setup: RaceSetup, *, time_budget_minutes: float) -> Evidence:
         learning_curve=curve, trial_skipped=skipped, device_kind=setup.device.type,
         seconds_per_pass=seconds_per_pass, native_input_size=native,
         early_stages=backbone.early_stages, race_stages=backbone.race_stages,
+        race_budget={"budget": ledger.budget, "spent": ledger.spent},
     )  # fmt: skip
+
+
+def _trials_refusal(
+    ledger: RaceLedger, fit: int, holdout: int, native: int, frozen: dict[int, Any]
+) -> str:
+    """Why the budget leaves the fine-tuning trials out ("" when the partial one fits): the
+    partial trial, and the frozen codes at the trial size when that size was not raced."""
+    size = trial_size(native)
+    reference = 0.0 if size in frozen else (fit + holdout) * scale(size)
+    cost = reference + trial_passes(fit, holdout, size, TRIAL_EPOCHS, False)
+    return ledger.refusal("the fine-tuning trials", cost)
 
 
 def measure_similarity(

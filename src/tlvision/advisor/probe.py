@@ -175,6 +175,11 @@ def run_probe(
     """`val_split` (or a flat dataset) holds out the seeded split that `train` would make."""
     started = time.perf_counter()
     splits = find_splits(data_dir, val_split=val_split, seed=seed)
+    if splits.multi_label:
+        raise UserError(
+            f"{data_dir}: multi-label labels (CSV tables); probe scores single-label accuracy and "
+            "does not measure multi-label data: train a linear-probe and read its val mAP instead"
+        )
     backbone = get_backbone(backbone_name)
     stage_list = parse_stages(stages, backbone.stage_names)
     for stage in stage_list:

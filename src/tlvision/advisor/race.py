@@ -131,6 +131,7 @@ def race_codes(setup: RaceSetup, input_size: int) -> dict[str | None, SplitCodes
         preprocessing=preprocessing, cache=setup.cache, stages=race_stages(setup.backbone),
         seed=setup.seed,
         num_workers=default_num_workers(), device=setup.device, log=setup.log,
+        phase_names=("train sample", "train holdout"),  # val/ is never read
     )  # fmt: skip
 
 
@@ -253,13 +254,16 @@ def finetune_trials(
     race: Sequence[Entry],
     epochs: int,
     race_sample: dict[str, int],
+    full_refusal: Callable[[], str] = lambda: "",
 ) -> tuple[list[Entry], str]:
     """Partial, then (unless `decision.full_trial_plan` says why not) full fine-tuning: each
     TRIAL_EPOCHS on the fit sample (`setup.splits` train) at the trial size, scored on the
     holdout after each epoch, beside the best frozen codes at the trial size on the same images
     (`trial_reference`; see decision.comparable_accuracy). `frozen`: the race at the trial
     size, when it is one of the raced sizes; `race`: the frozen candidates. Returns the trials'
-    entries and why full fine-tuning had none ("" when it had one)."""
+    entries and why full fine-tuning had none ("" when it had one); `full_refusal`: asked only
+    when full fine-tuning is worth a trial, why the race's budget leaves it out ("" when it fits:
+    budget.RaceLedger.refusal, which then counts it)."""
     size = trial_size(native_input_size)
     reference = trial_reference(setup, size, frozen)
     with tempfile.TemporaryDirectory(prefix="tlvision-trial-") as scratch:
@@ -269,6 +273,7 @@ def finetune_trials(
             size=size, native_input_size=native_input_size, reference=reference,
         )  # fmt: skip
         skipped = full_trial_plan(race, partial, epochs=epochs, race_sample=race_sample)
+        skipped = skipped or full_refusal()
         if skipped:
             return [partial], skipped
         full = run_trial(

@@ -1,16 +1,17 @@
 """The Python API: the commands as functions that return objects instead of printing.
 
-`tlvision.train`, `advise`, `check`, `probe` and `load` take the command line's options under
-the same names (`--batch-size` is `batch_size=`), with the same defaults: both are made from
-TrainConfig's fields (tlvision.config), and the CLI's handlers call these functions. A bad input
-raises `tlvision.UserError` with the very message the command prints.
+`tlvision.train`, `resume`, `lr_find`, `advise`, `check`, `probe`, `compare` and `load` take the
+command line's options under the same names (`--batch-size` is `batch_size=`), with the same
+defaults: both are made from TrainConfig's fields (tlvision.config), and the CLI's handlers call
+these functions. A bad input raises `tlvision.UserError` with the very message the command
+prints.
 
 Imports every layer below it (lazily, inside the functions) and nothing above it: the command
 line (tlvision.cli) is built on it, not the other way round.
 
 Nothing is printed unless asked: `verbose=True` prints progress messages and shows progress bars
-(a widget in Jupyter), `log=callable` receives the messages instead. Torch is imported on the
-first call, not on `import tlvision`.
+(a widget in Jupyter; text without ipywidgets), `log=callable` receives the messages instead.
+Torch is imported on the first call, not on `import tlvision`.
 """
 
 from __future__ import annotations
@@ -25,13 +26,19 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Unpack
 
-from tlvision.api.results import Advice, CheckReport, ProbeTable, Run
+from tlvision.api.audit_report import audit
+from tlvision.api.rate import RangeTestReport
+from tlvision.api.results import Advice, CheckReport, Comparison, ProbeTable, Run
 from tlvision.api.train_options import TrainOptions
 from tlvision.compute.cores import prefer_passive_waiting
 from tlvision.config import AUTO_STRATEGY, HEADS, TrainConfig, config_from_options, option_fields
+from tlvision.errors import UserError
 from tlvision.progress import showing_progress
 
-__all__ = ["advise", "check", "demo_data_dir", "load", "probe", "resume", "train"]
+__all__ = [
+    "add_labels", "advise", "audit", "check", "compare", "demo_data_dir", "load", "lr_find",
+    "probe", "resume", "train",
+]  # fmt: skip
 
 Log = Callable[[str], None]
 PathLike = str | os.PathLike[str]
@@ -66,6 +73,7 @@ def train(
     *,
     verbose: bool = False,
     log: Log | None = None,
+    no_report: bool = False,
     **options: Unpack[TrainOptions],
 ) -> Run:
     """Train a classifier on DATA/train, validate on DATA/val, as `tlvision train` does.
@@ -74,22 +82,50 @@ def train(
     `--lr` is `lr`; `tlvision train --help` lists them, with their defaults; so do the
     TrainOptions fields). `out` is the run directory (default runs/<strategy>-<time>);
     `strategy="auto"` measures the data first and runs what `advise` recommends (the advice
-    is saved as advice.json). `verbose=True` prints the per-epoch lines and shows progress
-    bars; `log` receives the lines instead of print. Returns the finished Run; a bad input
-    raises UserError before anything is trained.
+    is saved as advice.json); `lr="find"` runs the learning-rate range test first and trains
+    at its suggestion (lr_find.png and lr_find.json kept in the run). RUN/report.html is
+    written at the end, as the command does, unless `no_report=True`. `verbose=True` prints
+    the per-epoch lines and shows progress bars; `log` receives the lines instead of print.
+    Returns the finished Run; a bad input raises UserError before anything is trained.
     """
+    from tlvision.api.rate import FIND, train_at_found_rate
+
     values: dict[str, Any] = dict(options)
     strategy = str(values.get("strategy", TrainConfig.strategy))
     out = values.pop("out", None) or default_out_dir(strategy)
-    config = config_from_options(data, out, values)
+    find_rate = values.get("lr") == FIND
+    config = config_from_options(data, out, {**values, "lr": 1.0} if find_rate else values)
     with _reporting(verbose, log) as report:
         if config.strategy == AUTO_STRATEGY:
+            if find_rate:
+                raise UserError(
+                    "lr='find' (--lr find) needs a strategy: with strategy auto the advisor "
+                    "sets the rate (or run advise, then train its strategy with lr='find')"
+                )
             _train_as_advised(config, report)
+        elif find_rate:
+            train_at_found_rate(config, report, progress=verbose or log is not None)
         else:
             from tlvision.training.fit import fit
 
             fit(config, log=report)
+        if not no_report:
+            _write_report(config.out_dir, report)
     return load(config.out_dir)
+
+
+def _write_report(run_dir: Path, log: Log) -> None:
+    """RUN/report.html after training, as the command writes it; under torchrun rank 0 alone
+    writes it (the others have no run to read)."""
+    from tlvision.compute.devices import resolve_device
+    from tlvision.report.page import write_report
+    from tlvision.runs.reader import read_model_json
+
+    if os.environ.get("RANK", "0") != "0":
+        return
+    device = str(read_model_json(run_dir).get("config", {}).get("device", "auto"))
+    result = write_report(run_dir, None, device=resolve_device(device))
+    log(f"report: {result.path} ({result.seconds:.1f}s)")
 
 
 def _signature_of_train() -> inspect.Signature:
@@ -100,6 +136,7 @@ def _signature_of_train() -> inspect.Signature:
         inspect.Parameter("data", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="PathLike"),
         inspect.Parameter("verbose", keyword, default=False, annotation="bool"),
         inspect.Parameter("log", keyword, default=None, annotation="Log | None"),
+        inspect.Parameter("no_report", keyword, default=False, annotation="bool"),
     ]
     for each in option_fields():
         if each.field != "data_dir":
@@ -149,13 +186,68 @@ def _train_as_advised(config: TrainConfig, log: Log) -> None:
     write_json_atomic(config.out_dir / ADVICE_FILE, advice.to_json())
 
 
-def resume(run_dir: PathLike, *, verbose: bool = False, log: Log | None = None) -> Run:
-    """Continue a stopped run from its last checkpoint (`tlvision train --resume RUN_DIR`)."""
+def resume(
+    run_dir: PathLike,
+    *,
+    verbose: bool = False,
+    log: Log | None = None,
+    no_report: bool = False,
+    **changes: Any,
+) -> Run:
+    """Continue a stopped run from its last checkpoint (`tlvision train --resume RUN_DIR`).
+
+    `changes`: the options a resumed run may change (`epochs`, to train longer or stop
+    sooner); any other option raises UserError. Writes RUN/report.html unless `no_report`."""
     from tlvision.training.fit import resume as resume_run
 
     with _reporting(verbose, log) as report:
-        resume_run(Path(run_dir), log=report)
+        resume_run(Path(run_dir), log=report, changes=changes)
+        if not no_report:
+            _write_report(Path(run_dir), report)
     return load(run_dir)
+
+
+def lr_find(
+    data: PathLike,
+    *,
+    start_lr: float = 1e-6,
+    end_lr: float = 1.0,
+    steps: int | None = None,
+    plot: PathLike | None = None,
+    verbose: bool = False,
+    log: Log | None = None,
+    **options: Unpack[TrainOptions],
+) -> RangeTestReport:
+    """The learning-rate range test of the run these options describe (`tlvision lr-find`):
+    the same setup the run would train, each step at a rate growing from `start_lr` to
+    `end_lr`. `steps`: default 300 on codes (frozen routes), 100 for finetune. `plot`: where to
+    save the loss-against-rate PNG (default: none). `.suggested_lr` is the rate to train at."""
+    from tlvision.api.rate import range_test_config, range_test_text, save_range_test
+    from tlvision.training.lr_find import find_learning_rate
+
+    config = range_test_config(data, dict(options))
+    with _reporting(verbose, log) as report:
+        result = find_learning_rate(
+            config, start=start_lr, end=end_lr, steps=steps, log=report, progress=verbose
+        )
+    plot_path = None if plot is None else Path(plot)
+    save_range_test(result, plot_path)
+    return RangeTestReport(result.to_json(), range_test_text(result, plot_path), plot_path)
+
+
+def compare(
+    runs: Sequence[PathLike], *, html: PathLike | None = None, overwrite: bool = False
+) -> Comparison:
+    """Finished runs side by side (`tlvision compare`): one row per run; `html`: also write
+    the page with their val curves overlaid there (default: no page; a file already there is
+    replaced only with `overwrite`)."""
+    from tlvision.report.compare import compare_rows, compare_text, write_compare_page
+
+    run_dirs = [Path(run) for run in runs]
+    rows = compare_rows(run_dirs)
+    if html is not None:
+        write_compare_page(run_dirs, rows, Path(html), overwrite=overwrite)
+    return Comparison({"runs": rows}, compare_text(rows))
 
 
 def load(run_dir: PathLike) -> Run:
@@ -200,6 +292,15 @@ def advise(
             log=report,
         )
     return Advice(details=advice.to_json(), text=advice.to_text())
+
+
+def add_labels(csv_file: PathLike, data: PathLike) -> list[Path]:
+    """Copy the rows of label-next's CSV whose class is filled in into DATA/train/<class>/
+    (`tlvision add-labels`): copies, never moves; an unknown class or a name already there
+    refuses the whole CSV before anything is copied. Returns the files written."""
+    from tlvision.labelling.adding import add_labels as copy_labelled
+
+    return [copy.target for copy in copy_labelled(Path(csv_file), Path(data))]
 
 
 def check(data: PathLike, *, verbose: bool = False) -> CheckReport:

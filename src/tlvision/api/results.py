@@ -14,17 +14,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tlvision.data.doctor_report import counted
 from tlvision.errors import UserError
 from tlvision.inference.prediction import ImageLike, Prediction
 from tlvision.tables import escape, html_table
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from tlvision.api.notebook import Figure, TopLosses
     from tlvision.inference.class_maps import ClassMaps
     from tlvision.inference.evaluation import ClassificationReport
     from tlvision.inference.runtime import Classifier
+    from tlvision.labelling.next import LabelNext
+    from tlvision.report.interpretation import ValResults
     from tlvision.runs.reader import LoadedModel
 
-__all__ = ["Advice", "CheckReport", "ImageLike", "Prediction", "ProbeTable", "Run"]
+__all__ = ["Advice", "CheckReport", "Comparison", "ImageLike", "Prediction", "ProbeTable", "Run"]
 
 
 @dataclass(frozen=True, repr=False)
@@ -144,7 +150,7 @@ class CheckReport(_Report):
             ["class", *splits],
             [[name, *(counts[split].get(name) for split in splits)] for name in names],
             caption=f"{self.details['data_dir']}: "
-            + ("no problems found" if self.ok else f"{len(self.problems)} problems"),
+            + ("no problems found" if self.ok else counted(len(self.problems), "problem")),
         )
         findings = html_table(
             ["kind", "path", "message"],
@@ -152,6 +158,24 @@ class CheckReport(_Report):
             caption="problems" + (" (first 50)" if len(self.problems) > 50 else ""),
         )
         return classes + (findings if self.problems else "")
+
+
+@dataclass(frozen=True, repr=False)
+class Comparison(_Report):
+    """`tlvision compare`: one row per run (run, strategy, backbone, input size, epochs, best
+    and final val accuracy, seconds)."""
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return copy.deepcopy(list(self.details["runs"]))
+
+    def __repr__(self) -> str:
+        return f"Comparison({len(self.details['runs'])} runs)"
+
+    def _repr_html_(self) -> str:
+        rows = self.details["runs"]
+        header = list(rows[0]) if rows else []
+        return html_table(header, [[row[key] for key in header] for row in rows])
 
 
 @dataclass(frozen=True, repr=False)
@@ -230,23 +254,91 @@ class Run:
         tta: bool = False,
         runtime: str = "auto",
         workers: int | None = None,
+        reject: str | float = "off",
     ) -> list[Prediction]:
         """Top-k classes for each image: files, folders (searched recursively), PIL images or
         arrays of pixels, one or a list. An unreadable file gets an `error` instead of stopping.
         tta: average the mirror and corner-crop views' probabilities (tlvision.inference.tta).
         runtime: auto (ONNX Runtime on a CPU once an export exists or for 500 images or more,
         see tlvision.inference.runtime), torch or a serving export format. workers: decoding
-        threads (None: one per core; 0: none)."""
+        threads (None: one per core; 0: none). reject: "auto" (the threshold calibrated on val
+        at training time), "off", or a score threshold: each prediction gets `ood_score` and
+        `unknown`, and an unknown image no class (tlvision.inference.rejection)."""
+        from tlvision.inference.ood import rejection_of_run
         from tlvision.inference.sources import image_inputs
         from tlvision.inference.stream import stream_predictions
 
+        rejection = rejection_of_run(self.run_dir, reject)
         inputs = image_inputs(images)
         classifier = self.classifier(runtime, device, image_count=len(inputs))
         return list(
             stream_predictions(
-                classifier, inputs, top_k=top_k, batch_size=batch_size, decoders=workers, tta=tta
+                classifier, inputs, top_k=top_k, batch_size=batch_size, decoders=workers, tta=tta,
+                rejection=rejection,
             )
+        )  # fmt: skip
+
+    def label_next(
+        self,
+        pool: str | Path | Sequence[str | Path],
+        n: int = 10,
+        *,
+        out: str | Path | None = None,
+        data: str | Path | None = None,
+        device: str = "auto",
+    ) -> LabelNext:
+        """The `n` pool images (files or folders, read recursively) most worth labelling next,
+        as `tlvision label-next`: uncertain, spread out, no near-duplicates of each other or of
+        the train images; also writes a CSV to fill in and a contact sheet into `out`
+        (default RUN/label-next/)."""
+        from tlvision.compute.devices import resolve_device
+        from tlvision.labelling.next import label_next
+
+        pool_list = [pool] if isinstance(pool, str | Path) else list(pool)
+        return label_next(
+            self.run_dir, [Path(item) for item in pool_list], n,
+            out_dir=None if out is None else Path(out),
+            data_dir=None if data is None else Path(data), device=resolve_device(device),
+        )  # fmt: skip
+
+    def calibrate(
+        self, *, data: str | Path | None = None, val_rejected: float = 0.05
+    ) -> dict[str, Any]:
+        """Write RUN/rejection.json from the run's val images (of `data`, default the run's own
+        data): what training does at its end, for runs made before it did. Returns its
+        content."""
+        from tlvision.inference.rejection import calibrate_run
+
+        return calibrate_run(
+            self.run_dir, data_dir=None if data is None else Path(data), val_rejected=val_rejected
         )
+
+    def predict_proba(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        *,
+        device: str = "auto",
+        batch_size: int = 32,
+        tta: bool = False,
+        runtime: str = "auto",
+    ) -> np.ndarray:
+        """Class probabilities, scikit-learn style: an (images, classes) float array, columns in
+        the order of `run.classes`; a row of NaN for a file that could not be read (`predict`
+        says why)."""
+        import numpy
+
+        from tlvision.inference.sources import image_inputs
+        from tlvision.inference.stream import classify
+
+        inputs = image_inputs(images)
+        classifier = self.classifier(runtime, device, image_count=len(inputs))
+        columns = [list(classifier.class_names).index(name) for name in self.classes]
+        rows = numpy.full((len(inputs), len(columns)), numpy.nan, dtype=numpy.float32)
+        items = classify(classifier, inputs, batch_size=batch_size, tta=tta)
+        for row, item in enumerate(items):
+            if item.probabilities is not None:
+                rows[row] = item.probabilities[columns]
+        return rows
 
     def classifier(
         self, runtime: str = "auto", device: str = "auto", *, image_count: int | None = None
@@ -328,6 +420,41 @@ class Run:
             raise UserError(f"class_maps takes one image; got {len(inputs)}")
         return class_maps(class_mapper(self.model()), rgb_image(inputs[0], 0))
 
+    def top_losses(
+        self, count: int = 9, *, data: str | Path | None = None, device: str = "auto"
+    ) -> TopLosses:
+        """The `count` val images with the highest loss, highest first, as the report shows
+        them (`data`: default the run's own dataset); shows thumbnails in a notebook."""
+        from tlvision.api.notebook import top_losses_of
+
+        return top_losses_of(self._val_results(data, device), count)
+
+    def plot_confusion(self, *, data: str | Path | None = None, device: str = "auto") -> Figure:
+        """The val confusion matrix (counts, and each row as shares), as the report draws it;
+        shows inline in a notebook, `.save(path)` writes the PNG."""
+        from tlvision.api.notebook import confusion_figure
+
+        return confusion_figure(self._val_results(data, device))
+
+    def inline_report(self, data: str | Path | None = None, *, device: str = "auto") -> Any:
+        """RUN/report.html shown in the notebook (written first when the run has none)."""
+        from tlvision.api.notebook import InlineReport
+        from tlvision.runs.layout import REPORT_FILE
+
+        path = self.run_dir / REPORT_FILE
+        if data is not None or not path.is_file():
+            path = self.report(data, device=device)
+        return InlineReport(path)
+
+    def _val_results(self, data: str | Path | None, device: str) -> ValResults:
+        from tlvision.compute.devices import resolve_device
+        from tlvision.report.interpretation import val_results
+        from tlvision.runs.reader import run_splits
+
+        loaded = self.model()
+        splits = run_splits(loaded.metadata, None if data is None else Path(data))
+        return val_results(loaded, splits, device=resolve_device(device))
+
     def __repr__(self) -> str:
         return (
             f"Run({str(self.run_dir)!r}, strategy={self.summary.get('strategy')!r}, "
@@ -354,4 +481,15 @@ class Run:
         epochs = html_table(
             shown, [[record.get(name) for name in shown] for record in self.metrics[-30:]]
         )
-        return summary + epochs
+        return summary + epochs + self._report_html()
+
+    def _report_html(self) -> str:
+        """The run's report.html, folded under the tables, when it has one."""
+        from tlvision.api.notebook import InlineReport
+        from tlvision.runs.layout import REPORT_FILE
+
+        path = self.run_dir / REPORT_FILE
+        if not path.is_file():
+            return ""
+        page = InlineReport(path)._repr_html_()
+        return f"<details><summary>report.html</summary>{page}</details>"

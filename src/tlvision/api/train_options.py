@@ -5,7 +5,7 @@ from TrainConfig's fields (tests/test_options.py checks that it is current); do 
 from __future__ import annotations
 
 import os
-from typing import TypedDict
+from typing import Literal, TypedDict
 
 PathLike = str | os.PathLike[str]
 
@@ -34,7 +34,7 @@ class TrainOptions(TypedDict, total=False):
     """epochs (default: the strategy's: 25 for the frozen routes, 10 for finetune)"""
     batch_size: int
     """images per step (per process under torchrun)"""
-    lr: float
+    lr: float | Literal["find"]
     """the new head's learning rate; fine-tuning starts its head on codes and then trains it at
     the pretrained layers' rate (--backbone-lr-mult x this); `find`: run the learning-rate range
     test first (tlvision lr-find)"""
@@ -72,8 +72,22 @@ class TrainOptions(TypedDict, total=False):
     val_split: float | None
     """hold out this stratified, seeded share of each class as val when there is no val/ folder
     (default 0.2 for a flat DATA/<class>/ folder)"""
+    exclude: PathLike | None
+    """leave these train files out: a list (one path a line, relative to DATA) or an audit.json
+    (`tlvision audit`; --exclude-sections); recorded in summary.json"""
+    exclude_sections: str
+    """the audit.json sections --exclude reads, comma-separated: label_issues, duplicates,
+    outliers"""
+    exclude_held_out: bool
+    """--exclude also leaves out val files (val accuracy is then inflated)"""
     class_weights: str | None
-    """auto: weight the loss by inverse class frequency"""
+    """auto: weight the loss by inverse class frequency (multi-label: positive weights)"""
+    sampler: str
+    """finetune: shuffle (each image once an epoch) or balanced (images drawn with replacement,
+    each class equally often: for classes of very different sizes)"""
+    threshold_precision: float | None
+    """multi-label data: tune each class's threshold on val to reach this precision (default:
+    the F1-optimal threshold)"""
     precision: str
     """auto: bf16 mixed precision on a CUDA GPU that has it, else 32; 16: float16 with a
     gradient scaler (CUDA)"""

@@ -21,7 +21,8 @@ from tlvision.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tlvision.cli import data, deploy, models, report, train
+    from tlvision.cli import audit, data, deploy, models, report, train, unknown
+    from tlvision.cli.help import complete_help
 
     parser = argparse.ArgumentParser(
         prog="tlvision",
@@ -29,8 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tlvision {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (train, deploy, data, report, models):
+    for module in (train, deploy, data, audit, report, models, unknown):
         module.add_commands(commands)
+    complete_help(parser)
     return parser
 
 

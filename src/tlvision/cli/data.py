@@ -100,7 +100,7 @@ def command_demo(arguments: argparse.Namespace) -> int:
     )
     run = api.train(
         data_dir, out=out_dir, epochs=arguments.epochs, overwrite=arguments.overwrite,
-        device=arguments.device, log=print, verbose=show_progress(),
+        device=arguments.device, log=print, verbose=show_progress(), no_report=True,
     )  # fmt: skip
     print(f"\nstep 2: tlvision evaluate {out_dir} {data_dir / 'val'}")
     print(run.evaluate(data_dir / "val", device=arguments.device).to_text())

@@ -15,6 +15,11 @@ from tlvision.jsonio import json_text
 if TYPE_CHECKING:
     Commands = argparse._SubParsersAction[argparse.ArgumentParser]
 
+REJECT_HELP = (
+    "unknown inputs: auto (the threshold calibrated on val at training time; older runs: "
+    "`tlvision calibrate RUN_DIR` first), off (default), or a score threshold; adds ood_score "
+    "and unknown to each prediction, and an unknown image gets no class"
+)
 TTA_HELP = "test-time augmentation: average the centre crop, its mirror and the 4 corner crops"
 
 
@@ -57,16 +62,13 @@ def command_predict(arguments: argparse.Namespace) -> int:
     predictions = run.predict(
         arguments.paths, top_k=arguments.top_k, device=arguments.device, tta=arguments.tta,
         batch_size=arguments.batch_size, runtime=arguments.runtime, workers=arguments.workers,
+        reject=arguments.reject,
     )  # fmt: skip
     if arguments.json:
         print(json_text([prediction.to_json() for prediction in predictions]))
     else:
         for prediction in predictions:
-            if prediction.error is not None:
-                print(f"{prediction.path}: error: {prediction.error}")
-                continue
-            ranked = ", ".join(f"{name} {probability:.3f}" for name, probability in prediction.top)
-            print(f"{prediction.path}: {ranked}")
+            print(prediction.to_text())
     if arguments.maps is not None:
         from tlvision.inference.class_maps import class_mapper, write_class_maps
 
@@ -92,6 +94,7 @@ def _command_predict_jsonl(arguments: argparse.Namespace) -> int:
         arguments.run_dir, arguments.paths, arguments.jsonl, top_k=arguments.top_k,
         batch_size=arguments.batch_size, decoders=arguments.workers,
         device_name=arguments.device, runtime=arguments.runtime, tta=arguments.tta,
+        reject=arguments.reject,
     )  # fmt: skip
     if failed and int(os.environ.get("RANK", "0")) == 0:
         print(f"{failed} of {total} files could not be read", file=sys.stderr)
@@ -124,6 +127,7 @@ def add_predict_command(commands: Commands) -> None:
         help=f"one of {', '.join(runtime_names())}; auto: ONNX Runtime on a CPU (exported into "
         "RUN/export/ once, for 500+ images or when an export exists), torch on a GPU",
     )  # fmt: skip
+    predict.add_argument("--reject", default="off", metavar="auto|off|SCORE", help=REJECT_HELP)
     predict.set_defaults(handler=command_predict)
 
 
@@ -176,7 +180,11 @@ def command_serve(arguments: argparse.Namespace) -> int:
     from tlvision.serve.server import run_server
 
     if arguments.max_batch < 1 or arguments.queue_size < 1 or arguments.batch_wait_ms < 0:
-        raise UserError("--max-batch and --queue-size must be at least 1, --batch-wait-ms >= 0")
+        raise UserError(
+            f"--max-batch {arguments.max_batch}, --queue-size {arguments.queue_size}, "
+            f"--batch-wait-ms {arguments.batch_wait_ms}: the first two must be at least 1, the "
+            "last 0 or more"
+        )
     run_server(
         ServeConfig(
             run_dir=arguments.run_dir,
@@ -194,6 +202,8 @@ def command_serve(arguments: argparse.Namespace) -> int:
             ),
             log_level=arguments.log_level,
             access_log=arguments.access_log,
+            allowed_hosts=tuple(arguments.allowed_host),
+            reject=arguments.reject,
         )
     )
     return 0
@@ -255,4 +265,11 @@ def add_serve_command(commands: Commands) -> None:
         choices=["critical", "error", "warning", "info", "debug"],
     )  # fmt: skip
     serve.add_argument("--access-log", action="store_true", help="log one line per request")
+    serve.add_argument(
+        "--allowed-host", action="append", default=[], metavar="NAME",
+        help="also answer requests whose Host header names NAME (repeatable); by default only "
+        "loopback names and the --host address are answered (400 otherwise), which keeps web "
+        "pages from reaching the server through DNS rebinding",
+    )  # fmt: skip
+    serve.add_argument("--reject", default="off", metavar="auto|off|SCORE", help=REJECT_HELP)
     serve.set_defaults(handler=command_serve)

@@ -88,7 +88,7 @@ def training_options(arguments: argparse.Namespace) -> dict[str, Any]:
     return {
         option.name: getattr(arguments, option.name)
         for option in option_fields()
-        if option.field != "data_dir"
+        if option.field != "data_dir" and hasattr(arguments, option.name)  # lr-find has fewer
     }
 
 

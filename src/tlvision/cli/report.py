@@ -22,7 +22,11 @@ def add_commands(commands: Commands) -> None:
     compare = commands.add_parser("compare", help="a table of runs and their val curves overlaid")
     compare.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN")
     compare.add_argument(
-        "--html", type=Path, default=Path("compare.html"), help="page to write (%(default)s)"
+        "--out", "--html", type=Path, dest="out", metavar="PAGE",
+        help="page to write (default: compare.html in the folder that holds the runs)",
+    )  # fmt: skip
+    compare.add_argument(
+        "--overwrite", action="store_true", help="replace PAGE if it exists (default: refuse)"
     )
     compare.add_argument("--json", action="store_true", help="print the table as JSON")
     compare.set_defaults(handler=command_compare)
@@ -43,7 +47,9 @@ def command_compare(arguments: argparse.Namespace) -> int:
     from tlvision.report.compare import compare_rows, compare_text, write_compare_page
 
     rows = compare_rows(arguments.run_dirs)
-    page = write_compare_page(arguments.run_dirs, rows, arguments.html)
+    page = write_compare_page(
+        arguments.run_dirs, rows, arguments.out, overwrite=arguments.overwrite
+    )
     if arguments.json:
         print_json(rows)
     else:

@@ -37,6 +37,7 @@ import torch
 import torchvision
 
 from tlvision.codes.shards import (
+    CACHE_FULL,
     FORMAT_VERSION,
     CorruptShardError,
     Shard,
@@ -46,6 +47,7 @@ from tlvision.codes.shards import (
     shard_name,
 )
 from tlvision.data.preprocessing import Preprocessing
+from tlvision.errors import writing
 from tlvision.models.stages import stage_label
 from tlvision.progress import progress_bar
 
@@ -84,6 +86,11 @@ class View:
     @property
     def name(self) -> str:
         return "val" if self.augment is None else f"train-aug-{self.augment}-seed-{self.seed}"
+
+    @property
+    def label(self) -> str:
+        """What the logs and bars call it (`name` is its cache key)."""
+        return "centre crop" if self.augment is None else f"augmented view {self.augment + 1}"
 
     @property
     def phase(self) -> str:
@@ -153,7 +160,11 @@ class CodesGroup:
         if not (self.dir / "group.json").is_file():
             self.dir.mkdir(parents=True, exist_ok=True)
             temporary = self.dir / f".group.json.tmp-{os.getpid()}-{uuid.uuid4().hex}"
-            temporary.write_text(json.dumps(self.description, indent=2, sort_keys=True) + "\n")
+            text = json.dumps(self.description, indent=2, sort_keys=True) + "\n"
+            with writing(
+                self.dir / "group.json", needed=len(text), temporary=temporary, then=CACHE_FULL
+            ):
+                temporary.write_text(text)
             os.replace(temporary, self.dir / "group.json")
 
     def _open(self, path: Path) -> Shard | None:

@@ -28,6 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from tlvision.errors import writing
+
+CACHE_FULL = (
+    "run again with --cache-dir on a disk with space, or with --no-cache (codes in memory only)"
+)
+
 FORMAT_VERSION = 1
 
 _MAGIC = b"TLVCODES"
@@ -155,8 +161,16 @@ class ShardWriter:
         self.filled = np.zeros(len(self.keys), dtype=bool)
         self.temporary = group_dir / f".tmp-{os.getpid()}-{uuid.uuid4().hex}.codes"
         group_dir.mkdir(parents=True, exist_ok=True)
-        with self.temporary.open("wb") as handle:
+        with (
+            writing(group_dir / "codes shard", needed=self.layout.total,
+                    temporary=self.temporary, then=CACHE_FULL),
+            self.temporary.open("wb") as handle,
+        ):  # fmt: skip
             handle.truncate(self.layout.total)
+            # the blocks reserved now: a full disk is an error here, not a crash (SIGBUS) when
+            # the memory map writes into a sparse file's hole
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(handle.fileno(), 0, self.layout.total)
         self.codes: np.memmap | None = np.memmap(
             self.temporary,
             dtype=np.float32,

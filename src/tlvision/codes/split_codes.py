@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -89,7 +90,7 @@ class _Passes:
                 self.extractor,
                 samples,
                 specs=specs,
-                description=f"{phase} codes ({view.name})",
+                description=f"{phase} codes ({view.label})",
                 **self.options,
             )
 
@@ -113,11 +114,11 @@ def extract_split_codes(
     device: torch.device | str = "cpu",
     channels_last: bool | None = None,
     log: Log | None = None,
+    phase_names: tuple[str, str] = ("train", "val"),
 ) -> dict[str | None, SplitCodes]:
     """Train and val codes for each stage: one pass per view (train: centre + augmented).
-
     Unreadable images are skipped, logged once and listed in each SplitCodes' `skipped`.
-    """
+    `phase_names`: what the bars call the splits (the advisor's are both parts of train/)."""
     if augmented_views < 0 or (augmented_views == 0 and not center_view):
         raise UserError("give the training set at least one view (--views 0: the centre crop)")
     log = log or (cache.log if cache is not None else stderr_log)
@@ -129,17 +130,17 @@ def extract_split_codes(
         dict(cache=cache, batch_size=batch_size, num_workers=num_workers, device=device,
              channels_last=channels_last, log=log),
     )  # fmt: skip
-    codes_for, skipped = passes.codes_for, list[tuple[Path, str]]()
-    train_samples = list(splits.samples["train"])
-    per_view = []
+    skipped, train_samples = list[tuple[Path, str]](), list(splits.samples["train"])
+    train_codes = functools.partial(passes.codes_for, phase=phase_names[0])
+    codes_for, per_view = passes.codes_for, []
     for view in views:
-        train_samples, codes = _readable_codes(train_samples, skipped, codes_for(view, "train"))
+        train_samples, codes = _readable_codes(train_samples, skipped, train_codes(view))
         per_view.append(codes)
     if any(len(codes[stages[0]]) != len(train_samples) for codes in per_view):
         # a file became unreadable between views: read every view again for the final list
-        per_view = [codes_for(view, "train")(train_samples) for view in views]
+        per_view = [train_codes(view)(train_samples) for view in views]
     val_samples, val = _readable_codes(
-        list(splits.samples["val"]), skipped, codes_for(VAL_VIEW, "val")
+        list(splits.samples["val"]), skipped, codes_for(VAL_VIEW, phase_names[1])
     )
     if skipped:
         log(f"skipped {len(skipped)} unreadable image(s): {_listed(skipped)}")

@@ -171,7 +171,7 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     from torch.distributed.run import main as torchrun_main
 
     if nproc < 1:
-        raise UserError("--nproc must be at least 1")
+        raise UserError(f"--nproc {nproc}: must be at least 1")
     try:
         torchrun_main(["--standalone", f"--nproc-per-node={nproc}", "-m", "tlvision", *argv])
     except ChildFailedError as error:

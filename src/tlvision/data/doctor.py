@@ -46,6 +46,8 @@ from tlvision.data.doctor_scan import (
     scan_folders,
     split_folders,
 )
+from tlvision.data.doctor_tables import check_label_tables
+from tlvision.data.layouts import dataset_layout
 
 __all__ = [
     "FLAT_SPLIT",
@@ -72,6 +74,8 @@ def check_dataset(data_dir: Path, *, progress: bool = True) -> CheckReport:
     Raises UserError when ``data_dir`` is not a dataset at all (see data.dataset_layout).
     """
     data_dir = Path(data_dir)
+    if dataset_layout(data_dir) == "csv":
+        return check_label_tables(data_dir)
     split_dirs = split_folders(data_dir)
     training_split = next(iter(split_dirs))  # train/, or the flat pool train splits itself
     findings = Findings()

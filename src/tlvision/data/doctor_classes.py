@@ -8,12 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tlvision.data.doctor_report import Problem
+from tlvision.data.doctor_report import IMBALANCE_RATIO, Problem
 from tlvision.data.doctor_scan import TEST_SPLIT, Candidate
 from tlvision.data.layouts import IMAGE_EXTENSIONS
-
-IMBALANCE_RATIO = 3.0
-"""Largest/smallest train class size at which class imbalance is reported."""
 
 
 def class_structure(

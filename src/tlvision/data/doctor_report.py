@@ -6,6 +6,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 _TEXT_LINES_PER_KIND = 20
+LEAK_KINDS = ("duplicate-across-splits", "near-duplicate-across-splits")
+
+
+IMBALANCE_RATIO = 3.0
+"""Largest/smallest train class size at which class imbalance is reported."""
 
 
 @dataclass(frozen=True)
@@ -74,14 +79,23 @@ class CheckReport:
         )
         lines = [
             f"Checked {self.images_checked} image files in {self.data_dir}"
-            + (f" (loadable: {split_totals})" if split_totals else "")
+            + (f" (loadable: {split_totals})" if split_totals and self.layout != "csv" else "")
         ]
+        if self.layout == "csv":
+            lines.append("Labels from CSV tables; the counts are each class's positive images:")
         lines += _class_table(self.class_counts)
-        if self.suggested_class_weights is not None:
-            weights = ", ".join(f"{name}={w:g}" for name, w in self.suggested_class_weights.items())
+        suggested = self.suggested_class_weights
+        if suggested is not None and worth_weighting(suggested):
+            weights = ", ".join(f"{name}={w:g}" for name, w in suggested.items())
             lines.append(f"Suggested class weights (--class-weights auto): {weights}")
         lines += _findings(self.problems, self.notes, self.ignored)
         lines.append("")
+        if any(problem.kind in LEAK_KINDS for problem in self.problems):
+            lines.append(
+                f"Images shared between splits inflate val and test accuracy: `tlvision audit "
+                f"{self.data_dir}` also finds copies that were resized, cropped or mirrored "
+                "(by their CNN codes), and mislabelled images."
+            )
         lines.append(self._result_line())
         return "\n".join(lines)
 
@@ -90,9 +104,22 @@ class CheckReport:
             return "Result: no problems found."
         kinds = ", ".join(f"{n} {kind}" for kind, n in self.problem_counts().items())
         return (
-            f"Result: {len(self.problems)} problems ({kinds}); fix them and run "
-            "`tlvision check` again."
+            f"Result: {counted(len(self.problems), 'problem')} ({kinds}); fix "
+            f"{'it' if len(self.problems) == 1 else 'them'} and run `tlvision check` again."
         )
+
+
+def counted(count: int, noun: str) -> str:
+    """ "1 problem", "2 problems"."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def worth_weighting(weights: dict[str, float] | None) -> bool:
+    """Class weights are worth suggesting when the classes are as uneven as the imbalance
+    problem says (IMBALANCE_RATIO), not for 0.992 against 1.008."""
+    if not weights:
+        return False
+    return max(weights.values()) / min(weights.values()) >= IMBALANCE_RATIO
 
 
 def _findings(problems: list[Problem], notes: list[Problem], ignored: list[Path]) -> list[str]:

@@ -16,9 +16,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from tlvision.data.label_table import CSV_LAYOUT, has_label_tables, read_label_tables
 from tlvision.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
@@ -86,19 +88,42 @@ class DatasetSplits:
     class_names: tuple[str, ...]
     samples: dict[str, list[tuple[Path, int]]]  # phase -> [(path, class index)]
     val_split: float | None = None  # the fraction of train held out as val, when there is no val/
-    layout: str = "split"  # "split" (train/ and val/ folders) or "flat" (DATA/<class>/)
+    layout: str = "split"  # "split" (train/ and val/ folders), "flat" (DATA/<class>/), "csv"
     broken_links: tuple[Path, ...] = ()  # image-named links to missing files, in no split
+    # multi-label data (label tables): every table's rows' class indices, train's first; a
+    # sample's integer is then its row here (unique across splits), not a class index. None:
+    # one class per image.
+    targets: tuple[tuple[int, ...], ...] | None = None
+
+    @property
+    def multi_label(self) -> bool:
+        return self.targets is not None
 
     def class_counts(self, phase: str = "train") -> list[int]:
+        """Images per class; multi-label: positive images per class."""
         counts = [0] * len(self.class_names)
         for _, label in self.samples[phase]:
-            counts[label] += 1
+            for class_index in self.classes_of(label):
+                counts[class_index] += 1
         return counts
+
+    def classes_of(self, label: int) -> tuple[int, ...]:
+        """The class indices of a sample's integer (its class, or its row's labels)."""
+        return (label,) if self.targets is None else self.targets[label]
+
+    def target_matrix(self, labels: Sequence[int]) -> Any:
+        """(N, classes) float32 0/1 targets of samples' integers (multi-hot; one-hot)."""
+        import numpy as np
+
+        matrix = np.zeros((len(labels), len(self.class_names)), dtype=np.float32)
+        for row, label in enumerate(labels):
+            matrix[row, list(self.classes_of(int(label)))] = 1.0
+        return matrix
 
 
 SPLIT_LAYOUT = "DATA/train/<class>/*.jpg and DATA/val/<class>/*.jpg"
 FLAT_LAYOUT = "DATA/<class>/*.jpg"
-LAYOUT = f"{SPLIT_LAYOUT}, or flat as {FLAT_LAYOUT}"
+LAYOUT = f"{SPLIT_LAYOUT}, or flat as {FLAT_LAYOUT}, or labels in {CSV_LAYOUT}"
 FLAT_VAL_SPLIT = 0.2
 """The share of each class held out as val when a flat dataset is given without --val-split."""
 
@@ -118,6 +143,8 @@ def dataset_layout(data_dir: Path) -> str:
     all come here); anything else is a UserError that names the folder and the fix.
     """
     require_directory(data_dir)
+    if has_label_tables(data_dir):
+        return "csv"
     if (data_dir / "train").is_dir():
         return "split"
     if (data_dir / "val").is_dir():
@@ -143,13 +170,28 @@ def require_fraction(val_split: float | None) -> None:
 def layout_note(data_dir: Path, val_split: float | None) -> str | None:
     """The one line that tells the user a flat dataset is split for them (None otherwise)."""
     require_fraction(val_split)
-    if dataset_layout(data_dir) != "flat":
+    layout = dataset_layout(data_dir)
+    if layout == "csv":
+        return csv_note(data_dir)
+    if layout != "flat":
         return None
     held_out = round(100 * (FLAT_VAL_SPLIT if val_split is None else val_split))
     return (
         f"{data_dir} has no train/ and val/: using a seeded stratified {100 - held_out}/"
         f"{held_out} split of its class folders (--val-split to change)"
     )
+
+
+def csv_note(data_dir: Path) -> str:
+    """The one line for a CSV dataset; its problems are reported where they stop the command
+    (train: the first; check: every one)."""
+    note = f"{data_dir} has train.csv: reading labels from its CSV tables"
+    try:
+        tables = read_label_tables(data_dir)
+    except UserError:
+        return note
+    kind = "multi-label" if tables.multi_label else "single-label"
+    return f"{note} ({kind}, {len(tables.class_names)} classes)"
 
 
 def find_splits(data_dir: Path, *, val_split: float | None = None, seed: int = 0) -> DatasetSplits:
@@ -159,7 +201,14 @@ def find_splits(data_dir: Path, *, val_split: float | None = None, seed: int = 0
     out as val instead; a flat dataset (DATA/<class>/) is split so, FLAT_VAL_SPLIT by default.
     """
     require_fraction(val_split)
-    if dataset_layout(data_dir) == "flat":
+    layout = dataset_layout(data_dir)
+    if layout == "csv":
+        if val_split is not None:
+            raise UserError(
+                f"{data_dir / 'val.csv'}: a CSV dataset has its val table; drop --val-split"
+            )
+        return csv_splits(data_dir)
+    if layout == "flat":
         fraction = FLAT_VAL_SPLIT if val_split is None else val_split
         return _held_out_splits(data_dir, data_dir, fraction, seed, layout="flat")
     has_val = (data_dir / "val").is_dir()
@@ -180,6 +229,27 @@ def find_splits(data_dir: Path, *, val_split: float | None = None, seed: int = 0
     samples = {phase: scans[phase][0] for phase in PHASES}
     broken = tuple(path for phase in PHASES for path in scans[phase][1])
     return DatasetSplits(data_dir, tuple(class_names), samples, broken_links=broken)
+
+
+def csv_splits(data_dir: Path) -> DatasetSplits:
+    """The splits of a CSV dataset: single-label when every row has one label."""
+    tables = read_label_tables(data_dir)
+    phases = tables.rows.keys()
+    if not tables.multi_label:
+        index = {name: position for position, name in enumerate(tables.class_names)}
+        single = {
+            phase: [(row.path, index[row.labels[0]]) for row in tables.rows[phase]]
+            for phase in phases
+        }
+        return DatasetSplits(data_dir, tables.class_names, single, layout="csv")
+    samples: dict[str, list[tuple[Path, int]]] = {}
+    targets: list[tuple[int, ...]] = []
+    for phase in phases:
+        samples[phase] = [(row.path, len(targets) + n) for n, row in enumerate(tables.rows[phase])]
+        targets += tables.targets(phase)
+    return DatasetSplits(
+        data_dir, tables.class_names, samples, layout="csv", targets=tuple(targets)
+    )
 
 
 def _held_out_splits(

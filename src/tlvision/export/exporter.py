@@ -27,17 +27,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from tlvision.errors import UserError
+from tlvision.errors import DiskFullError, UserError, writing
 from tlvision.export.format import EXPORT_FORMATS, ExportFormat
+from tlvision.export.input_rules import input_section, output_section, preprocessing_section
 from tlvision.export.parity import ParityReport, check_parity, parity_pixels
 from tlvision.jsonio import write_json_atomic
 from tlvision.models.maps import ClassMapNetwork
-from tlvision.models.pixels import INPUT_DTYPE, INPUT_LAYOUT, PixelClassifier
+from tlvision.models.pixels import PixelClassifier
 from tlvision.models.weights import sha256_of_file
 from tlvision.runs.layout import EXPORT_DIR, MODEL_WEIGHTS
-from tlvision.runs.reader import LoadedModel, load_run_model
+from tlvision.runs.reader import LoadedModel, load_run_model, read_rejection_file
 
-TOLERANCE = 1e-4  # max abs logit difference allowed for an fp32 export
+# max abs logit difference allowed for an fp32 export, per unit of the largest |logit| (or of 1)
+TOLERANCE = 1e-4
 QUANTIZATIONS = ("int8",)
 Log = Callable[[str], None]
 
@@ -108,12 +110,25 @@ def build_network(loaded: LoadedModel, class_maps: bool) -> nn.Module:
     return PixelClassifier(loaded.model, loaded.preprocessing).eval()
 
 
-def parity_failure(report: ParityReport, request: ExportRequest, path: Path) -> str | None:
-    if report.top1_agreement < 1.0 or not report.max_abs_logit_difference <= request.tolerance:
+def parity_failure(
+    report: ParityReport, request: ExportRequest, path: Path, *, multi_label: bool = False
+) -> str | None:
+    """Why the written file fails the check, or None. A multi-label model's outputs are
+    sigmoid probabilities per class: those are held to the tolerance instead of the logits."""
+    sigmoid_difference = report.extra.get("max_abs_sigmoid_difference")
+    if (
+        multi_label
+        and report.top1_agreement == 1.0
+        and sigmoid_difference is not None
+        and sigmoid_difference <= request.tolerance
+    ):
+        return None
+    allowed = report.allowed_difference(request.tolerance)
+    if report.top1_agreement < 1.0 or not report.max_abs_logit_difference <= allowed:
         return (
             f"{path}: parity check failed on {report.images} images: top-1 agreement "
             f"{report.top1_agreement:.3f} (need 1.0), max abs logit difference "
-            f"{report.max_abs_logit_difference:.3g} (need <= {request.tolerance:g}); the file "
+            f"{report.max_abs_logit_difference:.3g} (need <= {allowed:.3g}); the file "
             "was not written. Report this with your torch and runtime versions, or try another "
             "--format"
         )
@@ -126,7 +141,7 @@ def sidecar(
     """What the file is, what it takes and gives, where it came from and what the check found."""
     export_format = EXPORT_FORMATS.get(request.format)
     preprocessing = loaded.preprocessing
-    crop: int | str = preprocessing.crop_size
+    multiple = loaded.backbone.input_multiple
     return {
         "file": path.name,
         "file_sha256": sha256_of_file(path),
@@ -134,26 +149,14 @@ def sidecar(
         "exporter": export_format.exporter,
         "kind": "class-maps" if request.class_maps else "classifier",
         "quantized": request.quantize,
-        "input": {
-            "name": "pixels",
-            "dtype": INPUT_DTYPE,
-            "layout": INPUT_LAYOUT,
-            "shape": ["batch", *(["height", "width"] if request.class_maps else [crop, crop]), 3],
-            "colour": "RGB",
-            "resize": (
-                f"none: any size (sides multiples of {loaded.backbone.input_multiple})"
-                if request.class_maps
-                else f"the caller's: shorter side to {preprocessing.resize_size} "
-                f"({preprocessing.interpolation}, antialiased), then centre crop {crop}x{crop}"
-            ),
-            "inside_the_graph": "x / 255, then (x - mean) / std per channel",
-        },
-        "output": {
-            "name": "maps" if request.class_maps else "logits",
-            "shape": ["batch", "classes", "h", "w"] if request.class_maps else ["batch", "classes"],
-            "meaning": "logits (softmax over classes for probabilities)",
-        },
-        "preprocessing": preprocessing.to_json(),
+        "input": input_section(
+            preprocessing, class_maps=request.class_maps, side_multiple=multiple
+        ),
+        "output": _output(loaded.metadata, request.class_maps),
+        **_multi_label_fields(loaded.metadata),
+        "preprocessing": preprocessing_section(
+            preprocessing, class_maps=request.class_maps, side_multiple=multiple
+        ),
         "classes": list(loaded.class_names),
         "backbone": loaded.backbone.name,
         "weights": loaded.metadata.get("weights"),
@@ -174,7 +177,51 @@ def sidecar(
             "tolerance": None if request.quantize else request.tolerance,
         },
         "export_seconds": round(seconds, 2),
+        **({} if request.class_maps else rejection_for_clients(request.run_dir)),
     }
+
+
+REJECTION_FORMULAS = {
+    "energy": "score = -logsumexp(logits)",
+    "max-softmax": "score = 1 - max(softmax(logits))",
+}
+
+
+def rejection_for_clients(run_dir: Path) -> dict[str, Any]:
+    """What a client needs to reject unknown inputs as `predict --reject auto` does: the score
+    computed from the output logits and the threshold calibrated on val (RUN/rejection.json)."""
+    document = read_rejection_file(run_dir)
+    if document is None:
+        return {}
+    score = str(document["score"])
+    return {
+        "rejection": {
+            "score": score,
+            "formula": REJECTION_FORMULAS.get(score, score),
+            "threshold": document["threshold"],
+            "rule": "unknown when score > threshold: give no class",
+            "val_rejected": document.get("val_rejected"),
+        }
+    }
+
+
+def _output(metadata: dict[str, Any], class_maps: bool) -> dict[str, Any]:
+    """The sidecar's "output": what the file gives and how to read it."""
+    section = output_section(class_maps)
+    if metadata.get("task") == "multi-label" and not class_maps:
+        section["meaning"] = (
+            "logits, one per class: sigmoid(logit) is that class's probability; a class is "
+            "predicted when it reaches its threshold (thresholds)"
+        )
+    return section
+
+
+def _multi_label_fields(metadata: dict[str, Any]) -> dict[str, Any]:
+    """A multi-label model's task and per-class thresholds (tuned on val), as model.json has
+    them; nothing for a single-label one."""
+    if metadata.get("task") != "multi-label":
+        return {}
+    return {"task": "multi-label", "thresholds": metadata.get("thresholds")}
 
 
 def temporary_path(path: Path) -> Path:
@@ -198,7 +245,8 @@ def export_model(request: ExportRequest, log: Log | None = None) -> dict[str, An
         write_file(export_format, network, example, temporary, request)
         runner = export_format.open(temporary)
         report = check_parity(network, runner, images, class_maps=request.class_maps)
-        failure = parity_failure(report, request, out)
+        multi_label = loaded.metadata.get("task") == "multi-label"
+        failure = parity_failure(report, request, out, multi_label=multi_label)
         if failure:
             raise UserError(failure)
         if request.quantize and export_format.quantize is not None:
@@ -226,7 +274,12 @@ def write_file(
 ) -> None:
     """Run the format's writer; its failure is the user's to know about, in one line."""
     try:
-        export_format.write(network, example, path, request.class_maps)
+        out = request.out or default_out(request)
+        needed = sum(tensor.nbytes for tensor in network.state_dict().values())
+        with writing(out, needed=needed, temporary=path, then="export again"):
+            export_format.write(network, example, path, request.class_maps)
+    except DiskFullError:
+        raise  # another format would not help
     except Exception as error:
         first_line = (str(error).strip().splitlines() or [""])[0][:300]
         raise UserError(

@@ -39,11 +39,12 @@ class ClassMaps:
         """(num_classes, h, w): softmax over classes at each location."""
         return np.asarray(softmax(self.logits.astype(np.float64), axis=0))
 
-    def top(self, k: int) -> list[tuple[int, str, float]]:
-        """(class index, name, probability) of the k most likely classes, most likely first."""
+    def top(self, k: int) -> tuple[tuple[str, float], ...]:
+        """(class name, probability) of the k most likely classes, most likely first: the
+        shape of `Prediction.top` (`class_names.index(name)` is a class's row of the maps)."""
         probabilities = self.probabilities()
-        order = np.argsort(-probabilities)[:k]
-        return [(int(i), self.class_names[int(i)], float(probabilities[i])) for i in order]
+        order = np.argsort(-probabilities, kind="stable")[:k]
+        return tuple((self.class_names[int(i)], float(probabilities[i])) for i in order)
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,8 @@ def maps_figure(maps: ClassMaps, top_k: int) -> Image.Image:
     """The image, then one overlay per top class (its per-location probability, 0..1 scale)."""
     probability_maps = maps.probability_maps()
     panels = [labelled(maps.image, "image")]
-    for index, name, probability in maps.top(top_k):
+    for name, probability in maps.top(top_k):
+        index = maps.class_names.index(name)
         overlay = overlay_image(maps.image, probability_maps[index], value_range=(0.0, 1.0))
         panels.append(labelled(overlay, f"{name} {probability:.2f}"))
     width, height = maps.image.size

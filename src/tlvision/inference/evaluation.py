@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import confusion_matrix
 
 from tlvision.data.layouts import list_class_folders, scan_split
 from tlvision.errors import UserError
@@ -20,8 +19,10 @@ from tlvision.runs.reader import LoadedModel, load_run_model
 from tlvision.tables import html_table
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class ClassificationReport:
+    """`print(report)` shows what `tlvision evaluate` prints; a notebook shows tables."""
+
     class_names: tuple[str, ...]
     confusion: np.ndarray  # rows: true class, columns: predicted class
     skipped_files: tuple[str, ...] = ()  # files that could not be decoded, left out of the counts
@@ -35,15 +36,15 @@ class ClassificationReport:
         return float(np.trace(self.confusion) / max(1, self.total))
 
     def per_class(self) -> list[dict[str, Any]]:
-        """Precision, recall and F1 per class, by scikit-learn from the confusion counts."""
-        from sklearn.metrics import precision_recall_fscore_support
-
-        classes = np.arange(len(self.class_names))
-        true, predicted = np.nonzero(self.confusion)  # one (true, predicted) pair per cell...
-        weights = self.confusion[true, predicted]  # ...weighted by its count
-        precision, recall, f1, _ = precision_recall_fscore_support(
-            true, predicted, labels=classes, sample_weight=weights, zero_division=0
-        )
+        """Precision, recall and F1 per class from the confusion counts (0 where a class has
+        no prediction or no image: scikit-learn's zero_division=0, which the tests check it
+        against; numpy here because importing scikit-learn costs a warm run a second)."""
+        hits = np.diag(self.confusion).astype(np.float64)
+        predicted, actual = self.confusion.sum(axis=0), self.confusion.sum(axis=1)
+        precision = np.divide(hits, predicted, out=np.zeros_like(hits), where=predicted > 0)
+        recall = np.divide(hits, actual, out=np.zeros_like(hits), where=actual > 0)
+        both = precision + recall
+        f1 = np.divide(2 * precision * recall, both, out=np.zeros_like(hits), where=both > 0)
         support = self.confusion.sum(axis=1)
         return [
             {
@@ -84,6 +85,15 @@ class ClassificationReport:
             ],
         )
         return per_class + confusion
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+    def __repr__(self) -> str:
+        return (
+            f"ClassificationReport(accuracy={self.accuracy:.4f}, images={self.total}, "
+            f"classes={list(self.class_names)}, skipped_files={len(self.skipped_files)})"
+        )
 
     def to_text(self) -> str:
         width = max(8, *(len(name) for name in self.class_names))
@@ -204,11 +214,14 @@ def predict_labelled(
 def report_of(
     class_names: tuple[str, ...], predictions: SamplePredictions, skipped: tuple[Path, ...] = ()
 ) -> ClassificationReport:
-    """The confusion counts (scikit-learn) of a set of predictions."""
+    """The confusion counts of a set of predictions (rows: true class; numpy's bincount, as
+    scikit-learn's confusion_matrix counts, without importing scikit-learn)."""
     predicted = (
         predictions.probabilities.argmax(axis=1) if len(predictions.samples) else predictions.labels
     )
-    matrix = confusion_matrix(predictions.labels, predicted, labels=np.arange(len(class_names)))
+    classes = len(class_names)
+    cells = np.asarray(predictions.labels, dtype=np.int64) * classes + predicted.astype(np.int64)
+    matrix = np.bincount(cells, minlength=classes * classes).reshape(classes, classes)
     unreadable = sorted([*skipped, *predictions.unreadable])
     return ClassificationReport(
         class_names, matrix, skipped_files=tuple(str(path) for path in unreadable)

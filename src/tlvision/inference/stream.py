@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.special import softmax
 
 from tlvision.compute import distributed
 from tlvision.compute.devices import resolve_device
@@ -33,7 +32,9 @@ from tlvision.data.images import BadImageError
 from tlvision.data.loading import default_num_workers
 from tlvision.data.preprocessing import Preprocessing
 from tlvision.data.transforms import prepare_pixels
-from tlvision.errors import UserError
+from tlvision.errors import UserError, writing
+from tlvision.inference.multilabel import label_fields, output_probabilities
+from tlvision.inference.ood import Rejection, rejection_of_run
 from tlvision.inference.runtime import Classifier, open_classifier
 from tlvision.inference.sources import ImageInput, ImagePaths, Prediction, rgb_image
 from tlvision.inference.tta import TTA_VIEWS, averaged, tta_pixels
@@ -104,6 +105,7 @@ class Classified:
     source: ImageInput
     probabilities: np.ndarray | None  # (classes,), softmax of the logits (TTA: views averaged)
     error: str | None = None
+    logits: np.ndarray | None = None  # (classes,) (TTA: views averaged), for rejection
 
 
 def classify(
@@ -133,11 +135,16 @@ def classify(
     with progress_bar(desc="predict", unit="img", disable=None if progress else True) as bar:
         for batch in batches:
             rows: Iterator[np.ndarray] = iter(())
+            logit_rows: Iterator[np.ndarray] = iter(())
             if batch.pixels is not None:
-                probabilities = softmax(classifier.logits(batch.pixels), axis=1)
-                rows = iter(averaged(probabilities, views))
+                logits = classifier.logits(batch.pixels)
+                rows = iter(averaged(output_probabilities(classifier, logits), views))
+                logit_rows = iter(averaged(logits, views))
             for (_, source), error in zip(batch.sources, batch.errors, strict=True):
-                yield Classified(source, None if error else next(rows), error)
+                if error:
+                    yield Classified(source, None, error)
+                else:
+                    yield Classified(source, next(rows), None, next(logit_rows))
             bar.update(len(batch.sources))
 
 
@@ -160,9 +167,11 @@ def stream_predictions(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = False,
+    rejection: Rejection | None = None,
 ) -> Iterator[Prediction]:
     """Top-k classes per input as each batch is classified; an `error` entry for unreadable
-    files (see `classify`)."""
+    files (see `classify`). With a `rejection`, each gets its out-of-distribution score and
+    whether it is unknown (tlvision.inference.rejection)."""
     if top_k < 1:
         raise UserError(f"--top-k {top_k}: must be at least 1")
     top_k = min(top_k, len(classifier.class_names))
@@ -175,13 +184,22 @@ def stream_predictions(
             yield Prediction(path=path, top=(), error=item.error)
         else:
             top = top_classes(item.probabilities, classifier.class_names, top_k)
-            yield Prediction(path=path, top=top)
+            fields = label_fields(classifier, item.probabilities)
+            if rejection is None or item.logits is None:
+                yield Prediction(path=path, top=top, **fields)
+                continue
+            score = rejection.scores(item.logits[None])
+            unknown = bool(rejection.unknown(score)[0])
+            yield Prediction(
+                path=path, top=top, ood_score=float(score[0]), unknown=unknown, **fields
+            )
 
 
 def write_jsonl(predictions: Iterable[Prediction], jsonl: Path) -> tuple[int, int]:
     """One JSON line per prediction, flushed a batch at a time; (lines, errors)."""
     lines = errors = 0
-    with jsonl.open("w", encoding="utf-8") as out:
+    kept = "it holds the lines written before the disk filled"
+    with writing(jsonl, then="predict again", kept=kept), jsonl.open("w", encoding="utf-8") as out:
         for prediction in predictions:
             # ensure_ascii: a file name that is not UTF-8 is written with \\udcXX escapes
             out.write(json.dumps(prediction.to_json()) + "\n")
@@ -224,10 +242,12 @@ def predict_to_jsonl(
     device_name: str = "auto",
     runtime: str = "auto",
     tta: bool = False,
+    reject: str | None = None,
 ) -> tuple[int, int]:
     """`tlvision predict RUN PATHS --jsonl FILE`, in one process or on every torchrun rank;
     returns (lines, unreadable files) over all ranks."""
     paths = ImagePaths(arguments)
+    rejection = rejection_of_run(run_dir, reject)
     job, device = distributed.start(resolve_device(device_name))
     try:
         if job.active and not job.is_main:
@@ -237,7 +257,7 @@ def predict_to_jsonl(
             distributed.barrier(job)
         predictions = stream_predictions(
             classifier, paths, top_k=top_k, batch_size=batch_size, decoders=decoders, tta=tta,
-            rank=job.rank, world_size=job.world_size, progress=job.is_main,
+            rank=job.rank, world_size=job.world_size, progress=job.is_main, rejection=rejection,
         )  # fmt: skip
         target = part_file(jsonl, job.rank) if job.active else jsonl
         counts = write_jsonl(predictions, target)

@@ -27,8 +27,11 @@ class PixelNormalize(nn.Module):
         self.register_buffer("std", torch.tensor(preprocessing.std).view(1, 3, 1, 1))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        # The same operations, in the same order, as ToDtype(scale=True) then Normalize.
-        images = pixels.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        # The same operations, in the same order, as ToDtype(scale=True) then Normalize. Made
+        # contiguous (NCHW in memory) at once: a channels-last tensor would carry its strides
+        # into the network, and the exported graph's flatten would become a Range/Mul/Gather
+        # tail that OpenCV's DNN module 4.x refuses ("Mixed input data types").
+        images = pixels.permute(0, 3, 1, 2).contiguous().to(torch.float32) / 255.0
         normalized: torch.Tensor = (images - self.mean) / self.std  # type: ignore[operator]
         return normalized
 

@@ -1,5 +1,5 @@
-"""What a run learned, as pages: RUN/report.html (page, plots, interpretation) and `tlvision
-compare`.
+"""What a run learned, as pages: RUN/report.html (page; headline, curves, top_losses, plots,
+interpretation) and `tlvision compare`.
 
 Imports training and below; not advisor (it reads advice.json) or serve.
 """

@@ -15,32 +15,36 @@ import os
 import shlex
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from tlvision.config import reproduce_arguments
+from tlvision.data.doctor_report import Problem
 from tlvision.data.layouts import DatasetSplits
+from tlvision.errors import writing
 from tlvision.inference.evaluation import ClassificationReport
+from tlvision.inference.multilabel import is_multi_label
+from tlvision.report import curves as report_curves
 from tlvision.report import plots as report_plots
-from tlvision.report.interpretation import (
-    ValResults,
-    calibration,
-    confused_pairs,
-    top_losses,
-    val_results,
-)
+from tlvision.report.excluded import excluded_note
+from tlvision.report.headline import epochs_text, fitted_in_one_step, headline_section, leak_banner
+from tlvision.report.interpretation import ValResults, calibration, confused_pairs, val_results
+from tlvision.report.multilabel_page import multilabel_sections
+from tlvision.report.rejection import rejection_section
+from tlvision.report.top_losses import STYLE as TOP_LOSSES_STYLE
+from tlvision.report.top_losses import TOP_LOSSES, top_losses_section
 from tlvision.runs.layout import ADVICE_FILE, REPORT_FILE
 from tlvision.runs.reader import LoadedModel, load_run_model, read_run, run_splits
 from tlvision.tables import escape, html_table
 
-TOP_LOSSES = 12
-MAP_SIDE = 224  # class-map overlays are drawn on the image scaled to this long side
+__all__ = ["TOP_LOSSES", "ReportResult", "reproduce_command", "write_report"]
 MAX_LISTED_PROBLEMS = 40
-STYLE = """
+STYLE = (
+    """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
 h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; }
 table { border-collapse: collapse; margin: 0.5em 0; }
@@ -49,11 +53,12 @@ td { font-variant-numeric: tabular-nums; }
 code, pre { background: #f4f4f4; padding: 0.2em 0.4em; }
 pre { white-space: pre-wrap; word-break: break-all; }
 img.plot { max-width: 100%; }
-.losses { display: flex; flex-wrap: wrap; gap: 12px; }
-.losses figure { margin: 0; width: 230px; font-size: 0.85em; }
-.losses img { width: 224px; }
 .wrong { color: #b00; }
+.headline { font-size: 1.15em; background: #f4f7fb; border: 1px solid #c8d3e0; padding: 0.2em 1em; }
+.warning { background: #fdecea; border: 2px solid #b00; padding: 0.5em 1em; margin: 0.8em 0; }
 """
+    + TOP_LOSSES_STYLE
+)
 
 
 def image_tag(png: bytes, alt: str, css_class: str = "plot") -> str:
@@ -71,8 +76,24 @@ def reproduce_command(config: dict[str, Any], run_dir: Path) -> str:
     return shlex.join(["tlvision", "train", *reproduce_arguments(config), "--out", str(run_dir)])
 
 
+def _balanced_facts(summary: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Imbalanced classes (the summary has them): balanced accuracy and macro F1, which the
+    run's table then leads with; multi-label runs: mAP and F1."""
+    keys = [
+        ("val balanced accuracy (classes of very different sizes)", "final_val_balanced_acc"),
+        ("val macro F1", "val_macro_f1"),
+        ("final epoch val mAP", "final_val_map"),
+        ("val micro F1 (at the thresholds)", "val_micro_f1"),
+    ]
+    return [(label, round(summary[key], 4)) for label, key in keys if key in summary]
+
+
 def run_section(
-    loaded: LoadedModel, summary: dict[str, Any], splits: DatasetSplits, run_dir: Path
+    loaded: LoadedModel,
+    summary: dict[str, Any],
+    splits: DatasetSplits,
+    run_dir: Path,
+    metrics: Sequence[dict[str, Any]] = (),
 ) -> str:
     metadata, config = loaded.metadata, loaded.metadata.get("config", {})
     facts = [
@@ -80,37 +101,68 @@ def run_section(
         ("backbone", metadata.get("backbone")),
         ("weights", metadata.get("weights")),
         ("input size (pixels)", loaded.preprocessing.crop_size),
-        ("epochs", summary.get("epochs")),
+        ("epochs", epochs_text(summary, metrics)),
         ("best epoch (its weights are saved)", summary.get("best_epoch")),
+        *_balanced_facts(summary),  # on imbalanced or multi-label data, these lead
         ("best val accuracy (chosen on val)", summary.get("best_val_acc")),
         ("final epoch val accuracy", summary.get("final_val_acc")),
         ("training time (s)", round(float(summary.get("seconds", 0.0)), 1)),
     ]
+    if fitted_in_one_step(summary, metrics):  # no epochs to choose from: one accuracy
+        facts[5:8] = [("val accuracy (the one fit, saved)", summary.get("final_val_acc"))]
     if metadata.get("stage") or metadata.get("head"):
         facts.insert(
             3, ("stage / head", f"{metadata.get('stage') or 'top'} / {metadata.get('head')}")
         )
-    counts = {phase: splits.class_counts(phase) for phase in ("train", "val")}
+    skipped = [str(entry["path"]) for entry in summary.get("skipped_files", [])]
+    counts = {phase: _readable_counts(splits, phase, set(skipped)) for phase in ("train", "val")}
     rows = [
         (name, counts["train"][index], counts["val"][index])
         for index, name in enumerate(splits.class_names)
     ]
     rows.append(("all", sum(counts["train"]), sum(counts["val"])))
+    left_out = "".join(f"<li><code>{escape(path)}</code></li>" for path in skipped)
     return (
         "<h2>The run</h2>"
         + table(["", "value"], [(key, "-" if value is None else value) for key, value in facts])
         + f"<p>Data: <code>{escape(splits.root)}</code> ({escape(splits.layout)} layout)</p>"
+        + excluded_note(summary)
         + table(["class", "train images", "val images"], rows, css_id="dataset-sizes")
+        + (f"<p>Left out, unreadable ({len(skipped)}):</p><ul>{left_out}</ul>" if skipped else "")
         + "<p>Reproduce it:</p>"
         + f'<pre id="command">{escape(reproduce_command(config, run_dir))}</pre>'
     )
 
 
-def curves_section(metrics: list[dict[str, Any]]) -> str:
+def _readable_counts(splits: DatasetSplits, phase: str, skipped: set[str]) -> list[int]:
+    """Images per class that the run read (the unreadable files it skipped left out): the
+    counts its log and summary.json give."""
+    counts = [0] * len(splits.class_names)
+    for path, label in splits.samples[phase]:
+        for class_index in splits.classes_of(label):  # multi-label: each of the image's classes
+            counts[class_index] += str(path) not in skipped
+    return counts
+
+
+def curves_section(metrics: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     if not metrics:
         return "<h2>Learning curves</h2><p>No metrics.jsonl in this run.</p>"
-    return "<h2>Learning curves</h2>" + image_tag(
-        report_plots.learning_curves(metrics), "loss, accuracy and learning rate per epoch"
+    if fitted_in_one_step(summary, metrics):
+        head = str(summary.get("head") or "the")
+        return (
+            '<h2>Learning curves</h2><p id="one-step">No curves: the head is fitted in one step '
+            "(no epochs, no loss to follow).</p>"
+            + image_tag(report_curves.one_step_panel(metrics, head), "the one fit's accuracy")
+        )
+    saved = summary.get("best_epoch")
+    return (
+        "<h2>Learning curves</h2><p>The dotted line marks the saved weights' epoch"
+        + (f" ({int(saved)})" if saved is not None else "")
+        + ".</p>"
+        + image_tag(
+            report_curves.learning_curves(metrics, None if saved is None else int(saved)),
+            "loss, accuracy and learning rate per epoch",
+        )
     )
 
 
@@ -132,57 +184,6 @@ def confusion_section(report: ClassificationReport) -> str:
     )
 
 
-def top_losses_section(loaded: LoadedModel, results: ValResults, root: Path) -> str:
-    """The val images with the highest loss, each over its predicted class's map."""
-    from tlvision.data.images import BadImageError, load_rgb_image
-    from tlvision.inference.class_maps import class_mapper, class_maps, overlay_png
-
-    mapper = class_mapper(_on_cpu(loaded))
-    losses = results.losses
-    figures = []
-    for index in top_losses(losses, TOP_LOSSES):
-        path, true = results.predictions.samples[index]
-        probabilities = results.predictions.probabilities[index]
-        predicted = int(np.argmax(probabilities))
-        try:
-            maps = class_maps(mapper, load_rgb_image(path), max_side=MAP_SIDE)
-        except BadImageError:
-            continue
-        overlay = overlay_png(
-            maps.image, maps.probability_maps()[predicted], value_range=(0.0, 1.0)
-        )
-        names = results.class_names
-        verdict = "wrong" if predicted != true else "right"
-        figures.append(
-            f'<figure class="top-loss" data-path="{escape(path)}" data-loss="{losses[index]:.6f}">'
-            + image_tag(overlay, f"{names[predicted]} map of {path.name}", "overlay")
-            + f"<figcaption><b>{escape(_relative(path, root))}</b><br>"
-            f"true <b>{escape(names[true])}</b>, predicted "
-            f'<b class="{verdict}">{escape(names[predicted])}</b> '
-            f"p={probabilities[predicted]:.3f}<br>p(true)={probabilities[true]:.3f}, "
-            f"loss {losses[index]:.3f}</figcaption></figure>"
-        )
-    return (
-        "<h2>Top losses</h2><p>The val images the model is most wrong or least sure about "
-        "(highest cross-entropy first). Each is overlaid with the map of its predicted class: "
-        "the per-location probability of that class (black 0, yellow 1), from the head read as "
-        "a 1x1 convolution over the whole image.</p>"
-        f'<div class="losses">{"".join(figures)}</div>'
-    )
-
-
-def _on_cpu(loaded: LoadedModel) -> LoadedModel:
-    loaded.model.cpu()
-    return loaded
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
-
-
 def mistakes_section(report: ClassificationReport, results: ValResults) -> str:
     names = report.class_names
     pairs = confused_pairs(report.confusion, 10)
@@ -196,10 +197,27 @@ def mistakes_section(report: ClassificationReport, results: ValResults) -> str:
     return (
         "<h2>Most confused classes</h2>" + confused
         + "<h2>Calibration</h2><p>Does a confidence of p mean right p of the time? Bars: "
-        "accuracy of the val images in each confidence bin; expected calibration error "
+        "accuracy of the val images in each confidence bin, its number of images above it; "
+        "red dashes: each bin's mean confidence, where a calibrated bar would reach; expected "
+        "calibration error "
         f'<b id="ece">{result.expected_calibration_error:.4f}</b>.</p>'
-        + image_tag(report_plots.reliability_diagram(result), "reliability diagram")
+        + image_tag(report_curves.reliability_diagram(result), "reliability diagram")
+        + calibration_table(result)
     )  # fmt: skip
+
+
+def calibration_table(result: Any) -> str:
+    """Each confidence bin that holds images: its range, count, accuracy and mean confidence."""
+    rows = [
+        (f"{low:.1f}-{high:.1f}", int(count), float(accuracy), float(confidence))
+        for low, high, count, accuracy, confidence in zip(
+            result.edges[:-1], result.edges[1:], result.counts, result.accuracy,
+            result.confidence, strict=True,
+        )
+        if count
+    ]  # fmt: skip
+    return table(["confidence bin", "images", "accuracy", "mean confidence"], rows,
+                 css_id="calibration-bins")  # fmt: skip
 
 
 def advice_section(run_dir: Path) -> str:
@@ -217,10 +235,7 @@ def advice_section(run_dir: Path) -> str:
     )
 
 
-def check_section(data_dir: Path) -> str:
-    from tlvision.data.doctor import check_dataset
-
-    problems = check_dataset(data_dir, progress=False).problems
+def check_section(problems: Sequence[Problem]) -> str:
     if not problems:
         return ""
     rows = [(p.kind, p.path, p.message) for p in problems[:MAX_LISTED_PROBLEMS]]
@@ -248,28 +263,74 @@ def write_report(
     record = read_run(run_dir)
     loaded = load_run_model(run_dir)
     splits = run_splits(loaded.metadata, data_dir)
-    results = val_results(loaded, splits, device=device or torch.device("cpu"))
-    classification = results.classification_report()
+    device = device or torch.device("cpu")
+    with ThreadPoolExecutor(max_workers=1) as background:  # the check decodes while we draw
+        checked = background.submit(_dataset_problems, splits.root)
+        if is_multi_label(loaded.metadata):  # sigmoid outputs: scores, PR curves, errors per class
+            sections = [
+                run_section(loaded, record.summary, splits, run_dir, record.metrics),
+                curves_section(record.metrics, record.summary),
+                *multilabel_sections(loaded, splits, splits.root, device),
+                advice_section(run_dir),
+            ]
+            problems = checked.result()
+            sections = [leak_banner(problems), *sections, check_section(problems)]
+            return _write_page(run_dir, loaded, started, "images", sections)
+        results = val_results(loaded, splits, device=device)
+        classification = results.classification_report()
+        sections = _sections(loaded, record, splits, run_dir, results, classification)
+        problems = checked.result()
     sections = [
-        run_section(loaded, record.summary, splits, run_dir),
-        curves_section(record.metrics),
-        confusion_section(classification),
-        top_losses_section(loaded, results, splits.root),
-        mistakes_section(classification, results),
-        advice_section(run_dir),
-        check_section(splits.root),
+        headline_section(record.summary, record.metrics, classification.accuracy),
+        leak_banner(problems),
+        *sections,
+        check_section(problems),
     ]
+    return _write_page(run_dir, loaded, started, results.source, sections)
+
+
+def _write_page(
+    run_dir: Path, loaded: LoadedModel, started: float, source: str, sections: list[str]
+) -> ReportResult:
     seconds = time.perf_counter() - started
     title = f"tlvision report: {run_dir.name}"
     page = (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}'
         f"</title><style>{STYLE}</style></head><body><h1>{escape(title)}</h1>"
         f"<p>Classes: {escape(', '.join(loaded.class_names))}</p>{''.join(sections)}"
-        f"<p><small>Made in {seconds:.1f}s; val predictions from {escape(results.source)}."
+        f"<p><small>Made in {seconds:.1f}s; val predictions from {escape(source)}."
         "</small></p></body></html>\n"
     )
     path = run_dir / REPORT_FILE
     temporary = path.with_name(f".{REPORT_FILE}.tmp-{os.getpid()}")
-    temporary.write_text(page, encoding="utf-8")
+    then = f"write it with `tlvision report {run_dir}`"
+    with writing(path, needed=len(page.encode()), temporary=temporary, then=then):
+        temporary.write_text(page, encoding="utf-8")
     os.replace(temporary, path)
-    return ReportResult(path, seconds, results.source)
+    return ReportResult(path, seconds, source)
+
+
+def _dataset_problems(data_dir: Path) -> list[Problem]:
+    from tlvision.data.doctor import check_dataset
+
+    return check_dataset(data_dir, progress=False).problems
+
+
+def _sections(
+    loaded: LoadedModel,
+    record: Any,
+    splits: DatasetSplits,
+    run_dir: Path,
+    results: ValResults,
+    classification: ClassificationReport,
+) -> list[str]:
+    """The page's sections between the headline and the dataset check, in order."""
+    return [
+        run_section(loaded, record.summary, splits, run_dir, record.metrics),
+        curves_section(record.metrics, record.summary),
+        confusion_section(classification),
+        top_losses_section(loaded, results, splits.root),
+        mistakes_section(classification, results),
+        rejection_section(run_dir, image_tag),
+        advice_section(run_dir),
+    ]

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from tlvision.report.interpretation import Calibration
 from tlvision.tables import printable
 
 DPI = 80
@@ -23,42 +22,8 @@ DPI = 80
 
 def png_bytes(figure: Figure) -> bytes:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    figure.savefig(buffer, format="png", dpi=DPI)  # every figure lays itself out (constrained)
     return buffer.getvalue()
-
-
-def _series(metrics: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
-    pairs = [(int(m["epoch"]), float(m[key])) for m in metrics if m.get(key) is not None]
-    return [epoch for epoch, _ in pairs], [value for _, value in pairs]
-
-
-def learning_curves(metrics: Sequence[dict[str, Any]]) -> bytes:
-    """Loss, accuracy (train and val) and the learning rate, per epoch."""
-    figure = Figure(figsize=(12, 3.4), layout="constrained")
-    panels = figure.subplots(1, 3)
-    for panel, (title, keys) in zip(
-        panels,
-        [("loss", ("train_loss", "val_loss")), ("accuracy", ("train_acc", "val_acc"))],
-        strict=False,
-    ):
-        for key in keys:
-            epochs, values = _series(metrics, key)
-            if epochs:
-                panel.plot(epochs, values, marker="o", markersize=3, label=key.replace("_", " "))
-        panel.set_title(title)
-        panel.set_xlabel("epoch")
-        panel.grid(alpha=0.3)
-        if panel.get_legend_handles_labels()[0]:
-            panel.legend()
-    epochs, rates = _series(metrics, "lr")
-    panels[2].set_title("learning rate (at the epoch's start)")
-    panels[2].set_xlabel("epoch")
-    panels[2].grid(alpha=0.3)
-    if epochs and min(rates) > 0:
-        panels[2].semilogy(epochs, rates, marker="o", markersize=3)
-    else:
-        panels[2].text(0.5, 0.5, "not recorded (fitted in one step)", ha="center", va="center")
-    return png_bytes(figure)
 
 
 def _heat_map(panel: Any, values: np.ndarray, names: Sequence[str], title: str, fmt: str) -> None:
@@ -87,25 +52,6 @@ def confusion_heat_maps(confusion: np.ndarray, names: Sequence[str]) -> bytes:
     names = [printable(name) for name in names]
     _heat_map(counts_panel, confusion, names, "counts", "d")
     _heat_map(rates_panel, normalised, names, "share of each true class", ".2f")
-    return png_bytes(figure)
-
-
-def reliability_diagram(result: Calibration) -> bytes:
-    figure = Figure(figsize=(4.6, 4.2), layout="constrained")
-    panel = figure.subplots()
-    centres = (result.edges[:-1] + result.edges[1:]) / 2
-    width = result.edges[1] - result.edges[0]
-    filled = result.counts > 0
-    panel.bar(centres[filled], result.accuracy[filled], width=width * 0.9, label="accuracy")
-    panel.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
-    panel.plot(result.confidence[filled], result.accuracy[filled], "o", color="tab:red",
-               label="mean confidence")  # fmt: skip
-    panel.set_xlim(0, 1)
-    panel.set_ylim(0, 1.02)
-    panel.set_xlabel("confidence (top-1 probability)")
-    panel.set_ylabel("accuracy")
-    panel.set_title(f"expected calibration error {result.expected_calibration_error:.3f}")
-    panel.legend(loc="upper left", fontsize=8)
     return png_bytes(figure)
 
 
@@ -185,24 +131,6 @@ def advisor_signals(evidence: dict[str, Any]) -> list[tuple[str, float, float, b
         met = {"<": value < threshold, "<=": value <= threshold, ">=": value >= threshold}[rule]
         signals.append((label, value, threshold, met))
     return signals
-
-
-def overlaid_val_curves(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> bytes:
-    """Val accuracy and val loss per epoch of several runs on shared axes."""
-    figure = Figure(figsize=(12, 4), layout="constrained")
-    accuracy_panel, loss_panel = figure.subplots(1, 2)
-    for name, metrics in runs:
-        for panel, key in ((accuracy_panel, "val_acc"), (loss_panel, "val_loss")):
-            epochs, values = _series(metrics, key)
-            if epochs:
-                panel.plot(epochs, values, marker="o", markersize=3, label=printable(name))
-    for panel, title in ((accuracy_panel, "val accuracy"), (loss_panel, "val loss")):
-        panel.set_title(title)
-        panel.set_xlabel("epoch")
-        panel.grid(alpha=0.3)
-        if panel.get_legend_handles_labels()[0]:
-            panel.legend(fontsize=8)
-    return png_bytes(figure)
 
 
 def lr_find_plot(rates: Sequence[float], losses: Sequence[float], suggested: float) -> bytes:

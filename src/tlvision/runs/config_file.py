@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from tlvision.config import OptionField, TrainConfig, option_fields
-from tlvision.errors import UserError
-from tlvision.runs.layout import CONFIG_FILE
+from tlvision.errors import UserError, writing
+from tlvision.runs.layout import CONFIG_FILE, CONFIG_HEADER
 
 
 def write_config_toml(config: TrainConfig) -> None:
@@ -27,7 +27,9 @@ def write_config_toml(config: TrainConfig) -> None:
         for key, value in config.to_json().items()
         if value is not None and key in replayed
     }
-    (config.out_dir / CONFIG_FILE).write_text(tomli_w.dumps(values))
+    text = CONFIG_HEADER + tomli_w.dumps(values)
+    with writing(config.out_dir / CONFIG_FILE, needed=len(text)):
+        (config.out_dir / CONFIG_FILE).write_text(text)
 
 
 def read_config_toml(path: Path) -> dict[str, Any]:

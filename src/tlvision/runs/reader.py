@@ -13,10 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tlvision.data.exclusions import exclude_files, read_exclusions
 from tlvision.data.layouts import DatasetSplits, find_splits
 from tlvision.data.preprocessing import Preprocessing
 from tlvision.errors import UserError
-from tlvision.runs.layout import METRICS_FILE, MODEL_JSON, MODEL_WEIGHTS, SUMMARY_FILE
+from tlvision.runs.layout import (
+    METRICS_FILE,
+    MODEL_JSON,
+    MODEL_WEIGHTS,
+    REJECTION_FILE,
+    SUMMARY_FILE,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -72,6 +79,23 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
                     "the file"
                 ) from error
     return records
+
+
+def read_rejection_file(run_dir: Path) -> dict[str, Any] | None:
+    """rejection.json (the out-of-distribution score and its threshold calibrated on val), or
+    None for a run trained before tlvision wrote it."""
+    path = run_dir / REJECTION_FILE
+    if not path.exists():
+        return None
+    document = read_json_file(path, f"recalibrate it with `tlvision calibrate {run_dir}`")
+    if not isinstance(document.get("score"), str) or not isinstance(
+        document.get("threshold"), int | float
+    ):
+        raise UserError(
+            f"{path}: needs a 'score' name and a numeric 'threshold'; recalibrate it with "
+            f"`tlvision calibrate {run_dir}`"
+        )
+    return document
 
 
 @dataclass(frozen=True)
@@ -167,5 +191,13 @@ def run_splits(metadata: dict[str, Any], data_dir: Path | None = None) -> Datase
         raise UserError(
             f"{data_dir}: classes {', '.join(splits.class_names)} differ from the model's "
             f"{', '.join(metadata['classes'])}; pass --data with the model's classes"
+        )
+    exclude = config.get("exclude")
+    if exclude and Path(exclude).is_file():  # the files the run left out stay out
+        exclusions = read_exclusions(
+            Path(exclude), data_dir, config.get("exclude_sections") or "label_issues"
+        )
+        splits, _record = exclude_files(
+            splits, exclusions, held_out=bool(config.get("exclude_held_out"))
         )
     return splits

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tlvision.errors import writing
 from tlvision.jsonio import write_json_atomic
 from tlvision.runs.layout import METRICS_FILE, MODEL_JSON, MODEL_WEIGHTS, SUMMARY_FILE
 
@@ -23,7 +24,9 @@ def save_run_model(run_dir: Path, model: nn.Module, metadata: dict[str, Any]) ->
 
     run_dir.mkdir(parents=True, exist_ok=True)
     temporary = run_dir / f".{MODEL_WEIGHTS}.tmp-{os.getpid()}"
-    save_model(model, str(temporary))
+    needed = sum(tensor.nbytes for tensor in model.state_dict().values())
+    with writing(run_dir / MODEL_WEIGHTS, needed=needed, temporary=temporary):
+        save_model(model, str(temporary))
     os.replace(temporary, run_dir / MODEL_WEIGHTS)
     write_json_atomic(run_dir / MODEL_JSON, {"format_version": FORMAT_VERSION, **metadata})
 
@@ -32,14 +35,19 @@ def start_metrics(run_dir: Path, records: list[dict[str, Any]] | None = None) ->
     """metrics.jsonl holding `records` (none: empty), before the epochs append to it."""
     lines = "".join(json.dumps(record) + "\n" for record in records or [])
     temporary = run_dir / f".{METRICS_FILE}.tmp-{os.getpid()}"
-    temporary.write_text(lines)
+    with writing(run_dir / METRICS_FILE, needed=len(lines), temporary=temporary):
+        temporary.write_text(lines)
     os.replace(temporary, run_dir / METRICS_FILE)
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
     """One epoch's line; a line is small enough to be written whole."""
-    with (run_dir / METRICS_FILE).open("a") as handle:
-        handle.write(json.dumps(record) + "\n")
+    line = json.dumps(record) + "\n"
+    with (
+        writing(run_dir / METRICS_FILE, needed=len(line)),
+        (run_dir / METRICS_FILE).open("a") as handle,
+    ):
+        handle.write(line)
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:

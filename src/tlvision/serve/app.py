@@ -1,8 +1,10 @@
 """The FastAPI application: the web page, model info, health, predictions and class maps.
 
-Endpoints stay small: middleware limits the body size, FastAPI parses the form (form_limits),
-dependencies check the token and decode images (uploads.py), the batcher runs the model on
-whatever arrived together (batching.py), and error_handlers.py answers every refusal as JSON.
+Endpoints stay small: middleware checks the Host and the token (middleware.py) and limits the
+body size (uploads.py) before the body is read, FastAPI parses the form (form_limits),
+dependencies read the uploads (uploads.py; the token again, for the OpenAPI schema's sake), a
+full queue is refused before any image is decoded, the batcher runs the model on whatever
+arrived together (batching.py), and error_handlers.py answers every refusal as JSON.
 """
 
 from __future__ import annotations
@@ -23,14 +25,16 @@ from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from scipy.special import softmax
 
 from tlvision.inference.class_maps import ClassMapper
+from tlvision.inference.multilabel import label_fields, output_probabilities
+from tlvision.inference.ood import Rejection
 from tlvision.inference.runtime import Classifier
 from tlvision.serve.batching import Batcher, QueueFull
 from tlvision.serve.config import ServeConfig
 from tlvision.serve.error_handlers import install_error_handlers
 from tlvision.serve.maps import render_class_map
+from tlvision.serve.middleware import GateConfig, HeaderGate, allowed_hosts
 from tlvision.serve.schemas import (
     AsciiJSONResponse,
     ClassProbability,
@@ -46,7 +50,7 @@ from tlvision.serve.uploads import (
     BodySizeLimit,
     Upload,
     pixels_for_prediction,
-    uploaded_file,
+    single_uploaded_file,
     uploaded_files,
 )
 
@@ -68,6 +72,7 @@ class Service:
     info: ModelInfo
     decode_limiter: anyio.CapacityLimiter  # images decoded and resized at once, all requests
     maps_limiter: anyio.CapacityLimiter  # class maps computed at once
+    rejection: Rejection | None = None  # serve --reject: unknown images get no class
 
 
 def get_service(request: Request) -> Service:
@@ -113,6 +118,13 @@ def index_page() -> HTMLResponse:
     return HTMLResponse(html, headers=PAGE_SECURITY_HEADERS)
 
 
+@pages.get("/favicon.ico", include_in_schema=False)
+def favicon() -> Response:
+    """The page links /static/favicon.svg; this answers what asks the conventional path."""
+    icon = (resources.files("tlvision.serve") / "static" / "favicon.svg").read_bytes()
+    return Response(icon, media_type="image/svg+xml")
+
+
 @pages.get("/healthz")
 def health(service: Annotated[Service, Depends(get_service)]) -> Health:
     return Health(
@@ -129,13 +141,14 @@ def model_info(service: Annotated[Service, Depends(get_service)]) -> ModelInfo:
     return service.info
 
 
-@api.post("/predict")
+@api.post("/predict", response_model_exclude_unset=True)  # labels: multi-label only
 async def predict(
     service: Annotated[Service, Depends(get_service)],
     uploads: Annotated[list[Upload], Depends(uploaded_files)],
     top_k: Annotated[int, Form(ge=1, le=1000, description="classes per image")] = 1,
 ) -> PredictResponse:
     preprocessing = service.classifier.preprocessing
+    service.batcher.check_room(len(uploads))  # 503 before the work of decoding, not after
     pixels = [
         await anyio.to_thread.run_sync(
             pixels_for_prediction, upload, preprocessing, limiter=service.decode_limiter
@@ -146,7 +159,13 @@ async def predict(
     names = service.classifier.class_names
     count = min(top_k, len(names))
     predictions = []
-    for upload, probabilities in zip(uploads, rows, strict=True):
+    for upload, logits in zip(uploads, rows, strict=True):
+        # softmax, or one sigmoid per class for a multi-label model
+        probabilities = output_probabilities(service.classifier, logits[None])[0]
+        unknown, ood_score = None, None
+        if service.rejection is not None:
+            ood_score = float(service.rejection.scores(logits[None])[0])
+            unknown = bool(service.rejection.unknown(np.asarray([ood_score]))[0])
         order = np.argsort(-probabilities, kind="stable")[:count]
         top = [
             ClassProbability(class_name=names[index], probability=float(probabilities[index]))
@@ -155,9 +174,12 @@ async def predict(
         predictions.append(
             ImagePrediction(
                 file=upload.name,
-                class_name=top[0].class_name,
-                probability=top[0].probability,
+                class_name=None if unknown else top[0].class_name,
+                probability=None if unknown else top[0].probability,
                 top=top,
+                unknown=unknown,
+                ood_score=ood_score,
+                **label_fields(service.classifier, probabilities),
             )
         )
     return PredictResponse(predictions=predictions, runtime=service.classifier.runtime)
@@ -170,7 +192,7 @@ async def predict(
 )
 async def class_map(
     service: Annotated[Service, Depends(get_service)],
-    upload: Annotated[Upload, Depends(uploaded_file)],
+    upload: Annotated[Upload, Depends(single_uploaded_file)],
     class_name: Annotated[
         str | None, Form(alias="class", description="default: the most likely class")
     ] = None,
@@ -213,21 +235,27 @@ def describe_model(
 
 
 def create_app(
-    classifier: Classifier, mapper: ClassMapper, config: ServeConfig, metadata: dict[str, object]
+    classifier: Classifier,
+    mapper: ClassMapper,
+    config: ServeConfig,
+    metadata: dict[str, object],
+    *,
+    rejection: Rejection | None = None,
 ) -> FastAPI:
     """The application for one loaded classifier; the batcher runs while the app does."""
 
-    def probabilities(batch: np.ndarray) -> np.ndarray:
-        return softmax(classifier.logits(batch), axis=1).astype(np.float32)
+    def logits(batch: np.ndarray) -> np.ndarray:
+        return classifier.logits(batch).astype(np.float32)
 
     service = Service(
         classifier=classifier,
         mapper=mapper,
         config=config,
-        batcher=Batcher(probabilities, config.batching),
+        batcher=Batcher(logits, config.batching),
         info=describe_model(classifier, config, metadata),
         decode_limiter=anyio.CapacityLimiter(max(1, min(4, os.cpu_count() or 1))),
         maps_limiter=anyio.CapacityLimiter(1),
+        rejection=rejection,
     )
 
     @asynccontextmanager
@@ -240,13 +268,17 @@ def create_app(
         title="tlvision",
         summary=f"{', '.join(classifier.class_names)} classifier from {config.run_dir.name}",
         lifespan=lifespan,
-        docs_url=None,  # FastAPI's docs pages load their scripts from a CDN; /openapi.json stays
+        docs_url=None,  # FastAPI's docs pages load their scripts from a CDN; /openapi.json
+        # stays, behind the token like /v1/ (middleware.HeaderGate)
         redoc_url=None,
         form_limits={"max_files": config.max_files},
     )
     app.state.service = service
     install_error_handlers(app, config.max_files)
     app.add_middleware(BodySizeLimit, limit_mb=config.max_upload_mb)
+    # Added last, so it runs first: the Host and the token, before any body is read.
+    hosts = allowed_hosts(config.host, config.allowed_hosts)
+    app.add_middleware(HeaderGate, gate=GateConfig(token=config.token, hosts=hosts))
     app.include_router(pages)
     app.include_router(api)
     app.mount("/static", StaticFiles(packages=[("tlvision.serve", "static")]), name="static")

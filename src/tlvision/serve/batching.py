@@ -90,14 +90,19 @@ class Batcher:
         self._pending.clear()
         self._executor.shutdown(wait=True)
 
-    async def submit(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """One result row per array, in order. All are queued or none is (QueueFull)."""
-        if len(self._pending) + len(arrays) > self.config.queue_size:
+    def check_room(self, count: int) -> None:
+        """QueueFull now if `count` more items would not fit: callers ask before the work of
+        preparing them (decoding uploads), and submit asks again."""
+        if len(self._pending) + count > self.config.queue_size:
             raise QueueFull(
                 retry_after_seconds(
                     len(self._pending), self.config.max_batch, self._seconds_per_batch
                 )
             )
+
+    async def submit(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """One result row per array, in order. All are queued or none is (QueueFull)."""
+        self.check_room(len(arrays))
         loop = asyncio.get_running_loop()
         items = [_Item(array, loop.create_future()) for array in arrays]
         self._pending.extend(items)

@@ -30,6 +30,8 @@ class ServeConfig:
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     log_level: str = "info"
     access_log: bool = False  # one line per request: off by default, it costs time under load
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered beyond loopback and the bound one
+    reject: str = "off"  # unknown inputs: auto, off or a score threshold (predict --reject)
 
 
 def is_loopback(host: str) -> bool:

@@ -19,8 +19,7 @@ def render_class_map(
     worker thread, so only the maps running hold a full-size image."""
     maps = class_maps(mapper, decode_upload(upload))
     if class_name is None:
-        index, class_name, _ = maps.top(1)[0]
-    else:
-        index = mapper.class_names.index(class_name)
+        class_name = maps.top(1)[0][0]
+    index = mapper.class_names.index(class_name)
     png = overlay_png(maps.image, maps.probability_maps()[index], value_range=(0.0, 1.0))
     return png, class_name

@@ -28,9 +28,23 @@ class ClassProbability(BaseModel):
 
 class ImagePrediction(BaseModel):
     file: str = Field(description="the upload's file name")
-    class_name: str = Field(serialization_alias="class", description="the most likely class")
-    probability: float
-    top: list[ClassProbability]
+    class_name: str | None = Field(
+        serialization_alias="class", description="the most likely class; null when unknown"
+    )
+    probability: float | None = Field(description="the class's; null when unknown")
+    top: list[ClassProbability] = Field(description="the closest classes, also when unknown")
+    unknown: bool | None = Field(
+        default=None, description="unlike every training class (serve --reject); null: off"
+    )
+    ood_score: float | None = Field(
+        default=None, description="higher: less like the training classes; null: off"
+    )
+    labels: list[str] | None = Field(
+        default=None, description="multi-label models: the classes over their thresholds"
+    )
+    probabilities: dict[str, float] | None = Field(
+        default=None, description="multi-label models: every class's probability (sigmoid)"
+    )
 
 
 class PredictResponse(BaseModel):
@@ -73,12 +87,14 @@ class ErrorBody(BaseModel):
 
 
 def run_metrics(run_dir: Path) -> dict[str, Any]:
-    """The run's headline numbers: final epoch's accuracy, and the best epoch's, labelled so."""
+    """The run's headline numbers: the best epoch's val accuracy (the weights saved and served),
+    the final epoch's, and the test split's where the run has one."""
     metrics: dict[str, Any] = {}
     summary_path = run_dir / SUMMARY_FILE
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
-        for key in ("best_val_acc", "best_epoch", "epochs", "train_images", "val_images"):
+        kept = ("best_val_acc", "best_epoch", "epochs", "train_images", "val_images")
+        for key in (*kept, "test_acc", "test_images"):
             if key in summary:
                 metrics[key] = summary[key]
     metrics_path = run_dir / METRICS_FILE

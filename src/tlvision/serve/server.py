@@ -40,13 +40,17 @@ def run_server(config: ServeConfig) -> None:
             "pip install 'tlvision[serve]'"
         ) from error
     from tlvision.inference.class_maps import open_class_mapper
+    from tlvision.inference.ood import rejection_of_run
     from tlvision.inference.runtime import open_classifier
 
     metadata = read_model_json(config.run_dir)
+    rejection = rejection_of_run(config.run_dir, config.reject)  # refused before binding
     listener = bind_listening_socket(config.host, config.port)
     port = int(listener.getsockname()[1])
     classifier = open_classifier(config.run_dir, config.runtime)
-    app = create_app(classifier, open_class_mapper(config.run_dir), config, metadata)
+    app = create_app(
+        classifier, open_class_mapper(config.run_dir), config, metadata, rejection=rejection
+    )
     for line in startup_lines(config, classifier.runtime, port):
         print(line, file=sys.stderr, flush=True)
     server_config = uvicorn.Config(

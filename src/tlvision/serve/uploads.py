@@ -46,10 +46,17 @@ async def uploaded_files(
     return [await _read(upload, position) for position, upload in enumerate(files)]
 
 
-async def uploaded_file(
-    file: Annotated[UploadFile, File(description="one image, multipart field 'file'")],
+async def single_uploaded_file(
+    file: Annotated[list[UploadFile], File(description="one image, multipart field 'file'")],
 ) -> Upload:
-    return await _read(file, 0)
+    """The one image of field 'file'; a second one is refused, not silently dropped."""
+    if len(file) != 1:
+        raise HTTPException(
+            400,
+            f"multipart field 'file' takes one image, got {len(file)}; send one per request "
+            "(/v1/predict takes several in the field 'files')",
+        )
+    return await _read(file[0], 0)
 
 
 def decode_upload(upload: Upload) -> Image.Image:

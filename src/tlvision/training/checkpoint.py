@@ -21,7 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from tlvision.errors import UserError
+from tlvision.errors import UserError, writing
 from tlvision.runs.layout import TRAINING_CHECKPOINT
 
 CHECKPOINT_FORMAT_VERSION = 1
@@ -94,8 +94,20 @@ def save_training_checkpoint(run_dir: Path, checkpoint: TrainingCheckpoint) -> N
         "info": checkpoint.info,
     }
     temporary = run_dir / f".{TRAINING_CHECKPOINT}.tmp-{os.getpid()}"
-    save_file(tensors, str(temporary), metadata={"tlvision": json.dumps(document)})
+    needed = sum(tensor.nbytes for tensor in tensors.values())
+    with writing(run_dir / TRAINING_CHECKPOINT, needed=needed, temporary=temporary):
+        save_file(tensors, str(temporary), metadata={"tlvision": json.dumps(document)})
     os.replace(temporary, run_dir / TRAINING_CHECKPOINT)
+
+
+def saved_epoch(run_dir: Path) -> int | None:
+    """The epoch RUN/checkpoint.safetensors holds (its metadata alone read); None without a
+    readable one."""
+    try:
+        with safe_open(str(run_dir / TRAINING_CHECKPOINT), framework="pt") as handle:
+            return int(json.loads((handle.metadata() or {})["tlvision"])["epoch"])
+    except Exception:  # none, or damaged: nothing to continue from
+        return None
 
 
 def load_training_checkpoint(run_dir: Path) -> TrainingCheckpoint:

@@ -23,6 +23,7 @@ from tlvision.codes.extraction import UnreadableImagesError
 from tlvision.codes.split_codes import SplitCodes, extract_split_codes
 from tlvision.compute import distributed
 from tlvision.data.layouts import DatasetSplits
+from tlvision.inference.multilabel import sigmoid
 from tlvision.jsonio import write_json_atomic
 from tlvision.models.network import head_of, install_head
 from tlvision.models.stages import StageClassifier, stage_label
@@ -30,6 +31,13 @@ from tlvision.runs.layout import CODES_RUN_CONFIG
 from tlvision.runs.writer import start_metrics
 from tlvision.training.finish import finish_run, record_epoch
 from tlvision.training.heads import HeadTraining, accuracy, train_linear_head
+from tlvision.training.multilabel_heads import logits_of
+from tlvision.training.multilabel_route import (
+    code_targets,
+    log_multilabel,
+    multilabel_results,
+    train_multilabel_head,
+)
 from tlvision.training.run_setup import Log, RunSetup
 from tlvision.training.sklearn_heads import fit_sklearn_head
 from tlvision.training.strategy import epochs_of, views_of
@@ -78,6 +86,7 @@ def fit_on_codes(
     # the top's head starts from the model's new head, as the classic loop's would
     init = head_of(model, setup.backbone) if stage is None else None
     layer = _train_head(setup, codes, head, init, log)
+    extra, model_info = _multilabel_fields(setup, codes, layer, log)
     final: nn.Module
     if stage is None:
         install_head(model, setup.backbone, layer)
@@ -88,9 +97,25 @@ def fit_on_codes(
         setup, final.cpu(), log,
         seconds=time.perf_counter() - started,
         skipped={Path(path) for path, *_ in codes.skipped},
-        extra={"views": views_of(config), "head": head, "stage": stage},
-        model_info={"stage": stage, "head": head},
+        # a scikit-learn head is one fit: its summary says 1 epoch, not the configured count
+        extra={"views": views_of(config), "head": head, "stage": stage,
+               **({} if head == "linear" else {"epochs": 1}), **extra},
+        model_info={"stage": stage, "head": head, **model_info},
     )  # fmt: skip
+
+
+def _multilabel_fields(
+    setup: RunSetup, codes: SplitCodes, layer: nn.Linear, log: Log
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Multi-label data: the thresholds and metrics (summary, model.json); else nothing."""
+    if not setup.splits.multi_label:
+        return {}, {}
+    _targets, val_targets = code_targets(setup, codes)
+    summary, model_info = multilabel_results(
+        setup, sigmoid(logits_of(layer, codes.val)), val_targets
+    )
+    log_multilabel(summary, log)
+    return summary, model_info
 
 
 def _train_head(
@@ -103,8 +128,11 @@ def _train_head(
     def on_epoch(record: dict[str, Any]) -> None:
         record_epoch(setup, record)
         train = f"  train acc {record['train_acc']:.4f}" if "train_acc" in record else ""
-        log(f"epoch {record['epoch']:>3}  val acc {record['val_acc']:.4f}{train}")
+        val_map = f"  val mAP {record['val_map']:.4f}" if "val_map" in record else ""
+        log(f"epoch {record['epoch']:>3}  val acc {record['val_acc']:.4f}{val_map}{train}")
 
+    if setup.splits.multi_label:
+        return train_multilabel_head(setup, codes, head_name, init, on_epoch)
     if head_name == "linear":
         training = HeadTraining(
             epochs=epochs_of(config), learning_rate=config.learning_rate,

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tlvision.compute import distributed
 from tlvision.compute.devices import available_memory_bytes
 from tlvision.compute.distributed import ShardSampler
+from tlvision.config import TrainConfig
 from tlvision.data.loading import ImageDataset, default_num_workers, make_loader, reseed_loader
 from tlvision.data.transforms import build_transforms
 from tlvision.errors import UserError
@@ -29,7 +30,7 @@ from tlvision.models.network import head_of
 from tlvision.models.stages import stage_graph, stage_label
 from tlvision.runs.layout import TRAINING_CHECKPOINT
 from tlvision.training.batchnorm import backbone_lr_mult_of, resolve_batchnorm
-from tlvision.training.checkpoint import TrainingCheckpoint
+from tlvision.training.checkpoint import TrainingCheckpoint, saved_epoch
 from tlvision.training.finish import finish_run, record_epoch
 from tlvision.training.freezing import (
     apply_finetuning,
@@ -48,7 +49,10 @@ from tlvision.training.frozen_prefix import (
     start_head_from_codes,
 )
 from tlvision.training.loop import NonFiniteLoss, evaluate, train_one_epoch
+from tlvision.training.multilabel_loss import epoch_extras, multilabel_criterion
+from tlvision.training.multilabel_route import finetuned_multilabel_fields
 from tlvision.training.run_setup import Log, RunSetup
+from tlvision.training.sampling import balanced_sampler, use_loader_generator
 from tlvision.training.schedules import make_scheduler
 from tlvision.training.state import Progress, restore, save_checkpoint, scaler_state
 from tlvision.training.strategy import epochs_of, views_of
@@ -63,13 +67,33 @@ def prepare_finetune(setup: RunSetup, log: Log, fresh: bool) -> RunSetup:
     config = resolve_batchnorm(
         setup.config, setup.backbone, setup.weights, setup.splits, setup.preprocessing, log=log
     )
-    if fresh and not setup.distributed.active:
+    if setup.distributed.active:
+        config = _whole_network_views(config, fresh, log)
+    elif fresh:
         counts = (len(setup.splits.samples["train"]), len(setup.splits.samples["val"]))
         config = fit_kept_views(
             config, setup.backbone, counts, setup.preprocessing.crop_size,
             available_memory_bytes(), log,
         )  # fmt: skip
     return replace(setup, config=config)
+
+
+def _whole_network_views(config: TrainConfig, fresh: bool, log: Log) -> TrainConfig:
+    """Several processes run the whole network each epoch (no kept prefix: see
+    `keep_frozen_prefix`), which is --views 0; record that, so that a resume on any number of
+    processes trains the same way. A run that kept views is resumed on one process."""
+    if frozen_stage(config) is None or not views_of(config):
+        return config
+    if not fresh:
+        raise UserError(
+            f"{config.out_dir}: this run keeps the frozen stages' output for {views_of(config)} "
+            "augmented views, which runs on one process; resume it without --nproc"
+        )
+    log(
+        f"note: {config.strategy} on several processes runs the whole network each epoch "
+        "(augmenting afresh), as --views 0 does; the run records views 0"
+    )
+    return replace(config, views=0)
 
 
 @dataclass
@@ -113,7 +137,7 @@ def finetune(
     else:
         activations, network = kept
         scorer, loaders = network, prefix_loaders(activations, setup)
-        if checkpoint is None:
+        if checkpoint is None and not setup.splits.multi_label:  # a softmax start: single-label
             start_head_from_codes(
                 network, head_of(model, setup.backbone), activations,
                 epochs=HEAD_START_EPOCHS, learning_rate=config.learning_rate,
@@ -134,11 +158,13 @@ def finetune(
     if not setup.distributed.is_main:
         return {}
     model.load_state_dict(trainer.best_state)
+    extra, model_info = finetuned_multilabel_fields(setup, model, log)
     return finish_run(
         setup, model.cpu(), log,
         seconds=trainer.progress.seconds_before + time.perf_counter() - started,
         skipped=trainer.progress.skipped,
-        extra={"resumed_from_epoch": None if checkpoint is None else checkpoint.epoch},
+        extra={"resumed_from_epoch": None if checkpoint is None else checkpoint.epoch, **extra},
+        model_info=model_info,
     )  # fmt: skip
 
 
@@ -159,7 +185,11 @@ def make_trainer(
         step_epochs=config.step_epochs, step_gamma=config.step_gamma,
     )  # fmt: skip
     weight = setup.class_weights
-    criterion = nn.CrossEntropyLoss(weight=None if weight is None else torch.tensor(weight))
+    criterion: nn.Module = (
+        multilabel_criterion(setup.splits, config.class_weights)
+        if setup.splits.multi_label
+        else nn.CrossEntropyLoss(weight=None if weight is None else torch.tensor(weight))
+    )
     trainable, total = count_parameters(model)
     log(
         f"{config.strategy}: {setup.backbone.name} ({setup.weights.label}), "
@@ -231,15 +261,17 @@ def keep_frozen_prefix(
 def prefix_loaders(activations: PrefixActivations, setup: RunSetup) -> Loaders:
     """Loaders over the kept activations: in memory, so no loader processes."""
     batch_size, seed = setup.config.batch_size, setup.config.seed
-    return {
+    loaders: Loaders = {
         "train": make_loader(
             PrefixViews(activations, seed), batch_size=batch_size, shuffle=True, num_workers=0,
-            seed=seed,
+            seed=seed, sampler=_train_order(setup, activations.train_labels.tolist()),
         ),
         "val": make_loader(
             PrefixVal(activations), batch_size=batch_size, shuffle=False, num_workers=0, seed=seed
         ),
     }  # fmt: skip
+    use_loader_generator(loaders["train"])
+    return loaders
 
 
 def make_loaders(setup: RunSetup) -> Loaders:
@@ -253,7 +285,10 @@ def make_loaders(setup: RunSetup) -> Loaders:
         )
         sampler: Sampler[int] | None
         if phase == "train":
-            sampler = distributed.train_sampler(job, dataset, setup.config.seed)
+            labels = [label for _, label in setup.splits.samples["train"]]
+            sampler = _train_order(setup, labels) or distributed.train_sampler(
+                job, dataset, setup.config.seed
+            )
         else:  # each val image scored once over all ranks
             sampler = ShardSampler(len(dataset), job.rank, job.world_size) if job.active else None
         loaders[phase] = make_loader(
@@ -261,7 +296,18 @@ def make_loaders(setup: RunSetup) -> Loaders:
             num_workers=setup.num_workers, seed=setup.config.seed,
             pin_memory=setup.device.type == "cuda", sampler=sampler,
         )  # fmt: skip
+    for loader in loaders.values():
+        use_loader_generator(loader)
     return loaders
+
+
+def _train_order(setup: RunSetup, labels: list[int]) -> Sampler[int] | None:
+    """--sampler balanced: classes drawn evenly (one process); None: the usual shuffle."""
+    if setup.config.sampler != "balanced":
+        return None
+    if setup.distributed.active:
+        raise UserError("--sampler balanced: runs in one process; drop torchrun or the sampler")
+    return balanced_sampler(labels, setup.splits.multi_label)
 
 
 def reseed(loaders: Loaders, rank: int, seed: int, epoch: int) -> None:
@@ -292,10 +338,14 @@ def run_epochs(trainer: Trainer) -> None:
             f"good epoch ({epoch - 1})"
         ) from error
     except KeyboardInterrupt:
-        trainer.log(
-            f"\ninterrupted in epoch {epoch}; {config.out_dir / TRAINING_CHECKPOINT} holds epoch "
-            f"{epoch - 1}: continue with `tlvision train --resume {config.out_dir}`"
-        )
+        # What the file holds, read back: Ctrl-C may land after an epoch's checkpoint was
+        # written and before the loop moved on. With none yet, fit says how to start again.
+        saved = saved_epoch(config.out_dir) if trainer.setup.distributed.is_main else None
+        if saved is not None:
+            trainer.log(
+                f"\ninterrupted in epoch {saved + 1}; {config.out_dir / TRAINING_CHECKPOINT} "
+                f"holds epoch {saved}: continue with `tlvision train --resume {config.out_dir}`"
+            )
         raise
 
 
@@ -327,7 +377,7 @@ def run_epoch(trainer: Trainer, epoch: int) -> None:
     record = {
         "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
         "val_loss": val_loss, "val_acc": val_acc, "lr": learning_rate,
-        "seconds": time.perf_counter() - started,
+        "seconds": time.perf_counter() - started, **epoch_extras(trainer.criterion),
     }  # fmt: skip
     progress.scaler_state = scaler_state(trainer.scaler)
     if job.is_main:  # the others go straight on: nothing of theirs waits for the files

@@ -12,6 +12,7 @@ from tlvision.data.images import BadImageError, open_image_rgb
 from tlvision.errors import UserError
 from tlvision.runs.reader import read_metrics
 from tlvision.runs.writer import append_metrics, save_run_model, write_summary
+from tlvision.training.imbalance import imbalance_fields
 from tlvision.training.run_setup import Log, RunSetup
 from tlvision.training.strategy import strategy_of
 
@@ -40,6 +41,29 @@ def _track_confusion(setup: RunSetup, model: nn.Module, epoch: int) -> None:
     matrix = confusion_matrix(predictions.labels, predicted, labels=list(range(len(names))))
     setup.tracker.confusion(matrix, list(names), epoch)
     setup.tracker.close()
+
+
+def calibrate_rejection(setup: RunSetup, model: nn.Module, log: Log) -> dict[str, Any]:
+    """RUN/rejection.json: the out-of-distribution score's threshold on the saved model's val
+    images (tlvision.inference.rejection), for every strategy; the summary's part of it."""
+    from tlvision.inference.rejection import calibrate, val_logits_of, write_rejection
+    from tlvision.inference.runtime import TorchClassifier
+    from tlvision.runs.reader import LoadedModel
+
+    names = tuple(setup.splits.class_names)
+    loaded = LoadedModel(model.eval(), setup.backbone, names, setup.preprocessing, {})
+    paths = [path for path, _label in setup.splits.samples["val"]]
+    try:
+        document = calibrate(val_logits_of(TorchClassifier(loaded, setup.device), paths))
+    except UserError as error:
+        log(f"note: no rejection threshold for unknown inputs: {error}")
+        return {}
+    write_rejection(setup.config.out_dir, document)
+    log(
+        f"unknown inputs: {document['score']} above {document['threshold']:.3f} "
+        f"(rejects {document['val_rejected']:.1%} of val)"
+    )
+    return {"rejection_threshold": document["threshold"], "rejection_score": document["score"]}
 
 
 def describe_skipped(paths: set[Path]) -> list[dict[str, str]]:
@@ -92,7 +116,9 @@ def finish_run(
     metrics = read_metrics(config.out_dir)
     best = max(metrics, key=lambda record: record["val_acc"])  # ties: the earliest epoch
     skipped_files = describe_skipped(skipped | set(setup.splits.broken_links))
+    rejection = calibrate_rejection(setup, model, log)
     summary = {
+        **imbalance_fields(setup, model, log),  # first: on imbalanced data it leads
         **_test_split_result(setup, log),
         "final_val_acc": metrics[-1]["val_acc"],
         "best_val_acc": best["val_acc"],
@@ -103,11 +129,12 @@ def finish_run(
         "backbone": backbone.name,
         "weights": weights.label,
         "classes": list(setup.splits.class_names),
-        "train_images": len(setup.splits.samples["train"]),
-        "val_images": len(setup.splits.samples["val"]),
+        **_readable_images(setup, skipped),
         "val_split": setup.splits.val_split,
         "class_weights": setup.class_weights,
         "skipped_files": skipped_files,
+        **rejection,
+        **({"excluded": setup.excluded} if setup.excluded is not None else {}),
         **extra,
         "device": str(setup.device),
         "precision": setup.precision,
@@ -126,6 +153,14 @@ def finish_run(
         f"{best['epoch']}, the weights saved); {seconds:.0f}s; model saved to {config.out_dir}"
     )
     return summary
+
+
+def _readable_images(setup: RunSetup, skipped: set[Path]) -> dict[str, int]:
+    """Train and val images the run read: the unreadable ones (listed apart) left out."""
+    return {
+        f"{phase}_images": sum(path not in skipped for path, _ in setup.splits.samples[phase])
+        for phase in ("train", "val")
+    }
 
 
 def _test_split_result(setup: RunSetup, log: Log) -> dict[str, Any]:

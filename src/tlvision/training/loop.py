@@ -19,6 +19,7 @@ from tlvision.compute.devices import autocast_for
 from tlvision.compute.distributed import Distributed
 from tlvision.progress import progress_bar
 from tlvision.training.freezing import set_train_mode
+from tlvision.training.multilabel_loss import count_correct, observe
 
 
 class NonFiniteLoss(Exception):
@@ -74,7 +75,7 @@ def train_one_epoch(
         if on_step is not None:
             on_step()
         loss_sum += loss.item() * labels.shape[0]
-        correct += int((logits.argmax(dim=1) == labels).sum())
+        correct += count_correct(criterion, logits, labels)
         seen += labels.shape[0]
     bar.close()
     return _reduced(job, device, loss_sum, correct, seen, unreadable)
@@ -139,8 +140,9 @@ def evaluate(
         with autocast_for(device, precision):
             logits = model(images)
             loss = criterion(logits.float(), labels)
+        observe(criterion, logits, labels)
         loss_sum += loss.item() * labels.shape[0]
-        correct += int((logits.argmax(dim=1) == labels).sum())
+        correct += count_correct(criterion, logits, labels)
         seen += labels.shape[0]
     bar.close()
     return _reduced(job, device, loss_sum, correct, seen, unreadable)

@@ -43,6 +43,7 @@ DIVERGENCE = 4.0  # stop when the smoothed loss exceeds this times its lowest va
 MIN_STEPS_BEFORE_STOP = 10
 SUGGESTION_DIVISOR = 10.0
 DEFAULT_STEPS = {"codes": 300, "images": 100}  # a finetune step is a full forward + backward
+HEAD_START_RATE = TrainConfig.learning_rate  # finetune's head start on codes: --lr's default
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,10 @@ class RangeTest:
 
 def ramp(start: float, end: float, steps: int) -> np.ndarray:
     if not (0 < start < end) or steps < 2:
-        raise UserError("lr-find: need 0 < --start-lr < --end-lr and at least 2 --steps")
+        raise UserError(
+            f"lr-find: --start-lr {start:g}, --end-lr {end:g}, --steps {steps}: need "
+            "0 < --start-lr < --end-lr and at least 2 --steps"
+        )
     return np.geomspace(start, end, steps)
 
 
@@ -154,37 +158,73 @@ def _criterion(setup: RunSetup) -> nn.Module:
     return nn.CrossEntropyLoss(weight=weight).to(setup.device)
 
 
-def finetune_step(setup: RunSetup, log: Log) -> Callable[[float], float]:
-    """One fine-tuning step on a train batch (augmented), with the run's per-group rates (its
-    BatchNorm mode and --backbone-lr-mult resolved as the run will)."""
-    from tlvision.training.finetune import make_loaders
+@dataclass
+class FinetuneRangeTest:
+    """What a fine-tuning range test steps: the network the run's epochs train (the stages
+    after the kept frozen prefix, or the whole model), its head as the run starts it, the
+    optimizer with the run's per-group rates as multiples of the rate tried."""
 
-    config = setup.config
+    network: nn.Module
+    optimizer: torch.optim.Optimizer
+    batches: Iterator[Any]
+    head_started: bool
+
+
+def finetune_range_test(setup: RunSetup, log: Log) -> FinetuneRangeTest:
+    """The run's own setup (tlvision.training.finetune): its BatchNorm mode and
+    --backbone-lr-mult resolved as the run will; with kept views, the frozen prefix run once
+    and the head started on codes (at the default --lr, HEAD_START_RATE), then trained at the
+    pretrained layers' rate (lr x mult), as `make_optimizer` does."""
+    from tlvision.training.finetune import (
+        HEAD_START_EPOCHS,
+        keep_frozen_prefix,
+        make_loaders,
+        prefix_loaders,
+    )
+    from tlvision.training.frozen_prefix import start_head_from_codes
+
+    config, multiplier = setup.config, backbone_lr_mult_of(setup.config)
     model = create_model(setup.backbone, len(setup.splits.class_names), setup.weights)
     apply_finetuning(
-        model, setup.backbone,
-        freeze_until=frozen_stage(config), backbone_lr_mult=backbone_lr_mult_of(config),
-    )  # fmt: skip
-    model.to(setup.device).to(memory_format=torch.channels_last)
-    groups = parameter_groups(
-        model, setup.backbone, learning_rate=1.0, backbone_lr_mult=backbone_lr_mult_of(config)
+        model, setup.backbone, freeze_until=frozen_stage(config), backbone_lr_mult=multiplier
     )
+    model.to(setup.device).to(memory_format=torch.channels_last)
+    kept = keep_frozen_prefix(setup, model, log)
+    network: nn.Module = model
+    if kept is None:
+        loaders = make_loaders(setup)
+    else:
+        activations, network = kept
+        loaders = prefix_loaders(activations, setup)
+        start_head_from_codes(
+            kept[1], head_of(model, setup.backbone), activations, epochs=HEAD_START_EPOCHS,
+            learning_rate=HEAD_START_RATE, batch_size=config.batch_size, seed=config.seed,
+            class_weights=setup.class_weights, log=log,
+        )  # fmt: skip
+    groups = parameter_groups(model, setup.backbone, learning_rate=1.0, backbone_lr_mult=multiplier)
+    if kept is not None:
+        groups[0]["lr"] = multiplier  # the started head goes on at the body's rate
     for group in groups:
         group["multiplier"] = group["lr"]
     optimizer = torch.optim.SGD(
         groups, lr=1.0, momentum=config.momentum, weight_decay=config.weight_decay
     )
+    set_train_mode(network, keep_batchnorm_statistics=config.batchnorm == "frozen")
+    return FinetuneRangeTest(network, optimizer, _endless(loaders["train"]), kept is not None)
+
+
+def finetune_step(setup: RunSetup, log: Log) -> Callable[[float], float]:
+    """One fine-tuning step on a train batch of the run's own setup (`finetune_range_test`)."""
+    test = finetune_range_test(setup, log)
     criterion = _criterion(setup)
-    batches = _endless(make_loaders(setup)["train"])
-    set_train_mode(model, keep_batchnorm_statistics=config.batchnorm == "frozen")
 
     def step(rate: float) -> float:
-        images, labels, _unreadable = next(batches)
-        _set_rate(optimizer, rate)
-        optimizer.zero_grad()
-        loss = criterion(model(images.to(setup.device)), labels.to(setup.device))
+        images, labels, _unreadable = next(test.batches)
+        _set_rate(test.optimizer, rate)
+        test.optimizer.zero_grad()
+        loss = criterion(test.network(images.to(setup.device)), labels.to(setup.device))
         loss.backward()
-        optimizer.step()
+        test.optimizer.step()
         return loss.item()
 
     return step

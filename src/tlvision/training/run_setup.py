@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -34,6 +35,7 @@ class RunSetup:
     precision: str = "32"  # resolved: 32, bf16 or 16 (devices.resolve_precision)
     distributed: Distributed = field(default_factory=Distributed)
     tracker: Tracker | None = None  # rank 0's TensorBoard writer (None: no --tensorboard)
+    excluded: dict[str, Any] | None = None  # what --exclude left out (ExclusionRecord.to_json)
 
 
 def silent(message: str) -> None:

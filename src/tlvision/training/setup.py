@@ -4,6 +4,7 @@ preprocessing and device resolved, its directory made and its settings recorded.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,6 +12,7 @@ import torch
 from tlvision.compute import distributed
 from tlvision.compute.devices import resolve_device, resolve_precision
 from tlvision.config import TrainConfig, validate_config
+from tlvision.data.exclusions import exclude_files, read_exclusions
 from tlvision.data.layouts import DatasetSplits, find_splits
 from tlvision.data.loading import default_num_workers, inverse_frequency_weights
 from tlvision.jsonio import write_json_atomic
@@ -45,6 +47,7 @@ def set_up(config: TrainConfig, log: Log, *, fresh: bool) -> RunSetup:
     splits = find_splits(config.data_dir, val_split=config.val_split, seed=config.seed)
     job, device = distributed.start(resolve_device(config.device))
     log = log if job.is_main else silent
+    splits, excluded = _excluded(config, splits, log)
     if fresh and not config.overwrite:  # every rank stops with the same clear error (rank 0
         refuse_to_overwrite(config.out_dir, overwrite=False)  # alone deletes, with --overwrite)
     if fresh and job.is_main:
@@ -60,6 +63,7 @@ def set_up(config: TrainConfig, log: Log, *, fresh: bool) -> RunSetup:
         class_weights=_class_weights(config, splits, log),
         precision=resolve_precision(config.precision, device), distributed=job,
         tracker=Tracker(config.out_dir) if job.is_main and config.tensorboard else None,
+        excluded=excluded,
     )  # fmt: skip
     prepare = strategy_of(config).prepare
     if prepare is not None:
@@ -74,6 +78,18 @@ def set_up(config: TrainConfig, log: Log, *, fresh: bool) -> RunSetup:
             f"{torch.distributed.get_backend()}, device {device}; each epoch shared among them"
         )
     return setup
+
+
+def _excluded(
+    config: TrainConfig, splits: DatasetSplits, log: Log
+) -> tuple[DatasetSplits, dict[str, Any] | None]:
+    """The splits without the files --exclude names, and the record of what was left out."""
+    if config.exclude is None:
+        return splits, None
+    exclusions = read_exclusions(config.exclude, splits.root, config.exclude_sections)
+    splits, record = exclude_files(splits, exclusions, held_out=config.exclude_held_out)
+    log(record.describe())
+    return splits, record.to_json()
 
 
 def _class_weights(config: TrainConfig, splits: DatasetSplits, log: Log) -> list[float] | None:

@@ -67,9 +67,11 @@ def restore(
     model.load_state_dict(checkpoint.model_state)
     best_state = {name: tensor.to(device) for name, tensor in checkpoint.best_state.items()}
     optimizer.load_state_dict(checkpoint.optimizer_state)
-    if checkpoint.info.get("steps_per_epoch", steps_per_epoch) == steps_per_epoch:
+    same_steps = checkpoint.info.get("steps_per_epoch", steps_per_epoch) == steps_per_epoch
+    same_epochs = checkpoint.info["config"].get("epochs") == setup.config.epochs  # --epochs
+    if same_steps and same_epochs:
         scheduler.load_state_dict(checkpoint.scheduler_state)
-    else:
+    else:  # the schedule of this run's length, as if it had been set from the start
         replay_schedule(optimizer, scheduler, checkpoint.epoch * steps_per_epoch)
     restore_random_state(checkpoint.random_state)
     metrics_path = setup.config.out_dir / METRICS_FILE

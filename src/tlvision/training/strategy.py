@@ -35,7 +35,9 @@ if TYPE_CHECKING:
 # The frozen routes' epochs: the classic recipe's (a head on codes takes seconds an epoch).
 FROZEN_ROUTE_EPOCHS = 25
 # The options only some strategies read; each strategy lists those it takes in `options`.
-STRATEGY_OPTIONS = ("freeze_until", "batchnorm", "backbone_lr_mult", "stage", "head")
+STRATEGY_OPTIONS = (
+    "freeze_until", "batchnorm", "backbone_lr_mult", "stage", "head", "sampler",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -29,12 +29,38 @@ async function errorText(response) {
   }
 }
 
+// What a person can do about a 401: words for them, not the API's header syntax.
+function tokenAdvice(tokenWasSent) {
+  return tokenWasSent
+    ? "That access token was not accepted. Check it with the person who started the server, " +
+        "paste it in the box above and press \u201cUse token\u201d."
+    : "This server needs an access token. Ask the person who started it for the token (the " +
+        "one they gave with --token or TLVISION_TOKEN), paste it in the box above and press " +
+        "\u201cUse token\u201d.";
+}
+
+// The accuracy of the weights served: the best val epoch's (they are the ones saved; chosen
+// on val, so labelled), and the test split's where the run has one.
+function accuracyText(metrics) {
+  const parts = [];
+  if (metrics.best_val_acc !== undefined && metrics.best_val_acc !== null) {
+    const of = metrics.epochs ? ` of ${metrics.epochs}` : "";
+    const epoch = metrics.best_epoch === undefined ? "" : `, epoch ${metrics.best_epoch}${of}`;
+    parts.push(`val accuracy ${percent(metrics.best_val_acc)} (the weights served: best on val${epoch})`);
+  }
+  if (metrics.test_acc !== undefined && metrics.test_acc !== null) {
+    parts.push(`test accuracy ${percent(metrics.test_acc)} on ${metrics.test_images} images`);
+  }
+  return parts.length ? `, ${parts.join(", ")}` : "";
+}
+
 // Calls the API; a 401 shows the token box and throws, so callers only see real answers.
 async function callApi(path, options = {}) {
   const response = await fetch(path, { ...options, headers: authHeaders() });
   if (response.status === 401) {
     element("token-box").hidden = false;
-    throw new Error(`${await errorText(response)} (enter the server's token above)`);
+    element("token").focus();
+    throw new Error(tokenAdvice(Boolean(sessionStorage.getItem(TOKEN_KEY))));
   }
   if (!response.ok) {
     const retry = response.headers.get("Retry-After");
@@ -62,14 +88,13 @@ async function loadModel() {
     const info = await (await callApi("/v1/model")).json();
     state.maxUploadBytes = info.limits.max_upload_mb * 1024 * 1024;
     const metrics = info.metrics;
-    const accuracy = metrics.final_val_acc ?? metrics.best_val_acc;
-    const accuracyText = accuracy === undefined ? "" : `, val accuracy ${percent(accuracy)}`;
     element("model").textContent =
       `${info.classes.length} classes (${info.classes.join(", ")}): ${info.backbone}, ` +
-      `${info.strategy}${accuracyText}, ${info.runtime} runtime`;
+      `${info.strategy}${accuracyText(metrics)}, ${info.runtime} runtime`;
     element("token-box").hidden = true;
   } catch (error) {
-    element("model").textContent = `model unavailable: ${error.message}`;
+    const asking = !element("token-box").hidden; // the advice is the whole message
+    element("model").textContent = asking ? error.message : `model unavailable: ${error.message}`;
   }
 }
 
@@ -84,13 +109,34 @@ function newResultCard(file) {
   return card;
 }
 
+// A multi-label model's answer: its labels (the classes over their thresholds) and a bar for
+// every class's own probability; a label's bar is marked.
+function multiLabelEntries(card, prediction) {
+  const labels = prediction.labels;
+  card.querySelector(".predicted-class").textContent =
+    labels.length ? labels.join(", ") : "no label";
+  card.querySelector(".predicted-probability").textContent = labels
+    .map((name) => `${name} ${percent(prediction.probabilities[name])}`).join(", ");
+  return Object.entries(prediction.probabilities)
+    .map(([name, probability]) => ({ class: name, probability, label: labels.includes(name) }))
+    .sort((a, b) => b.probability - a.probability);
+}
+
 function showPrediction(card, prediction) {
-  card.querySelector(".predicted-class").textContent = prediction.class;
-  card.querySelector(".predicted-probability").textContent = percent(prediction.probability);
+  if (prediction.unknown) {
+    // Unlike every training class: no class is given, the bars show the closest ones.
+    card.querySelector(".predicted-class").textContent = "unknown";
+    card.querySelector(".predicted-probability").textContent = `closest: ${prediction.top[0].class}`;
+  } else {
+    card.querySelector(".predicted-class").textContent = prediction.class;
+    card.querySelector(".predicted-probability").textContent = percent(prediction.probability);
+  }
+  const entries = prediction.labels ? multiLabelEntries(card, prediction) : prediction.top;
   const bars = card.querySelector(".bars");
   bars.replaceChildren();
-  for (const entry of prediction.top) {
+  for (const entry of entries) {
     const item = document.createElement("li");
+    if (entry.label) item.className = "is-label";
     const label = document.createElement("div");
     label.className = "bar-label";
     const name = document.createElement("span");

@@ -61,7 +61,7 @@ STRATEGIES.register(
         frozen_body=False,
         default_epochs=EPOCHS,
         default_views=VIEWS,
-        options=("freeze_until", "batchnorm", "backbone_lr_mult"),
+        options=("freeze_until", "batchnorm", "backbone_lr_mult", "sampler"),
         train=train,
         prepare=prepare,
         range_test=range_test,

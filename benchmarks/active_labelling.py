@@ -1,0 +1,159 @@
+"""Active labelling on frozen codes: label-next's picks against random picks and uncertainty alone.
+
+For each dataset: the pretrained body's codes of DATA/train (the unlabelled pool, its labels
+hidden) and DATA/val (scored), read through tlvision's codes cache. Start from --start labelled
+images per class (the same random ones for every method), then --rounds rounds: fit a logistic
+regression head on the labelled codes, let the method pick --per-class x classes pool images,
+"label" them (reveal their labels), refit. Val accuracy after every round, for
+
+- label-next: tlvision.labelling.selection.select, exactly what `tlvision label-next` runs,
+- uncertainty alone: the same with diversity off (margin only; duplicates still skipped),
+- random: --seeds seeds, mean.
+
+Goal (issue 25): label-next reaches random's final accuracy with <= 60% of random's labels.
+
+    python benchmarks/active_labelling.py /work/datasets/fashion /work/datasets/large
+"""
+
+from __future__ import annotations
+
+# isort: off
+import tlvision  # noqa: F401  (sets OMP_WAIT_POLICY=PASSIVE before torch loads, as the CLI does)
+# isort: on
+
+import argparse
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from tlvision.config import TrainConfig
+from tlvision.labelling.pool import pool_codes
+from tlvision.labelling.selection import normalised, select
+from tlvision.runs.reader import load_run_model, run_splits
+from tlvision.training.fit import fit
+
+Picker = Callable[[np.ndarray, np.ndarray, np.ndarray, int], list[int]]
+
+
+def codes_of(data: Path, root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train codes, train labels, val codes, val labels) of the pretrained mobilenet_v2 body."""
+    out = root / data.name
+    fit(
+        TrainConfig(data_dir=data, out_dir=out, strategy="feature-extract", device="cpu"),
+        log=lambda _message: None,
+    )
+    loaded = load_run_model(out)
+    splits = run_splits(loaded.metadata)
+    device = torch.device("cpu")
+    found = {}
+    for phase in ("train", "val"):
+        samples = splits.samples[phase]
+        codes = pool_codes(loaded, [path for path, _ in samples], device=device)
+        assert not codes.unreadable, codes.unreadable
+        found[phase] = (normalised(codes.codes), np.asarray([label for _, label in samples]))
+    return (*found["train"], *found["val"])
+
+
+def head(codes: np.ndarray, labels: np.ndarray) -> LogisticRegression:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return LogisticRegression(C=10.0, max_iter=2000).fit(codes, labels)
+
+
+def run_method(
+    pick: Picker, data: tuple[np.ndarray, ...], start: np.ndarray, rounds: int, per_round: int
+) -> list[tuple[int, float]]:
+    """(labels, val accuracy) after the start and after each round."""
+    train_codes, train_labels, val_codes, val_labels = data
+    labelled = list(start)
+    history = []
+    for round_number in range(rounds + 1):
+        model = head(train_codes[labelled], train_labels[labelled])
+        history.append((len(labelled), float(model.score(val_codes, val_labels))))
+        if round_number == rounds:
+            break
+        pool = np.setdiff1d(np.arange(len(train_codes)), labelled)
+        probabilities = model.predict_proba(train_codes[pool])
+        chosen = pick(train_codes[pool], probabilities, train_codes[labelled], per_round)
+        labelled += [int(pool[index]) for index in chosen]
+    return history
+
+
+def label_next(
+    codes: np.ndarray, probabilities: np.ndarray, labelled: np.ndarray, count: int
+) -> list[int]:
+    return [pick.index for pick in select(codes, probabilities, labelled, count)]
+
+
+def uncertainty(
+    codes: np.ndarray, probabilities: np.ndarray, labelled: np.ndarray, count: int
+) -> list[int]:
+    return [p.index for p in select(codes, probabilities, labelled, count, diversity=False)]
+
+
+def random_picker(seed: int) -> Picker:
+    rng = np.random.default_rng(seed)
+    return lambda codes, _probabilities, _labelled, count: list(
+        rng.choice(len(codes), count, replace=False)
+    )
+
+
+def labels_to_reach(history: list[tuple[int, float]], target: float) -> int | None:
+    return next((labels for labels, accuracy in history if accuracy >= target - 1e-9), None)
+
+
+def measure(data: Path, args: argparse.Namespace, root: Path) -> None:
+    arrays = codes_of(data, root)
+    train_labels = arrays[1]
+    classes = int(train_labels.max()) + 1
+    rng = np.random.default_rng(args.seed)
+    start = np.concatenate(
+        [rng.choice(np.flatnonzero(train_labels == c), args.start, False) for c in range(classes)]
+    )
+    per_round = args.per_class * classes
+    runs = {
+        "label-next": run_method(label_next, arrays, start, args.rounds, per_round),
+        "uncertainty alone": run_method(uncertainty, arrays, start, args.rounds, per_round),
+    }
+    randoms = [
+        run_method(random_picker(args.seed + 1 + s), arrays, start, args.rounds, per_round)
+        for s in range(args.seeds)
+    ]
+    runs[f"random (mean of {args.seeds})"] = [
+        (randoms[0][i][0], float(np.mean([r[i][1] for r in randoms])))
+        for i in range(len(randoms[0]))
+    ]
+    target_labels, target = runs[f"random (mean of {args.seeds})"][-1]
+    print(f"\n{data.name}: {len(train_labels)} pool images, {len(arrays[3])} val, {classes} "
+          f"classes; {args.start}/class to start, {args.rounds} rounds of {per_round}")  # fmt: skip
+    print("| method | " + " | ".join(f"{n} labels" for n, _ in runs["label-next"]) +
+          " | labels to reach random's final | share of random's labels |")  # fmt: skip
+    print("|---" * (len(runs["label-next"]) + 3) + "|")
+    for name, history in runs.items():
+        needed = labels_to_reach(history, target)
+        share = "not reached" if needed is None else f"{needed / target_labels:.0%}"
+        cells = " | ".join(f"{accuracy:.3f}" for _, accuracy in history)
+        print(f"| {name} | {cells} | {needed or 'not reached'} | {share} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("datasets", type=Path, nargs="+")
+    parser.add_argument("--start", type=int, default=5, help="labelled per class to start")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--per-class", type=int, default=2, help="picks per class per round")
+    parser.add_argument("--seeds", type=int, default=5, help="random's seeds")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="active-labelling-") as root:
+        for data in args.datasets:
+            measure(data, args, Path(root))
+
+
+if __name__ == "__main__":
+    main()

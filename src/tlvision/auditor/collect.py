@@ -1,0 +1,181 @@
+"""Every image's codes for the audit: train, val and (when there is one) test, one pass through
+the codes cache (the centre view, as val is read), unreadable images left out and listed."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tlvision.auditor.transforms import CALIBRATION_IMAGES, write_transformed_copies
+from tlvision.codes.cache import FeatureCache, default_cache_dir
+from tlvision.codes.split_codes import SplitCodes, extract_split_codes
+from tlvision.compute.devices import resolve_device
+from tlvision.config import DEFAULT_BACKBONE
+from tlvision.data.layouts import DatasetSplits, find_splits, scan_split
+from tlvision.data.loading import default_num_workers
+from tlvision.errors import UserError
+from tlvision.models.backbone import get_backbone
+from tlvision.models.network import choose_weights, create_model, preprocessing_for
+
+Log = Callable[[str], None]
+TEST_SPLIT = "test"
+
+
+@dataclass(frozen=True)
+class CodesSource:
+    """Which network reads the images: a backbone, its weights and the input size."""
+
+    backbone: str = DEFAULT_BACKBONE
+    weights: str | None = None
+    input_size: int | None = None
+    cache_dir: Path | None = None
+    use_cache: bool = True
+    device: str = "auto"
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class AuditCodes:
+    """The images of a dataset in one list: row i of `codes` is `files[i]` of `splits[i]`,
+    labelled `labels[i]` (an index into `class_names`)."""
+
+    root: Path
+    class_names: tuple[str, ...]
+    files: tuple[Path, ...]
+    splits: tuple[str, ...]
+    labels: np.ndarray
+    codes: np.ndarray
+    unreadable: tuple[tuple[Path, str], ...]
+    backbone: str
+    weights: str
+    input_size: int
+    calibration: tuple[tuple[int, str], ...] = ()
+    """(row of the original, transform) of each row of `calibration_codes`."""
+    calibration_codes: np.ndarray | None = None
+
+    def relative(self, index: int) -> str:
+        """The file's path relative to DATA, with forward slashes."""
+        return self.files[index].relative_to(self.root).as_posix()
+
+    def in_split(self, split: str) -> np.ndarray:
+        return np.asarray([each == split for each in self.splits], dtype=bool)
+
+
+def collect_codes(
+    data_dir: Path,
+    source: CodesSource,
+    *,
+    val_split: float | None = None,
+    seed: int = 0,
+    log: Log,
+) -> AuditCodes:
+    """The codes of every readable image of DATA's train, val and test splits."""
+    splits = find_splits(data_dir, val_split=val_split, seed=seed)
+    if splits.multi_label:
+        raise UserError(
+            f"{data_dir}: multi-label labels (CSV tables); the audit ranks label issues for one "
+            "class per image and does not audit multi-label data. `tlvision check` still lists "
+            "unreadable files and bad rows"
+        )
+    test = _test_samples(data_dir, splits)
+    backbone = get_backbone(source.backbone)
+    weights = choose_weights(backbone, source.weights)
+    preprocessing = preprocessing_for(backbone, weights, input_size=source.input_size)
+    with tempfile.TemporaryDirectory(prefix="tlvision-audit-") as scratch:
+        copies = write_transformed_copies(
+            [path for path, _label in splits.samples["train"]], Path(scratch),
+            count=CALIBRATION_IMAGES, seed=seed,
+        )  # fmt: skip
+        labelled_copies = [(copy, 0) for copy, _original, _name in copies]
+        # test and the calibration copies ride with val: the same (centre) view, one pass
+        merged = DatasetSplits(
+            root=splits.root, class_names=splits.class_names,
+            samples={"train": list(splits.samples["train"]),
+                     "val": list(splits.samples["val"]) + test + labelled_copies},
+        )  # fmt: skip
+        codes = extract_split_codes(
+            create_model(backbone, len(splits.class_names), weights), backbone, merged,
+            weights=weights.label, preprocessing=preprocessing, cache=_cache(source, log),
+            batch_size=source.batch_size, num_workers=default_num_workers(),
+            device=resolve_device(source.device), log=log,
+        )[None]  # fmt: skip
+    return _assembled(splits, codes, test, copies, backbone.name, weights.label,
+                      preprocessing.crop_size)  # fmt: skip
+
+
+def _assembled(
+    splits: DatasetSplits,
+    codes: SplitCodes,
+    test: list[tuple[Path, int]],
+    copies: list[tuple[Path, Path, str]],
+    backbone: str,
+    weights: str,
+    input_size: int,
+) -> AuditCodes:
+    """The dataset's rows in one list, the calibration copies' rows apart."""
+    test_files = {path for path, _label in test}
+    copy_of = {copy: (original, name) for copy, original, name in copies}
+    held_out = [sample for sample in codes.val_samples if sample[0] not in copy_of]
+    samples = list(codes.train_samples) + held_out
+    val_codes = np.asarray(codes.val)
+    is_copy = np.asarray([path in copy_of for path, _label in codes.val_samples], dtype=bool)
+    row_of = {path: row for row, (path, _label) in enumerate(samples)}
+    calibration = [
+        (row_of[copy_of[path][0]], copy_of[path][1])
+        for path, _label in codes.val_samples
+        if path in copy_of and copy_of[path][0] in row_of
+    ]
+    keep_copy = [
+        copy_of[path][0] in row_of for path, _label in codes.val_samples if path in copy_of
+    ]
+    return AuditCodes(
+        root=splits.root,
+        class_names=splits.class_names,
+        files=tuple(path for path, _label in samples),
+        splits=tuple(
+            ["train"] * len(codes.train_samples)
+            + [TEST_SPLIT if path in test_files else "val" for path, _label in held_out]
+        ),
+        labels=np.asarray([label for _path, label in samples], dtype=np.int64),
+        codes=np.concatenate([np.asarray(codes.train_views[0]), val_codes[~is_copy]]),
+        unreadable=tuple(item for item in codes.skipped if item[0] not in copy_of),
+        backbone=backbone,
+        weights=weights,
+        input_size=input_size,
+        calibration=tuple(calibration),
+        calibration_codes=val_codes[is_copy][np.asarray(keep_copy, dtype=bool)],
+    )
+
+
+def _cache(source: CodesSource, log: Log) -> FeatureCache | None:
+    if not source.use_cache:
+        return None
+    return FeatureCache(source.cache_dir or default_cache_dir(), log=log)
+
+
+def _test_samples(data_dir: Path, splits: DatasetSplits) -> list[tuple[Path, int]]:
+    """DATA/test's images under train's class names (classes it lacks are left out)."""
+    test_dir = data_dir / TEST_SPLIT
+    if splits.layout != "split" or not test_dir.is_dir():
+        return []
+    present = [name for name in splits.class_names if (test_dir / name).is_dir()]
+    samples, _broken = scan_split(test_dir, present)
+    index_of = {name: splits.class_names.index(name) for name in present}
+    return [(path, index_of[present[label]]) for path, label in samples]
+
+
+def file_digests(files: Sequence[Path]) -> list[str]:
+    """SHA-256 of each file's bytes (read, never written)."""
+    digests = []
+    for path in files:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        digests.append(digest.hexdigest())
+    return digests

@@ -1,0 +1,80 @@
+"""Which pool images to label next: uncertain ones, spread over code space, no near-duplicates.
+
+Pure numpy on codes and class probabilities, so the benchmark (benchmarks/active_labelling.py)
+runs exactly what `tlvision label-next` runs. Each image's worth is its uncertainty (one minus
+the margin between its two most likely classes) times its cosine distance to the nearest
+labelled or already picked image; the picks are made greedily (k-center greedy, weighted by
+uncertainty), so a pick lowers the worth of the images near it. An image within
+DUPLICATE_DISTANCE of a train image or of an earlier pick is never picked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DUPLICATE_DISTANCE = 0.02  # cosine distance below which two codes are the same picture
+CHUNK = 4096  # pool rows per matrix product: memory stays small for any pool
+
+
+@dataclass(frozen=True)
+class Pick:
+    index: int  # into the pool
+    score: float  # uncertainty x distance when picked
+    uncertainty: float
+    distance: float  # cosine distance to the nearest labelled or earlier-picked image
+
+
+def normalised(codes: np.ndarray) -> np.ndarray:
+    values = np.asarray(codes, dtype=np.float32)
+    norms = np.linalg.norm(values, axis=1, keepdims=True)
+    return values / np.maximum(norms, 1e-12)
+
+
+def margin_uncertainty(probabilities: np.ndarray) -> np.ndarray:
+    """1 - (p1 - p2): 1 when the two most likely classes tie, 0 when one is certain."""
+    if probabilities.shape[1] < 2:
+        return np.zeros(len(probabilities))
+    top_two = -np.sort(-probabilities, axis=1)[:, :2]
+    return np.asarray(1.0 - (top_two[:, 0] - top_two[:, 1]), dtype=np.float64)
+
+
+def nearest_distance(pool: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Each normalised pool code's cosine distance to its nearest reference code (2 if none)."""
+    if len(reference) == 0:
+        return np.full(len(pool), 2.0)
+    nearest = np.empty(len(pool))
+    for start in range(0, len(pool), CHUNK):
+        similarity = pool[start : start + CHUNK] @ reference.T
+        nearest[start : start + CHUNK] = 1.0 - similarity.max(axis=1)
+    return nearest
+
+
+def select(
+    pool_codes: np.ndarray,
+    probabilities: np.ndarray,
+    labelled_codes: np.ndarray,
+    count: int,
+    *,
+    diversity: bool = True,
+) -> list[Pick]:
+    """Up to `count` picks, best first; fewer when the rest are near-duplicates.
+    diversity False: uncertainty alone (the benchmark's comparison), duplicates still skipped."""
+    pool = normalised(pool_codes)
+    distance = nearest_distance(pool, normalised(labelled_codes))
+    uncertainty = margin_uncertainty(probabilities)
+    available = distance >= DUPLICATE_DISTANCE
+    picks: list[Pick] = []
+    while len(picks) < count and available.any():
+        worth = uncertainty * np.minimum(distance, 1.0) if diversity else uncertainty.copy()
+        worth = worth + 1e-9 * np.minimum(distance, 1.0)  # ties (certain images): spread out
+        worth[~available] = -np.inf
+        best = int(np.argmax(worth))
+        picks.append(
+            Pick(best, float(worth[best]), float(uncertainty[best]), float(distance[best]))
+        )
+        distance = np.minimum(distance, 1.0 - pool @ pool[best])
+        available &= distance >= DUPLICATE_DISTANCE
+        available[best] = False
+    return picks

@@ -1,0 +1,147 @@
+"""Active labelling: `tlvision label-next` on a real run and pool, and `tlvision add-labels`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from serving import demo_val_images, train_demo_run
+
+from tlvision import demo_data_dir
+from tlvision.cli import main
+from tlvision.labelling.selection import select
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_demo_run(tmp_path_factory.mktemp("labelling") / "run")
+
+
+@pytest.fixture
+def pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """pool/ (relative to the working directory): 9 val images, an exact copy of one of them,
+    a copy of a train image, and a file that is not an image."""
+    monkeypatch.chdir(tmp_path)
+    folder = Path("pool")
+    (folder / "more").mkdir(parents=True)
+    val = demo_val_images()[::3]
+    for path in val:
+        shutil.copy(path, folder / path.name)
+    shutil.copy(val[0], folder / "more" / f"copy-{val[0].name}")
+    train_image = sorted((demo_data_dir() / "train").rglob("*.jpg"))[0]
+    shutil.copy(train_image, folder / "more" / f"train-{train_image.name}")
+    (folder / "broken.jpg").write_text("not an image")
+    return folder
+
+
+def label_next_json(
+    run_dir: Path, pool: Path, count: int, capsys: pytest.CaptureFixture[str]
+) -> tuple[dict[str, object], str]:
+    arguments = ["label-next", str(run_dir), str(pool), "-n", str(count), "--json"]
+    assert main([*arguments, "--device", "cpu", "--out", "picked"]) == 0
+    captured = capsys.readouterr()
+    return json.loads(captured.out), captured.err
+
+
+def test_label_next_picks_files_as_given_and_skips_duplicates(
+    run_dir: Path, pool: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result, err = label_next_json(run_dir, pool, 9, capsys)
+    picks = result["picks"]
+    assert isinstance(picks, list) and len(picks) == 9
+    files = [pick["file"] for pick in picks]
+    assert all(file.startswith("pool/") for file in files)  # as given: relative, not resolved
+    assert not any(Path(file).name.startswith("train-") for file in files)
+    copied = demo_val_images()[0].name
+    assert sum(Path(file).name in {copied, f"copy-{copied}"} for file in files) == 1
+    for pick in picks:
+        assert set(pick) == {"file", "score", "predicted", "top"}
+        assert pick["predicted"] == pick["top"][0]["class"]
+    assert [pick["score"] for pick in picks] == sorted((p["score"] for p in picks), reverse=True)
+    assert "skipped pool/broken.jpg" in err
+    assert result["unreadable"][0]["file"] == "pool/broken.jpg"  # type: ignore[index]
+    with Path("picked/label-next.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["file"] for row in rows] == files and all(row["class"] == "" for row in rows)
+    sheet = Path("picked/label-next.html").read_text()
+    assert sheet.count("<img ") == 9 and "tlvision add-labels" in sheet
+
+
+def test_more_picks_than_distinct_images_stops_at_the_duplicates(
+    run_dir: Path, pool: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 11 readable images, of which one is a train image and one a copy: 9 can be picked
+    result, _err = label_next_json(run_dir, pool, 11, capsys)
+    assert len(result["picks"]) == 9  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("empty", "holds no images"),
+        ("too-many", "-n 50: the pool has only 11 readable images"),
+        ("unreadable", "none of the 1 pool files can be read"),
+        ("zero", "-n 0: ask for at least 1"),
+    ],
+)
+def test_bad_pools_are_one_line_errors(
+    run_dir: Path, pool: Path, case: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target, count = pool, "50" if case == "too-many" else "0" if case == "zero" else "2"
+    if case == "empty":
+        target = Path("empty")
+        target.mkdir()
+    if case == "unreadable":
+        target = pool / "broken.jpg"
+    status = main(["label-next", str(run_dir), str(target), "-n", count, "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert status == 2 and message in err and "Traceback" not in err
+
+
+def test_selection_spreads_over_clusters_before_repeating_one() -> None:
+    rng = np.random.default_rng(0)
+    centres = np.eye(4, 16) * 10
+    codes = np.concatenate([centre + rng.normal(0, 0.5, (20, 16)) for centre in centres])
+    probabilities = np.full((80, 2), 0.5)  # equally uncertain everywhere
+    picks = select(codes, probabilities, np.zeros((0, 16)), 4)
+    assert sorted(pick.index // 20 for pick in picks) == [0, 1, 2, 3]
+    labelled = centres[:3] + 0.001  # three clusters already labelled: the fourth comes first
+    assert select(codes, probabilities, labelled, 1)[0].index // 20 == 3
+    only_uncertain = np.tile([0.99, 0.01], (80, 1))
+    only_uncertain[5] = [0.5, 0.5]
+    assert select(codes, only_uncertain, np.zeros((0, 16)), 1, diversity=False)[0].index == 5
+
+
+def filled_csv(tmp_path: Path, rows: list[tuple[str, str]]) -> Path:
+    path = tmp_path / "labels.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "class", "predicted", "score"])
+        writer.writerows([(file, name, "fish", "0.5") for file, name in rows])
+    return path
+
+
+def test_add_labels_copies_filled_rows_and_refuses_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    for name in ("fish", "tool"):
+        (data / "train" / name).mkdir(parents=True)
+    images = demo_val_images()[:3]
+    unknown = filled_csv(tmp_path, [(str(images[2]), "whale")]).rename(tmp_path / "u.csv")
+    assert main(["add-labels", str(unknown), str(data)]) == 2
+    assert "class 'whale' is not a folder" in capsys.readouterr().err
+    assert not any((data / "train").rglob("*.jpg"))  # nothing copied
+    labels = filled_csv(tmp_path, [(str(images[0]), "tool"), (str(images[1]), "")])
+    assert main(["add-labels", str(labels), str(data)]) == 0
+    copied = data / "train" / "tool" / images[0].name
+    assert copied.read_bytes() == images[0].read_bytes() and images[0].is_file()  # a copy
+    assert sorted(p.name for p in (data / "train").rglob("*.jpg")) == [images[0].name]
+    assert main(["add-labels", str(labels), str(data)]) == 2  # the name is there now
+    assert "already exists" in capsys.readouterr().err
