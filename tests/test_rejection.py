@@ -74,6 +74,19 @@ def test_training_calibrates_the_threshold_on_val(run_dir: Path) -> None:
     assert summary["rejection_threshold"] == document["threshold"]
 
 
+def test_a_frozen_run_calibrates_on_its_cached_val_codes(run_dir: Path, tmp_path: Path) -> None:
+    """The head over the cached val codes, not a second pass of the body over val (that pass
+    took most of a warm frozen run's seconds), and the same threshold as from the images."""
+    document = rejection_json(run_dir)
+    assert document["val_logits_from"] == "cached codes"
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    assert main(["calibrate", str(copy)]) == 0
+    from_images = rejection_json(copy)
+    assert from_images["val_logits_from"] == "images"
+    assert from_images["threshold"] == pytest.approx(document["threshold"], abs=1e-4)
+
+
 def test_predict_json_rows_gain_unknown_and_ood_score(
     run_dir: Path, foreign_images: list[Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

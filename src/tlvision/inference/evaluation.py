@@ -158,9 +158,9 @@ def classify_samples(
 
 
 @torch.inference_mode()
-def cached_codes_predictions(
+def cached_codes_logits(
     loaded: LoadedModel, samples: list[tuple[Path, int]], device: torch.device
-) -> SamplePredictions | None:
+) -> np.ndarray | None:
     """The head over the top codes a frozen body's run cached while training: no forward pass
     of the body when they are still there. None when the run has no such codes."""
     from tlvision.codes.cache import VAL_VIEW, CodesSpec, FeatureCache, default_cache_dir
@@ -185,8 +185,17 @@ def cached_codes_predictions(
     except UnreadableImagesError:
         return None  # the classifier's route lists them
     inputs = torch.from_numpy(np.array(codes, dtype=np.float32)).to(device)
-    logits = head_of(model, loaded.backbone)(inputs)
-    probabilities = torch.softmax(logits.float(), dim=1).cpu().numpy()
+    return head_of(model, loaded.backbone)(inputs).float().cpu().numpy()
+
+
+def cached_codes_predictions(
+    loaded: LoadedModel, samples: list[tuple[Path, int]], device: torch.device
+) -> SamplePredictions | None:
+    """`cached_codes_logits` as class probabilities; None when the run has no such codes."""
+    logits = cached_codes_logits(loaded, samples, device)
+    if logits is None:
+        return None
+    probabilities = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
     return SamplePredictions(samples=tuple(samples), probabilities=probabilities, unreadable=())
 
 

@@ -90,5 +90,6 @@ def calibrate_run(
     document = calibrate(
         val_logits_of(TorchClassifier(loaded), paths), score=score, val_rejected=val_rejected
     )
+    document["val_logits_from"] = "images"
     write_rejection(run_dir, document)
     return document

@@ -43,18 +43,27 @@ def _track_confusion(setup: RunSetup, model: nn.Module, epoch: int) -> None:
     setup.tracker.close()
 
 
-def calibrate_rejection(setup: RunSetup, model: nn.Module, log: Log) -> dict[str, Any]:
+def calibrate_rejection(
+    setup: RunSetup, model: nn.Module, metadata: dict[str, Any], log: Log
+) -> dict[str, Any]:
     """RUN/rejection.json: the out-of-distribution score's threshold on the saved model's val
     images (tlvision.inference.rejection), for every strategy; the summary's part of it."""
+    from tlvision.inference.evaluation import cached_codes_logits
     from tlvision.inference.rejection import calibrate, val_logits_of, write_rejection
     from tlvision.inference.runtime import TorchClassifier
     from tlvision.runs.reader import LoadedModel
 
     names = tuple(setup.splits.class_names)
-    loaded = LoadedModel(model.eval(), setup.backbone, names, setup.preprocessing, {})
-    paths = [path for path, _label in setup.splits.samples["val"]]
+    loaded = LoadedModel(model.eval(), setup.backbone, names, setup.preprocessing, metadata)
+    samples = setup.splits.samples["val"]
+    # A frozen body's val codes are in the cache: the head alone gives the logits (a forward
+    # pass of the body over val took most of a warm frozen run's seconds).
+    logits, source = cached_codes_logits(loaded, samples, setup.device), "cached codes"
     try:
-        document = calibrate(val_logits_of(TorchClassifier(loaded, setup.device), paths))
+        if logits is None:
+            paths = [path for path, _label in samples]
+            logits, source = val_logits_of(TorchClassifier(loaded, setup.device), paths), "images"
+        document = {**calibrate(logits), "val_logits_from": source}
     except UserError as error:
         log(f"note: no rejection threshold for unknown inputs: {error}")
         return {}
@@ -112,11 +121,12 @@ def finish_run(
     strategy adds to model.json (the frozen routes: the stage and head read).
     """
     config, backbone, weights = setup.config, setup.backbone, setup.weights
-    save_run_model(config.out_dir, model, {**model_metadata(setup), **(model_info or {})})
+    metadata = {**model_metadata(setup), **(model_info or {})}
+    save_run_model(config.out_dir, model, metadata)
     metrics = read_metrics(config.out_dir)
     best = max(metrics, key=lambda record: record["val_acc"])  # ties: the earliest epoch
     skipped_files = describe_skipped(skipped | set(setup.splits.broken_links))
-    rejection = calibrate_rejection(setup, model, log)
+    rejection = calibrate_rejection(setup, model, metadata, log)
     summary = {
         **imbalance_fields(setup, model, log),  # first: on imbalanced data it leads
         **_test_split_result(setup, log),
