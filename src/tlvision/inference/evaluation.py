@@ -5,6 +5,7 @@ matrix (scikit-learn's)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import torch
 
 from tlvision.data.layouts import list_class_folders, scan_split
 from tlvision.errors import UserError
+from tlvision.inference.multilabel import is_multi_label
 from tlvision.inference.runtime import AUTO, Classifier, classifier_of
 from tlvision.inference.stream import classify
 from tlvision.runs.reader import LoadedModel, load_run_model
@@ -186,7 +188,9 @@ def cached_codes_predictions(
         return None  # the classifier's route lists them
     inputs = torch.from_numpy(np.array(codes, dtype=np.float32)).to(device)
     logits = head_of(model, loaded.backbone)(inputs)
-    probabilities = torch.softmax(logits.float(), dim=1).cpu().numpy()
+    # a multi-label head's classes are independent: a sigmoid each (inference.multilabel)
+    scores = torch.sigmoid if is_multi_label(metadata) else partial(torch.softmax, dim=1)
+    probabilities = scores(logits.float()).cpu().numpy()
     return SamplePredictions(samples=tuple(samples), probabilities=probabilities, unreadable=())
 
 
