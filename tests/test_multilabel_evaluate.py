@@ -145,6 +145,12 @@ def test_a_single_label_csv_run_scores_test_csv_and_refuses_several_labels(
     on_table = tlvision.load(tmp_path / "run").evaluate(data, split="test", device="cpu")
     on_folder = tlvision.load(tmp_path / "run").evaluate(data / "test", device="cpu")
     assert summary["test_acc"] == on_table.accuracy == on_folder.accuracy
+    folders = tmp_path / "folders"  # a DATA folder without tables: --split picks DATA/test
+    folders.mkdir()
+    for phase in ("train", "val", "test"):
+        (folders / phase).symlink_to(data / phase)
+    on_split = tlvision.load(tmp_path / "run").evaluate(folders, split="test", device="cpu")
+    assert on_split.to_json() == on_folder.to_json()
     assert main(["evaluate", str(tmp_path / "run"), str(data / "val.csv"), "--device", "cpu"]) == 0
     assert capsys.readouterr().out.startswith("accuracy ")
     (data / "several.csv").write_text("file,labels\nval/circles/circles_0.jpg,circles;squares\n")
