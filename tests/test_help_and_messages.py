@@ -69,7 +69,10 @@ def test_options_users_asked_about_show_help_and_their_default(
 def test_positionals_of_compare_and_evaluate_are_explained() -> None:
     commands = dict(subcommands(build_parser()))
     flat = re.sub(r"\s+", " ", commands["evaluate"].format_help())
-    assert "RUN_DIR a run directory" in flat and "DATA_SPLIT_DIR e.g. DATA/val" in flat
+    assert (
+        "RUN_DIR a run directory" in flat
+        and "DATA_SPLIT a split folder (DATA/val), a label table (DATA/val.csv)" in flat
+    )
     assert "--json print the scores as JSON" in flat
     assert "RUN run directories to compare" in re.sub(
         r"\s+", " ", commands["compare"].format_help()

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from tlvision.inference.class_maps import ClassMaps
     from tlvision.inference.evaluation import ClassificationReport
     from tlvision.inference.runtime import Classifier
+    from tlvision.inference.table_evaluation import MultiLabelReport
     from tlvision.labelling.next import LabelNext
     from tlvision.report.interpretation import ValResults
     from tlvision.runs.reader import LoadedModel
@@ -358,22 +359,19 @@ class Run:
         return self._classifiers[key]
 
     def evaluate(
-        self,
-        split_dir: str | Path,
-        *,
-        device: str = "auto",
-        batch_size: int = 32,
-        tta: bool = False,
-        runtime: str = "auto",
-    ) -> ClassificationReport:
-        """Accuracy, per-class precision/recall/F1 and confusion matrix on a split folder whose
-        class folders this model knows (as `tlvision evaluate`)."""
+        self, split_dir: str | Path, *, split: str = "val", device: str = "auto",
+        batch_size: int = 32, tta: bool = False, runtime: str = "auto",
+    ) -> ClassificationReport | MultiLabelReport:  # fmt: skip
+        """As `tlvision evaluate`: on a split folder whose class folders this model knows,
+        accuracy, per-class precision/recall/F1, confusion matrix; on a label table (DATA/val.csv,
+        or a DATA folder holding `split`.csv) the same, or for a multi-label run its mAP, micro
+        and macro F1 at its thresholds and per-class AP, precision, recall and F1."""
         from tlvision.compute.devices import resolve_device
-        from tlvision.inference.evaluation import evaluate_run
+        from tlvision.inference.table_evaluation import evaluate_data
 
-        return evaluate_run(
-            self.run_dir, Path(split_dir), device=resolve_device(device), batch_size=batch_size,
-            tta=tta, runtime=runtime,
+        return evaluate_data(
+            self.run_dir, Path(split_dir), split=split, device=resolve_device(device),
+            batch_size=batch_size, tta=tta, runtime=runtime,
         )  # fmt: skip
 
     def report(self, data: str | Path | None = None, *, device: str = "auto") -> Path:

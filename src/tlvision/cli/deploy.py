@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tlvision.data.label_table import DEFAULT_SCORED_SPLIT, SCORED_SPLITS
 from tlvision.errors import UserError
 from tlvision.export.format import EXPORT_FORMATS, runtime_names
 from tlvision.jsonio import json_text
@@ -24,9 +25,20 @@ TTA_HELP = "test-time augmentation: average the centre crop, its mirror and the 
 
 
 def add_commands(commands: Commands) -> None:
-    evaluate = commands.add_parser("evaluate", help="accuracy, per-class P/R/F1, confusion matrix")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="accuracy, per-class P/R/F1, confusion matrix (multi-label: mAP, F1, per-class AP)",
+    )
     evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    evaluate.add_argument("split_dir", type=Path, metavar="DATA_SPLIT_DIR", help="e.g. DATA/val")
+    evaluate.add_argument(
+        "split_dir", type=Path, metavar="DATA_SPLIT",
+        help="a split folder (DATA/val), a label table (DATA/val.csv) or a DATA folder holding "
+        "label tables (see --split)",
+    )  # fmt: skip
+    evaluate.add_argument(
+        "--split", choices=SCORED_SPLITS, default=DEFAULT_SCORED_SPLIT,
+        help=f"in a DATA folder: which table (or folder) to score (default {DEFAULT_SCORED_SPLIT})",
+    )  # fmt: skip
     evaluate.add_argument("--json", action="store_true", help="print the scores as JSON")
     evaluate.add_argument("--device", default="auto", help="where the model runs (default auto)")
     evaluate.add_argument("--tta", action="store_true", help=TTA_HELP)
@@ -43,7 +55,11 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
     from tlvision import api
 
     report = api.load(arguments.run_dir).evaluate(
-        arguments.split_dir, device=arguments.device, tta=arguments.tta, runtime=arguments.runtime
+        arguments.split_dir,
+        split=arguments.split,
+        device=arguments.device,
+        tta=arguments.tta,
+        runtime=arguments.runtime,
     )
     print(json_text(report.to_json()) if arguments.json else report.to_text())
     return 0

@@ -43,6 +43,7 @@ EXAMPLES = {
     "evaluate": [
         "tlvision evaluate runs/first DATA/val",
         "tlvision evaluate runs/first DATA/test --tta --json",
+        "tlvision evaluate runs/tags DATA/val.csv",
     ],
     "predict": [
         "tlvision predict runs/first photo.jpg",

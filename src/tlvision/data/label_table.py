@@ -19,6 +19,8 @@ from pathlib import Path
 from tlvision.errors import UserError
 
 CSV_PHASES = ("train", "val")
+SCORED_SPLITS = ("val", "test")  # what `evaluate --split` picks in a DATA folder
+DEFAULT_SCORED_SPLIT = "val"
 COLUMNS = ("file", "labels")
 SEPARATOR = ";"
 CSV_LAYOUT = "DATA/train.csv and DATA/val.csv with columns file,labels (labels separated by ;)"

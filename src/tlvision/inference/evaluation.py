@@ -5,6 +5,7 @@ matrix (scikit-learn's)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import torch
 
 from tlvision.data.layouts import list_class_folders, scan_split
 from tlvision.errors import UserError
+from tlvision.inference.multilabel import is_multi_label
 from tlvision.inference.runtime import AUTO, Classifier, classifier_of
 from tlvision.inference.stream import classify
 from tlvision.runs.reader import LoadedModel, load_run_model
@@ -195,7 +197,9 @@ def cached_codes_predictions(
     logits = cached_codes_logits(loaded, samples, device)
     if logits is None:
         return None
-    probabilities = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    # a multi-label head's classes are independent: a sigmoid each (inference.multilabel)
+    scores = torch.sigmoid if is_multi_label(loaded.metadata) else partial(torch.softmax, dim=1)
+    probabilities = scores(torch.from_numpy(logits)).numpy()
     return SamplePredictions(samples=tuple(samples), probabilities=probabilities, unreadable=())
 
 

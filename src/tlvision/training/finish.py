@@ -174,17 +174,32 @@ def _readable_images(setup: RunSetup, skipped: set[Path]) -> dict[str, int]:
 
 
 def _test_split_result(setup: RunSetup, log: Log) -> dict[str, Any]:
-    """DATA/test, when there is one: the saved model scored on it once, at the very end, so the
-    number the summary leads with was never used to choose anything (epoch, rate, strategy)."""
-    test_dir = setup.config.data_dir / "test"
-    if not test_dir.is_dir():
+    """The test split, when there is one (DATA/test, or DATA/test.csv for a CSV dataset): the
+    saved model scored on it once, at the very end, so the number the summary leads with was
+    never used to choose anything (epoch, rate, strategy, thresholds)."""
+    data_dir = setup.config.data_dir
+    test = data_dir / ("test.csv" if setup.splits.layout == "csv" else "test")
+    if not test.exists():
         return {}
-    from tlvision.inference.evaluation import evaluate_run
+    from tlvision.inference.table_evaluation import MultiLabelReport, evaluate_data
 
     try:
-        report = evaluate_run(setup.config.out_dir, test_dir, device=setup.device)
+        report = evaluate_data(setup.config.out_dir, test, split="test", device=setup.device)
     except UserError as error:  # the model is saved: say why there is no test number, go on
-        log(f"note: no test accuracy: {error}")
+        log(f"note: no test score: {error}")
         return {"test_error": str(error)}
-    log(f"test acc {report.accuracy:.4f} on {report.total} images of {test_dir} (scored once)")
+    if isinstance(report, MultiLabelReport):
+        scores = report.metrics()
+        log(
+            f"test mAP {scores['map']:.4f}, micro F1 {scores['micro_f1']:.4f}, macro F1 "
+            f"{scores['macro_f1']:.4f} at the thresholds, on {report.total} images of {test} "
+            "(scored once)"
+        )
+        return {
+            "test_map": scores["map"],
+            "test_micro_f1": scores["micro_f1"],
+            "test_macro_f1": scores["macro_f1"],
+            "test_images": report.total,
+        }
+    log(f"test acc {report.accuracy:.4f} on {report.total} images of {test} (scored once)")
     return {"test_acc": report.accuracy, "test_images": report.total}
