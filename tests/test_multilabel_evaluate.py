@@ -78,6 +78,18 @@ def test_test_csv_is_scored_once_at_the_end_and_leads_the_summary(run: Path, dat
     assert report.to_json()["micro_f1"] == summary["test_micro_f1"]
 
 
+def test_the_report_and_the_served_model_info_carry_the_test_map(run: Path) -> None:
+    from tlvision.report.page import write_report
+    from tlvision.serve.schemas import run_metrics
+
+    summary = json.loads((run / "summary.json").read_text())
+    write_report(run)
+    page = (run / "report.html").read_text()
+    label = "test mAP (the saved weights, scored once at the end)"
+    assert f"<td>{label}</td><td>{round(summary['test_map'], 4)}</td>" in page
+    assert run_metrics(run)["test_map"] == summary["test_map"]
+
+
 def test_evaluate_prints_map_f1_and_per_class_scores(
     run: Path, data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

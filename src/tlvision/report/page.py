@@ -80,6 +80,8 @@ def _balanced_facts(summary: dict[str, Any]) -> list[tuple[str, Any]]:
     """Imbalanced classes (the summary has them): balanced accuracy and macro F1, which the
     run's table then leads with; multi-label runs: mAP and F1."""
     keys = [
+        ("test mAP (the saved weights, scored once at the end)", "test_map"),
+        ("test micro F1 (at the thresholds)", "test_micro_f1"),
         ("val balanced accuracy (classes of very different sizes)", "final_val_balanced_acc"),
         ("val macro F1", "val_macro_f1"),
         ("final epoch val mAP", "final_val_map"),
@@ -96,20 +98,24 @@ def run_section(
     metrics: Sequence[dict[str, Any]] = (),
 ) -> str:
     metadata, config = loaded.metadata, loaded.metadata.get("config", {})
+    if fitted_in_one_step(summary, metrics):  # no epochs to choose from: one accuracy
+        accuracies = [("val accuracy (the one fit, saved)", summary.get("final_val_acc"))]
+    else:
+        accuracies = [
+            ("best epoch (its weights are saved)", summary.get("best_epoch")),
+            ("best val accuracy (chosen on val)", summary.get("best_val_acc")),
+            ("final epoch val accuracy", summary.get("final_val_acc")),
+        ]
     facts = [
         ("strategy", metadata.get("strategy")),
         ("backbone", metadata.get("backbone")),
         ("weights", metadata.get("weights")),
         ("input size (pixels)", loaded.preprocessing.crop_size),
         ("epochs", epochs_text(summary, metrics)),
-        ("best epoch (its weights are saved)", summary.get("best_epoch")),
-        *_balanced_facts(summary),  # on imbalanced or multi-label data, these lead
-        ("best val accuracy (chosen on val)", summary.get("best_val_acc")),
-        ("final epoch val accuracy", summary.get("final_val_acc")),
+        *_balanced_facts(summary),  # test mAP; on imbalanced or multi-label data, these lead
+        *accuracies,
         ("training time (s)", round(float(summary.get("seconds", 0.0)), 1)),
     ]
-    if fitted_in_one_step(summary, metrics):  # no epochs to choose from: one accuracy
-        facts[5:8] = [("val accuracy (the one fit, saved)", summary.get("final_val_acc"))]
     if metadata.get("stage") or metadata.get("head"):
         facts.insert(
             3, ("stage / head", f"{metadata.get('stage') or 'top'} / {metadata.get('head')}")

@@ -94,7 +94,7 @@ def run_metrics(run_dir: Path) -> dict[str, Any]:
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
         kept = ("best_val_acc", "best_epoch", "epochs", "train_images", "val_images")
-        for key in (*kept, "test_acc", "test_images"):
+        for key in (*kept, "test_acc", "test_map", "test_images"):
             if key in summary:
                 metrics[key] = summary[key]
     metrics_path = run_dir / METRICS_FILE

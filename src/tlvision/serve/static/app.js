@@ -51,6 +51,9 @@ function accuracyText(metrics) {
   if (metrics.test_acc !== undefined && metrics.test_acc !== null) {
     parts.push(`test accuracy ${percent(metrics.test_acc)} on ${metrics.test_images} images`);
   }
+  if (metrics.test_map !== undefined && metrics.test_map !== null) {
+    parts.push(`test mAP ${metrics.test_map.toFixed(3)} on ${metrics.test_images} images`);
+  }
   return parts.length ? `, ${parts.join(", ")}` : "";
 }
 
