@@ -45,3 +45,22 @@ def test_a_multilabel_finetune_resumes_to_the_uninterrupted_results(
     assert summary["thresholds"] == model["thresholds"]
     assert summary["thresholds"] == json.loads((whole / "summary.json").read_text())["thresholds"]
     assert summary["final_val_map"] == resumed[-1]["val_map"]
+
+
+def test_a_multilabel_finetune_starts_its_head_on_the_codes(tmp_path: Path) -> None:
+    """As the single-label route does: a BCE head on the kept views' top codes before the body
+    trains (a random head at the body's gentle rate learned next to nothing)."""
+    from tlvision.config import TrainConfig
+    from tlvision.training.fit import fit
+
+    data = write_multilabel_dataset(tmp_path / "data")
+    messages: list[str] = []
+    config = TrainConfig(
+        data_dir=data, out_dir=tmp_path / "run", strategy="finetune", epochs=1, input_size=64,
+        batch_size=8, num_workers=0, device="cpu", no_cache=True,
+    )  # fmt: skip
+    summary = fit(config, log=messages.append)
+    started = [message for message in messages if message.startswith("head started")]
+    assert len(started) == 1, messages
+    assert "val mAP" in started[0]
+    assert summary["final_val_map"] >= 0.9  # two coloured halves: plain for ImageNet codes

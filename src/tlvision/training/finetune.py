@@ -50,7 +50,10 @@ from tlvision.training.frozen_prefix import (
 )
 from tlvision.training.loop import NonFiniteLoss, evaluate, train_one_epoch
 from tlvision.training.multilabel_loss import epoch_extras, multilabel_criterion
-from tlvision.training.multilabel_route import finetuned_multilabel_fields
+from tlvision.training.multilabel_route import (
+    finetuned_multilabel_fields,
+    start_multilabel_head_from_codes,
+)
 from tlvision.training.run_setup import Log, RunSetup
 from tlvision.training.sampling import balanced_sampler, use_loader_generator
 from tlvision.training.schedules import make_scheduler
@@ -137,7 +140,12 @@ def finetune(
     else:
         activations, network = kept
         scorer, loaders = network, prefix_loaders(activations, setup)
-        if checkpoint is None and not setup.splits.multi_label:  # a softmax start: single-label
+        if checkpoint is None and setup.splits.multi_label:  # sigmoid outputs: a BCE start
+            start_multilabel_head_from_codes(
+                setup, network, head_of(model, setup.backbone), activations,
+                epochs=HEAD_START_EPOCHS, log=log,
+            )  # fmt: skip
+        elif checkpoint is None:
             start_head_from_codes(
                 network, head_of(model, setup.backbone), activations,
                 epochs=HEAD_START_EPOCHS, learning_rate=config.learning_rate,

@@ -359,7 +359,7 @@ class SkipPrefix(nn.Module):
 
 
 @torch.inference_mode()
-def _top_codes(network: SkipPrefix, head: nn.Linear, inputs: torch.Tensor) -> np.ndarray:
+def top_codes(network: SkipPrefix, head: nn.Linear, inputs: torch.Tensor) -> np.ndarray:
     """The head's input (the top codes) for each row of `inputs`, in eval mode."""
     captured: list[torch.Tensor] = []
     hook = head.register_forward_hook(lambda _m, args, _out: captured.append(args[0].cpu()))
@@ -390,8 +390,8 @@ def start_head_from_codes(
     returns its val accuracy. The head is its last epoch's: choosing the best epoch on val would
     let val/ steer the training whose final number val/ then reports."""
     started = time.perf_counter()
-    train_codes = [_top_codes(network, head, view) for view in activations.train_views]
-    val_codes = _top_codes(network, head, activations.val)
+    train_codes = [top_codes(network, head, view) for view in activations.train_views]
+    val_codes = top_codes(network, head, activations.val)
     training = HeadTraining(
         epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
         keep_best=False,

@@ -118,14 +118,18 @@ def train_bce_head(
     pos_weight: Sequence[float] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> nn.Linear:
-    """A linear layer on standardised codes trained with BCE, one random view per image per
-    epoch; the best val epoch's weights (by `val_acc`, ties: the earliest, as every route keeps
-    them) with the scaler folded in."""
+    """A linear layer trained with BCE on the codes (standardised with `training.standardize`,
+    the scaler folded in), one random view per image per epoch; the best val epoch's weights
+    (by `val_acc`, ties: the earliest, as every route keeps them; without
+    `training.keep_best`, the last epoch's)."""
     import time
 
     t, views = training, code_views(train_codes)
     count, dim = views[0].shape
-    mean, std = feature_statistics(views)
+    # standardised codes (the scaler folded in at the end) unless asked otherwise: a head that
+    # goes on training inside the network must not carry a folded 1/std, which turns a
+    # near-constant feature's dropout noise into huge logits
+    mean, std = feature_statistics(views) if t.standardize else (np.zeros(dim), np.ones(dim))
     layer = nn.Linear(dim, targets.shape[1])
     if init is None:
         torch.manual_seed(t.seed)
@@ -153,7 +157,7 @@ def train_bce_head(
         record["seconds"] = time.perf_counter() - started
         if on_epoch is not None:
             on_epoch(record)
-        if record["val_acc"] > best:
+        if record["val_acc"] > best or not t.keep_best:
             best, best_state = record["val_acc"], copy.deepcopy(layer.state_dict())
     layer.load_state_dict(best_state)
     return fold_standardization(

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from tlvision.codes.split_codes import SplitCodes
@@ -19,6 +20,7 @@ from tlvision.inference.multilabel import (
     tune_thresholds,
 )
 from tlvision.runs.reader import read_metrics
+from tlvision.training.frozen_prefix import PrefixActivations, SkipPrefix, top_codes
 from tlvision.training.heads import HeadTraining
 from tlvision.training.multilabel_heads import (
     fit_one_vs_rest,
@@ -55,7 +57,7 @@ def train_multilabel_head(
             epochs=epochs_of(config), learning_rate=config.learning_rate,
             batch_size=config.batch_size, weight_decay=config.weight_decay,
             momentum=config.momentum, schedule=config.schedule, step_epochs=config.step_epochs,
-            step_gamma=config.step_gamma, seed=config.seed,
+            step_gamma=config.step_gamma, seed=config.seed, standardize=True,
         )  # fmt: skip
         pos_weight = positive_weights(targets) if config.class_weights == "auto" else None
         return train_bce_head(
@@ -67,6 +69,44 @@ def train_multilabel_head(
     record = val_scores(logits_of(layer, codes.val), val_targets)
     on_epoch({"epoch": 1, **record, "seconds": time.perf_counter() - started})
     return layer
+
+
+def start_multilabel_head_from_codes(
+    setup: RunSetup,
+    network: SkipPrefix,
+    head: nn.Linear,
+    activations: PrefixActivations,
+    *,
+    epochs: int,
+    log: Callable[[str], None],
+) -> None:
+    """Train a multi-label fine-tune's new head (in place) on the top codes of the kept views
+    with BCE before the body trains, as the single-label route starts its softmax head: a
+    random head at the body's gentle rate learned next to nothing in 2 epochs (emoji-tags val
+    mAP 0.17 against 0.68 for the frozen linear layer). The last epoch's head, so that val does
+    not steer what it then scores."""
+    started, config, splits = time.perf_counter(), setup.config, setup.splits
+    train_codes = [top_codes(network, head, view) for view in activations.train_views]
+    val_codes = top_codes(network, head, activations.val)
+    targets = splits.target_matrix(activations.train_labels.tolist())
+    val_targets = splits.target_matrix(activations.val_labels.tolist())
+    training = HeadTraining(
+        epochs=epochs, learning_rate=config.learning_rate, batch_size=config.batch_size,
+        seed=config.seed, keep_best=False,
+    )  # fmt: skip
+    layer = train_bce_head(
+        train_codes, targets, val_codes, val_targets,
+        training=training, init=head,
+        pos_weight=positive_weights(targets) if config.class_weights == "auto" else None,
+    )  # fmt: skip
+    with torch.no_grad():
+        head.weight.copy_(layer.weight)
+        head.bias.copy_(layer.bias)
+    score = val_scores(logits_of(layer, val_codes), val_targets)
+    log(
+        f"head started on the top codes of the kept views: val mAP {score['val_map']:.4f} "
+        f"({time.perf_counter() - started:.1f}s)"
+    )
 
 
 def multilabel_results(
