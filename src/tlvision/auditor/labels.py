@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tlvision.errors import UserError
-from tlvision.training.sklearn_heads import one_blas_thread, select_C
+from tlvision.training.sklearn_heads import fits_in_threads, one_blas_thread, select_C
 
 DEFAULT_FOLDS = 5
 
@@ -45,9 +45,10 @@ def require_folds(labels: np.ndarray, class_names: tuple[str, ...], folds: int, 
 
 
 def out_of_fold_probabilities(
-    codes: np.ndarray, labels: np.ndarray, *, C: float, folds: int, seed: int
+    codes: np.ndarray, labels: np.ndarray, *, C: float, folds: int, seed: int, jobs: int = 1
 ) -> np.ndarray:
-    """(N, classes) probabilities, each row from a head that did not see that image."""
+    """(N, classes) probabilities, each row from a head that did not see that image. `jobs`:
+    folds fit at once, in threads (the same probabilities as one after another)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -56,16 +57,24 @@ def out_of_fold_probabilities(
 
     head = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
     folder = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    with one_blas_thread(), warnings.catch_warnings(action="ignore", category=ConvergenceWarning):
+    with (
+        one_blas_thread(),
+        fits_in_threads(jobs),
+        warnings.catch_warnings(action="ignore", category=ConvergenceWarning),
+    ):
         probabilities = cross_val_predict(
             head, np.asarray(codes, dtype=np.float64), labels, cv=folder, method="predict_proba"
         )
     return np.asarray(probabilities, dtype=np.float64)
 
 
-def choose_C(codes: np.ndarray, labels: np.ndarray, train_rows: np.ndarray, seed: int) -> float:
-    """The C a `logreg` run would choose on these train codes."""
-    return select_C("logreg", np.asarray(codes[train_rows]), labels[train_rows], seed=seed)
+def choose_C(
+    codes: np.ndarray, labels: np.ndarray, train_rows: np.ndarray, seed: int, jobs: int = 1
+) -> float:
+    """The C a `logreg` run would choose on these train codes (its fits in `jobs` threads)."""
+    return select_C(
+        "logreg", np.asarray(codes[train_rows]), labels[train_rows], seed=seed, jobs=jobs
+    )
 
 
 @dataclass(frozen=True)

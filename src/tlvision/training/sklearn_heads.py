@@ -55,6 +55,15 @@ def one_blas_thread() -> Any:
     return threadpool_limits(limits=1, user_api="blas")
 
 
+def fits_in_threads(jobs: int) -> Any:
+    """A context in which scikit-learn's `n_jobs` fits run in `jobs` threads of this process
+    (each with one BLAS thread, see one_blas_thread): the fits are independent and each is
+    computed as it would be alone, so the results are the same as one after another."""
+    from joblib import parallel_config
+
+    return parallel_config(backend="threading", n_jobs=max(1, jobs))
+
+
 def cross_validated_scores(
     kind: str,
     train_codes: TrainCodes,
@@ -65,11 +74,12 @@ def cross_validated_scores(
     seed: int = 0,
     standardize: bool = True,
     max_iter: int = 5000,
+    jobs: int = 1,
 ) -> np.ndarray:
     """Mean accuracy of each C of `grid` in stratified k-fold CV on the training codes only
     (NaN when a class has one image: no CV possible), by GridSearchCV on folds of the images:
     an image's views stay in its fold, so no image is scored by a model that saw one of them;
-    it is scored on its first view (the centre crop)."""
+    it is scored on its first view (the centre crop). `jobs`: fits run at once, in threads."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
@@ -89,7 +99,11 @@ def cross_validated_scores(
         scoring="accuracy", cv=cv, refit=False, error_score="raise",
     )  # fmt: skip
     # no ConvergenceWarning: a fit that max_iter stops is used as it is
-    with one_blas_thread(), warnings.catch_warnings(action="ignore", category=ConvergenceWarning):
+    with (
+        one_blas_thread(),
+        fits_in_threads(jobs),
+        warnings.catch_warnings(action="ignore", category=ConvergenceWarning),
+    ):
         search.fit(codes, np.tile(labels, len(views)))
     return np.asarray(search.cv_results_["mean_test_score"], dtype=np.float64)
 
@@ -112,6 +126,7 @@ def select_C(
     seed: int = 0,
     standardize: bool = True,
     max_iter: int = 5000,
+    jobs: int = 1,
 ) -> float:
     """The C of `grid` with the best mean accuracy in stratified k-fold CV on the training codes
     only (`cross_validated_scores`; ties: the smallest C, the most regularised)."""
@@ -119,7 +134,7 @@ def select_C(
         return float(grid[0])
     scores = cross_validated_scores(
         kind, train_codes, train_labels, grid=grid, folds=folds, seed=seed,
-        standardize=standardize, max_iter=max_iter,
+        standardize=standardize, max_iter=max_iter, jobs=jobs,
     )  # fmt: skip
     return best_C(grid, scores)
 
