@@ -196,3 +196,19 @@ def test_look_alike_images_do_not_chain_into_one_group() -> None:
     assert max(len(group.rows) for group in groups) <= MAX_GROUP
     assert any({0, 100} <= set(group.rows) for group in groups)
     assert groups[0].spans_splits(["train"] * 50 + ["val"] * 51)
+
+
+def test_fits_in_threads_give_the_fits_one_after_another_give() -> None:
+    """The audit's logistic regressions run side by side in threads: the same C and the same
+    out-of-fold probabilities, bit for bit, as one fit after another."""
+    from tlvision.auditor.labels import choose_C, out_of_fold_probabilities
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 40)
+    codes = (rng.normal(size=(120, 32)) + labels[:, None] * 0.4).astype(np.float32)
+    train = np.arange(120) % 4 != 0
+    assert choose_C(codes, labels, train, 0, jobs=2) == choose_C(codes, labels, train, 0, jobs=1)
+    alone = out_of_fold_probabilities(codes, labels, C=0.1, folds=5, seed=0, jobs=1)
+    side_by_side = out_of_fold_probabilities(codes, labels, C=0.1, folds=5, seed=0, jobs=2)
+    assert np.array_equal(alone, side_by_side)
+    assert np.allclose(alone.sum(axis=1), 1.0)
