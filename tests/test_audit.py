@@ -145,12 +145,44 @@ def test_the_duplicate_search_never_holds_an_n_by_n_matrix(
     pairs = similar_pairs(unit, 0.99999)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert (10, 5999) in [(a, b) for a, b, _similarity in pairs]
+    assert (10, 5999) in [(a, b) for a, b, _similarity in pairs.as_tuples()]
     full = 6000 * 6000 * 4  # 144 MB
     assert peak < 3 * (1 << 20) * 4 + 2_000_000 < full / 9
     small = unit[:500]
     brute = {(a, b) for a in range(500) for b in range(a + 1, 500) if small[a] @ small[b] >= 0.9}
-    assert {(a, b) for a, b, _s in similar_pairs(small, 0.9)} == brute
+    assert {(a, b) for a, b, _s in similar_pairs(small, 0.9).as_tuples()} == brute
+
+
+def test_the_blocked_search_equals_the_plain_one_and_bounds_crowded_images(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Blocks of 7 rows give every pair at or above the threshold, in order, with the
+    similarity of the plain n x n product; an image with more near neighbours than the limit
+    keeps its most similar ones, so the pairs stay within n x limit."""
+    from tlvision.auditor import duplicates
+    from tlvision.auditor.duplicates import similar_pairs, unit_rows
+
+    rng = np.random.default_rng(1)
+    codes = rng.normal(size=(400, 16)).astype(np.float32)
+    codes[:60] = codes[0] + 0.3 * rng.normal(size=(60, 16))  # a crowd of look-alikes
+    unit = unit_rows(codes)
+    plain = unit @ unit.T
+    everything = [(a, b) for a in range(400) for b in range(a + 1, 400) if plain[a, b] >= 0.8]
+    assert len(everything) > 1000
+    monkeypatch.setattr(duplicates, "BLOCK_ELEMENTS", 7 * 400)
+    blocked = similar_pairs(unit, 0.8).as_tuples()
+    assert [(a, b) for a, b, _s in blocked] == everything
+    assert np.allclose([s for _a, _b, s in blocked], [plain[a, b] for a, b in everything])
+
+    limited = similar_pairs(unit, 0.8, nearest=5)
+    assert len(limited) <= 400 * 5
+    kept = set(zip(limited.first.tolist(), limited.second.tolist(), strict=True))
+    for row in range(60):
+        others = np.delete(np.arange(400), row)
+        near = others[plain[row, others] >= 0.8]
+        best = near[np.argsort(-plain[row, near])[:5]]
+        assert all((min(row, b), max(row, b)) in kept for b in best.tolist())
+    assert kept <= set(everything)
 
 
 def test_look_alike_images_do_not_chain_into_one_group() -> None:
@@ -164,3 +196,19 @@ def test_look_alike_images_do_not_chain_into_one_group() -> None:
     assert max(len(group.rows) for group in groups) <= MAX_GROUP
     assert any({0, 100} <= set(group.rows) for group in groups)
     assert groups[0].spans_splits(["train"] * 50 + ["val"] * 51)
+
+
+def test_fits_in_threads_give_the_fits_one_after_another_give() -> None:
+    """The audit's logistic regressions run side by side in threads: the same C and the same
+    out-of-fold probabilities, bit for bit, as one fit after another."""
+    from tlvision.auditor.labels import choose_C, out_of_fold_probabilities
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 40)
+    codes = (rng.normal(size=(120, 32)) + labels[:, None] * 0.4).astype(np.float32)
+    train = np.arange(120) % 4 != 0
+    assert choose_C(codes, labels, train, 0, jobs=2) == choose_C(codes, labels, train, 0, jobs=1)
+    alone = out_of_fold_probabilities(codes, labels, C=0.1, folds=5, seed=0, jobs=1)
+    side_by_side = out_of_fold_probabilities(codes, labels, C=0.1, folds=5, seed=0, jobs=2)
+    assert np.array_equal(alone, side_by_side)
+    assert np.allclose(alone.sum(axis=1), 1.0)

@@ -92,20 +92,30 @@ def collect_codes(
             count=CALIBRATION_IMAGES, seed=seed,
         )  # fmt: skip
         labelled_copies = [(copy, 0) for copy, _original, _name in copies]
-        # test and the calibration copies ride with val: the same (centre) view, one pass
+        # every image in one pass (one ONNX export, one set of loader workers): train, val,
+        # test and the calibration copies all take the centre view, as val does
         merged = DatasetSplits(
             root=splits.root, class_names=splits.class_names,
-            samples={"train": list(splits.samples["train"]),
-                     "val": list(splits.samples["val"]) + test + labelled_copies},
+            samples={"train": [*splits.samples["train"], *splits.samples["val"], *test,
+                               *labelled_copies], "val": []},
         )  # fmt: skip
         codes = extract_split_codes(
             create_model(backbone, len(splits.class_names), weights), backbone, merged,
             weights=weights.label, preprocessing=preprocessing, cache=_cache(source, log),
             batch_size=source.batch_size, num_workers=default_num_workers(),
-            device=resolve_device(source.device), log=log,
+            device=resolve_device(source.device), log=log, phase_names=("audit", "val"),
         )[None]  # fmt: skip
     return _assembled(splits, codes, test, copies, backbone.name, weights.label,
                       preprocessing.crop_size)  # fmt: skip
+
+
+def _split_of(splits: DatasetSplits, test: list[tuple[Path, int]]) -> dict[Path, str]:
+    return {
+        path: split
+        for split, samples in (("train", splits.samples["train"]),
+                               ("val", splits.samples["val"]), (TEST_SPLIT, test))
+        for path, _label in samples
+    }  # fmt: skip
 
 
 def _assembled(
@@ -117,38 +127,32 @@ def _assembled(
     weights: str,
     input_size: int,
 ) -> AuditCodes:
-    """The dataset's rows in one list, the calibration copies' rows apart."""
-    test_files = {path for path, _label in test}
+    """The dataset's rows in one list (train, val, test), the calibration copies' rows apart."""
+    split_of = _split_of(splits, test)
     copy_of = {copy: (original, name) for copy, original, name in copies}
-    held_out = [sample for sample in codes.val_samples if sample[0] not in copy_of]
-    samples = list(codes.train_samples) + held_out
-    val_codes = np.asarray(codes.val)
-    is_copy = np.asarray([path in copy_of for path, _label in codes.val_samples], dtype=bool)
+    every = np.asarray(codes.train_views[0])
+    is_copy = np.asarray([path in copy_of for path, _label in codes.train_samples], dtype=bool)
+    samples = [sample for sample in codes.train_samples if sample[0] not in copy_of]
     row_of = {path: row for row, (path, _label) in enumerate(samples)}
-    calibration = [
-        (row_of[copy_of[path][0]], copy_of[path][1])
-        for path, _label in codes.val_samples
-        if path in copy_of and copy_of[path][0] in row_of
-    ]
-    keep_copy = [
-        copy_of[path][0] in row_of for path, _label in codes.val_samples if path in copy_of
-    ]
+    copied = [path for path, _label in codes.train_samples if path in copy_of]
+    keep_copy = np.asarray([copy_of[path][0] in row_of for path in copied], dtype=bool)
     return AuditCodes(
         root=splits.root,
         class_names=splits.class_names,
         files=tuple(path for path, _label in samples),
-        splits=tuple(
-            ["train"] * len(codes.train_samples)
-            + [TEST_SPLIT if path in test_files else "val" for path, _label in held_out]
-        ),
+        splits=tuple(split_of[path] for path, _label in samples),
         labels=np.asarray([label for _path, label in samples], dtype=np.int64),
-        codes=np.concatenate([np.asarray(codes.train_views[0]), val_codes[~is_copy]]),
+        codes=every[~is_copy],
         unreadable=tuple(item for item in codes.skipped if item[0] not in copy_of),
         backbone=backbone,
         weights=weights,
         input_size=input_size,
-        calibration=tuple(calibration),
-        calibration_codes=val_codes[is_copy][np.asarray(keep_copy, dtype=bool)],
+        calibration=tuple(
+            (row_of[copy_of[path][0]], copy_of[path][1])
+            for path, keep in zip(copied, keep_copy.tolist(), strict=True)
+            if keep
+        ),
+        calibration_codes=every[is_copy][keep_copy],
     )
 
 

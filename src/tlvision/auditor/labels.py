@@ -15,9 +15,18 @@ from pathlib import Path
 import numpy as np
 
 from tlvision.errors import UserError
-from tlvision.training.sklearn_heads import one_blas_thread, select_C
+from tlvision.training.sklearn_heads import fits_in_threads, one_blas_thread, select_C
 
 DEFAULT_FOLDS = 5
+FLOAT32 = True
+"""The logistic regressions fit standardised codes in float32: their products cost half as much
+(fashion, 3,000 images: 5 out-of-fold fits 2.7 s -> 1.5 s) and the audit finds the same images
+(the same C, the same flagged label issues on fashion and the reference set; the
+probabilities move by less than 0.01). A run's `logreg` head stays in float64."""
+
+
+def _in_float32(codes: np.ndarray) -> np.ndarray:
+    return np.asarray(codes, dtype=np.float32)
 
 
 def require_folds(labels: np.ndarray, class_names: tuple[str, ...], folds: int, root: Path) -> None:
@@ -45,27 +54,40 @@ def require_folds(labels: np.ndarray, class_names: tuple[str, ...], folds: int, 
 
 
 def out_of_fold_probabilities(
-    codes: np.ndarray, labels: np.ndarray, *, C: float, folds: int, seed: int
+    codes: np.ndarray, labels: np.ndarray, *, C: float, folds: int, seed: int, jobs: int = 1
 ) -> np.ndarray:
-    """(N, classes) probabilities, each row from a head that did not see that image."""
+    """(N, classes) probabilities, each row from a head that did not see that image. `jobs`:
+    folds fit at once, in threads (the same probabilities as one after another). The heads fit
+    on standardised codes in float32 (FLOAT32)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-    head = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
+    head = make_pipeline(
+        StandardScaler(), FunctionTransformer(_in_float32), LogisticRegression(C=C, max_iter=2000)
+    )
     folder = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    with one_blas_thread(), warnings.catch_warnings(action="ignore", category=ConvergenceWarning):
+    with (
+        one_blas_thread(),
+        fits_in_threads(jobs),
+        warnings.catch_warnings(action="ignore", category=ConvergenceWarning),
+    ):
         probabilities = cross_val_predict(
             head, np.asarray(codes, dtype=np.float64), labels, cv=folder, method="predict_proba"
         )
     return np.asarray(probabilities, dtype=np.float64)
 
 
-def choose_C(codes: np.ndarray, labels: np.ndarray, train_rows: np.ndarray, seed: int) -> float:
-    """The C a `logreg` run would choose on these train codes."""
-    return select_C("logreg", np.asarray(codes[train_rows]), labels[train_rows], seed=seed)
+def choose_C(
+    codes: np.ndarray, labels: np.ndarray, train_rows: np.ndarray, seed: int, jobs: int = 1
+) -> float:
+    """The C a `logreg` run would choose on these train codes (its fits in `jobs` threads)."""
+    return select_C(
+        "logreg", np.asarray(codes[train_rows]), labels[train_rows], seed=seed, jobs=jobs,
+        float32=FLOAT32,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

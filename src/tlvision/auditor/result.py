@@ -24,6 +24,7 @@ from tlvision.auditor.labels import (
     require_folds,
 )
 from tlvision.auditor.outliers import stranger_scores
+from tlvision.compute.cores import usable_cores
 from tlvision.errors import UserError
 from tlvision.jsonio import write_json_atomic
 
@@ -62,12 +63,13 @@ def score_dataset(codes: AuditCodes, options: AuditOptions, log: Log) -> Scores:
     """Label issues, duplicate groups and stranger scores of every image."""
     require_folds(codes.labels, codes.class_names, options.folds, codes.root)
     train_rows = codes.in_split("train")
+    jobs = usable_cores()  # independent fits side by side; each one as it would be alone
     C = options.C if options.C is not None else choose_C(
-        codes.codes, codes.labels, train_rows, options.seed
+        codes.codes, codes.labels, train_rows, options.seed, jobs=jobs
     )  # fmt: skip
     log(f"audit: out-of-fold probabilities, {options.folds} folds, logistic regression C={C:g}")
     probabilities = out_of_fold_probabilities(
-        codes.codes, codes.labels, C=C, folds=options.folds, seed=options.seed
+        codes.codes, codes.labels, C=C, folds=options.folds, seed=options.seed, jobs=jobs
     )
     unit = unit_rows(codes.codes)
     digests = file_digests(codes.files)

@@ -24,8 +24,11 @@ SKLEARN_HEADS = ("logreg", "svm")
 DEFAULT_C_GRID = (0.0001, 0.001, 0.01, 0.1, 1.0, 10.0)
 
 
-def _pipeline(kind: str, C: float, seed: int, max_iter: int, standardize: bool) -> Any:
-    """The head, alone or after a StandardScaler fitted on the head's rows."""
+def _pipeline(
+    kind: str, C: float, seed: int, max_iter: int, standardize: bool, float32: bool = False
+) -> Any:
+    """The head, alone or after a StandardScaler fitted on the head's rows (its output in
+    float32 with `float32`: the head's products at half the cost, for the audit)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
@@ -38,6 +41,10 @@ def _pipeline(kind: str, C: float, seed: int, max_iter: int, standardize: bool) 
             super().fit(X)
             self.mean_, self.scale_ = feature_statistics(X)
             return self
+
+        def transform(self, X: np.ndarray, copy: bool | None = None) -> Any:
+            scaled = super().transform(X, copy=copy)
+            return scaled.astype(np.float32) if float32 else scaled
 
     if kind not in SKLEARN_HEADS:
         raise UserError(f"unknown head {kind!r}; choose one of {', '.join(SKLEARN_HEADS)}")
@@ -55,6 +62,15 @@ def one_blas_thread() -> Any:
     return threadpool_limits(limits=1, user_api="blas")
 
 
+def fits_in_threads(jobs: int) -> Any:
+    """A context in which scikit-learn's `n_jobs` fits run in `jobs` threads of this process
+    (each with one BLAS thread, see one_blas_thread): the fits are independent and each is
+    computed as it would be alone, so the results are the same as one after another."""
+    from joblib import parallel_config
+
+    return parallel_config(backend="threading", n_jobs=max(1, jobs))
+
+
 def cross_validated_scores(
     kind: str,
     train_codes: TrainCodes,
@@ -65,11 +81,14 @@ def cross_validated_scores(
     seed: int = 0,
     standardize: bool = True,
     max_iter: int = 5000,
+    jobs: int = 1,
+    float32: bool = False,
 ) -> np.ndarray:
     """Mean accuracy of each C of `grid` in stratified k-fold CV on the training codes only
     (NaN when a class has one image: no CV possible), by GridSearchCV on folds of the images:
     an image's views stay in its fold, so no image is scored by a model that saw one of them;
-    it is scored on its first view (the centre crop)."""
+    it is scored on its first view (the centre crop). `jobs`: fits run at once, in threads;
+    `float32`: the standardised codes in float32."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
@@ -85,11 +104,15 @@ def cross_validated_scores(
     # Standardised codes are scaled in float64, as fit_sklearn_head's; raw ones fit as they are.
     codes = np.concatenate([np.asarray(v, np.float64 if standardize else None) for v in views])
     search = GridSearchCV(
-        _pipeline(kind, 1.0, seed, max_iter, standardize), {"head__C": list(grid)},
+        _pipeline(kind, 1.0, seed, max_iter, standardize, float32), {"head__C": list(grid)},
         scoring="accuracy", cv=cv, refit=False, error_score="raise",
     )  # fmt: skip
     # no ConvergenceWarning: a fit that max_iter stops is used as it is
-    with one_blas_thread(), warnings.catch_warnings(action="ignore", category=ConvergenceWarning):
+    with (
+        one_blas_thread(),
+        fits_in_threads(jobs),
+        warnings.catch_warnings(action="ignore", category=ConvergenceWarning),
+    ):
         search.fit(codes, np.tile(labels, len(views)))
     return np.asarray(search.cv_results_["mean_test_score"], dtype=np.float64)
 
@@ -112,6 +135,8 @@ def select_C(
     seed: int = 0,
     standardize: bool = True,
     max_iter: int = 5000,
+    jobs: int = 1,
+    float32: bool = False,
 ) -> float:
     """The C of `grid` with the best mean accuracy in stratified k-fold CV on the training codes
     only (`cross_validated_scores`; ties: the smallest C, the most regularised)."""
@@ -119,7 +144,7 @@ def select_C(
         return float(grid[0])
     scores = cross_validated_scores(
         kind, train_codes, train_labels, grid=grid, folds=folds, seed=seed,
-        standardize=standardize, max_iter=max_iter,
+        standardize=standardize, max_iter=max_iter, jobs=jobs, float32=float32,
     )  # fmt: skip
     return best_C(grid, scores)
 
