@@ -43,25 +43,35 @@ def _track_confusion(setup: RunSetup, model: nn.Module, epoch: int) -> None:
     setup.tracker.close()
 
 
-def calibrate_rejection(setup: RunSetup, model: nn.Module, log: Log) -> dict[str, Any]:
-    """RUN/rejection.json: the out-of-distribution score's threshold on the saved model's val
-    images (tlvision.inference.rejection), for every strategy; the summary's part of it."""
-    from tlvision.inference.rejection import calibrate, val_logits_of, write_rejection
-    from tlvision.inference.runtime import TorchClassifier
+def calibrate_rejection(
+    setup: RunSetup, model: nn.Module, log: Log, skipped: set[Path]
+) -> dict[str, Any]:
+    """RUN/rejection.json and RUN/ood_codes.safetensors: the train images' codes as the saved
+    model sees them, and the code-space score's threshold on its val images
+    (tlvision.inference.rejection), for every strategy; the summary's part of it."""
+    from tlvision.inference.rejection import Calibration, calibrate_loaded
     from tlvision.runs.reader import LoadedModel
 
     names = tuple(setup.splits.class_names)
     loaded = LoadedModel(model.eval(), setup.backbone, names, setup.preprocessing, {})
-    paths = [path for path, _label in setup.splits.samples["val"]]
+    config = setup.config
+    job = Calibration(
+        loaded=loaded, out_dir=config.out_dir,
+        train_paths=[path for path, _ in setup.splits.samples["train"] if path not in skipped],
+        val_paths=[path for path, _label in setup.splits.samples["val"]],
+        weights_label=setup.weights.label, frozen_body=strategy_of(config).frozen_body,
+        config={"cache_dir": config.cache_dir, "no_cache": config.no_cache, "seed": config.seed},
+        device=setup.device,
+    )  # fmt: skip
     try:
-        document = calibrate(val_logits_of(TorchClassifier(loaded, setup.device), paths))
+        document = calibrate_loaded(job)
     except UserError as error:
         log(f"note: no rejection threshold for unknown inputs: {error}")
         return {}
-    write_rejection(setup.config.out_dir, document)
     log(
         f"unknown inputs: {document['score']} above {document['threshold']:.3f} "
-        f"(rejects {document['val_rejected']:.1%} of val)"
+        f"(rejects {document['val_rejected']:.1%} of val; {document.get('train_codes')} train "
+        "codes stored)"
     )
     return {"rejection_threshold": document["threshold"], "rejection_score": document["score"]}
 
@@ -116,7 +126,7 @@ def finish_run(
     metrics = read_metrics(config.out_dir)
     best = max(metrics, key=lambda record: record["val_acc"])  # ties: the earliest epoch
     skipped_files = describe_skipped(skipped | set(setup.splits.broken_links))
-    rejection = calibrate_rejection(setup, model, log)
+    rejection = calibrate_rejection(setup, model, log, skipped)
     summary = {
         **imbalance_fields(setup, model, log),  # first: on imbalanced data it leads
         **_test_split_result(setup, log),
