@@ -124,6 +124,8 @@ class Calibration:
     k: int = DEFAULT_K
     val_rejected: float = DEFAULT_VAL_REJECTED
     max_train_codes: int = MAX_TRAIN_CODES
+    # the train_paths' codes at the val view, when the route holds them (the frozen routes)
+    train_codes: np.ndarray | None = None
 
 
 def calibrate_loaded(job: Calibration) -> dict[str, Any]:
@@ -143,11 +145,17 @@ def calibrate_loaded(job: Calibration) -> dict[str, Any]:
         return document
     if job.k < 1:
         raise UserError(f"--k {job.k}: must be at least 1")
-    chosen = sampled(job.train_paths, job.max_train_codes, int(job.config.get("seed", 0)))
+    chosen = sampled(len(job.train_paths), job.max_train_codes, int(job.config.get("seed", 0)))
     cache = codes_cache(job.config, job.frozen_body)
-    codes = train_codes(
-        job.loaded, chosen, weights_label=job.weights_label, device=job.device, cache=cache
-    )
+    if job.train_codes is not None:  # the frozen routes: the codes the head was trained on
+        codes = np.asarray(job.train_codes[chosen], dtype=np.float32)
+        source = "the head's training codes (frozen body)"
+    else:
+        paths = [job.train_paths[index] for index in chosen]
+        codes = train_codes(
+            job.loaded, paths, weights_label=job.weights_label, device=job.device, cache=cache
+        )
+        source = "the codes cache (frozen body)" if cache else "one pass of the saved model"
     k = min(job.k, len(codes))
     ood = CodeDistance(torch.from_numpy(codes), k=k)
     loaded = dataclasses.replace(job.loaded, ood=ood.to(job.device))
@@ -157,8 +165,7 @@ def calibrate_loaded(job: Calibration) -> dict[str, Any]:
     document.update(
         k=k, codes_file=OOD_CODES_FILE, train_codes=len(codes),
         train_images=len(job.train_paths), max_train_codes=job.max_train_codes,
-        codes_from="the codes cache (frozen body)" if cache is not None
-        else "one pass of the saved model",
+        codes_from=source,
     )  # fmt: skip
     write_rejection(job.out_dir, document)
     return document

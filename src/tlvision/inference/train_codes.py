@@ -38,14 +38,13 @@ class _StageBody(nn.Module):
         return global_pool(self.body(images)[self.label])
 
 
-def sampled(paths: Sequence[Path], cap: int, seed: int) -> list[Path]:
-    """All of `paths`, or `cap` of them drawn with `seed` (in their given order)."""
+def sampled(count: int, cap: int, seed: int) -> list[int]:
+    """All positions of `count` items, or `cap` of them drawn with `seed`, in order."""
     if cap < 1:
         raise UserError(f"--max-train-codes {cap}: must be at least 1")
-    if len(paths) <= cap:
-        return list(paths)
-    chosen = np.random.default_rng(seed).choice(len(paths), cap, replace=False)
-    return [paths[int(index)] for index in sorted(chosen)]
+    if count <= cap:
+        return list(range(count))
+    return sorted(int(index) for index in np.random.default_rng(seed).choice(count, cap, False))
 
 
 def codes_cache(config: dict[str, object], frozen_body: bool) -> FeatureCache | None:

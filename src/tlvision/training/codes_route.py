@@ -101,6 +101,8 @@ def fit_on_codes(
         extra={"views": views_of(config), "head": head, "stage": stage,
                **({} if head == "linear" else {"epochs": 1}), **extra},
         model_info={"stage": stage, "head": head, **model_info},
+        # the centre crop's codes (views come centre first): the rejection's train codes
+        train_codes=([path for path, _ in codes.train_samples], codes.train_views[0]),
     )  # fmt: skip
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -44,7 +45,11 @@ def _track_confusion(setup: RunSetup, model: nn.Module, epoch: int) -> None:
 
 
 def calibrate_rejection(
-    setup: RunSetup, model: nn.Module, log: Log, skipped: set[Path]
+    setup: RunSetup,
+    model: nn.Module,
+    log: Log,
+    skipped: set[Path],
+    train_codes: tuple[list[Path], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """RUN/rejection.json and RUN/ood_codes.safetensors: the train images' codes as the saved
     model sees them, and the code-space score's threshold on its val images
@@ -55,9 +60,12 @@ def calibrate_rejection(
     names = tuple(setup.splits.class_names)
     loaded = LoadedModel(model.eval(), setup.backbone, names, setup.preprocessing, {})
     config = setup.config
+    known_paths, known_codes = train_codes or (None, None)
     job = Calibration(
         loaded=loaded, out_dir=config.out_dir,
-        train_paths=[path for path, _ in setup.splits.samples["train"] if path not in skipped],
+        train_paths=known_paths
+        or [path for path, _ in setup.splits.samples["train"] if path not in skipped],
+        train_codes=known_codes,
         val_paths=[path for path, _label in setup.splits.samples["val"]],
         weights_label=setup.weights.label, frozen_body=strategy_of(config).frozen_body,
         config={"cache_dir": config.cache_dir, "no_cache": config.no_cache, "seed": config.seed},
@@ -114,19 +122,22 @@ def finish_run(
     skipped: set[Path],
     extra: dict[str, Any],
     model_info: dict[str, Any] | None = None,
+    train_codes: tuple[list[Path], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Save the model (safetensors + model.json) and summary.json; report skipped files.
 
     The saved weights are the best val epoch's; the summary gives the final epoch's val
     accuracy beside the best one, since the best was chosen on val. `model_info` is what the
-    strategy adds to model.json (the frozen routes: the stage and head read).
+    strategy adds to model.json (the frozen routes: the stage and head read). `train_codes`:
+    the train images and their centre-crop codes, when the route has them (the frozen ones), so
+    the rejection's train codes need no second pass.
     """
     config, backbone, weights = setup.config, setup.backbone, setup.weights
     save_run_model(config.out_dir, model, {**model_metadata(setup), **(model_info or {})})
     metrics = read_metrics(config.out_dir)
     best = max(metrics, key=lambda record: record["val_acc"])  # ties: the earliest epoch
     skipped_files = describe_skipped(skipped | set(setup.splits.broken_links))
-    rejection = calibrate_rejection(setup, model, log, skipped)
+    rejection = calibrate_rejection(setup, model, log, skipped, train_codes)
     summary = {
         **imbalance_fields(setup, model, log),  # first: on imbalanced data it leads
         **_test_split_result(setup, log),
