@@ -1,21 +1,25 @@
 """Rejecting unknown inputs: each set's run against foreign images from the other sets.
 
-For every dataset given, trains a feature-extract run (tlvision's own `fit`, which calibrates
-the rejection threshold on val and writes RUN/rejection.json), then scores its val images and
---foreign val images from each other set. Per (set, foreign set) pair and for each score:
+For every dataset given, trains a feature-extract run (tlvision's own `fit`, which stores the
+train codes, calibrates the rejection threshold on val and writes RUN/rejection.json), then
+scores its val images and --foreign val images from each other set. Per (set, foreign set) pair
+and for each score:
 
 - AUROC of telling foreign from val images (1.0: every foreign image scores above every val one),
 - at the threshold calibrated on val (reject at most 5% of val): the share of val rejected and
   the share of foreign images rejected.
 
-Scores: energy (tlvision's, from the logits), maximum softmax probability (the baseline, from
-the same logits) and, for comparison, the cosine distance to the nearest train code (k-NN in
-code space; it needs the codes, which the exported logits-only file does not give).
+Scores: "code-distance (run)", what `--reject auto` uses: the run's own classifier (predict's
+path, tlvision.inference.stream.classify) gives it beside the logits, and the threshold is the
+one training wrote; energy and maximum softmax probability (the baseline) from the same logits,
+calibrated here on val; and "knn-k5", the mean cosine distance to the 5 nearest stored train
+codes (from the codes cache's codes), to choose k.
 
     python benchmarks/open_set.py ../shared/data/hymenoptera_data /work/datasets/fashion \
-        /work/datasets/far /work/datasets/glyphs --foreign 150
+        /work/datasets/far --foreign 150
 
-The codes are read through the codes cache (tlvision.labelling.pool), so a second run is fast.
+The k-NN codes are read through the codes cache (tlvision.labelling.pool), so a second run is
+faster; the run's own score is computed by its classifier, as predict does, every time.
 """
 
 from __future__ import annotations
@@ -35,13 +39,14 @@ from sklearn.metrics import roc_auc_score
 
 from tlvision.config import TrainConfig
 from tlvision.inference.ood import ood_scores
-from tlvision.inference.rejection import calibrate
-from tlvision.labelling.pool import PoolCodes, pool_codes
-from tlvision.labelling.selection import nearest_distance, normalised
-from tlvision.runs.reader import load_run_model, run_splits
+from tlvision.inference.rejection import calibrate, val_outputs_of
+from tlvision.inference.runtime import TorchClassifier
+from tlvision.labelling.pool import pool_codes
+from tlvision.labelling.selection import normalised
+from tlvision.runs.reader import LoadedModel, load_run_model, read_rejection_file, run_splits
 from tlvision.training.fit import fit
 
-SCORES = ("energy", "max-softmax", "knn-codes")
+SCORES = ("code-distance (run)", "knn-k5", "energy", "max-softmax")
 
 
 def foreign_paths(data: Path, count: int, seed: int) -> list[Path]:
@@ -50,10 +55,22 @@ def foreign_paths(data: Path, count: int, seed: int) -> list[Path]:
     return [files[i] for i in sorted(rng.choice(len(files), min(count, len(files)), False))]
 
 
-def scores_of(kind: str, found: PoolCodes, train_codes: np.ndarray) -> np.ndarray:
-    if kind == "knn-codes":
-        return nearest_distance(normalised(found.codes), normalised(train_codes))
-    return ood_scores(found.logits, kind)
+def knn_distance(codes: np.ndarray, train: np.ndarray, k: int) -> np.ndarray:
+    similarity = normalised(codes) @ normalised(train).T
+    return np.asarray(1.0 - np.sort(similarity, axis=1)[:, -k:].mean(axis=1))
+
+
+def all_scores(loaded: LoadedModel, paths: list[Path], train: np.ndarray) -> dict[str, np.ndarray]:
+    """Every score of `paths`: the run's through its classifier, the others beside it."""
+    logits, network = val_outputs_of(TorchClassifier(loaded), paths)
+    codes = pool_codes(loaded, paths, device=torch.device("cpu")).codes
+    return {
+        "code-distance (run)": network,
+        "knn-k5": knn_distance(codes, train, 5),
+        "energy": ood_scores(logits, "energy"),
+        "max-softmax": ood_scores(logits, "max-softmax"),
+        "logits": logits,
+    }
 
 
 def measure_set(data: Path, others: list[Path], args: argparse.Namespace, root: Path) -> list:
@@ -65,23 +82,31 @@ def measure_set(data: Path, others: list[Path], args: argparse.Namespace, root: 
     fit(config, log=lambda _message: None)
     seconds = time.perf_counter() - started
     loaded = load_run_model(out)
+    document = read_rejection_file(out) or {}
     splits = run_splits(loaded.metadata)
     device = torch.device("cpu")
-    train = pool_codes(loaded, [p for p, _ in splits.samples["train"]], device=device)
-    val = pool_codes(loaded, [p for p, _ in splits.samples["val"]], device=device)
+    train = pool_codes(loaded, [p for p, _ in splits.samples["train"]], device=device).codes
+    val = all_scores(loaded, [p for p, _ in splits.samples["val"]], train)
     labels = np.asarray([label for _, label in splits.samples["val"]])
-    accuracy = float(np.mean(val.probabilities.argmax(1) == labels))
-    print(f"{data.name}: trained in {seconds:.0f}s, val acc {accuracy:.3f}", flush=True)
+    accuracy = float(np.mean(val["logits"].argmax(1) == labels))
+    print(
+        f"{data.name}: trained in {seconds:.0f}s, val acc {accuracy:.3f}, "
+        f"{document.get('train_codes')} train codes stored, threshold "
+        f"{document.get('threshold', float('nan')):.4f}",
+        flush=True,
+    )
+    thresholds = {
+        "code-distance (run)": float(document["threshold"]),  # what training calibrated
+        "knn-k5": float(np.quantile(val["knn-k5"], 0.95, method="higher")),
+        "energy": calibrate(val["logits"], score="energy")["threshold"],
+        "max-softmax": calibrate(val["logits"], score="max-softmax")["threshold"],
+    }
     rows = []
     for other in others:
-        foreign = pool_codes(loaded, foreign_paths(other, args.foreign, args.seed), device=device)
+        foreign = all_scores(loaded, foreign_paths(other, args.foreign, args.seed), train)
         for kind in SCORES:
-            val_scores = scores_of(kind, val, train.codes)
-            foreign_scores = scores_of(kind, foreign, train.codes)
-            if kind == "knn-codes":
-                threshold = float(np.quantile(val_scores, 0.95, method="higher"))
-            else:
-                threshold = calibrate(val.logits, score=kind)["threshold"]
+            val_scores, foreign_scores = val[kind], foreign[kind]
+            threshold = thresholds[kind]
             labels = np.r_[np.zeros(len(val_scores)), np.ones(len(foreign_scores))]
             auroc = roc_auc_score(labels, np.r_[val_scores, foreign_scores])
             rows.append(

@@ -160,12 +160,13 @@ def test_torchscript_export_matches_predict(runs: dict[str, Path], export_data: 
     assert document["parity"]["max_abs_logit_difference"] <= 1e-4
     assert document["parity"]["top1_agreement"] == 1.0 and document["format"] == "torchscript"
     module = torch.jit.load(str(run / "export" / "model.pt"))
-    assert module(torch.zeros(3, 64, 64, 3, dtype=torch.uint8)).shape == (3, 2)
+    logits, ood_scores = module(torch.zeros(3, 64, 64, 3, dtype=torch.uint8))  # the run's score
+    assert logits.shape == (3, 2) and ood_scores.shape == (3,)
     paths = val_images(export_data)[:5]
     loaded = load_run_model(run)
     pixels = np.stack([prepare_pixels(load_rgb_image(p), loaded.preprocessing) for p in paths])
     with torch.inference_mode():
-        probabilities = torch.softmax(module(torch.from_numpy(pixels)), dim=1).numpy()
+        probabilities = torch.softmax(module(torch.from_numpy(pixels))[0], dim=1).numpy()
     np.testing.assert_allclose(probabilities, predict_probabilities(run, paths), atol=1e-5)
 
 

@@ -84,6 +84,7 @@ def test_default_finetune_keeps_the_prefix_frozen_and_shows_images_per_second(
         "frozen prefix, val": "8 view",
         **{f"epoch {epoch}/2 train": "16 img" for epoch in (1, 2)},
         **{f"epoch {epoch}/2 val": "8 img" for epoch in (1, 2)},
+        "train codes": "16 img",  # the saved model's pass for the ood score's train codes
     }
     recorded = json.loads((tmp_path / "run" / "model.json").read_text())["config"]
     assert recorded["freeze_until"] == "stage2" and recorded["views"] == finetune.VIEWS

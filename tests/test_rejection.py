@@ -1,5 +1,6 @@
-"""Rejecting unknown inputs: the threshold calibrated at training time, predict/API/serve/export
-with --reject, and older runs without rejection data."""
+"""Rejecting unknown inputs: the train codes stored and the threshold calibrated at training
+time, predict/API/serve/export with --reject, energy runs (older, or calibrated so) unchanged,
+and older runs without rejection data."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
+import torch
+from PIL import Image, ImageDraw
 from scipy.special import logsumexp
 from serving import Server, demo_val_images, running_server, train_demo_run
 from test_serve_page import CHROMIUM, CHROMIUM_FLAGS
@@ -21,7 +23,9 @@ from tlvision.cli import main
 from tlvision.data.images import load_rgb_image
 from tlvision.data.transforms import prepare_pixels
 from tlvision.inference.runtime import TorchClassifier
-from tlvision.runs.reader import load_run_model
+from tlvision.models.pixels import PixelNormalize
+from tlvision.models.stages import StageCodes
+from tlvision.runs.reader import load_run_model, run_splits
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -32,8 +36,17 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def energy_run(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same model calibrated with energy, as runs were before the code-space score."""
+    energy = tmp_path_factory.mktemp("energy") / "run"
+    shutil.copytree(run_dir, energy)
+    assert main(["calibrate", str(energy), "--score", "energy"]) == 0
+    return energy
+
+
+@pytest.fixture(scope="module")
 def foreign_images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Images of none of the demo classes: flat colours and noise."""
+    """Images of none of the demo classes: flat colours, noise and a glyph."""
     folder = tmp_path_factory.mktemp("foreign")
     rng = np.random.default_rng(0)
     paths = []
@@ -44,15 +57,48 @@ def foreign_images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
         path = folder / f"foreign_{index}.png"
         Image.fromarray(pixels).save(path)
         paths.append(path)
-    return paths
+    glyph = Image.new("RGB", (96, 96), "white")
+    ImageDraw.Draw(glyph).text((30, 30), "A", fill="black")
+    glyph.save(folder / "glyph.png")
+    return [*paths, folder / "glyph.png"]
+
+
+def pixels_of(run_dir: Path, paths: list[Path]) -> np.ndarray:
+    preprocessing = load_run_model(run_dir).preprocessing
+    return np.stack([prepare_pixels(load_rgb_image(p), preprocessing) for p in paths])
 
 
 def energies(run_dir: Path, paths: list[Path]) -> np.ndarray:
     """-logsumexp of the saved model's logits, computed here from torch's own output."""
+    classifier = TorchClassifier(load_run_model(run_dir))
+    logits = classifier.logits(pixels_of(run_dir, paths))
+    return np.asarray(-logsumexp(logits.astype(np.float64), axis=1))
+
+
+def stored_codes(run_dir: Path) -> np.ndarray:
+    from safetensors.numpy import load_file
+
+    codes: np.ndarray = load_file(str(run_dir / "ood_codes.safetensors"))["codes"]
+    return codes
+
+
+@torch.inference_mode()
+def top_codes(run_dir: Path, paths: list[Path]) -> np.ndarray:
+    """The head's input, computed here by the model cut below its head (not models.ood)."""
     loaded = load_run_model(run_dir)
-    classifier = TorchClassifier(loaded)
-    pixels = np.stack([prepare_pixels(load_rgb_image(p), loaded.preprocessing) for p in paths])
-    return np.asarray(-logsumexp(classifier.logits(pixels).astype(np.float64), axis=1))
+    normalize = PixelNormalize(loaded.preprocessing)
+    cut = StageCodes(loaded.model, loaded.backbone, [None])
+    pixels = torch.from_numpy(pixels_of(run_dir, paths))
+    codes: np.ndarray = cut(normalize(pixels))[None].numpy().astype(np.float64)
+    return codes
+
+
+def code_distances(run_dir: Path, paths: list[Path]) -> np.ndarray:
+    """1 - the largest cosine similarity to the stored train codes, computed here in NumPy."""
+    codes = top_codes(run_dir, paths)
+    codes /= np.linalg.norm(codes, axis=1, keepdims=True)
+    train = stored_codes(run_dir).astype(np.float64)
+    return np.asarray(1.0 - (codes @ train.T).max(axis=1))
 
 
 def rejection_json(run_dir: Path) -> dict[str, object]:
@@ -60,34 +106,52 @@ def rejection_json(run_dir: Path) -> dict[str, object]:
     return document
 
 
+def test_training_stores_the_train_codes(run_dir: Path) -> None:
+    document = rejection_json(run_dir)
+    codes = stored_codes(run_dir)
+    splits = run_splits(load_run_model(run_dir).metadata)
+    train = [path for path, _label in splits.samples["train"]]  # all: under the cap of 5,000
+    assert codes.dtype == np.float16 and codes.shape == (len(train), 1280)
+    assert document["train_codes"] == len(train) and document["max_train_codes"] == 5000
+    assert document["codes_file"] == "ood_codes.safetensors" and document["k"] == 1
+    assert np.allclose(np.linalg.norm(codes.astype(np.float32), axis=1), 1.0, atol=1e-2)
+    # the codes the saved model gives the train images now, up to float16 and resampling
+    expected = top_codes(run_dir, train)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    similarity = np.sum(expected * codes.astype(np.float64), axis=1)
+    assert similarity.min() > 0.99
+
+
 def test_training_calibrates_the_threshold_on_val(run_dir: Path) -> None:
     document = rejection_json(run_dir)
     val = demo_val_images()
-    scores = energies(run_dir, val)
-    assert document["score"] == "energy" and document["val_images"] == len(val)
+    scores = code_distances(run_dir, val)
+    assert document["score"] == "code-distance" and document["val_images"] == len(val)
     threshold = float(document["threshold"])  # type: ignore[arg-type]
-    assert threshold == pytest.approx(np.quantile(scores, 0.95, method="higher"), abs=1e-4)
-    assert np.mean(scores > threshold + 1e-6) <= 0.05
+    assert threshold == pytest.approx(np.quantile(scores, 0.95, method="higher"), abs=1e-3)
+    assert np.mean(scores > threshold + 1e-3) <= 0.05
     histogram = document["val_histogram"]
     assert sum(histogram["counts"]) == len(val)  # type: ignore[index]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rejection_threshold"] == document["threshold"]
+    assert summary["rejection_score"] == "code-distance"
 
 
 def test_a_frozen_run_calibrates_on_its_cached_val_codes(run_dir: Path, tmp_path: Path) -> None:
-    """The head over the cached val codes, not a second pass of the body over val (that pass
-    took most of a warm frozen run's seconds), and the same threshold as from the images."""
+    """The val scores from the codes the head was scored on, not a second pass of the body over
+    val (that pass took most of a warm frozen run's seconds), and the same threshold as from
+    the images."""
     document = rejection_json(run_dir)
-    assert document["val_logits_from"] == "cached codes"
+    assert document["val_scores_from"] == "the head's codes"
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
     assert main(["calibrate", str(copy)]) == 0
     from_images = rejection_json(copy)
-    assert from_images["val_logits_from"] == "images"
+    assert from_images["val_scores_from"] == "images"
     assert from_images["threshold"] == pytest.approx(document["threshold"], abs=1e-4)
 
 
-def test_predict_json_rows_gain_unknown_and_ood_score(
+def test_predict_rejects_foreign_images_and_keeps_val_ones(
     run_dir: Path, foreign_images: list[Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     paths = [*demo_val_images()[::3], *foreign_images]
@@ -95,14 +159,15 @@ def test_predict_json_rows_gain_unknown_and_ood_score(
     assert main([*arguments, "--device", "cpu", "--reject", "auto"]) == 0
     rows = json.loads(capsys.readouterr().out)
     threshold = float(rejection_json(run_dir)["threshold"])  # type: ignore[arg-type]
-    expected = energies(run_dir, paths)
+    expected = code_distances(run_dir, paths)
     assert [row["path"] for row in rows] == [str(path) for path in paths]
     for row, score in zip(rows, expected, strict=True):
-        assert row["ood_score"] == pytest.approx(score, abs=1e-4)
+        assert row["ood_score"] == pytest.approx(score, abs=2e-3)
         assert row["unknown"] is bool(row["ood_score"] > threshold)
         assert (row["class"] is None) is row["unknown"]
         assert row["top"]  # the closest classes, also for an unknown image
-    assert any(row["unknown"] for row in rows[-len(foreign_images) :])
+    assert all(row["unknown"] for row in rows[-len(foreign_images) :])  # colours, noise, glyph
+    assert not any(row["unknown"] for row in rows[: -len(foreign_images)])
     assert main([*arguments, "--device", "cpu"]) == 0  # off by default: the rows as before
     assert all("unknown" not in row for row in json.loads(capsys.readouterr().out))
 
@@ -128,8 +193,21 @@ def test_api_predict_with_reject(run_dir: Path, foreign_images: list[Path]) -> N
         assert prediction.ood_score is not None
         assert prediction.unknown is (prediction.ood_score > threshold)
         assert (prediction.class_name is None) is prediction.unknown
+    assert all(prediction.unknown for prediction in predictions)
     plain = run.predict(foreign_images, device="cpu", runtime="torch")
     assert all(p.unknown is None and p.class_name is not None for p in plain)
+
+
+def test_torch_and_onnx_runtimes_give_the_same_scores(
+    run_dir: Path, foreign_images: list[Path]
+) -> None:
+    run = api.load(run_dir)
+    paths = [*demo_val_images()[:6], *foreign_images]
+    by_torch = run.predict(paths, reject="auto", device="cpu", runtime="torch")
+    by_onnx = run.predict(paths, reject="auto", device="cpu", runtime="onnx")
+    for a, b in zip(by_torch, by_onnx, strict=True):
+        assert a.ood_score == pytest.approx(b.ood_score, abs=1e-4)
+        assert a.unknown is b.unknown and a.class_name == b.class_name
 
 
 def test_bad_reject_value_is_a_one_line_error(
@@ -141,12 +219,63 @@ def test_bad_reject_value_is_a_one_line_error(
     assert "--reject sometimes" in error and "auto" in error and "Traceback" not in error
 
 
+def test_bad_calibrate_score_is_a_one_line_error(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["calibrate", str(run_dir), "--score", "sometimes"])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert "--score" in error and "code-distance" in error and "Traceback" not in error
+    assert main(["calibrate", str(run_dir), "--val-rejected", "1.5"]) == 2
+    assert "--val-rejected 1.5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["missing", "damaged"])
+def test_missing_or_damaged_train_codes_name_the_fix(
+    run_dir: Path, tmp_path: Path, damage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    codes = broken / "ood_codes.safetensors"
+    if damage == "missing":
+        codes.unlink()
+    else:
+        codes.write_bytes(b"not a safetensors file")
+    image = str(demo_val_images()[0])
+    predict = ["predict", str(broken), image, "--device", "cpu", "--runtime", "torch"]
+    assert main([*predict, "--reject", "auto"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert str(codes) in line and f"tlvision calibrate {broken}" in line
+    assert main(["calibrate", str(broken)]) == 0  # the fix
+    capsys.readouterr()
+    assert main([*predict, "--reject", "auto"]) == 0
+
+
+def test_an_energy_run_predicts_as_before(
+    run_dir: Path, energy_run: Path, foreign_images: list[Path]
+) -> None:
+    document = rejection_json(energy_run)
+    assert document["score"] == "energy" and not (energy_run / "ood_codes.safetensors").exists()
+    paths = [*demo_val_images()[::4], *foreign_images]
+    threshold = float(document["threshold"])  # type: ignore[arg-type]
+    energy = api.load(energy_run).predict(paths, reject="auto", device="cpu", runtime="torch")
+    codes = api.load(run_dir).predict(paths, device="cpu", runtime="torch")
+    for prediction, score, same in zip(energy, energies(energy_run, paths), codes, strict=True):
+        assert prediction.ood_score == pytest.approx(score, abs=1e-4)
+        assert prediction.unknown is (prediction.ood_score > threshold)
+        assert prediction.top == same.top  # the same network, the same probabilities
+    logits = TorchClassifier(load_run_model(energy_run)).outputs(pixels_of(energy_run, paths))
+    assert logits[1] is None  # one output: the network of an energy run is as it was
+
+
 def test_older_run_names_the_fix_and_calibrate_writes_it(
     run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     older = tmp_path / "older"
     shutil.copytree(run_dir, older)
     (older / "rejection.json").unlink()
+    (older / "ood_codes.safetensors").unlink()
     image = str(demo_val_images()[0])
     predict = ["predict", str(older), image, "--device", "cpu", "--runtime", "torch", "--json"]
     assert main([*predict, "--reject", "auto"]) == 2
@@ -156,22 +285,46 @@ def test_older_run_names_the_fix_and_calibrate_writes_it(
     assert f"tlvision calibrate {older}" in capsys.readouterr().err
     assert main(["calibrate", str(older), "--json"]) == 0
     written = json.loads(capsys.readouterr().out)
-    assert written["threshold"] == pytest.approx(rejection_json(run_dir)["threshold"], abs=1e-4)
+    assert written["score"] == "code-distance"
+    assert written["threshold"] == pytest.approx(rejection_json(run_dir)["threshold"], abs=1e-3)
+    assert np.array_equal(stored_codes(older), stored_codes(run_dir))
     assert main([*predict, "--reject", "auto"]) == 0
     assert "ood_score" in json.loads(capsys.readouterr().out)[0]
 
 
-def test_export_sidecar_carries_the_rejection_rule(run_dir: Path, tmp_path: Path) -> None:
+def test_exported_onnx_computes_the_score_itself(
+    run_dir: Path, energy_run: Path, foreign_images: list[Path], tmp_path: Path
+) -> None:
+    import onnxruntime
+
     out = api.load(run_dir).export(format="onnx", out=tmp_path / "model.onnx")
-    rejection = json.loads(Path(f"{out}.json").read_text())["rejection"]
-    assert rejection["score"] == "energy" and "logsumexp" in rejection["formula"]
+    sidecar = json.loads(Path(f"{out}.json").read_text())
+    rejection = sidecar["rejection"]
+    assert rejection["score"] == "code-distance" and rejection["output"] == "ood_score"
+    assert "cosine" in rejection["formula"] and "score > threshold" in rejection["rule"]
     assert rejection["threshold"] == rejection_json(run_dir)["threshold"]
+    assert sidecar["parity"]["max_abs_ood_score_difference"] < 1e-4
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [output.name for output in session.get_outputs()] == ["logits", "ood_score"]
+    val = demo_val_images()[:3]
+    paths = [*val, *foreign_images]
+    logits, scores = session.run(None, {"pixels": pixels_of(run_dir, paths)})
+    assert logits.shape == (len(paths), 3) and scores.shape == (len(paths),)
+    assert np.allclose(scores, code_distances(run_dir, paths), atol=2e-3)
+    unknown = scores > rejection["threshold"]
+    assert not unknown[: len(val)].any() and unknown[len(val) :].all()
+    # an energy run's export is as before: logits only, the formula from them in the sidecar
+    energy_out = api.load(energy_run).export(format="onnx", out=tmp_path / "energy.onnx")
+    energy_rejection = json.loads(Path(f"{energy_out}.json").read_text())["rejection"]
+    assert energy_rejection["score"] == "energy" and "logsumexp" in energy_rejection["formula"]
+    session = onnxruntime.InferenceSession(str(energy_out), providers=["CPUExecutionProvider"])
+    assert [output.name for output in session.get_outputs()] == ["logits"]
 
 
 @pytest.fixture(scope="module")
 def rejecting_server(run_dir: Path) -> Iterator[tuple[Server, float]]:
     """A server whose threshold is the median val score: about half the val images unknown."""
-    threshold = float(np.median(energies(run_dir, demo_val_images())))
+    threshold = float(np.median(code_distances(run_dir, demo_val_images())))
     with running_server(run_dir, "--runtime", "torch", "--reject", repr(threshold)) as server:
         yield server, threshold
 
@@ -185,15 +338,29 @@ def test_serve_never_gives_a_rejected_image_a_class(
     response = httpx.post(f"{server.url}/v1/predict", files=files, timeout=60)
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
-    expected = energies(run_dir, paths)
+    expected = code_distances(run_dir, paths)
     for prediction, score in zip(predictions, expected, strict=True):
-        assert prediction["ood_score"] == pytest.approx(score, abs=1e-4)
+        assert prediction["ood_score"] == pytest.approx(score, abs=2e-3)
         assert prediction["unknown"] is bool(prediction["ood_score"] > threshold)
         if prediction["unknown"]:
             assert prediction["class"] is None and prediction["probability"] is None
         else:
             assert prediction["class"] == prediction["top"][0]["class"]
     assert {p["unknown"] for p in predictions} == {True, False}
+
+
+def test_serve_auto_gives_a_foreign_image_no_class(
+    run_dir: Path, foreign_images: list[Path]
+) -> None:
+    paths = [demo_val_images()[0], foreign_images[-1]]  # a val image, the glyph
+    files = [("files", (path.name, path.read_bytes())) for path in paths]
+    with running_server(run_dir, "--runtime", "torch", "--reject", "auto") as server:
+        response = httpx.post(f"{server.url}/v1/predict", files=files, timeout=60)
+    assert response.status_code == 200, response.text
+    val, foreign = response.json()["predictions"]
+    assert val["unknown"] is False and val["class"] == "fish"
+    assert foreign["unknown"] is True and foreign["class"] is None
+    assert foreign["ood_score"] > rejection_json(run_dir)["threshold"]  # type: ignore[operator]
 
 
 def test_report_shows_the_val_score_distribution(run_dir: Path, tmp_path: Path) -> None:

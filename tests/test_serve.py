@@ -287,14 +287,14 @@ def held_model_server(run_dir: Path, config: ServeConfig) -> Iterator[HeldModel]
 
     held = HeldModel()
     classifier = open_classifier(run_dir, "torch")
-    model_logits = classifier.logits
+    model_outputs = classifier.outputs  # what serve's batcher calls: logits and ood scores
 
-    def held_logits(pixels: np.ndarray) -> np.ndarray:
+    def held_outputs(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         held.calls.append(len(pixels))
         held.release.wait(timeout=DEADLINE)
-        return model_logits(pixels)
+        return model_outputs(pixels)
 
-    classifier.logits = held_logits  # type: ignore[method-assign]
+    classifier.outputs = held_outputs  # type: ignore[method-assign]
     app = create_app(classifier, open_class_mapper(run_dir), config, read_model_json(run_dir))
     listener = bind_listening_socket("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from tlvision.data.doctor_report import counted
 from tlvision.errors import UserError
 from tlvision.inference.prediction import ImageLike, Prediction
+from tlvision.runs.layout import CODE_DISTANCE
 from tlvision.tables import escape, html_table
 
 if TYPE_CHECKING:
@@ -303,16 +304,22 @@ class Run:
         )  # fmt: skip
 
     def calibrate(
-        self, *, data: str | Path | None = None, val_rejected: float = 0.05
+        self,
+        *,
+        data: str | Path | None = None,
+        val_rejected: float = 0.05,
+        score: str = CODE_DISTANCE,
     ) -> dict[str, Any]:
-        """Write RUN/rejection.json from the run's val images (of `data`, default the run's own
-        data): what training does at its end, for runs made before it did. Returns its
-        content."""
+        """(Re)write RUN/rejection.json from the run's val images (of `data`, default the run's
+        own data): what training does at its end, for runs made before it did. `score`:
+        code-distance (the train codes stored beside it, RUN/ood_codes.safetensors), energy or
+        max-softmax. Returns its content."""
         from tlvision.inference.rejection import calibrate_run
 
         return calibrate_run(
-            self.run_dir, data_dir=None if data is None else Path(data), val_rejected=val_rejected
-        )
+            self.run_dir, data_dir=None if data is None else Path(data),
+            val_rejected=val_rejected, score=score,
+        )  # fmt: skip
 
     def predict_proba(
         self,

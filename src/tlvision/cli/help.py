@@ -86,6 +86,7 @@ EXAMPLES = {
     "calibrate": [
         "tlvision calibrate runs/first",
         "tlvision calibrate runs/first --val-rejected 0.02",
+        "tlvision calibrate runs/first --score energy   # from the logits alone, as before",
     ],
     "label-next": [
         "tlvision label-next runs/first unlabelled/ -n 20",

@@ -1,6 +1,7 @@
 """The commands about what the model does not know: `tlvision calibrate` (the rejection threshold
-of unknown inputs, for runs trained before training wrote it), `label-next` (which unlabelled
-images to label next) and `add-labels` (the labelled ones copied into a dataset)."""
+of unknown inputs: for runs trained before training wrote it, or with another score),
+`label-next` (which unlabelled images to label next) and `add-labels` (the labelled ones
+copied into a dataset)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tlvision.jsonio import json_text
+from tlvision.runs.layout import CODE_DISTANCE, OOD_SCORES
 
 if TYPE_CHECKING:
     Commands = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -28,6 +30,11 @@ def add_commands(commands: Commands) -> None:
         "--val-rejected", type=float, default=0.05,
         help="the share of val images the threshold may reject (default %(default)s)",
     )  # fmt: skip
+    calibrate.add_argument(
+        "--score", default=CODE_DISTANCE, choices=OOD_SCORES,
+        help="code-distance (default: to the nearest train codes, stored in the run beside "
+        "rejection.json), or energy / max-softmax (from the logits alone)",
+    )  # fmt: skip
     calibrate.add_argument("--json", action="store_true", help="print rejection.json")
     calibrate.set_defaults(handler=command_calibrate)
     add_labelling_commands(commands)
@@ -37,7 +44,7 @@ def command_calibrate(arguments: argparse.Namespace) -> int:
     from tlvision import api
 
     document = api.load(arguments.run_dir).calibrate(
-        data=arguments.data, val_rejected=arguments.val_rejected
+        data=arguments.data, val_rejected=arguments.val_rejected, score=arguments.score
     )
     if arguments.json:
         print(json_text(document))

@@ -15,6 +15,7 @@ sidecar that says what it is and what the check measured. The formats are a regi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -33,9 +34,8 @@ from tlvision.export.input_rules import input_section, output_section, preproces
 from tlvision.export.parity import ParityReport, check_parity, parity_pixels
 from tlvision.jsonio import write_json_atomic
 from tlvision.models.maps import ClassMapNetwork
-from tlvision.models.pixels import PixelClassifier
 from tlvision.models.weights import sha256_of_file
-from tlvision.runs.layout import EXPORT_DIR, MODEL_WEIGHTS
+from tlvision.runs.layout import CODE_DISTANCE, EXPORT_DIR, MODEL_WEIGHTS, OOD_CODES_FILE
 from tlvision.runs.reader import LoadedModel, load_run_model, read_rejection_file
 
 # max abs logit difference allowed for an fp32 export, per unit of the largest |logit| (or of 1)
@@ -77,6 +77,8 @@ def export_is_current(path: Path, run_dir: Path, *, kind: str | None = None) -> 
         return bool(
             document["file_sha256"] == sha256_of_file(path)
             and document["source"]["model_sha256"] == sha256_of_file(run_dir / MODEL_WEIGHTS)
+            # rejection recalibrated since (`tlvision calibrate`): another score output
+            and document["source"].get("ood_codes_sha256") == ood_codes_sha256(run_dir)
             and (kind is None or (document["kind"] == kind and not document["quantized"]))
         )
     except (KeyError, TypeError, ValueError):
@@ -103,11 +105,15 @@ def validate_request(request: ExportRequest) -> ExportFormat:
     return export_format
 
 
-def build_network(loaded: LoadedModel, class_maps: bool) -> nn.Module:
+def build_network(loaded: LoadedModel, class_maps: bool, ood_output: bool = True) -> nn.Module:
+    """The network the file holds: class maps, or the classifier (with the code-space ood score
+    as a second output when the run has one and the format takes it)."""
     if class_maps:
         stage = loaded.metadata.get("stage")
         return ClassMapNetwork(loaded.model, loaded.backbone, loaded.preprocessing, stage)
-    return PixelClassifier(loaded.model, loaded.preprocessing).eval()
+    if not ood_output:
+        loaded = dataclasses.replace(loaded, ood=None)
+    return loaded.network().eval()
 
 
 def parity_failure(
@@ -123,6 +129,13 @@ def parity_failure(
         and sigmoid_difference <= request.tolerance
     ):
         return None
+    score_difference = report.extra.get("max_abs_ood_score_difference")
+    if score_difference is not None and not score_difference <= request.tolerance:
+        return (
+            f"{path}: parity check failed on {report.images} images: the ood score differs by "
+            f"{score_difference:.3g} (need <= {request.tolerance:.3g}); the file was not written. "
+            "Report this with your torch and runtime versions, or try another --format"
+        )
     allowed = report.allowed_difference(request.tolerance)
     if report.top1_agreement < 1.0 or not report.max_abs_logit_difference <= allowed:
         return (
@@ -153,6 +166,7 @@ def sidecar(
             preprocessing, class_maps=request.class_maps, side_multiple=multiple
         ),
         "output": _output(loaded.metadata, request.class_maps),
+        **_second_output(loaded, request),
         **_multi_label_fields(loaded.metadata),
         "preprocessing": preprocessing_section(
             preprocessing, class_maps=request.class_maps, side_multiple=multiple
@@ -165,6 +179,7 @@ def sidecar(
         "source": {
             "run_dir": str(request.run_dir.absolute()),
             "model_sha256": sha256_of_file(request.run_dir / MODEL_WEIGHTS),
+            "ood_codes_sha256": ood_codes_sha256(request.run_dir),
         },
         "versions": {
             "tlvision": metadata.version("tlvision"),
@@ -177,27 +192,70 @@ def sidecar(
             "tolerance": None if request.quantize else request.tolerance,
         },
         "export_seconds": round(seconds, 2),
-        **({} if request.class_maps else rejection_for_clients(request.run_dir)),
+        **(
+            {}
+            if request.class_maps
+            else rejection_for_clients(request.run_dir, has_ood_output(request.format))
+        ),
     }
 
 
 REJECTION_FORMULAS = {
     "energy": "score = -logsumexp(logits)",
     "max-softmax": "score = 1 - max(softmax(logits))",
+    CODE_DISTANCE: "score = 1 - mean of the k largest cosine similarities between the image's "
+    "codes (the head's input) and the run's train codes; computed inside the file: its second "
+    "output, ood_score",
 }
 
 
-def rejection_for_clients(run_dir: Path) -> dict[str, Any]:
+def ood_codes_sha256(run_dir: Path) -> str | None:
+    """The train codes the file's ood score compares with (None: a logits score, none)."""
+    document = read_rejection_file(run_dir)
+    if document is None or document.get("score") != CODE_DISTANCE:
+        return None
+    path = run_dir / str(document.get("codes_file", OOD_CODES_FILE))
+    return sha256_of_file(path) if path.is_file() else None
+
+
+def _second_output(loaded: LoadedModel, request: ExportRequest) -> dict[str, Any]:
+    if request.class_maps or loaded.ood is None or not has_ood_output(request.format):
+        return {}
+    return {
+        "ood_output": {
+            "name": "ood_score",
+            "shape": ["batch"],
+            "meaning": "how unlike the training images (higher: more): "
+            + REJECTION_FORMULAS[CODE_DISTANCE].split(";")[0],
+        }
+    }
+
+
+def has_ood_output(format_name: str) -> bool:
+    return EXPORT_FORMATS.get(format_name).ood_output
+
+
+def rejection_for_clients(run_dir: Path, ood_output: bool = True) -> dict[str, Any]:
     """What a client needs to reject unknown inputs as `predict --reject auto` does: the score
-    computed from the output logits and the threshold calibrated on val (RUN/rejection.json)."""
+    (the file's ood_score output, or computed from its logits) and the threshold calibrated on
+    val (RUN/rejection.json)."""
     document = read_rejection_file(run_dir)
     if document is None:
         return {}
     score = str(document["score"])
+    code_space: dict[str, Any] = {}
+    if score == CODE_DISTANCE:
+        code_space = {"output": "ood_score" if ood_output else None, "k": document.get("k", 1)}
+        if not ood_output:
+            code_space["note"] = (
+                "this format's files give the logits only: predict with the run directory, or "
+                "export to onnx or torchscript, to reject"
+            )
     return {
         "rejection": {
             "score": score,
             "formula": REJECTION_FORMULAS.get(score, score),
+            **code_space,
             "threshold": document["threshold"],
             "rule": "unknown when score > threshold: give no class",
             "val_rejected": document.get("val_rejected"),
@@ -237,7 +295,7 @@ def export_model(request: ExportRequest, log: Log | None = None) -> dict[str, An
     out = request.out or default_out(request)
     out.parent.mkdir(parents=True, exist_ok=True)
     images = parity_pixels(loaded, request.data, request.min_images)
-    network = build_network(loaded, request.class_maps)
+    network = build_network(loaded, request.class_maps, export_format.ood_output)
     temporary = temporary_path(out)
     try:
         log(f"exporting {request.format} to {out} ...")

@@ -32,13 +32,17 @@ class ExportFormat:
     install: str  # how to get them
     exporter: str  # how the file is written, for the sidecar
     write: Callable[[nn.Module, torch.Tensor, Path, bool], None]
-    open: Callable[[Path], Callable[[np.ndarray], np.ndarray]]
+    # path -> run(pixels): the logits, or (logits, ood scores) for a network with both outputs
+    open: Callable[[Path], Callable[[np.ndarray], Any]]
     versions: Callable[[], dict[str, str]] = field(default=lambda: {})
     serves: bool = False  # a runtime for predict, evaluate and serve
     # int8 quantisation of a checked fp32 file: (path, loaded model, parity images, fp32
     # report, log, data) -> the int8 file's report; None: the format has none
     quantize: Callable[..., Any] | None = None
     notes: str = ""  # what a user of the file should know, into the sidecar
+    # the writer and the opener take a network with a second output, (logits, ood_score), for a
+    # run whose rejection uses the code-space score; a format without gets the logits only
+    ood_output: bool = False
 
     def missing(self) -> list[str]:
         """The modules it needs that are not installed."""

@@ -26,7 +26,10 @@ from tlvision.errors import UserError
 from tlvision.runs.reader import LoadedModel, run_splits
 
 MAPS_SIZE_OFFSET = (32, -32)  # the maps check also runs at crop + these (height, width)
-Runner = Callable[[np.ndarray], np.ndarray]
+# pixels -> the file's output: the logits, or (logits, ood scores) for a run whose network
+# computes its code-space score (tlvision.models.ood)
+Runner = Callable[[np.ndarray], Any]
+Outputs = tuple[np.ndarray, np.ndarray | None]  # (logits, ood scores or None)
 
 
 @dataclass(frozen=True)
@@ -100,15 +103,35 @@ def parity_pixels(loaded: LoadedModel, data: Path | None, minimum: int = 32) -> 
     return images
 
 
+def split_outputs(output: np.ndarray | tuple[np.ndarray, ...] | list[np.ndarray]) -> Outputs:
+    """A network's or an exported file's output(s) as (float32 logits, float32 scores | None)."""
+    if isinstance(output, tuple | list):
+        logits = np.asarray(output[0], dtype=np.float32)
+        scores = np.asarray(output[1], dtype=np.float32) if len(output) > 1 else None
+        return logits, scores
+    return np.asarray(output, dtype=np.float32), None
+
+
+def outputs_in_batches(run: Runner, pixels: np.ndarray) -> Outputs:
+    parts = [split_outputs(run(pixels[start : start + 32])) for start in range(0, len(pixels), 32)]
+    logits = np.concatenate([part[0] for part in parts])
+    if any(part[1] is None for part in parts):
+        return logits, None
+    return logits, np.concatenate([part[1] for part in parts if part[1] is not None])
+
+
 def in_batches(run: Runner, pixels: np.ndarray) -> np.ndarray:
-    return np.concatenate([run(pixels[start : start + 32]) for start in range(0, len(pixels), 32)])
+    return outputs_in_batches(run, pixels)[0]
 
 
 def torch_runner(network: nn.Module) -> Runner:
-    def run(pixels: np.ndarray) -> np.ndarray:
+    def run(pixels: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
         with torch.inference_mode():
-            output: np.ndarray = network(torch.from_numpy(pixels)).float().numpy()
-        return output
+            output = network(torch.from_numpy(pixels))
+        if isinstance(output, tuple):
+            return tuple(tensor.float().numpy() for tensor in output)
+        result: np.ndarray = output.float().numpy()
+        return result
 
     return run
 
@@ -118,7 +141,8 @@ def check_parity(
 ) -> ParityReport:
     """Torch vs the exported file on the parity images (and, for maps, a second size)."""
     reference = torch_runner(network)
-    expected, got = in_batches(reference, images.pixels), in_batches(exported, images.pixels)
+    expected, expected_scores = outputs_in_batches(reference, images.pixels)
+    got, got_scores = outputs_in_batches(exported, images.pixels)
     difference, agrees = agreement(expected, got)
     scale = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
     # a multi-label model's outputs are sigmoid(logit) per class: where large logits make float32
@@ -126,6 +150,12 @@ def check_parity(
     extra: dict[str, Any] = {
         "max_abs_sigmoid_difference": float(np.abs(_sigmoid(expected) - _sigmoid(got)).max())
     }
+    if expected_scores is not None:  # the code-space ood score: absolute, it lies in [0, 2]
+        extra["max_abs_ood_score_difference"] = (
+            float("inf")
+            if got_scores is None or got_scores.shape != expected_scores.shape
+            else float(np.abs(expected_scores.astype(np.float64) - got_scores).max())
+        )
     if class_maps:
         odd = images.at_other_size(MAPS_SIZE_OFFSET)
         odd_difference, odd_agrees = agreement(reference(odd), exported(odd))

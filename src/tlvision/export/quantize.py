@@ -22,6 +22,7 @@ from tlvision.errors import UserError
 from tlvision.export.parity import (
     ParityImages,
     ParityReport,
+    Runner,
     in_batches,
     load_pixels,
     torch_runner,
@@ -64,7 +65,7 @@ def quantize_file(fp32_path: Path, int8_path: Path, calibration: np.ndarray) -> 
         )
 
 
-def images_per_second(run: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray) -> float:
+def images_per_second(run: Runner, pixels: np.ndarray) -> float:
     batch = pixels[:32]
     run(batch)  # warm-up: first-run allocations and kernel selection
     started, repeats = time.perf_counter(), 3
@@ -73,7 +74,7 @@ def images_per_second(run: Callable[[np.ndarray], np.ndarray], pixels: np.ndarra
     return len(batch) * repeats / (time.perf_counter() - started)
 
 
-def accuracy(run: Callable[[np.ndarray], np.ndarray], images: ParityImages) -> float:
+def accuracy(run: Runner, images: ParityImages) -> float:
     predicted = in_batches(run, images.pixels).argmax(axis=1)
     return float(np.mean(predicted == images.labels))
 
@@ -86,11 +87,10 @@ def quantize_and_check(
     log: Log,
     data: Path | None = None,
     *,
-    open_file: Callable[[Path], Callable[[np.ndarray], np.ndarray]],
+    open_file: Callable[[Path], Runner],
 ) -> ParityReport:
     """Replace the checked fp32 file at `fp32_path` by its int8 version, measured and checked."""
     from tlvision.compute.onnx import agreement
-    from tlvision.models.pixels import PixelClassifier
 
     splits = run_splits(loaded.metadata, data)
     calibration = load_pixels(loaded, splits.samples["train"], limit=CALIBRATION_IMAGES)
@@ -102,7 +102,7 @@ def quantize_and_check(
         log(f"quantizing to int8, calibrated on {len(calibration.pixels)} train images ...")
         quantize_file(fp32_path, int8_path, calibration.pixels)
         fp32, int8 = open_file(fp32_path), open_file(int8_path)
-        reference = torch_runner(PixelClassifier(loaded.model, loaded.preprocessing).eval())
+        reference = torch_runner(loaded.network().eval())
         difference, agrees = agreement(
             in_batches(reference, parity.pixels), in_batches(int8, parity.pixels)
         )

@@ -2,7 +2,9 @@
 
 Every path that classifies (predict, streaming, evaluate, the report, serve, the test split at
 the end of training) goes through a Classifier: uint8 RGB pixels (N, H, W, 3), already resized
-and centre-cropped (tlvision.data.transforms.prepare_pixels), in; float32 logits out. The
+and centre-cropped (tlvision.data.transforms.prepare_pixels), in; float32 logits out, and for a
+run whose rejection.json uses the code-space score, that score beside them from the same pass
+(`outputs`; tlvision.models.ood). The
 scaling and normalisation are inside the model (tlvision.models.pixels), so every runtime gives
 `predict`'s probabilities to float rounding.
 
@@ -28,7 +30,7 @@ import torch
 from tlvision.data.preprocessing import Preprocessing
 from tlvision.errors import UserError
 from tlvision.export.format import EXPORT_FORMATS, runtime_names
-from tlvision.models.pixels import PixelClassifier
+from tlvision.export.parity import Outputs, split_outputs
 from tlvision.runs.layout import EXPORT_DIR
 from tlvision.runs.reader import LoadedModel, load_run_model
 
@@ -46,6 +48,10 @@ class Classifier(Protocol):
 
     def logits(self, pixels: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 RGB at the crop size -> (N, num_classes) float32 logits."""
+        ...
+
+    def outputs(self, pixels: np.ndarray) -> Outputs:
+        """The logits and, when the network computes it, the (N,) code-space ood score."""
         ...
 
 
@@ -66,22 +72,24 @@ class TorchClassifier:
         self.preprocessing = loaded.preprocessing
         self.metadata = loaded.metadata
         self.device = device or torch.device("cpu")
-        self.network = PixelClassifier(loaded.model, loaded.preprocessing).to(self.device).eval()
+        self.network = loaded.network().to(self.device).eval()
+
+    def logits(self, pixels: np.ndarray) -> np.ndarray:
+        return self.outputs(pixels)[0]
 
     @torch.inference_mode()
-    def logits(self, pixels: np.ndarray) -> np.ndarray:
+    def outputs(self, pixels: np.ndarray) -> Outputs:
         check_pixels(pixels, self.preprocessing.crop_size)
         batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
-        output: np.ndarray = self.network(batch).float().cpu().numpy()
-        return output
+        output = self.network(batch)
+        tensors = output if isinstance(output, tuple) else (output,)
+        return split_outputs(tuple(tensor.float().cpu().numpy() for tensor in tensors))
 
 
 class ExportedClassifier:
     """A checked export of the run, run by its format's own runtime."""
 
-    def __init__(
-        self, runtime: str, run: Callable[[np.ndarray], np.ndarray], loaded: LoadedModel
-    ) -> None:
+    def __init__(self, runtime: str, run: Callable[[np.ndarray], Any], loaded: LoadedModel) -> None:
         self.runtime = runtime
         self.class_names = loaded.class_names
         self.preprocessing = loaded.preprocessing
@@ -89,8 +97,11 @@ class ExportedClassifier:
         self.run = run
 
     def logits(self, pixels: np.ndarray) -> np.ndarray:
+        return self.outputs(pixels)[0]
+
+    def outputs(self, pixels: np.ndarray) -> Outputs:
         check_pixels(pixels, self.preprocessing.crop_size)
-        return np.asarray(self.run(np.ascontiguousarray(pixels)), dtype=np.float32)
+        return split_outputs(self.run(np.ascontiguousarray(pixels)))
 
 
 def export_path(run_dir: Path, format_name: str) -> Path:

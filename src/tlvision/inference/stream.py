@@ -106,6 +106,7 @@ class Classified:
     probabilities: np.ndarray | None  # (classes,), softmax of the logits (TTA: views averaged)
     error: str | None = None
     logits: np.ndarray | None = None  # (classes,) (TTA: views averaged), for rejection
+    ood_score: float | None = None  # the network's code-space score, when it computes one
 
 
 def classify(
@@ -136,15 +137,19 @@ def classify(
         for batch in batches:
             rows: Iterator[np.ndarray] = iter(())
             logit_rows: Iterator[np.ndarray] = iter(())
+            score_rows: Iterator[float | None] = itertools.repeat(None)
             if batch.pixels is not None:
-                logits = classifier.logits(batch.pixels)
+                logits, scores = classifier.outputs(batch.pixels)
                 rows = iter(averaged(output_probabilities(classifier, logits), views))
                 logit_rows = iter(averaged(logits, views))
+                if scores is not None:
+                    score_rows = iter(averaged(scores[:, None], views)[:, 0].tolist())
             for (_, source), error in zip(batch.sources, batch.errors, strict=True):
                 if error:
                     yield Classified(source, None, error)
                 else:
-                    yield Classified(source, next(rows), None, next(logit_rows))
+                    logit_row = next(logit_rows)
+                    yield Classified(source, next(rows), None, logit_row, next(score_rows))
             bar.update(len(batch.sources))
 
 
@@ -188,7 +193,8 @@ def stream_predictions(
             if rejection is None or item.logits is None:
                 yield Prediction(path=path, top=top, **fields)
                 continue
-            score = rejection.scores(item.logits[None])
+            network_score = None if item.ood_score is None else np.asarray([item.ood_score])
+            score = rejection.scores(item.logits[None], network_score)
             unknown = bool(rejection.unknown(score)[0])
             yield Prediction(
                 path=path, top=top, ood_score=float(score[0]), unknown=unknown, **fields

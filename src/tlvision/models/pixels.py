@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from tlvision.data.preprocessing import Preprocessing
+from tlvision.models.ood import CodeDistance
 
 INPUT_LAYOUT = "NHWC"  # (batch, height, width, RGB channel)
 INPUT_DTYPE = "uint8"
@@ -37,13 +38,24 @@ class PixelNormalize(nn.Module):
 
 
 class PixelClassifier(nn.Module):
-    """A trained model behind PixelNormalize: uint8 NHWC pixels -> (N, num_classes) logits."""
+    """A trained model behind PixelNormalize: uint8 NHWC pixels -> (N, num_classes) logits.
 
-    def __init__(self, model: nn.Module, preprocessing: Preprocessing) -> None:
+    With `ood` (the run's code-space rejection, tlvision.models.ood) the model must return
+    (logits, codes) (`ood.with_codes`), and the forward returns (logits, (N,) ood scores): one
+    pass gives both, in torch and in every exported file."""
+
+    def __init__(
+        self, model: nn.Module, preprocessing: Preprocessing, ood: CodeDistance | None = None
+    ) -> None:
         super().__init__()
         self.normalize = PixelNormalize(preprocessing)
         self.model = model
+        self.ood = ood
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        logits: torch.Tensor = self.model(self.normalize(pixels))
-        return logits
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        output = self.model(self.normalize(pixels))
+        if self.ood is None:
+            logits: torch.Tensor = output
+            return logits
+        logits, codes = output
+        return logits, self.ood(codes)

@@ -4,7 +4,8 @@ RUN/ holds model.safetensors + model.json (the trained model and how to rebuild 
 metrics.jsonl (one line per epoch), summary.json (the headline numbers, written last),
 config.toml (the options it was started with), and while it trains checkpoint.safetensors
 (fine-tuning) or run_config.json (the frozen routes); beside them what else was asked for:
-val_split.json, rejection.json (how unknown inputs are rejected), advice.json, lr_find.json
+val_split.json, rejection.json (how unknown inputs are rejected) and ood_codes.safetensors (the
+train codes its code-space score compares with), advice.json, lr_find.json
 and lr_find.png, report.html, export/, tensorboard/.
 """
 
@@ -24,6 +25,13 @@ TRAINING_CHECKPOINT = "checkpoint.safetensors"
 CODES_RUN_CONFIG = "run_config.json"  # the frozen routes' config, written first: for --resume
 VAL_SPLIT_FILE = "val_split.json"
 REJECTION_FILE = "rejection.json"  # the out-of-distribution score and its val threshold
+OOD_CODES_FILE = "ood_codes.safetensors"  # the train codes of the code-space score (float16)
+OOD_CODES_TENSOR = "codes"  # the one tensor in it: (M, C) L2-normalised codes
+# rejection.json's "score": the code-space one (computed by the network, tlvision.models.ood)
+# or one from the logits alone (tlvision.inference.ood)
+CODE_DISTANCE = "code-distance"
+LOGIT_SCORES = ("energy", "max-softmax")
+OOD_SCORES = (CODE_DISTANCE, *LOGIT_SCORES)
 ADVICE_FILE = "advice.json"
 REPORT_FILE = "report.html"
 EXPORT_DIR = "export"

@@ -8,6 +8,7 @@ state, `body`) is inferred where it is missing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +19,12 @@ from tlvision.data.layouts import DatasetSplits, find_splits
 from tlvision.data.preprocessing import Preprocessing
 from tlvision.errors import UserError
 from tlvision.runs.layout import (
+    CODE_DISTANCE,
     METRICS_FILE,
     MODEL_JSON,
     MODEL_WEIGHTS,
+    OOD_CODES_FILE,
+    OOD_CODES_TENSOR,
     REJECTION_FILE,
     SUMMARY_FILE,
 )
@@ -29,6 +33,8 @@ if TYPE_CHECKING:
     from torch import nn
 
     from tlvision.models.backbone import BackboneSpec
+    from tlvision.models.ood import CodeDistance
+    from tlvision.models.pixels import PixelClassifier
 
 # Runs written before model.json said whether the pretrained body trained: by their strategy.
 EARLIER_RELEASES_BODY = {
@@ -98,6 +104,32 @@ def read_rejection_file(run_dir: Path) -> dict[str, Any] | None:
     return document
 
 
+def read_code_distance(run_dir: Path, document: dict[str, Any] | None) -> CodeDistance | None:
+    """The code-space score rejection.json asks for (score "code-distance"): its train codes
+    (RUN/ood_codes.safetensors) and k; None for a logits score (energy, max-softmax)."""
+    from tlvision.models.ood import CodeDistance
+
+    if document is None or document.get("score") != CODE_DISTANCE:
+        return None
+    fix = f"recalibrate with `tlvision calibrate {run_dir}`"
+    path = run_dir / str(document.get("codes_file", OOD_CODES_FILE))
+    k = document.get("k", 1)
+    try:
+        from safetensors.torch import load_file
+
+        codes = load_file(str(path))[OOD_CODES_TENSOR]
+        return CodeDistance(codes, k=int(k))
+    except FileNotFoundError as error:
+        raise UserError(f"{path}: missing (rejection.json's train codes); {fix}") from error
+    except (KeyError, TypeError, ValueError, OSError) as error:
+        raise UserError(
+            f"{path}: cannot be read as the train codes with k={k} ({str(error).splitlines()[0]})"
+            f"; {fix}"
+        ) from error
+    except Exception as error:  # safetensors' own errors: a damaged or foreign file
+        raise UserError(f"{path}: damaged ({type(error).__name__}); {fix}") from error
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """What a finished run directory says about its run."""
@@ -135,6 +167,19 @@ class LoadedModel:
     preprocessing: Preprocessing
     metadata: dict[str, Any]  # model.json
     run_dir: Path | None = None  # where it was loaded from (None: built in memory)
+    ood: CodeDistance | None = None  # the code-space score of rejection.json, when it has one
+
+    def network(self) -> PixelClassifier:
+        """Pixels in, logits out (and, with `ood`, the scores beside them): what every runtime
+        and every export runs."""
+        from tlvision.models.ood import with_codes
+        from tlvision.models.pixels import PixelClassifier
+        from tlvision.models.stages import StageClassifier
+
+        if self.ood is None:
+            return PixelClassifier(self.model, self.preprocessing)
+        head = "head" if isinstance(self.model, StageClassifier) else self.backbone.head
+        return PixelClassifier(with_codes(self.model, head), self.preprocessing, self.ood)
 
 
 def build_architecture(metadata: dict[str, Any]) -> tuple[nn.Module, BackboneSpec]:
@@ -153,6 +198,14 @@ def build_architecture(metadata: dict[str, Any]) -> tuple[nn.Module, BackboneSpe
 
 
 def load_run_model(run_dir: Path) -> LoadedModel:
+    """The run's model, with the code-space ood score when rejection.json uses it."""
+    loaded = load_model_only(run_dir)
+    ood = read_code_distance(run_dir, read_rejection_file(run_dir))
+    return loaded if ood is None else dataclasses.replace(loaded, ood=ood)
+
+
+def load_model_only(run_dir: Path) -> LoadedModel:
+    """The run's model, its rejection files not read (`tlvision calibrate` rewrites them)."""
     from safetensors.torch import load_model
 
     metadata = read_model_json(run_dir)

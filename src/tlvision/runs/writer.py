@@ -10,9 +10,17 @@ from typing import TYPE_CHECKING, Any
 
 from tlvision.errors import writing
 from tlvision.jsonio import write_json_atomic
-from tlvision.runs.layout import METRICS_FILE, MODEL_JSON, MODEL_WEIGHTS, SUMMARY_FILE
+from tlvision.runs.layout import (
+    METRICS_FILE,
+    MODEL_JSON,
+    MODEL_WEIGHTS,
+    OOD_CODES_FILE,
+    OOD_CODES_TENSOR,
+    SUMMARY_FILE,
+)
 
 if TYPE_CHECKING:
+    import numpy as np
     from torch import nn
 
 FORMAT_VERSION = 1  # of model.json
@@ -29,6 +37,21 @@ def save_run_model(run_dir: Path, model: nn.Module, metadata: dict[str, Any]) ->
         save_model(model, str(temporary))
     os.replace(temporary, run_dir / MODEL_WEIGHTS)
     write_json_atomic(run_dir / MODEL_JSON, {"format_version": FORMAT_VERSION, **metadata})
+
+
+def save_ood_codes(run_dir: Path, codes: np.ndarray) -> Path:
+    """RUN/ood_codes.safetensors: the train codes, L2-normalised, as float16 (no pickle)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    values = np.asarray(codes, dtype=np.float32)
+    values = values / np.maximum(np.linalg.norm(values, axis=1, keepdims=True), 1e-12)
+    path = run_dir / OOD_CODES_FILE
+    temporary = run_dir / f".{OOD_CODES_FILE}.tmp-{os.getpid()}"
+    with writing(path, needed=values.size * 2, temporary=temporary):
+        save_file({OOD_CODES_TENSOR: np.ascontiguousarray(values.astype(np.float16))}, temporary)
+    os.replace(temporary, path)
+    return path
 
 
 def start_metrics(run_dir: Path, records: list[dict[str, Any]] | None = None) -> None:

@@ -159,12 +159,14 @@ async def predict(
     names = service.classifier.class_names
     count = min(top_k, len(names))
     predictions = []
-    for upload, logits in zip(uploads, rows, strict=True):
+    for upload, row in zip(uploads, rows, strict=True):
+        logits, network_score = row[:-1], row[-1:]  # the batcher's last column: see create_app
         # softmax, or one sigmoid per class for a multi-label model
         probabilities = output_probabilities(service.classifier, logits[None])[0]
         unknown, ood_score = None, None
         if service.rejection is not None:
-            ood_score = float(service.rejection.scores(logits[None])[0])
+            given = None if np.isnan(network_score[0]) else network_score
+            ood_score = float(service.rejection.scores(logits[None], given)[0])
             unknown = bool(service.rejection.unknown(np.asarray([ood_score]))[0])
         order = np.argsort(-probabilities, kind="stable")[:count]
         top = [
@@ -245,7 +247,10 @@ def create_app(
     """The application for one loaded classifier; the batcher runs while the app does."""
 
     def logits(batch: np.ndarray) -> np.ndarray:
-        return classifier.logits(batch).astype(np.float32)
+        """(N, classes + 1): the logits, then the network's ood score (NaN: it has none)."""
+        logits, scores = classifier.outputs(batch)
+        last = np.full(len(logits), np.nan, np.float32) if scores is None else scores
+        return np.concatenate([logits, last[:, None]], axis=1).astype(np.float32)
 
     service = Service(
         classifier=classifier,

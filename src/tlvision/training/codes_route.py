@@ -29,7 +29,7 @@ from tlvision.models.network import head_of, install_head
 from tlvision.models.stages import StageClassifier, stage_label
 from tlvision.runs.layout import CODES_RUN_CONFIG
 from tlvision.runs.writer import start_metrics
-from tlvision.training.finish import finish_run, record_epoch
+from tlvision.training.finish import HeadCodes, finish_run, record_epoch
 from tlvision.training.heads import HeadTraining, accuracy, train_linear_head
 from tlvision.training.multilabel_heads import logits_of
 from tlvision.training.multilabel_route import (
@@ -101,6 +101,10 @@ def fit_on_codes(
         extra={"views": views_of(config), "head": head, "stage": stage,
                **({} if head == "linear" else {"epochs": 1}), **extra},
         model_info={"stage": stage, "head": head, **model_info},
+        # the centre crop's codes (views come centre first) and val's: the rejection's
+        head_codes=HeadCodes(
+            [path for path, _ in codes.train_samples], codes.train_views[0], codes.val
+        ),
     )  # fmt: skip
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -43,34 +45,52 @@ def _track_confusion(setup: RunSetup, model: nn.Module, epoch: int) -> None:
     setup.tracker.close()
 
 
+@dataclass(frozen=True)
+class HeadCodes:
+    """The codes a frozen route's head was trained and scored on (the head's input): the
+    rejection's train codes and val scores need no second pass of the body."""
+
+    train_paths: list[Path]
+    train: np.ndarray  # (N_train, C), the centre crop's
+    val: np.ndarray  # (N_val, C), the readable val images in order
+
+
 def calibrate_rejection(
-    setup: RunSetup, model: nn.Module, metadata: dict[str, Any], log: Log
+    setup: RunSetup,
+    model: nn.Module,
+    log: Log,
+    skipped: set[Path],
+    head_codes: HeadCodes | None = None,
 ) -> dict[str, Any]:
-    """RUN/rejection.json: the out-of-distribution score's threshold on the saved model's val
-    images (tlvision.inference.rejection), for every strategy; the summary's part of it."""
-    from tlvision.inference.evaluation import cached_codes_logits
-    from tlvision.inference.rejection import calibrate, val_logits_of, write_rejection
-    from tlvision.inference.runtime import TorchClassifier
+    """RUN/rejection.json and RUN/ood_codes.safetensors: the train images' codes as the saved
+    model sees them, and the code-space score's threshold on its val images
+    (tlvision.inference.rejection), for every strategy; the summary's part of it."""
+    from tlvision.inference.rejection import Calibration, calibrate_loaded
     from tlvision.runs.reader import LoadedModel
 
     names = tuple(setup.splits.class_names)
-    loaded = LoadedModel(model.eval(), setup.backbone, names, setup.preprocessing, metadata)
-    samples = setup.splits.samples["val"]
-    # A frozen body's val codes are in the cache: the head alone gives the logits (a forward
-    # pass of the body over val took most of a warm frozen run's seconds).
-    logits, source = cached_codes_logits(loaded, samples, setup.device), "cached codes"
+    loaded = LoadedModel(model.eval(), setup.backbone, names, setup.preprocessing, {})
+    config = setup.config
+    job = Calibration(
+        loaded=loaded, out_dir=config.out_dir,
+        train_paths=head_codes.train_paths if head_codes else
+        [path for path, _ in setup.splits.samples["train"] if path not in skipped],
+        train_codes=head_codes.train if head_codes else None,
+        val_codes=head_codes.val if head_codes else None,
+        val_paths=[path for path, _label in setup.splits.samples["val"]],
+        weights_label=setup.weights.label, frozen_body=strategy_of(config).frozen_body,
+        config={"cache_dir": config.cache_dir, "no_cache": config.no_cache, "seed": config.seed},
+        device=setup.device,
+    )  # fmt: skip
     try:
-        if logits is None:
-            paths = [path for path, _label in samples]
-            logits, source = val_logits_of(TorchClassifier(loaded, setup.device), paths), "images"
-        document = {**calibrate(logits), "val_logits_from": source}
+        document = calibrate_loaded(job)
     except UserError as error:
         log(f"note: no rejection threshold for unknown inputs: {error}")
         return {}
-    write_rejection(setup.config.out_dir, document)
     log(
         f"unknown inputs: {document['score']} above {document['threshold']:.3f} "
-        f"(rejects {document['val_rejected']:.1%} of val)"
+        f"(rejects {document['val_rejected']:.1%} of val; {document.get('train_codes')} train "
+        "codes stored)"
     )
     return {"rejection_threshold": document["threshold"], "rejection_score": document["score"]}
 
@@ -113,12 +133,15 @@ def finish_run(
     skipped: set[Path],
     extra: dict[str, Any],
     model_info: dict[str, Any] | None = None,
+    head_codes: HeadCodes | None = None,
 ) -> dict[str, Any]:
     """Save the model (safetensors + model.json) and summary.json; report skipped files.
 
     The saved weights are the best val epoch's; the summary gives the final epoch's val
     accuracy beside the best one, since the best was chosen on val. `model_info` is what the
-    strategy adds to model.json (the frozen routes: the stage and head read).
+    strategy adds to model.json (the frozen routes: the stage and head read). `head_codes`:
+    the codes the head trained and was scored on, when the route has them (the frozen ones), so
+    the rejection needs no second pass.
     """
     config, backbone, weights = setup.config, setup.backbone, setup.weights
     metadata = {**model_metadata(setup), **(model_info or {})}
@@ -126,7 +149,7 @@ def finish_run(
     metrics = read_metrics(config.out_dir)
     best = max(metrics, key=lambda record: record["val_acc"])  # ties: the earliest epoch
     skipped_files = describe_skipped(skipped | set(setup.splits.broken_links))
-    rejection = calibrate_rejection(setup, model, metadata, log)
+    rejection = calibrate_rejection(setup, model, log, skipped, head_codes)
     summary = {
         **imbalance_fields(setup, model, log),  # first: on imbalanced data it leads
         **_test_split_result(setup, log),

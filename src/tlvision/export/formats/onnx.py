@@ -19,10 +19,12 @@ def write(network: nn.Module, example: torch.Tensor, path: Path, spatial: bool) 
     from tlvision.compute.onnx import write_onnx
 
     axes = {0: "batch"} | ({1: "height", 2: "width"} if spatial else {})
+    names = ["maps"] if spatial else ["logits"]
+    if getattr(network, "ood", None) is not None:  # the run's code-space score, computed inside
+        names.append("ood_score")
     write_onnx(
-        network, example, input_name="pixels", output_names=["maps" if spatial else "logits"],
-        dynamic_axes=axes, path=path,
-    )  # fmt: skip
+        network, example, input_name="pixels", output_names=names, dynamic_axes=axes, path=path
+    )
     name_axes(path, input_axes=axes, spatial=spatial)
 
 
@@ -42,14 +44,20 @@ def name_axes(path: Path, *, input_axes: dict[int, str], spatial: bool) -> None:
     onnx.save(model, str(path))
 
 
-def open_file(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+def open_file(path: Path) -> Callable[[np.ndarray], Any]:
+    """pixels -> the logits, or (logits, ood scores) when the file has both outputs."""
     import numpy as np
 
     from tlvision.compute.onnx import onnx_session
 
     session = onnx_session(path)
     name = session.get_inputs()[0].name
-    return lambda pixels: np.asarray(session.run(None, {name: pixels})[0], dtype=np.float32)
+
+    def run(pixels: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+        outputs = [np.asarray(out, dtype=np.float32) for out in session.run(None, {name: pixels})]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    return run
 
 
 def versions() -> dict[str, str]:
@@ -78,6 +86,7 @@ EXPORT_FORMATS.register(
         versions=versions,
         serves=True,
         quantize=quantize,
+        ood_output=True,
         notes="fp32 files load in any ONNX runtime (tested: ONNX Runtime, OpenCV's DNN module 4.x "
         "and 5.x); int8 files (--quantize int8) run correctly only in ONNX Runtime: OpenCV 5.x "
         "refuses them, and OpenCV 4.x loads them but disagrees with ONNX Runtime's top-1 on "

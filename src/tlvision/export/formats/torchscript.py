@@ -7,7 +7,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tlvision.export.format import EXPORT_FORMATS, ExportFormat
 
@@ -25,16 +25,21 @@ def write(network: nn.Module, example: torch.Tensor, path: Path, spatial: bool) 
         torch.jit.save(torch.jit.trace(network, (example,), check_trace=False), str(path))
 
 
-def open_file(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+def open_file(path: Path) -> Callable[[np.ndarray], Any]:
+    """pixels -> the logits, or (logits, ood scores) when the model returns both."""
     import torch
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = torch.jit.load(str(path), map_location="cpu").eval()
 
-    def run(pixels: np.ndarray) -> np.ndarray:
+    def run(pixels: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
         with torch.inference_mode():
-            return module(torch.from_numpy(pixels)).float().numpy()
+            output = module(torch.from_numpy(pixels))
+        if isinstance(output, tuple):
+            return tuple(tensor.float().numpy() for tensor in output)
+        result: np.ndarray = output.float().numpy()
+        return result
 
     return run
 
@@ -49,5 +54,6 @@ EXPORT_FORMATS.register(
         exporter="torch.jit.trace",
         write=write,
         open=open_file,
+        ood_output=True,
     ),
 )
