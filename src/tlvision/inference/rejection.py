@@ -163,7 +163,7 @@ def calibrate_loaded(job: Calibration) -> dict[str, Any]:
     ood = ood.to(job.device)
     if job.val_codes is not None:  # a second pass of the body over val cost a warm run 5 s
         with torch.inference_mode():
-            val_codes = torch.from_numpy(np.asarray(job.val_codes, dtype=np.float32))
+            val_codes = torch.from_numpy(np.array(job.val_codes, dtype=np.float32))  # writable
             scores, val_source = ood(val_codes.to(job.device)).cpu().numpy(), "the head's codes"
     else:
         loaded = dataclasses.replace(job.loaded, ood=ood)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -68,11 +69,7 @@ def fit_on_codes(
         )[stage]  # fmt: skip
 
     if job.world_size > 1 and cache is not None:
-        shares = {phase: distributed.shard(job, s) for phase, s in setup.splits.samples.items()}
-        # A share of nothing but unreadable images raises: rank 0's full pass reports them.
-        with contextlib.suppress(UnreadableImagesError):
-            split_codes(replace(setup.splits, samples=shares))
-        distributed.barrier(job)  # every rank's codes are in the cache
+        _cache_each_ranks_share(setup, split_codes)
     if not job.is_main:
         return {}
     codes = split_codes(setup.splits)
@@ -106,6 +103,18 @@ def fit_on_codes(
             [path for path, _ in codes.train_samples], codes.train_views[0], codes.val
         ),
     )  # fmt: skip
+
+
+def _cache_each_ranks_share(
+    setup: RunSetup, split_codes: Callable[[DatasetSplits], SplitCodes]
+) -> None:
+    """Each rank computes the codes of its share into the shared cache, then waits for all."""
+    job = setup.distributed
+    shares = {phase: distributed.shard(job, s) for phase, s in setup.splits.samples.items()}
+    # A share of nothing but unreadable images raises: rank 0's full pass reports them.
+    with contextlib.suppress(UnreadableImagesError):
+        split_codes(replace(setup.splits, samples=shares))
+    distributed.barrier(job)  # every rank's codes are in the cache
 
 
 def _multilabel_fields(

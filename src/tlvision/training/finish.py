@@ -169,11 +169,7 @@ def finish_run(
         **rejection,
         **({"excluded": setup.excluded} if setup.excluded is not None else {}),
         **extra,
-        "device": str(setup.device),
-        "precision": setup.precision,
-        "processes": setup.distributed.world_size,
-        "torch_threads": torch.get_num_threads(),
-        "loader_workers": setup.num_workers,
+        **_compute_facts(setup),
     }
     write_summary(config.out_dir, summary)
     _track_confusion(setup, model, metrics[-1]["epoch"])
@@ -186,6 +182,17 @@ def finish_run(
         f"{best['epoch']}, the weights saved); {seconds:.0f}s; model saved to {config.out_dir}"
     )
     return summary
+
+
+def _compute_facts(setup: RunSetup) -> dict[str, Any]:
+    """Where and how the run computed: device, precision, processes, threads."""
+    return {
+        "device": str(setup.device),
+        "precision": setup.precision,
+        "processes": setup.distributed.world_size,
+        "torch_threads": torch.get_num_threads(),
+        "loader_workers": setup.num_workers,
+    }
 
 
 def _readable_images(setup: RunSetup, skipped: set[Path]) -> dict[str, int]:
