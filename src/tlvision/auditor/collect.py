@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tlvision.auditor.thumbnails import thumbnails_of
 from tlvision.auditor.transforms import CALIBRATION_IMAGES, write_transformed_copies
 from tlvision.codes.cache import FeatureCache, default_cache_dir
 from tlvision.codes.split_codes import SplitCodes, extract_split_codes
@@ -57,6 +58,9 @@ class AuditCodes:
     calibration: tuple[tuple[int, str], ...] = ()
     """(row of the original, transform) of each row of `calibration_codes`."""
     calibration_codes: np.ndarray | None = None
+    thumbnails: np.ndarray | None = None
+    """(rows, VIEWS, SIZE * SIZE) thumbnails of each image's views (tlvision.auditor.thumbnails)."""
+    calibration_thumbnails: np.ndarray | None = None
 
     def relative(self, index: int) -> str:
         """The file's path relative to DATA, with forward slashes."""
@@ -105,8 +109,9 @@ def collect_codes(
             batch_size=source.batch_size, num_workers=default_num_workers(),
             device=resolve_device(source.device), log=log, phase_names=("audit", "val"),
         )[None]  # fmt: skip
-    return _assembled(splits, codes, test, copies, backbone.name, weights.label,
-                      preprocessing.crop_size)  # fmt: skip
+        log("audit: thumbnails for the pixel duplicate signal")
+        return _assembled(splits, codes, test, copies, backbone.name, weights.label,
+                          preprocessing.crop_size)  # fmt: skip
 
 
 def _split_of(splits: DatasetSplits, test: list[tuple[Path, int]]) -> dict[Path, str]:
@@ -127,7 +132,8 @@ def _assembled(
     weights: str,
     input_size: int,
 ) -> AuditCodes:
-    """The dataset's rows in one list (train, val, test), the calibration copies' rows apart."""
+    """The dataset's rows in one list (train, val, test), the calibration copies' rows apart,
+    with their thumbnails (the copies must still be there)."""
     split_of = _split_of(splits, test)
     copy_of = {copy: (original, name) for copy, original, name in copies}
     every = np.asarray(codes.train_views[0])
@@ -136,6 +142,7 @@ def _assembled(
     row_of = {path: row for row, (path, _label) in enumerate(samples)}
     copied = [path for path, _label in codes.train_samples if path in copy_of]
     keep_copy = np.asarray([copy_of[path][0] in row_of for path in copied], dtype=bool)
+    kept_copies = [path for path, keep in zip(copied, keep_copy.tolist(), strict=True) if keep]
     return AuditCodes(
         root=splits.root,
         class_names=splits.class_names,
@@ -147,12 +154,10 @@ def _assembled(
         backbone=backbone,
         weights=weights,
         input_size=input_size,
-        calibration=tuple(
-            (row_of[copy_of[path][0]], copy_of[path][1])
-            for path, keep in zip(copied, keep_copy.tolist(), strict=True)
-            if keep
-        ),
+        calibration=tuple((row_of[copy_of[path][0]], copy_of[path][1]) for path in kept_copies),
         calibration_codes=every[is_copy][keep_copy],
+        thumbnails=thumbnails_of([path for path, _label in samples]),
+        calibration_thumbnails=thumbnails_of(kept_copies),
     )
 
 

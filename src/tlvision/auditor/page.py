@@ -75,7 +75,9 @@ def duplicate_section(root: Path, audit: dict[str, Any]) -> str:
             _figure(root, file, f"{file} ({split})")
             for file, split in zip(group["files"], group["splits"], strict=True)
         )
+        found = ", ".join(group.get("found_by", []))
         kind = "same bytes" if group["exact"] else f"similarity {group['similarity']:.3f}"
+        kind += f" (found by {found})" if found and not group["exact"] else ""
         leak = '<p class="leak">across splits</p>' if group["across_splits"] else ""
         rows.append(f'<div class="row"><div class="group">{figures}</div><div>{leak}'
                     f"<p>{escape(kind)}</p></div></div>")  # fmt: skip

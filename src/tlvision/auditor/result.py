@@ -24,6 +24,7 @@ from tlvision.auditor.labels import (
     require_folds,
 )
 from tlvision.auditor.outliers import stranger_scores
+from tlvision.auditor.thumbnails import calibrate_pixels, pixel_signal, thumbnails_of
 from tlvision.compute.cores import usable_cores
 from tlvision.errors import UserError
 from tlvision.jsonio import write_json_atomic
@@ -74,16 +75,32 @@ def score_dataset(codes: AuditCodes, options: AuditOptions, log: Log) -> Scores:
     unit = unit_rows(codes.codes)
     digests = file_digests(codes.files)
     calibration = calibrate(unit, digests, codes.calibration, codes.calibration_codes)
-    log(f"audit: near duplicates at cosine similarity >= {calibration.threshold:.3f}")
+    pixels = calibrate_pixels(
+        codes.thumbnails if codes.thumbnails is not None else thumbnails_of(codes.files),
+        digests, codes.calibration, codes.calibration_thumbnails,
+    )  # fmt: skip
+    log(
+        f"audit: near duplicates at codes cosine similarity >= {calibration.threshold:.3f} or "
+        f"thumbnail similarity >= {pixels.threshold:.4f}"
+    )
     return Scores(
         codes=codes,
         probabilities=probabilities,
         issues=confident_learning(probabilities, codes.labels),
-        groups=duplicate_groups(unit, digests, calibration.threshold, codes.splits),
+        groups=_duplicate_groups(codes, unit, digests, calibration.threshold, pixels.threshold),
         strangers=stranger_scores(unit, codes.labels, len(codes.class_names)),
         C=C,
-        calibration=calibration.to_json(),
+        calibration={**calibration.to_json(), "pixels": pixels.to_json()},
     )
+
+
+def _duplicate_groups(
+    codes: AuditCodes, unit: np.ndarray, digests: list[str], threshold: float, pixels: float
+) -> list[DuplicateGroup]:
+    """Same bytes, or near by the codes or by the thumbnails (either signal)."""
+    views = codes.thumbnails if codes.thumbnails is not None else thumbnails_of(codes.files)
+    signal = pixel_signal(views, pixels)
+    return duplicate_groups(unit, digests, threshold, codes.splits, extra=[signal])
 
 
 def run_audit(
@@ -171,6 +188,8 @@ def _duplicates(scores: Scores) -> list[dict[str, Any]]:
             "classes": [codes.class_names[codes.labels[row]] for row in group.rows],
             "similarity": group.similarity,
             "exact": group.exact,
+            "found_by": list(group.found_by),
+            "strength": group.strength,
             "across_splits": group.spans_splits(codes.splits),
         }
         for group in scores.groups
