@@ -88,6 +88,42 @@ def typical_uncertain(power: float = 1.0, neighbours: int = 20, near: float = 1.
     return pick
 
 
+def other_uncertainty(probabilities: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "entropy":
+        logs = np.log(np.clip(probabilities, 1e-12, 1.0))
+        return np.asarray(-(probabilities * logs).sum(axis=1) / np.log(probabilities.shape[1]))
+    if kind == "least confidence":
+        return np.asarray(1.0 - probabilities.max(axis=1))
+    return margin_uncertainty(probabilities)
+
+
+def typical_variant(kind: str = "margin", cap: float | None = None) -> Picker:
+    """label-next with another uncertainty, or at most cap x count / classes picks per predicted
+    class (the cap lifted when nothing else is left)."""
+
+    def pick(codes: np.ndarray, p: np.ndarray, labelled: np.ndarray, count: int) -> list[int]:
+        pool, _margin, distance = prepared(codes, p, labelled)
+        weight = other_uncertainty(p, kind) * typicality(pool)
+        predicted, used = p.argmax(axis=1), np.zeros(p.shape[1], int)
+        limit = int(np.ceil(cap * count / p.shape[1])) if cap else count
+        picks: list[int] = []
+        allowed = distance >= DUPLICATE_DISTANCE
+        while len(picks) < count and allowed.any():
+            near = np.minimum(distance, 1.0)
+            worth = weight * near + 1e-9 * near
+            open_class = allowed & (used[predicted] < limit)
+            among = open_class if open_class.any() else allowed
+            best = int(np.argmax(np.where(among, worth, -np.inf)))
+            picks.append(best)
+            used[predicted[best]] += 1
+            distance = np.minimum(distance, 1.0 - pool @ pool[best])
+            allowed &= distance >= DUPLICATE_DISTANCE
+            allowed[best] = False
+        return picks
+
+    return pick
+
+
 def typiclust(codes: np.ndarray, p: np.ndarray, labelled: np.ndarray, count: int) -> list[int]:
     """TypiClust (Hacohen et al. 2022): k-means into labelled + count clusters; the most typical
     image of each of the largest clusters holding no labelled image."""
@@ -166,8 +202,16 @@ CANDIDATES: dict[str, Picker] = {
     "typicality^0.5 x uncertainty": typical_uncertain(0.5),
     "typicality^2 x uncertainty": typical_uncertain(2.0),
     "typicality^3 x uncertainty": typical_uncertain(3.0),
+    "typicality^0.7 x uncertainty": typical_uncertain(0.7),
+    "typicality^1.5 x uncertainty": typical_uncertain(1.5),
     "typicality (10 neighbours) x uncertainty": typical_uncertain(1.0, 10),
+    "typicality (15 neighbours) x uncertainty": typical_uncertain(1.0, 15),
+    "typicality (30 neighbours) x uncertainty": typical_uncertain(1.0, 30),
     "typicality (50 neighbours) x uncertainty": typical_uncertain(1.0, 50),
+    "typicality x entropy": typical_variant("entropy"),
+    "typicality x least confidence": typical_variant("least confidence"),
+    "label-next, <= 1.5 x K/classes per predicted class": typical_variant(cap=1.5),
+    "label-next, <= 2 x K/classes per predicted class": typical_variant(cap=2.0),
     "typicality x uncertainty x distance^2": typical_uncertain(1.0, 20, 2.0),
     "typicality x uncertainty x distance^0.5": typical_uncertain(1.0, 20, 0.5),
     "TypiClust": typiclust,
