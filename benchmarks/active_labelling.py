@@ -8,11 +8,17 @@ regression head on the labelled codes, let the method pick --per-class x classes
 
 - label-next: tlvision.labelling.selection.select, exactly what `tlvision label-next` runs,
 - uncertainty alone: the same with diversity off (margin only; duplicates still skipped),
-- random: --seeds seeds, mean.
+- random: --seeds seeds, mean,
+- with --candidates, the other selections of benchmarks/labelling_candidates.py.
+
+--starts N repeats all of it from N different random starts (seeds --seed, --seed + 1, ...) and
+reports the mean accuracy over the starts (random: over starts x seeds), and for each method how
+many starts met the goal on their own.
 
 Goal (issue 25): label-next reaches random's final accuracy with <= 60% of random's labels.
 
-    python benchmarks/active_labelling.py /work/datasets/fashion /work/datasets/large
+    python benchmarks/active_labelling.py /work/datasets/fashion /work/datasets/large \
+        --starts 10 --candidates
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import tlvision  # noqa: F401  (sets OMP_WAIT_POLICY=PASSIVE before torch loads,
 # isort: on
 
 import argparse
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -36,6 +43,9 @@ from tlvision.labelling.pool import pool_codes
 from tlvision.labelling.selection import normalised, select
 from tlvision.runs.reader import load_run_model, run_splits
 from tlvision.training.fit import fit
+
+sys.path.insert(0, str(Path(__file__).parent))
+from labelling_candidates import CANDIDATES
 
 Picker = Callable[[np.ndarray, np.ndarray, np.ndarray, int], list[int]]
 
@@ -107,38 +117,68 @@ def labels_to_reach(history: list[tuple[int, float]], target: float) -> int | No
     return next((labels for labels, accuracy in history if accuracy >= target - 1e-9), None)
 
 
+def histories(
+    arrays: tuple[np.ndarray, ...], start: np.ndarray, seed: int, args: argparse.Namespace
+) -> dict[str, list[tuple[int, float]]]:
+    """Every method's history from one start; random's is the mean over --seeds seeds."""
+    classes = int(arrays[1].max()) + 1
+    per_round = args.per_class * classes
+    methods: dict[str, Picker] = {"label-next": label_next, "uncertainty alone": uncertainty}
+    if args.candidates:
+        methods.update(CANDIDATES)
+    runs = {
+        name: run_method(pick, arrays, start, args.rounds, per_round)
+        for name, pick in methods.items()
+    }
+    randoms = [
+        run_method(random_picker(seed + 1 + s), arrays, start, args.rounds, per_round)
+        for s in range(args.seeds)
+    ]
+    runs[f"random (mean of {args.seeds} seeds)"] = [
+        (randoms[0][i][0], float(np.mean([r[i][1] for r in randoms])))
+        for i in range(len(randoms[0]))
+    ]
+    return runs
+
+
 def measure(data: Path, args: argparse.Namespace, root: Path) -> None:
     arrays = codes_of(data, root)
     train_labels = arrays[1]
     classes = int(train_labels.max()) + 1
-    rng = np.random.default_rng(args.seed)
-    start = np.concatenate(
-        [rng.choice(np.flatnonzero(train_labels == c), args.start, False) for c in range(classes)]
-    )
-    per_round = args.per_class * classes
-    runs = {
-        "label-next": run_method(label_next, arrays, start, args.rounds, per_round),
-        "uncertainty alone": run_method(uncertainty, arrays, start, args.rounds, per_round),
+    by_start = []
+    for seed in range(args.seed, args.seed + args.starts):
+        rng = np.random.default_rng(seed)
+        start = np.concatenate(
+            [
+                rng.choice(np.flatnonzero(train_labels == c), args.start, False)
+                for c in range(classes)
+            ]
+        )
+        by_start.append(histories(arrays, start, seed, args))
+    random_name = f"random (mean of {args.seeds} seeds)"
+    names = list(by_start[0])
+    labels = [n for n, _ in by_start[0][random_name]]
+    mean = {
+        name: [float(np.mean([r[name][i][1] for r in by_start])) for i in range(len(labels))]
+        for name in names
     }
-    randoms = [
-        run_method(random_picker(args.seed + 1 + s), arrays, start, args.rounds, per_round)
-        for s in range(args.seeds)
-    ]
-    runs[f"random (mean of {args.seeds})"] = [
-        (randoms[0][i][0], float(np.mean([r[i][1] for r in randoms])))
-        for i in range(len(randoms[0]))
-    ]
-    target_labels, target = runs[f"random (mean of {args.seeds})"][-1]
+    target_labels, target = labels[-1], mean[random_name][-1]
     print(f"\n{data.name}: {len(train_labels)} pool images, {len(arrays[3])} val, {classes} "
-          f"classes; {args.start}/class to start, {args.rounds} rounds of {per_round}")  # fmt: skip
-    print("| method | " + " | ".join(f"{n} labels" for n, _ in runs["label-next"]) +
-          " | labels to reach random's final | share of random's labels |")  # fmt: skip
-    print("|---" * (len(runs["label-next"]) + 3) + "|")
-    for name, history in runs.items():
-        needed = labels_to_reach(history, target)
+          f"classes; {args.start}/class to start, {args.rounds} rounds of "
+          f"{args.per_class * classes}; mean of {args.starts} start(s)")  # fmt: skip
+    print("| method | " + " | ".join(f"{n} labels" for n in labels) +
+          " | labels to reach random's final | share of random's labels"
+          " | starts meeting the goal |")  # fmt: skip
+    print("|---" * (len(labels) + 4) + "|")
+    for name in names:
+        needed = labels_to_reach(list(zip(labels, mean[name], strict=True)), target)
         share = "not reached" if needed is None else f"{needed / target_labels:.0%}"
-        cells = " | ".join(f"{accuracy:.3f}" for _, accuracy in history)
-        print(f"| {name} | {cells} | {needed or 'not reached'} | {share} |")
+        alone = [labels_to_reach(r[name], r[random_name][-1][1]) for r in by_start]
+        met = sum(n is not None and n <= args.goal * target_labels for n in alone)
+        cells = " | ".join(f"{accuracy:.3f}" for accuracy in mean[name])
+        print(
+            f"| {name} | {cells} | {needed or 'not reached'} | {share} | {met} of {args.starts} |"
+        )
 
 
 def main() -> None:
@@ -148,7 +188,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--per-class", type=int, default=2, help="picks per class per round")
     parser.add_argument("--seeds", type=int, default=5, help="random's seeds")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the first start's seed")
+    parser.add_argument("--starts", type=int, default=1, help="random starts, mean reported")
+    parser.add_argument("--candidates", action="store_true", help="also the other selections")
+    parser.add_argument("--goal", type=float, default=0.6, help="share of random's labels")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="active-labelling-") as root:
         for data in args.datasets:

@@ -9,11 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 from serving import demo_val_images, train_demo_run
 
 from tlvision import demo_data_dir
 from tlvision.cli import main
-from tlvision.labelling.selection import select
+from tlvision.labelling.pool import pool_codes
+from tlvision.labelling.selection import normalised, select, typicality
+from tlvision.runs.reader import load_run_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -116,6 +120,36 @@ def test_selection_spreads_over_clusters_before_repeating_one() -> None:
     only_uncertain = np.tile([0.99, 0.01], (80, 1))
     only_uncertain[5] = [0.5, 0.5]
     assert select(codes, only_uncertain, np.zeros((0, 16)), 1, diversity=False)[0].index == 5
+
+
+def test_selection_prefers_a_typical_image_to_a_slightly_more_uncertain_odd_one() -> None:
+    rng = np.random.default_rng(0)
+    dense = np.eye(1, 16) * 10 + rng.normal(0, 0.5, (30, 16))
+    odd = rng.normal(0, 10, (5, 16))  # scattered: far from each other and from the cluster
+    codes = np.concatenate([odd, dense])
+    probabilities = np.tile([0.55, 0.45], (35, 1))
+    probabilities[:5] = [0.5, 0.5]  # the odd ones out are a little more uncertain
+    first = select(codes, probabilities, np.zeros((0, 16)), 1)[0]
+    assert first.index >= 5 and first.typicality == pytest.approx(1.0)
+    # uncertainty alone still takes the most uncertain
+    assert select(codes, probabilities, np.zeros((0, 16)), 1, diversity=False)[0].index < 5
+
+
+def test_on_real_codes_noise_is_the_least_typical_and_not_picked_first(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    noise = tmp_path / "noise.png"
+    pixels = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(noise)
+    loaded = load_run_model(run_dir)
+    found = pool_codes(loaded, [noise, *demo_val_images()], device=torch.device("cpu"))
+    assert len(found.paths) == 28
+    typical = typicality(normalised(found.codes))
+    assert int(np.argmin(typical)) == 0 and typical.max() == pytest.approx(1.0)
+    equal = np.full((28, 3), 1 / 3)  # every image as uncertain: typicality and spread decide
+    picks = select(found.codes, equal, np.zeros((0, found.codes.shape[1])), 3)
+    assert 0 not in [pick.index for pick in picks]
+    assert picks[0].index == int(np.argmax(typical))
 
 
 def filled_csv(tmp_path: Path, rows: list[tuple[str, str]]) -> Path:

@@ -1,11 +1,16 @@
-"""Which pool images to label next: uncertain ones, spread over code space, no near-duplicates.
+"""Which pool images to label next: uncertain, typical ones, spread over code space, no duplicates.
 
 Pure numpy on codes and class probabilities, so the benchmark (benchmarks/active_labelling.py)
 runs exactly what `tlvision label-next` runs. Each image's worth is its uncertainty (one minus
-the margin between its two most likely classes) times its cosine distance to the nearest
-labelled or already picked image; the picks are made greedily (k-center greedy, weighted by
-uncertainty), so a pick lowers the worth of the images near it. An image within
-DUPLICATE_DISTANCE of a train image or of an earlier pick is never picked.
+the margin between its two most likely classes) times its typicality (how dense the pool is
+around it: the inverse of its mean cosine distance to its TYPICAL_NEIGHBOURS nearest pool
+images, scaled to at most 1, so an odd one out is worth little: its label teaches the head about
+few others) times its cosine distance to the nearest labelled or already picked image. The picks
+are made greedily (k-center greedy, weighted by uncertainty x typicality), so a pick lowers the
+worth of the images near it. An image within DUPLICATE_DISTANCE of a train image or of an
+earlier pick is never picked. Typicality won over uncertainty x distance alone, a candidate set
+of the most uncertain, cluster-margin, TypiClust and ProbCover on both benchmark sets
+(benchmarks/RESULTS.md, "Active labelling").
 """
 
 from __future__ import annotations
@@ -16,13 +21,16 @@ import numpy as np
 
 DUPLICATE_DISTANCE = 0.02  # cosine distance below which two codes are the same picture
 CHUNK = 4096  # pool rows per matrix product: memory stays small for any pool
+TYPICAL_NEIGHBOURS = 20  # the nearest pool images an image's typicality is measured on
+TYPICAL_SAMPLE = 4096  # larger pools: typicality against this many of them (seeded), not all
 
 
 @dataclass(frozen=True)
 class Pick:
     index: int  # into the pool
-    score: float  # uncertainty x distance when picked
+    score: float  # uncertainty x typicality x distance when picked
     uncertainty: float
+    typicality: float  # 1 for the pool's densest image
     distance: float  # cosine distance to the nearest labelled or earlier-picked image
 
 
@@ -51,6 +59,28 @@ def nearest_distance(pool: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return nearest
 
 
+def typicality(
+    pool: np.ndarray, neighbours: int = TYPICAL_NEIGHBOURS, sample: int = TYPICAL_SAMPLE
+) -> np.ndarray:
+    """Each normalised pool code's 1 / mean cosine distance to its `neighbours` nearest pool
+    codes (the nearest, itself, left out), scaled so the largest is 1. Pools over `sample` are
+    measured against a seeded sample of that many of their codes."""
+    reference = pool
+    if len(pool) > sample:
+        rows = np.random.default_rng(0).choice(len(pool), sample, replace=False)
+        reference = pool[np.sort(rows)]
+    neighbours = min(neighbours, len(reference) - 1)
+    if neighbours < 1:
+        return np.ones(len(pool))
+    mean = np.empty(len(pool))
+    for start in range(0, len(pool), CHUNK):
+        distance = 1.0 - pool[start : start + CHUNK] @ reference.T
+        nearest = np.sort(np.partition(distance, neighbours, axis=1)[:, : neighbours + 1])
+        mean[start : start + CHUNK] = nearest[:, 1:].mean(axis=1)
+    inverse = 1.0 / (mean + 1e-6)
+    return np.asarray(inverse / inverse.max(), dtype=np.float64)
+
+
 def select(
     pool_codes: np.ndarray,
     probabilities: np.ndarray,
@@ -64,15 +94,23 @@ def select(
     pool = normalised(pool_codes)
     distance = nearest_distance(pool, normalised(labelled_codes))
     uncertainty = margin_uncertainty(probabilities)
+    typical = typicality(pool) if diversity else np.ones(len(pool))
+    weight = uncertainty * typical
     available = distance >= DUPLICATE_DISTANCE
     picks: list[Pick] = []
     while len(picks) < count and available.any():
-        worth = uncertainty * np.minimum(distance, 1.0) if diversity else uncertainty.copy()
+        worth = weight * np.minimum(distance, 1.0) if diversity else uncertainty.copy()
         worth = worth + 1e-9 * np.minimum(distance, 1.0)  # ties (certain images): spread out
         worth[~available] = -np.inf
         best = int(np.argmax(worth))
         picks.append(
-            Pick(best, float(worth[best]), float(uncertainty[best]), float(distance[best]))
+            Pick(
+                best,
+                float(worth[best]),
+                float(uncertainty[best]),
+                float(typical[best]),
+                float(distance[best]),
+            )
         )
         distance = np.minimum(distance, 1.0 - pool @ pool[best])
         available &= distance >= DUPLICATE_DISTANCE
