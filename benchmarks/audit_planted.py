@@ -16,7 +16,10 @@ same codes:
   on every image, each scored by that model); the seconds of each (the out-of-fold fits are
   counted in both the audit's and cleanlab's);
 - duplicates: the first N groups (N = 20): recall = planted pairs in one of them, precision =
-  those groups holding a planted pair;
+  those groups holding a planted pair; beside it, the other groups among the first N that pair
+  two images of the set itself that are the same picture at their native resolution (mean
+  absolute grey-level difference <= IDENTICAL_GREY_LEVELS of 255, as they are or mirrored: the
+  set's own duplicates, found rightly), and the precision counting them as right;
 - strangers: how many of the 3 are in the first 10 outliers.
 
 `--recovery DATA` also measures what `train --exclude` buys at 10% flips: final-epoch val
@@ -28,6 +31,7 @@ flipped).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import shutil
@@ -45,6 +49,7 @@ from tlvision.data.layouts import find_splits
 
 LEAKS = 20
 STRANGERS = 3
+IDENTICAL_GREY_LEVELS = 2.0
 TRANSFORMS = ("resize", "recompress", "crop", "mirror")
 
 
@@ -162,11 +167,40 @@ def label_rankings(scores: Any, files: list[str]) -> dict[str, tuple[list[str], 
     }
 
 
-def duplicates_found(audit: dict[str, Any], pairs: list[tuple[str, str]]) -> dict[str, float]:
+def grey_difference(first: Path, second: Path) -> float:
+    """Mean absolute grey-level difference (of 255) at the first image's native size, the second
+    as it is or mirrored (the lower)."""
+    with Image.open(first) as one, Image.open(second) as other:
+        left = np.asarray(one.convert("L"), dtype=np.float32)
+        right = other.convert("L").resize(one.size, Image.Resampling.BILINEAR)
+    return min(
+        float(np.abs(left - np.asarray(view, dtype=np.float32)).mean())
+        for view in (right, ImageOps.mirror(right))
+    )
+
+
+def same_picture(root: Path, files: set[str]) -> bool:
+    """Two of the group's files are the same picture at native resolution."""
+    return any(
+        grey_difference(root / first, root / second) <= IDENTICAL_GREY_LEVELS
+        for first, second in itertools.combinations(sorted(files), 2)
+    )
+
+
+def duplicates_found(
+    audit: dict[str, Any], pairs: list[tuple[str, str]], root: Path
+) -> dict[str, float]:
     groups = [set(group["files"]) for group in audit["duplicates"][: len(pairs)]]
     found = sum(1 for pair in pairs if any(set(pair) <= group for group in groups))
-    holding = sum(1 for group in groups if any(set(pair) <= group for pair in pairs))
-    return {"precision": holding / max(1, len(groups)), "recall": found / len(pairs)}
+    planted = [any(set(pair) <= group for pair in pairs) for group in groups]
+    own = sum(
+        1 for group, is_planted in zip(groups, planted, strict=True)
+        if not is_planted and same_picture(root, group)
+    )  # fmt: skip
+    return {
+        "precision": sum(planted) / max(1, len(groups)), "recall": found / len(pairs),
+        "own_identical": own, "precision_with_own": (sum(planted) + own) / max(1, len(groups)),
+    }  # fmt: skip
 
 
 def evaluate(data: Path, strangers: Path, rate: float, input_size: int | None) -> dict[str, Any]:
@@ -191,7 +225,7 @@ def evaluate(data: Path, strangers: Path, rate: float, input_size: int | None) -
                 name: {**first_n(ranked, flips, len(flips)), "seconds": seconds}
                 for name, (ranked, seconds) in rankings.items()
             },
-            "duplicates": duplicates_found(audit, leaks),
+            "duplicates": duplicates_found(audit, leaks, root),
             "threshold": audit["calibration"]["threshold"],
             "strangers_in_first_10": len(set(outliers) & planted_strangers),
             "seconds": {"codes": codes_seconds, "audit": time.perf_counter() - started},
@@ -230,8 +264,8 @@ def recovery(data: Path, input_size: int | None) -> dict[str, Any]:
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| data | flips | audit P/R | cleanlab P/R | own margin P/R | train-loss P/R "
-        "| dup P/R (thr) | strangers in top 10 | codes s | audit s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| dup P/R (thr) | own identical, P with them | strangers in top 10 | codes s | audit s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         cells = [
@@ -243,6 +277,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {row['data']} | {row['rate']:.0%} ({row['flips']}) | {' | '.join(cells)} | "
             f"{dup['precision']:.2f}/{dup['recall']:.2f} ({row['threshold']:.3f}) | "
+            f"{dup['own_identical']}, {dup['precision_with_own']:.2f} | "
             f"{row['strangers_in_first_10']}/{STRANGERS} | {row['seconds']['codes']:.1f} | "
             f"{row['seconds']['audit']:.1f} |"
         )

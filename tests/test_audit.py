@@ -212,3 +212,27 @@ def test_fits_in_threads_give_the_fits_one_after_another_give() -> None:
     side_by_side = out_of_fold_probabilities(codes, labels, C=0.1, folds=5, seed=0, jobs=2)
     assert np.array_equal(alone, side_by_side)
     assert np.allclose(alone.sum(axis=1), 1.0)
+
+
+def test_the_chosen_C_is_remembered_for_the_same_train_codes(tmp_path: Path) -> None:
+    from tlvision.auditor.labels import choose_C
+
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(3), 40)
+    codes = (rng.normal(size=(120, 32)) + labels[:, None] * 0.4).astype(np.float32)
+    train = np.arange(120) % 4 != 0
+    memo = tmp_path / "choices"
+    chosen = choose_C(codes, labels, train, 0, remember_in=memo)
+    assert chosen == choose_C(codes, labels, train, 0)  # the choice itself, unchanged
+    (kept,) = memo.glob("C-*.json")
+    assert json.loads(kept.read_text()) == {"C": chosen}
+    kept.write_text(json.dumps({"C": 123.0}))  # what a second audit reads is the file
+    assert choose_C(codes, labels, train, 0, remember_in=memo) == 123.0
+    relabelled = labels.copy()
+    relabelled[1] = 2  # one train label changed: chosen again, kept beside the first
+    assert choose_C(codes, relabelled, train, 0, remember_in=memo) != 123.0
+    assert choose_C(codes, labels, train, 1, remember_in=memo) != 123.0  # another seed
+    assert len(list(memo.glob("C-*.json"))) == 3
+    kept.write_text("not json")  # a damaged file: chosen again and rewritten
+    assert choose_C(codes, labels, train, 0, remember_in=memo) == chosen
+    assert json.loads(kept.read_text()) == {"C": chosen}

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image, ImageOps
 
 import tlvision
+from tlvision.auditor import thumbnails
 from tlvision.auditor.thumbnails import (
     SIZE,
     VIEWS,
@@ -21,6 +22,7 @@ from tlvision.auditor.thumbnails import (
     thumbnail_views,
     thumbnails_of,
 )
+from tlvision.codes.cache import FeatureCache
 
 SMALL = 28  # pixels a side, as Fashion-MNIST
 
@@ -138,3 +140,27 @@ def test_a_copy_of_a_blank_or_tiny_image_does_not_break_the_thumbnails(
     views = thumbnails_of([blank, copy])
     assert np.isfinite(views).all()
     assert np.isfinite(pixel_similarity(by_view(views), by_view(views))).all()
+
+
+def test_thumbnails_are_read_back_from_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shapes = _shapes(tmp_path, 6)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    cache = FeatureCache(tmp_path / "cache")
+    first = thumbnails_of([*shapes, broken], cache)
+    assert np.array_equal(first, thumbnails_of([*shapes, broken]))  # as without a cache
+    stored = list((tmp_path / "cache").rglob("*.codes"))
+    assert len(stored) == 1  # one shard of the six readable images, none for the broken one
+    computed: list[Path] = []
+
+    def counted(path: Path) -> np.ndarray:
+        computed.append(path)
+        return thumbnail_views(path)
+
+    monkeypatch.setattr(thumbnails, "thumbnail_views", counted)
+    again = thumbnails_of([shapes[2], *shapes, broken, shapes[0]], FeatureCache(tmp_path / "cache"))
+    assert computed == [broken]  # only the one that could not be stored is made again
+    assert np.array_equal(again[1:-1], first)
+    assert np.array_equal(again[0], first[2]) and np.array_equal(again[-1], first[0])

@@ -90,6 +90,7 @@ def collect_codes(
     backbone = get_backbone(source.backbone)
     weights = choose_weights(backbone, source.weights)
     preprocessing = preprocessing_for(backbone, weights, input_size=source.input_size)
+    cache = _cache(source, log)
     with tempfile.TemporaryDirectory(prefix="tlvision-audit-") as scratch:
         copies = write_transformed_copies(
             [path for path, _label in splits.samples["train"]], Path(scratch),
@@ -105,13 +106,13 @@ def collect_codes(
         )  # fmt: skip
         codes = extract_split_codes(
             create_model(backbone, len(splits.class_names), weights), backbone, merged,
-            weights=weights.label, preprocessing=preprocessing, cache=_cache(source, log),
+            weights=weights.label, preprocessing=preprocessing, cache=cache,
             batch_size=source.batch_size, num_workers=default_num_workers(),
             device=resolve_device(source.device), log=log, phase_names=("audit", "val"),
         )[None]  # fmt: skip
         log("audit: thumbnails for the pixel duplicate signal")
         return _assembled(splits, codes, test, copies, backbone.name, weights.label,
-                          preprocessing.crop_size)  # fmt: skip
+                          preprocessing.crop_size, cache)  # fmt: skip
 
 
 def _split_of(splits: DatasetSplits, test: list[tuple[Path, int]]) -> dict[Path, str]:
@@ -131,9 +132,10 @@ def _assembled(
     backbone: str,
     weights: str,
     input_size: int,
+    cache: FeatureCache | None,
 ) -> AuditCodes:
     """The dataset's rows in one list (train, val, test), the calibration copies' rows apart,
-    with their thumbnails (the copies must still be there)."""
+    with their thumbnails (the copies must still be there; thumbnails cached beside the codes)."""
     split_of = _split_of(splits, test)
     copy_of = {copy: (original, name) for copy, original, name in copies}
     every = np.asarray(codes.train_views[0])
@@ -156,8 +158,8 @@ def _assembled(
         input_size=input_size,
         calibration=tuple((row_of[copy_of[path][0]], copy_of[path][1]) for path in kept_copies),
         calibration_codes=every[is_copy][keep_copy],
-        thumbnails=thumbnails_of([path for path, _label in samples]),
-        calibration_thumbnails=thumbnails_of(kept_copies),
+        thumbnails=thumbnails_of([path for path, _label in samples], cache),
+        calibration_thumbnails=thumbnails_of(kept_copies, cache),
     )
 
 

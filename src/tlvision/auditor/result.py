@@ -25,6 +25,7 @@ from tlvision.auditor.labels import (
 )
 from tlvision.auditor.outliers import stranger_scores
 from tlvision.auditor.thumbnails import calibrate_pixels, pixel_signal, thumbnails_of
+from tlvision.codes.cache import default_cache_dir
 from tlvision.compute.cores import usable_cores
 from tlvision.errors import UserError
 from tlvision.jsonio import write_json_atomic
@@ -37,6 +38,7 @@ AUDIT_FILE = "audit.json"
 AUDIT_PAGE = "audit.html"
 FIXES_FILE = "audit_fixes.csv"
 SECTIONS = ("label_issues", "duplicates", "outliers")
+CHOICES = "audit-choices"  # under the codes cache: the C chosen for each set of train codes
 
 
 @dataclass(frozen=True)
@@ -60,13 +62,16 @@ class Scores:
     calibration: dict[str, Any]
 
 
-def score_dataset(codes: AuditCodes, options: AuditOptions, log: Log) -> Scores:
-    """Label issues, duplicate groups and stranger scores of every image."""
+def score_dataset(
+    codes: AuditCodes, options: AuditOptions, log: Log, remember_in: Path | None = None
+) -> Scores:
+    """Label issues, duplicate groups and stranger scores of every image (`remember_in`: where
+    the chosen C is kept for the next audit of the same images, labels.choose_C)."""
     require_folds(codes.labels, codes.class_names, options.folds, codes.root)
     train_rows = codes.in_split("train")
     jobs = usable_cores()  # independent fits side by side; each one as it would be alone
     C = options.C if options.C is not None else choose_C(
-        codes.codes, codes.labels, train_rows, options.seed, jobs=jobs
+        codes.codes, codes.labels, train_rows, options.seed, jobs=jobs, remember_in=remember_in
     )  # fmt: skip
     log(f"audit: out-of-fold probabilities, {options.folds} folds, logistic regression C={C:g}")
     probabilities = out_of_fold_probabilities(
@@ -112,7 +117,8 @@ def run_audit(
         Path(data_dir), source, val_split=options.val_split, seed=options.seed, log=log
     )
     read = time.perf_counter()
-    scores = score_dataset(codes, options, log)
+    remember_in = (source.cache_dir or default_cache_dir()) / CHOICES if source.use_cache else None
+    scores = score_dataset(codes, options, log, remember_in)
     audit = audit_json(scores, options)
     audit["seconds"] = {"codes": read - started, "total": time.perf_counter() - started}
     return audit

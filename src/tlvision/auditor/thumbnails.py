@@ -11,6 +11,7 @@ images (tlvision.auditor.transforms). The search goes block by block as the code
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from tlvision.auditor.duplicates import (
     Signal,
     blocked_search,
 )
+from tlvision.codes.cache import CodesGroup, FeatureCache
+from tlvision.codes.shards import Shard, ShardWriter, shard_name
 
 SIZE = 12
 """Thumbnail side in pixels: small enough that a halved or recompressed copy looks the same,
@@ -64,11 +67,59 @@ def thumbnail_views(path: Path) -> np.ndarray:
     return _standardised(np.stack(small))
 
 
-def thumbnails_of(files: Sequence[Path]) -> np.ndarray:
-    """(len(files), VIEWS, SIZE * SIZE) float32."""
+def thumbnails_of(files: Sequence[Path], cache: FeatureCache | None = None) -> np.ndarray:
+    """(len(files), VIEWS, SIZE * SIZE) float32; with a cache, the thumbnails of images seen
+    before (the same bytes) are read back and the new ones stored."""
     if not files:
         return np.zeros((0, VIEWS, SIZE * SIZE), dtype=np.float32)
-    return np.stack([thumbnail_views(path) for path in files])
+    if cache is None:
+        return np.stack([thumbnail_views(path) for path in files])
+    keys = [bytes.fromhex(digest) for digest in cache.image_hashes(files)]
+    group = cache.named_group("thumbnails", _identity())
+    group.load_index()
+    missing = group.resolve(keys)
+    rows = np.zeros((len(files), VIEWS * SIZE * SIZE), dtype=np.float32)
+    fresh: dict[bytes, np.ndarray] = {}
+    for position, key in enumerate(keys):
+        if key in missing:
+            if key not in fresh:
+                fresh[key] = thumbnail_views(files[position]).reshape(-1)
+            rows[position] = fresh[key]
+    _read_back(group, keys, missing, rows)
+    readable = [key for key, row in fresh.items() if row.any()]  # unreadable ones: zeros
+    if readable:
+        _store(group, readable, np.stack([fresh[key] for key in readable]))
+    return rows.reshape(len(files), VIEWS, SIZE * SIZE)
+
+
+def _identity() -> dict[str, str]:
+    """What a stored thumbnail depends on: its size, views and this module's code."""
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    return {"size": str(SIZE), "views": str(VIEWS), "crop": str(CROP), "code": code}
+
+
+def _read_back(group: CodesGroup, keys: list[bytes], missing: set[bytes], rows: np.ndarray) -> None:
+    """Fill `rows` for the keys the group holds, shard by shard (rows checked by resolve)."""
+    by_shard: dict[int, tuple[Shard, list[int], list[int]]] = {}
+    for position, key in enumerate(keys):
+        if key not in missing:
+            shard, row = group.index[key]
+            entry = by_shard.setdefault(id(shard), (shard, [], []))
+            entry[1].append(position)
+            entry[2].append(row)
+    for shard, positions, shard_rows in by_shard.values():
+        rows[np.asarray(positions)] = shard.codes[np.asarray(shard_rows)]
+
+
+def _store(group: CodesGroup, keys: list[bytes], values: np.ndarray) -> None:
+    group.ensure_dir()
+    writer = ShardWriter(group.dir, group.digest, keys, values.shape[1])
+    try:
+        writer.set_rows(np.arange(len(keys)), values)
+        group.add(writer.commit(shard_name("chunk", group.digest, keys)))
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def pixel_similarity(views_a: np.ndarray, views_b: np.ndarray) -> np.ndarray:

@@ -144,14 +144,14 @@ def _decoding_identity() -> dict[str, str]:
 
 
 class CodesGroup:
-    """One directory of shards: every code for one (body, stage, view, transform)."""
+    """One directory of shards: every code for one (body, stage, view, transform), or the rows
+    of one named per-image computation (FeatureCache.named_group)."""
 
-    def __init__(self, cache: FeatureCache, spec: CodesSpec, description: dict[str, Any]):
+    def __init__(self, cache: FeatureCache, folder: str, description: dict[str, Any]):
         self.cache = cache
-        self.spec = spec
         text = json.dumps({"format_version": FORMAT_VERSION, **description}, sort_keys=True)
         self.digest = hashlib.sha256(text.encode()).digest()
-        self.dir = cache.root / f"v{FORMAT_VERSION}" / spec.backbone / self.digest.hex()[:32]
+        self.dir = cache.root / f"v{FORMAT_VERSION}" / folder / self.digest.hex()[:32]
         self.description = description
         self.shards: list[Shard] = []
         self.index: dict[bytes, tuple[Shard, int]] = {}
@@ -385,4 +385,9 @@ class FeatureCache:
             "body_fingerprint": fingerprint,
             "decoding": _decoding_identity(),
         }
-        return CodesGroup(self, spec, description)
+        return CodesGroup(self, spec.backbone, description)
+
+    def named_group(self, folder: str, description: dict[str, Any]) -> CodesGroup:
+        """Rows of another per-image computation (not a body's codes), one group per
+        `description`: the audit's thumbnails (tlvision.auditor.thumbnails)."""
+        return CodesGroup(self, folder, {**description, "decoding": _decoding_identity()})
