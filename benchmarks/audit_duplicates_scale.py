@@ -1,6 +1,7 @@
 """The audit's duplicate search at scale: peak memory and time on synthetic codes.
 
     python benchmarks/audit_duplicates_scale.py [--images 100000] [--dim 1280] [--check 4000]
+    python benchmarks/audit_duplicates_scale.py --pixels [--images 100000]
 
 Synthetic codes stand in for a dataset's (the search only sees codes): `--images` rows of
 `--dim` float32, ReLU'd like a CNN's pooled features, drawn around one centre per 50 images so
@@ -12,6 +13,11 @@ memory traced during it (tracemalloc, numpy's arrays included) beside the codes'
 what an n x n similarity matrix would take, the process's peak RSS, and the planted copies found
 in one group with their original. `--check N` first compares the blocked search with the plain
 n x n one on the first N rows (no neighbour limit).
+
+`--pixels`: the pixel signal's search instead (tlvision.auditor.thumbnails.pixel_signal), on
+`--images` synthetic standardised thumbnails (VIEWS views of SIZE x SIZE random numbers each),
+`--planted` of them copies of others with 5% noise; printed: its seconds, peak traced memory,
+peak RSS and the planted copies among its pairs, at threshold 0.98.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import numpy as np
 
 from tlvision.auditor import duplicates
 from tlvision.auditor.duplicates import duplicate_groups, nearest_limit, similar_pairs, unit_rows
+from tlvision.auditor.thumbnails import SIZE, VIEWS, pixel_signal
 
 PER_CENTRE = 50
 SPREAD = 0.3
@@ -62,6 +69,41 @@ def check_against_plain(unit: np.ndarray, threshold: float) -> bool:
     )
 
 
+def standardised(rows: np.ndarray) -> np.ndarray:
+    rows = rows - rows.mean(axis=-1, keepdims=True)
+    return (rows / np.linalg.norm(rows, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def pixel_search(images: int, planted: int) -> None:
+    """The pixel signal's blocked search on synthetic thumbnails: time, memory, copies found."""
+    rng = np.random.default_rng(0)
+    views = np.empty((images, VIEWS, SIZE * SIZE), dtype=np.float32)
+    for start in range(0, images, 10_000):
+        stop = min(images, start + 10_000)
+        views[start:stop] = standardised(rng.normal(size=(stop - start, VIEWS, SIZE * SIZE)))
+    rows = rng.choice(images, size=2 * planted, replace=False)
+    originals, copies = rows[:planted], rows[planted:]
+    noise = rng.normal(0.0, 0.05 / SIZE, size=(planted, VIEWS, SIZE * SIZE))
+    views[copies] = standardised(views[originals] + noise)
+    print(f"{images} x {VIEWS} x {SIZE * SIZE} thumbnails ({views.nbytes / 2**20:.0f} MiB); an "
+          f"n x n float32 matrix would take {images * images * 4 / 2**30:.1f} GiB")  # fmt: skip
+    tracemalloc.start()
+    started = time.perf_counter()
+    signal = pixel_signal(views, 0.98)
+    seconds = time.perf_counter() - started
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    pairs = set(zip(signal.pairs.first.tolist(), signal.pairs.second.tolist(), strict=True))
+    found = sum(
+        1 for copy, original in zip(copies.tolist(), originals.tolist(), strict=True)
+        if (min(copy, original), max(copy, original)) in pairs
+    )  # fmt: skip
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+    print(f"pixel_signal: {seconds:.1f} s, peak traced {peak / 2**20:.0f} MiB beside the "
+          f"thumbnails, process peak RSS {rss:.0f} MiB; {len(pairs)} pairs; planted copies found "
+          f"{found}/{planted}; load average {os.getloadavg()}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=100_000)
@@ -69,8 +111,12 @@ def main() -> None:
     parser.add_argument("--planted", type=int, default=200)
     parser.add_argument("--check", type=int, default=4000)
     parser.add_argument("--threshold", type=float, default=0.9)
+    parser.add_argument("--pixels", action="store_true", help="the pixel signal's search")
     arguments = parser.parse_args()
     print(f"load average {os.getloadavg()}")
+    if arguments.pixels:
+        pixel_search(arguments.images, arguments.planted)
+        return
     codes, planted = synthetic_codes(arguments.images, arguments.dim, arguments.planted, 0)
     unit = unit_rows(codes)
     del codes
