@@ -20,12 +20,15 @@ from test_serve_page import CHROMIUM, CHROMIUM_FLAGS
 
 from tlvision import api
 from tlvision.cli import main
+from tlvision.config import TrainConfig
 from tlvision.data.images import load_rgb_image
 from tlvision.data.transforms import prepare_pixels
 from tlvision.inference.runtime import TorchClassifier
+from tlvision.labelling.pool import pool_codes
 from tlvision.models.pixels import PixelNormalize
 from tlvision.models.stages import StageCodes
 from tlvision.runs.reader import load_run_model, run_splits
+from tlvision.training.fit import fit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -120,6 +123,33 @@ def test_training_stores_the_train_codes(run_dir: Path) -> None:
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     similarity = np.sum(expected * codes.astype(np.float64), axis=1)
     assert similarity.min() > 0.99
+
+
+def test_a_stage_probe_stores_and_scores_its_stage_codes(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """A linear probe cut at stage2: the stored train codes and label-next's pool codes are the
+    stage's pooled codes, computed here from the saved body's feature maps."""
+    out = tmp_path / "probe"
+    config = TrainConfig(
+        data_dir=tiny_dataset, out_dir=out, strategy="linear-probe", stage="stage2",
+        input_size=64, epochs=1, batch_size=8, num_workers=0, device="cpu",
+    )  # fmt: skip
+    fit(config, log=lambda _message: None)
+    loaded = load_run_model(out)
+    train = [path for path, _label in run_splits(loaded.metadata).samples["train"]]
+    pixels = PixelNormalize(loaded.preprocessing)(torch.from_numpy(pixels_of(out, train)))
+    with torch.inference_mode():
+        feature_maps, logits = loaded.model.body(pixels)["stage2"], loaded.model(pixels)
+    by_hand = feature_maps.mean(dim=(2, 3)).numpy().astype(np.float64)
+    unit = by_hand / np.linalg.norm(by_hand, axis=1, keepdims=True)
+    stored = stored_codes(out).astype(np.float64)
+    assert stored.shape == (len(train), by_hand.shape[1]) and by_hand.shape[1] != 1280
+    assert np.sum(unit * stored, axis=1).min() > 0.99
+    pooled = pool_codes(loaded, train, device=torch.device("cpu"))
+    assert pooled.paths == tuple(train)
+    np.testing.assert_allclose(pooled.codes, by_hand, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(pooled.logits, logits.numpy(), rtol=1e-3, atol=1e-4)
 
 
 def test_training_calibrates_the_threshold_on_val(run_dir: Path) -> None:

@@ -21,21 +21,10 @@ from torch import nn
 from tlvision.codes.cache import VAL_VIEW, CodesSpec, FeatureCache, default_cache_dir
 from tlvision.codes.extraction import UnreadableImagesError, extract_codes
 from tlvision.errors import UserError
-from tlvision.models.stages import StageClassifier, StageCodes, global_pool, stage_label
+from tlvision.models.stages import PooledStage, StageClassifier, StageCodes
 from tlvision.runs.reader import LoadedModel
 
 MAX_TRAIN_CODES = 5000  # train images whose codes are stored (a seeded sample above it)
-
-
-class _StageBody(nn.Module):
-    """A linear probe's body: images -> its stage's pooled codes."""
-
-    def __init__(self, body: nn.Module, stage: str) -> None:
-        super().__init__()
-        self.body, self.label = body, stage_label(stage)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return global_pool(self.body(images)[self.label])
 
 
 def sampled(count: int, cap: int, seed: int) -> list[int]:
@@ -68,7 +57,7 @@ def train_codes(
     """(N, C) float32 codes of the readable files of `paths` (unreadable ones left out)."""
     model = loaded.model
     if isinstance(model, StageClassifier):
-        extractor: nn.Module = _StageBody(model.body, model.stage)
+        extractor: nn.Module = PooledStage(model.body, model.stage)
         stage: str | None = model.stage
     else:
         extractor, stage = StageCodes(model, loaded.backbone, [None]), None

@@ -19,19 +19,8 @@ from torch import nn
 from tlvision.codes.cache import VAL_VIEW, CodesSpec, FeatureCache, default_cache_dir
 from tlvision.codes.extraction import UnreadableImagesError, extract_codes
 from tlvision.models.network import head_of
-from tlvision.models.stages import StageCodes, global_pool, stage_label
+from tlvision.models.stages import PooledStage, StageCodes
 from tlvision.runs.reader import LoadedModel
-
-
-class _StageBody(nn.Module):
-    """A linear probe's body: images -> its stage's pooled codes."""
-
-    def __init__(self, body: nn.Module, stage: str) -> None:
-        super().__init__()
-        self.body, self.label = body, stage_label(stage)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return global_pool(self.body(images)[self.label])
 
 
 @dataclass(frozen=True)
@@ -47,7 +36,7 @@ def _extractor(loaded: LoadedModel) -> tuple[nn.Module, nn.Module, str | None]:
     stage = loaded.metadata.get("stage")
     if stage:
         body, head = loaded.model.get_submodule("body"), loaded.model.get_submodule("head")
-        return _StageBody(body, stage), head, stage
+        return PooledStage(body, stage), head, stage
     return (
         StageCodes(loaded.model, loaded.backbone, [None]),
         head_of(loaded.model, loaded.backbone),

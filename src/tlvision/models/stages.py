@@ -9,6 +9,7 @@ an ordinary module (state-dict keys as in the full model) that exports to ONNX a
   `head(codes)` equals the full model's logits.
 - `stage_graph(model, backbone, stages)`: images -> {stage label: raw output}, feature maps
   (N, C, H, W) for stages; the body of an earlier-stage linear probe, and of class maps.
+- `PooledStage(body, stage)`: such a body's pooled codes (a linear probe's codes pass).
 - `StageClassifier(backbone, stage, num_classes)`: that body, pooled, then a linear head.
 
 Both share the given model's modules (no copy).
@@ -37,6 +38,17 @@ def global_pool(feature_map: torch.Tensor) -> torch.Tensor:
     if feature_map.ndim > 2:
         feature_map = feature_map.flatten(2).mean(dim=2)
     return feature_map.float()
+
+
+class PooledStage(nn.Module):
+    """A cut body's pooled codes: images -> (N, C) of `stage`, the body a `stage_graph`."""
+
+    def __init__(self, body: nn.Module, stage: str | None) -> None:
+        super().__init__()
+        self.body, self.label = body, stage_label(stage)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return global_pool(self.body(images)[self.label])
 
 
 def stage_channels(backbone: BackboneSpec, stage: str | None) -> int:
