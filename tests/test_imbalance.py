@@ -15,6 +15,9 @@ from tlvision.cli import main
 from tlvision.config import TrainConfig
 from tlvision.data.doctor import check_dataset
 from tlvision.errors import UserError
+from tlvision.inference.evaluation import classify_samples
+from tlvision.inference.runtime import TorchClassifier
+from tlvision.runs.reader import load_run_model, run_splits
 from tlvision.training.fit import fit
 from tlvision.training.sampling import balanced_sampler
 
@@ -40,6 +43,34 @@ def test_summary_leads_with_balanced_accuracy_on_imbalanced_data(tmp_path: Path)
     assert list(summary)[:3] == ["final_val_balanced_acc", "val_macro_f1", "class_size_ratio"]
     assert summary["class_size_ratio"] == 4.0
     assert 0.0 <= summary["final_val_balanced_acc"] <= 1.0
+
+
+@pytest.mark.parametrize("stage", [None, "stage2"])
+def test_a_frozen_run_scores_balance_on_its_head_codes_as_predict_would(
+    tmp_path: Path, stage: str | None
+) -> None:
+    """The frozen routes take balanced accuracy from the head's val codes (no second pass of
+    the body); the numbers are those of the saved model run on the val images."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    data = imbalanced(tmp_path / "data")
+    lines: list[str] = []
+    config = TrainConfig(
+        data_dir=data, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache", input_size=48,
+        epochs=2, batch_size=8, num_workers=0, device="cpu",
+        strategy="linear-probe" if stage else "feature-extract", stage=stage,
+    )  # fmt: skip
+    summary = fit(config, log=lines.append)
+    assert any("on the head's val codes" in line for line in lines)
+    loaded = load_run_model(tmp_path / "run")
+    predictions = classify_samples(
+        TorchClassifier(loaded), run_splits(loaded.metadata).samples["val"]
+    )
+    truth, predicted = predictions.labels, predictions.probabilities.argmax(axis=1)
+    assert summary["final_val_balanced_acc"] == pytest.approx(
+        balanced_accuracy_score(truth, predicted)
+    )
+    assert summary["val_macro_f1"] == pytest.approx(f1_score(truth, predicted, average="macro"))
 
 
 def test_balanced_data_gets_no_balanced_fields(tmp_path: Path) -> None:

@@ -100,7 +100,8 @@ def fit_on_codes(
         model_info={"stage": stage, "head": head, **model_info},
         # the centre crop's codes (views come centre first) and val's: the rejection's
         head_codes=HeadCodes(
-            [path for path, _ in codes.train_samples], codes.train_views[0], codes.val
+            [path for path, _ in codes.train_samples], codes.train_views[0], codes.val,
+            codes.val_labels,
         ),
     )  # fmt: skip
 

@@ -53,6 +53,11 @@ class HeadCodes:
     train_paths: list[Path]
     train: np.ndarray  # (N_train, C), the centre crop's
     val: np.ndarray  # (N_val, C), the readable val images in order
+    val_labels: np.ndarray  # (N_val,), their classes
+
+    @property
+    def val_set(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.val, self.val_labels
 
 
 def calibrate_rejection(
@@ -151,7 +156,8 @@ def finish_run(
     skipped_files = describe_skipped(skipped | set(setup.splits.broken_links))
     rejection = calibrate_rejection(setup, model, log, skipped, head_codes)
     summary = {
-        **imbalance_fields(setup, model, log),  # first: on imbalanced data it leads
+        # first: on imbalanced data it leads
+        **imbalance_fields(setup, model, log, head_codes.val_set if head_codes else None),
         **_test_split_result(setup, log),
         "final_val_acc": metrics[-1]["val_acc"],
         "best_val_acc": best["val_acc"],

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+import torch
 from torch import nn
 
 from tlvision.training.run_setup import Log, RunSetup
@@ -25,22 +27,27 @@ def is_imbalanced(setup: RunSetup) -> bool:
     return size_ratio(setup.splits.class_counts("train")) >= IMBALANCE_RATIO
 
 
-def imbalance_fields(setup: RunSetup, model: nn.Module, log: Log) -> dict[str, Any]:
-    """Balanced accuracy and macro F1 of the saved model on val, on imbalanced data; else {}."""
+def imbalance_fields(
+    setup: RunSetup,
+    model: nn.Module,
+    log: Log,
+    val_codes: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Balanced accuracy and macro F1 of the saved model on val, on imbalanced data; else {}.
+
+    `val_codes`: (codes, labels) of the readable val images as the frozen routes' head was
+    scored on them; its predictions then come from the head alone, not a pass of the body.
+    """
     if not is_imbalanced(setup):
         return {}
     from sklearn.metrics import balanced_accuracy_score, f1_score
 
-    from tlvision.inference.evaluation import classify_samples
-    from tlvision.inference.runtime import TorchClassifier
-    from tlvision.runs.reader import LoadedModel
-
-    names = tuple(setup.splits.class_names)
-    loaded = LoadedModel(model.eval(), setup.backbone, names, setup.preprocessing, {})
-    predictions = classify_samples(
-        TorchClassifier(loaded, setup.device), setup.splits.samples["val"]
-    )
-    truth, predicted = predictions.labels, predictions.probabilities.argmax(axis=1)
+    if val_codes is not None:
+        truth, predicted = val_codes[1], _head_predictions(setup, model, val_codes[0])
+        source = "the head's val codes"
+    else:
+        truth, predicted = _image_predictions(setup, model)
+        source = "the val images"
     ratio = size_ratio(setup.splits.class_counts("train"))
     fields = {
         "final_val_balanced_acc": float(balanced_accuracy_score(truth, predicted)),
@@ -50,6 +57,32 @@ def imbalance_fields(setup: RunSetup, model: nn.Module, log: Log) -> dict[str, A
     log(
         f"imbalanced classes ({ratio:.1f}x): val balanced accuracy "
         f"{fields['final_val_balanced_acc']:.4f}, macro F1 {fields['val_macro_f1']:.4f} "
-        "(the saved weights)"
+        f"(the saved weights, on {source})"
     )
     return fields
+
+
+def _head_predictions(setup: RunSetup, model: nn.Module, codes: np.ndarray) -> np.ndarray:
+    """The saved model's classes from its head's input codes (a stage probe's or the top's)."""
+    from tlvision.models.network import head_of
+    from tlvision.models.stages import StageClassifier
+
+    head = model.head if isinstance(model, StageClassifier) else head_of(model, setup.backbone)
+    with torch.inference_mode():
+        inputs = torch.from_numpy(np.array(codes, dtype=np.float32))  # a writable copy
+        logits = head(inputs.to(next(head.parameters()).device))
+    return np.asarray(logits.argmax(dim=1).cpu().numpy())
+
+
+def _image_predictions(setup: RunSetup, model: nn.Module) -> tuple[np.ndarray, np.ndarray]:
+    """(true, predicted) classes of the val images through the saved model, as predict sees it."""
+    from tlvision.inference.evaluation import classify_samples
+    from tlvision.inference.runtime import TorchClassifier
+    from tlvision.runs.reader import LoadedModel
+
+    names = tuple(setup.splits.class_names)
+    loaded = LoadedModel(model.eval(), setup.backbone, names, setup.preprocessing, {})
+    predictions = classify_samples(
+        TorchClassifier(loaded, setup.device), setup.splits.samples["val"]
+    )
+    return predictions.labels, predictions.probabilities.argmax(axis=1)
