@@ -204,13 +204,27 @@ def test_int8_export_is_smaller_and_reports_its_own_accuracy(
     labels = np.array([loaded.class_names.index(path.parent.name) for path in paths])
     pixels = np.stack([prepare_pixels(load_rgb_image(p), loaded.preprocessing) for p in paths])
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    int8_predicted = session.run(None, {"pixels": pixels})[0].argmax(axis=1)
+    int8_logits, int8_scores = session.run(None, {"pixels": pixels})
+    int8_predicted = int8_logits.argmax(axis=1)
     torch_predicted = predict_probabilities(run, paths).argmax(axis=1)
     assert measured["val_images"] == len(paths) == 32
     assert measured["int8_val_accuracy"] == np.mean(int8_predicted == labels)
     assert measured["fp32_val_accuracy"] == np.mean(torch_predicted == labels)
     assert document["parity"]["top1_agreement"] == np.mean(int8_predicted == torch_predicted)
     assert document["parity"]["top1_agreement"] >= 0.9  # the int8 check's own minimum
+
+    # A client rejecting by the sidecar's rule on the int8 file's own ood_score output rejects
+    # what the run promises of val (at most 5%), not what the fp32 threshold would through it.
+    run_rejection = json.loads((run / "rejection.json").read_text())
+    rejection = document["rejection"]
+    assert rejection["score"] == "code-distance" and rejection["output"] == "ood_score"
+    rejected = np.mean(int8_scores > rejection["threshold"])
+    assert rejected <= run_rejection["target_val_rejected"] == 0.05
+    assert rejection["val_rejected"] == rejected
+    assert measured["rejection"]["run_threshold"] == run_rejection["threshold"]
+    assert measured["rejection"]["run_threshold_val_rejected"] == np.mean(
+        int8_scores > run_rejection["threshold"]
+    )
 
 
 def test_cli_export_and_bad_requests(

@@ -89,7 +89,7 @@ def onnx_forward(module: nn.Module, example: torch.Tensor, threads: int) -> Onnx
                 dynamic_axes={0: "batch"},
             )  # fmt: skip
             assert graph is not None
-            forward = OnnxForward(onnx_session(graph, threads, memory_arena=False), keys)
+            forward = OnnxForward(onnx_session(graph, threads), keys)
         except Exception:  # any export or session failure (an operator missing): stay on torch
             return None
     return forward if _agrees(forward(sample), produced) else None

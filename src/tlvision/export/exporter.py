@@ -195,7 +195,7 @@ def sidecar(
         **(
             {}
             if request.class_maps
-            else rejection_for_clients(request.run_dir, has_ood_output(request.format))
+            else rejection_of_file(request.run_dir, has_ood_output(request.format), report)
         ),
     }
 
@@ -233,6 +233,24 @@ def _second_output(loaded: LoadedModel, request: ExportRequest) -> dict[str, Any
 
 def has_ood_output(format_name: str) -> bool:
     return EXPORT_FORMATS.get(format_name).ood_output
+
+
+def rejection_of_file(run_dir: Path, ood_output: bool, report: ParityReport) -> dict[str, Any]:
+    """rejection_for_clients, with the threshold an int8 file calibrated on its own scores
+    (tlvision.export.quantize.own_rejection) in place of the run's fp32 one."""
+    section = rejection_for_clients(run_dir, ood_output)
+    own = report.extra.get("int8", {}).get("rejection")
+    if section and own:
+        section["rejection"].update(
+            threshold=own["threshold"],
+            val_rejected=own["val_rejected"],
+            calibrated=(
+                f"on this int8 file's own scores of {own['val_images']} val images; the run's "
+                f"fp32 threshold {own['run_threshold']:.4g} rejects "
+                f"{own['run_threshold_val_rejected']:.1%} of them through this file"
+            ),
+        )
+    return section
 
 
 def rejection_for_clients(run_dir: Path, ood_output: bool = True) -> dict[str, Any]:

@@ -25,9 +25,11 @@ from tlvision.export.parity import (
     Runner,
     in_batches,
     load_pixels,
+    outputs_in_batches,
     torch_runner,
 )
-from tlvision.runs.reader import LoadedModel, run_splits
+from tlvision.models.ood import DEFAULT_VAL_REJECTED, val_threshold
+from tlvision.runs.reader import LoadedModel, read_rejection_file, run_splits
 
 CALIBRATION_IMAGES = 64  # train images; more moves the int8 ranges little on a small head task
 EVALUATION_IMAGES = 512  # val images for the accuracy comparison (all of a small val split)
@@ -106,16 +108,18 @@ def quantize_and_check(
         difference, agrees = agreement(
             in_batches(reference, parity.pixels), in_batches(int8, parity.pixels)
         )
-        measured = {
+        int8_logits, int8_scores = outputs_in_batches(int8, evaluation.pixels)
+        measured: dict[str, Any] = {
             "fp32_bytes": fp32_path.stat().st_size,
             "int8_bytes": int8_path.stat().st_size,
             "fp32_images_per_second": images_per_second(fp32, parity.pixels),
             "int8_images_per_second": images_per_second(int8, parity.pixels),
             "val_images": len(evaluation.pixels),
             "fp32_val_accuracy": accuracy(fp32, evaluation),
-            "int8_val_accuracy": accuracy(int8, evaluation),
+            "int8_val_accuracy": float(np.mean(int8_logits.argmax(axis=1) == evaluation.labels)),
             "min_top1_agreement": MIN_AGREEMENT,
             "fp32_parity": fp32_report.to_json(),
+            **own_rejection(loaded, int8_scores),
         }
         log(describe(measured))
         if agrees < MIN_AGREEMENT:
@@ -129,6 +133,28 @@ def quantize_and_check(
     return ParityReport(len(parity.pixels), difference, agrees, {"int8": measured})
 
 
+def own_rejection(loaded: LoadedModel, int8_scores: np.ndarray | None) -> dict[str, Any]:
+    """The int8 file's own rejection threshold, for a run whose file computes the code-space
+    score: the run's rule (at most its share of val rejected) applied to the scores this file
+    gives the val images, since a client compares this file's scores, not fp32 ones, with the
+    sidecar's threshold. Recorded beside it: what the run's fp32 threshold rejects of val through
+    this file (the reference set: 0.3412 against 0.3426, 4.6% of val either way)."""
+    document = read_rejection_file(loaded.run_dir) if loaded.run_dir is not None else None
+    if document is None or int8_scores is None or len(int8_scores) == 0:
+        return {}
+    share = float(document.get("target_val_rejected", DEFAULT_VAL_REJECTED))
+    threshold = val_threshold(int8_scores, share)
+    return {
+        "rejection": {
+            "threshold": threshold,
+            "val_rejected": float(np.mean(int8_scores > threshold)),
+            "val_images": len(int8_scores),
+            "run_threshold": float(document["threshold"]),
+            "run_threshold_val_rejected": float(np.mean(int8_scores > document["threshold"])),
+        }
+    }
+
+
 def describe(measured: dict[str, Any]) -> str:
     return (
         f"int8 vs fp32: size {measured['int8_bytes'] / 1e6:.1f} MB vs "
@@ -138,4 +164,10 @@ def describe(measured: dict[str, Any]) -> str:
         f"images/s ({measured['int8_images_per_second'] / measured['fp32_images_per_second']:.2f}"
         f"x); val accuracy {measured['int8_val_accuracy']:.4f} vs "
         f"{measured['fp32_val_accuracy']:.4f} on {measured['val_images']} images"
+        + (
+            f"; rejection threshold {own['threshold']:.4f} (the run's {own['run_threshold']:.4f} "
+            f"rejects {own['run_threshold_val_rejected']:.0%} of val through this file)"
+            if (own := measured.get("rejection"))
+            else ""
+        )
     )

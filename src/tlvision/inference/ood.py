@@ -20,7 +20,6 @@ from tlvision.runs.reader import read_rejection_file
 SCORES = OOD_SCORES  # `tlvision calibrate --score`'s choices
 DEFAULT_SCORE = CODE_DISTANCE  # what training calibrates
 DEFAULT_LOGIT_SCORE = "energy"  # a threshold given for a run without rejection.json
-DEFAULT_VAL_REJECTED = 0.05  # the share of val images the calibrated threshold may reject
 HISTOGRAM_BINS = 20
 OFF, AUTO = "off", "auto"
 

@@ -36,14 +36,13 @@ from tlvision.errors import UserError
 from tlvision.inference.ood import (
     DEFAULT_LOGIT_SCORE,
     DEFAULT_SCORE,
-    DEFAULT_VAL_REJECTED,
     HISTOGRAM_BINS,
     check_score,
     ood_scores,
 )
 from tlvision.inference.train_codes import MAX_TRAIN_CODES, codes_cache, sampled, train_codes
 from tlvision.jsonio import write_json_atomic
-from tlvision.models.ood import CodeDistance
+from tlvision.models.ood import DEFAULT_VAL_REJECTED, CodeDistance, val_threshold
 from tlvision.runs.layout import CODE_DISTANCE, OOD_CODES_FILE, REJECTION_FILE
 from tlvision.runs.reader import LoadedModel
 from tlvision.runs.writer import save_ood_codes
@@ -73,7 +72,7 @@ def calibrate_scores(
     if len(values) == 0:
         raise UserError("no readable val images to calibrate the rejection threshold on")
     values = np.asarray(values, dtype=np.float64)
-    threshold = float(np.quantile(values, 1.0 - val_rejected, method="higher"))
+    threshold = val_threshold(values, val_rejected)
     counts, edges = np.histogram(values, bins=HISTOGRAM_BINS)
     return {
         "score": score,

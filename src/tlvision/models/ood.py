@@ -17,10 +17,20 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 from torch import nn
 
+DEFAULT_VAL_REJECTED = 0.05  # the share of val images a calibrated threshold may reject
 NORM_FLOOR = 1e-12  # codes shorter than this are treated as this long (an all-zero code)
+
+
+def val_threshold(val_scores: np.ndarray, val_rejected: float) -> float:
+    """The rejection threshold: the score above which at most `val_rejected` of the val images'
+    scores lie. One rule for every calibration (training, `tlvision calibrate`, an int8 export
+    scored through its own file)."""
+    values = np.asarray(val_scores, dtype=np.float64)
+    return float(np.quantile(values, 1.0 - val_rejected, method="higher"))
 
 
 def l2_normalised(codes: torch.Tensor) -> torch.Tensor:
