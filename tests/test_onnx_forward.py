@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,11 @@ from tlvision.codes.extraction import extract_codes
 from tlvision.codes.onnx_forward import (
     ONNX_FROM_IMAGES,
     OnnxForward,
+    fastest_forward,
     onnx_forward,
     use_onnx_runtime,
 )
+from tlvision.codes.runtime_choice import ONNX, TORCH, Timing, choices_dir, faster
 from tlvision.data.images import load_rgb_image
 from tlvision.data.transforms import build_transforms
 from tlvision.models.backbone import get_backbone
@@ -106,3 +109,42 @@ def test_when_extraction_uses_onnx_runtime(
         use_onnx_runtime(device_type=device, image_count=count, onnx_installed=installed)
         is expected
     )
+
+
+def test_which_runtime_is_measured_once_on_this_machine_and_remembered(
+    pretrained_codes: tuple[StageCodes, object],
+    reference_data: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no choice from another test
+    extractor, preprocessing = pretrained_codes
+    transform = build_transforms(preprocessing)["val"]  # type: ignore[arg-type]
+    paths = sorted((reference_data / "val").rglob("*.jpg"))[:6]
+    images = torch.stack([transform(load_rgb_image(path)) for path in paths])
+    cpu = torch.device("cpu")
+
+    first = fastest_forward(extractor, images, ONNX_FROM_IMAGES, cpu)
+    [choice_file] = list(choices_dir().glob("*.json"))
+    measured = json.loads(choice_file.read_text())
+    assert measured["images"] == len(images) and measured["torch_seconds"] > 0
+    assert measured["chose"] == faster(
+        Timing(measured["torch_seconds"], measured["onnx_seconds"], len(images))
+    )
+    assert isinstance(first, OnnxForward) is (measured["chose"] == ONNX)
+
+    # The next pass reads the remembered timings instead of measuring: steer them both ways.
+    for torch_seconds, onnx_seconds, runs_onnx in ((0.001, 1.0, False), (1.0, 0.001, True)):
+        remembered = {**measured, "torch_seconds": torch_seconds, "onnx_seconds": onnx_seconds}
+        choice_file.write_text(json.dumps(remembered))
+        forward = fastest_forward(extractor, images, ONNX_FROM_IMAGES, cpu)
+        assert isinstance(forward, OnnxForward) is runs_onnx
+        assert (forward is extractor) is not runs_onnx
+        assert json.loads(choice_file.read_text()) == remembered  # read, not measured again
+    assert len(list(choices_dir().glob("*.json"))) == 1
+
+
+def test_the_faster_measured_runtime_wins() -> None:
+    assert faster(Timing(torch_seconds=0.4, onnx_seconds=0.1, images=16)) == ONNX
+    assert faster(Timing(torch_seconds=0.1, onnx_seconds=0.4, images=16)) == TORCH
+    assert faster(Timing(torch_seconds=0.2, onnx_seconds=0.2, images=16)) == TORCH  # a tie

@@ -409,7 +409,7 @@ class _Run:
         """ONNX Runtime for a CPU pass over enough images to pay for the export, else torch."""
         if self.runtime == "torch":
             return work
-        forward = fastest_forward(work, images, count, self.device)
+        forward = fastest_forward(work, self._to_device(images), count, self.device)
         if forward is not work:
             self.channels_last = False  # ONNX Runtime takes plain NCHW arrays
         return forward

@@ -1,12 +1,14 @@
-"""Forward-only passes of a frozen torch module in ONNX Runtime, the fastest CPU runtime here.
+"""Forward-only passes of a frozen torch module in ONNX Runtime, when it is faster here.
 
 Code extraction (the frozen routes, `probe`, the advisor, the report) and the frozen prefix of
 fine-tuning run a body that never changes over every image. On this project's 2-core reference
 CPU ONNX Runtime runs MobileNetV2 2.06x faster than channels-last eager torch, export included
-(benchmarks/RESULTS.md), and the in-memory export takes 2-3 s (tlvision.compute.onnx), so a pass
-over more than a few dozen images pays for it. `OnnxForward` is called like the module it
-replaces: a float NCHW batch in, the module's tensor or {key: tensor} out. Anything that fails
-to export, to load or to agree with torch returns None, and the caller keeps torch.
+(benchmarks/RESULTS.md), but CPUs differ, so which runtime runs a module is measured on this
+machine once and remembered (tlvision.codes.runtime_choice). The in-memory export takes 2-3 s
+(tlvision.compute.onnx), so a pass over fewer than ONNX_FROM_IMAGES images stays on torch
+without measuring. `OnnxForward` is called like the module it replaces: a float NCHW batch in,
+the module's tensor or {key: tensor} out. Anything that fails to export, to load or to agree
+with torch returns None, and the caller keeps torch.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tlvision.codes.runtime_choice import ONNX, measured_choice
 from tlvision.compute.onnx import agreement, onnx_session, onnxruntime_installed, write_onnx
 
 # Measured on the reference CPU: the export costs 2-3 s and ONNX Runtime saves 15-60 ms an image
@@ -36,13 +39,16 @@ def use_onnx_runtime(*, device_type: str, image_count: int, onnx_installed: bool
 def fastest_forward(
     module: nn.Module, example: torch.Tensor, image_count: int, device: torch.device
 ) -> Forward:
-    """`module` in ONNX Runtime when a pass over `image_count` images on `device` pays for the
-    export (use_onnx_runtime) and the export works; otherwise `module` itself (torch)."""
+    """`module` in ONNX Runtime when a pass over `image_count` images on `device` may pay for
+    the export (use_onnx_runtime), the export works and ONNX Runtime runs `example` faster than
+    torch on this machine (measured once, remembered); otherwise `module` itself (torch).
+    `example`: a batch as torch would receive it (its memory format included)."""
     if use_onnx_runtime(
         device_type=device.type, image_count=image_count, onnx_installed=onnxruntime_installed()
     ):
-        runner = onnx_forward(module, example, threads=torch.get_num_threads())
-        if runner is not None:
+        threads = torch.get_num_threads()
+        runner = onnx_forward(module, example, threads=threads)
+        if runner is not None and measured_choice(module, runner, example, threads) == ONNX:
             return runner
     return module
 
