@@ -15,6 +15,7 @@ import torch
 from conftest import predict_with_torch, write_dataset
 
 from tlvision.cli import main
+from tlvision.codes.runtime_choice import choices_dir
 from tlvision.config import TrainConfig
 from tlvision.data.images import load_rgb_image
 from tlvision.data.transforms import prepare_pixels
@@ -132,10 +133,31 @@ def test_runtime_logits_match_predict(
     np.testing.assert_allclose(probabilities, predict_probabilities(run, paths), atol=1e-5)
 
 
-def test_auto_runtime_is_onnx_and_a_damaged_file_is_not_current(runs: dict[str, Path]) -> None:
+def test_auto_runtime_is_the_one_measured_faster_on_this_machine(
+    runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    needs_onnx()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no choice remembered yet
+    run = runs["feature-extract"]
+    first = open_classifier(run, "auto")
+    assert export_path(run, "onnx").is_file()  # auto exported the run to time it
+    [choice_file] = list(choices_dir().glob("*.json"))
+    measured = json.loads(choice_file.read_text())
+    assert measured["torch_seconds"] > 0 and measured["onnx_seconds"] > 0
+    assert first.runtime == measured["chose"]
+    # Later opens read the remembered timings: steered both ways, auto follows them.
+    for torch_seconds, onnx_seconds, expected in ((0.001, 1.0, "torch"), (1.0, 0.001, "onnx")):
+        remembered = {**measured, "torch_seconds": torch_seconds, "onnx_seconds": onnx_seconds}
+        choice_file.write_text(json.dumps(remembered))
+        assert open_classifier(run, "auto").runtime == expected
+        assert json.loads(choice_file.read_text()) == remembered
+    assert open_classifier(run, "onnx").runtime == "onnx"  # asked for: no measuring, no choice
+
+
+def test_a_damaged_export_is_not_current(runs: dict[str, Path]) -> None:
     needs_onnx()
     run = runs["feature-extract"]
-    assert open_classifier(run, "auto").runtime == "onnx"
+    assert open_classifier(run, "onnx").runtime == "onnx"
     path = export_path(run, "onnx")
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte in the weights

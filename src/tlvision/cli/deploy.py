@@ -140,8 +140,9 @@ def add_predict_command(commands: Commands) -> None:
     predict.add_argument("--workers", type=int, help="decoding threads (default: one per core)")
     predict.add_argument(
         "--runtime", default="auto",
-        help=f"one of {', '.join(runtime_names())}; auto: ONNX Runtime on a CPU (exported into "
-        "RUN/export/ once, for 500+ images or when an export exists), torch on a GPU",
+        help=f"one of {', '.join(runtime_names())}; auto: ONNX Runtime on a CPU where measured "
+        "faster (exported into RUN/export/ once, for 500+ images or when an export exists), "
+        "torch on a GPU",
     )  # fmt: skip
     predict.add_argument("--reject", default="off", metavar="auto|off|SCORE", help=REJECT_HELP)
     predict.set_defaults(handler=command_predict)
@@ -244,7 +245,8 @@ def add_serve_command(commands: Commands) -> None:
     serve.add_argument("--port", type=int, default=defaults.port)
     serve.add_argument(
         "--runtime", default=defaults.runtime,
-        help=f"one of {', '.join(runtime_names())}; auto: ONNX Runtime when installed, else torch",
+        help=f"one of {', '.join(runtime_names())}; auto: ONNX Runtime when installed and measured "
+        "faster here, else torch",
     )  # fmt: skip
     serve.add_argument(
         "--token",

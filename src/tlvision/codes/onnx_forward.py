@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tlvision.codes.runtime_choice import ONNX, measured_choice
+from tlvision.codes.runtime_choice import ONNX, TIMING_IMAGES, choice_key, measured_choice
 from tlvision.compute.onnx import agreement, onnx_session, onnxruntime_installed, write_onnx
 
 # Measured on the reference CPU: the export costs 2-3 s and ONNX Runtime saves 15-60 ms an image
@@ -48,9 +48,17 @@ def fastest_forward(
     ):
         threads = torch.get_num_threads()
         runner = onnx_forward(module, example, threads=threads)
-        if runner is not None and measured_choice(module, runner, example, threads) == ONNX:
+        if runner is not None and _measured_choice(module, runner, example, threads) == ONNX:
             return runner
     return module
+
+
+def _measured_choice(
+    module: nn.Module, runner: OnnxForward, example: torch.Tensor, threads: int
+) -> str:
+    batch = example[:TIMING_IMAGES]
+    key = choice_key(module, example, threads)
+    return measured_choice(key, lambda: module(batch), lambda: runner(batch), len(batch))
 
 
 class _AsTuple(nn.Module):

@@ -64,7 +64,8 @@ def _cpu() -> str:
 
 def choice_key(module: nn.Module, example: torch.Tensor, threads: int) -> str:
     """What the timings depend on: this machine, the runtimes' versions, the architecture (not
-    its weights) and the input's shape."""
+    its weights: the module's class and parameter shapes) and the input's shape, dtype and
+    memory format."""
     shapes = [list(parameter.shape) for parameter in module.parameters()]
     described = {
         "cpu": _cpu(),
@@ -98,27 +99,24 @@ def remember(key: str, timing: Timing) -> None:
         pass  # a read-only cache: the choice is measured again next time, nothing is lost
 
 
-def seconds_per_pass(forward: Callable[[torch.Tensor], Any], batch: torch.Tensor) -> float:
-    forward(batch)  # warm-up: first-run allocations, kernel selection
+def seconds_per_pass(run: Callable[[], Any]) -> float:
+    run()  # warm-up: first-run allocations, kernel selection
     best = float("inf")
     for _ in range(TIMING_REPEATS):
         started = time.perf_counter()
-        forward(batch)
+        run()
         best = min(best, time.perf_counter() - started)
     return best
 
 
 def measured_choice(
-    module: nn.Module, onnx: Callable[[torch.Tensor], Any], example: torch.Tensor, threads: int
+    key: str, run_torch: Callable[[], Any], run_onnx: Callable[[], Any], images: int
 ) -> str:
-    """ONNX or TORCH for `module` on batches like `example`: remembered, or timed now."""
-    key = choice_key(module, example, threads)
+    """ONNX or TORCH for `key` (choice_key): remembered, or timed now on the two passes over
+    the same `images` images."""
     timing = remembered(key)
     if timing is None:
-        batch = example[:TIMING_IMAGES]
         with torch.inference_mode():
-            timing = Timing(
-                seconds_per_pass(module, batch), seconds_per_pass(onnx, batch), len(batch)
-            )
+            timing = Timing(seconds_per_pass(run_torch), seconds_per_pass(run_onnx), images)
         remember(key, timing)
     return faster(timing)

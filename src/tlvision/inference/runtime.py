@@ -9,12 +9,14 @@ scaling and normalisation are inside the model (tlvision.models.pixels), so ever
 `predict`'s probabilities to float rounding.
 
 The runtimes are torch and every registered export format that serves (tlvision.export.format;
-ONNX Runtime is built in). "auto" picks ONNX Runtime on a CPU when it is installed
-(benchmarks/RESULTS.md: 4.49x torch eager for the model alone at batch 32 on 2 cores,
-1.96-2.54x for predict with its decoding), exporting the run into
-RUN/export/ on first use with the same parity check as `tlvision export`; as that export costs
-about 10 s, a handful of images (under EXPORT_PAYS_FROM_IMAGES) stays on torch until an export
-exists. On a GPU torch keeps the model on the device.
+ONNX Runtime is built in). "auto" on a CPU with ONNX Runtime installed exports the run into
+RUN/export/ on first use, with the same parity check as `tlvision export`, and keeps whichever
+of the two classified a batch faster on this machine (timed once, remembered:
+tlvision.codes.runtime_choice; on the reference CPU ONNX Runtime, 4.49x torch eager for the
+model alone at batch 32 on 2 cores, 1.96-2.54x for predict with its decoding,
+benchmarks/RESULTS.md). As that export costs about 10 s, a handful of images (under
+EXPORT_PAYS_FROM_IMAGES) stays on torch until an export exists. On a GPU torch keeps the model
+on the device.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from tlvision.codes.runtime_choice import ONNX, TIMING_IMAGES, choice_key, measured_choice
 from tlvision.data.preprocessing import Preprocessing
 from tlvision.errors import UserError
 from tlvision.export.format import EXPORT_FORMATS, runtime_names
@@ -198,4 +201,19 @@ def classifier_of(
             raise UserError(f"--runtime {chosen}: the export failed: {error}") from error
         print(f"runtime auto: using torch, the {chosen} export failed: {error}", file=sys.stderr)
         return TorchClassifier(loaded, device)
-    return ExportedClassifier(chosen, export_format.open(path), loaded)
+    exported = ExportedClassifier(chosen, export_format.open(path), loaded)
+    return exported if runtime != AUTO else faster_here(exported, TorchClassifier(loaded, device))
+
+
+def faster_here(exported: ExportedClassifier, on_torch: TorchClassifier) -> Classifier:
+    """Whichever of the two classifies a batch faster on this machine: timed once on random
+    pixels (a CNN's time does not depend on them), then remembered."""
+    crop = on_torch.preprocessing.crop_size
+    pixels = np.random.default_rng(0).integers(
+        0, 256, (TIMING_IMAGES, crop, crop, 3), dtype=np.uint8
+    )
+    key = choice_key(on_torch.network, torch.from_numpy(pixels), torch.get_num_threads())
+    choice = measured_choice(
+        key, lambda: on_torch.outputs(pixels), lambda: exported.outputs(pixels), len(pixels)
+    )
+    return exported if choice == ONNX else on_torch
