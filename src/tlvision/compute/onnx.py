@@ -42,8 +42,9 @@ def onnx_session(model: Path | bytes, threads: int | None = None) -> Any:
     loop share these cores (measured at equal or better throughput).
 
     The memory arena stays on, even for a one-pass session: without it every operator's output
-    is fresh memory from the kernel, and MobileNetV2 at batch 8 to 32 ran at 138-143 img/s
-    against 223-243 with it, for 59 MB more peak memory at batch 32 (benchmarks/onnx_arena.py)."""
+    is fresh memory from the kernel, and MobileNetV2 at batch 8 to 32 ran at 145-152 img/s
+    against 232-251 with it, for 62 MB more peak memory at batch 32 (benchmarks/onnx_arena.py;
+    153 MB more in the audit's cold pass over 3,000 images)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
