@@ -92,15 +92,44 @@ def interrupt(process: subprocess.Popen[bytes]) -> int:
     return process.wait(timeout=120)
 
 
+# Put first on the training process's path: before epoch 1 the process says so in a file and
+# holds, so the SIGINT lands before any checkpoint however slowly the machine runs (without the
+# hold, a loaded machine let the short run finish before the signal came).
+HOLD_BEFORE_EPOCH_1 = """
+import os
+import time
+from pathlib import Path
+
+import tlvision.training.finetune as finetune
+
+run_epoch = finetune.run_epoch
+
+
+def hold_then_run(trainer, epoch):
+    if epoch == 1:
+        Path(os.environ["TLVISION_TEST_HOLDING"]).touch()
+        while True:
+            time.sleep(60)
+    run_epoch(trainer, epoch)
+
+
+finetune.run_epoch = hold_then_run
+"""
+
+
 def test_ctrl_c_before_the_first_epoch_leaves_a_run_to_resume_or_overwrite(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = write_dataset(tmp_path / "data", per_class={"train": 24, "val": 6})
-    run, output = tmp_path / "run", tmp_path / "output.txt"
+    run, output, hook = tmp_path / "run", tmp_path / "output.txt", tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HOLD_BEFORE_EPOCH_1)
+    holding = tmp_path / "holding"
+    monkeypatch.setenv("TLVISION_TEST_HOLDING", str(holding))
     process = start_training(
-        ["train", str(data), "--out", str(run), *FAST, "--epochs", "2"], output
+        ["train", str(data), "--out", str(run), *FAST, "--epochs", "2"], output, hook
     )
-    wait_until(lambda: (run / "config.toml").is_file(), process, output)
+    wait_until(holding.is_file, process, output)
     assert interrupt(process) == 130
     assert not (run / TRAINING_CHECKPOINT).exists(), "interrupted too late: no test"
     text = output.read_text()
