@@ -15,8 +15,11 @@ from serving import demo_val_images, train_demo_run
 
 from tlvision import demo_data_dir
 from tlvision.cli import main
+from tlvision.codes.cache import default_cache_dir
+from tlvision.inference.sources import expand_image_paths
+from tlvision.labelling.next import TYPICALITY_DIR
 from tlvision.labelling.pool import pool_codes
-from tlvision.labelling.selection import normalised, select, typicality
+from tlvision.labelling.selection import margin_uncertainty, normalised, select, typicality
 from tlvision.runs.reader import load_run_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -75,6 +78,37 @@ def test_label_next_picks_files_as_given_and_skips_duplicates(
     assert [row["file"] for row in rows] == files and all(row["class"] == "" for row in rows)
     sheet = Path("picked/label-next.html").read_text()
     assert sheet.count("<img ") == 9 and "tlvision add-labels" in sheet
+
+
+def test_label_next_keeps_the_pools_typicality_and_reads_it_back(
+    run_dir: Path, pool: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(Path("xdg").absolute()))  # the run's codes cache
+    first, _err = label_next_json(run_dir, pool, 3, capsys)
+    [kept] = list((default_cache_dir() / TYPICALITY_DIR).glob("*.json"))
+    loaded = load_run_model(run_dir)
+    found = pool_codes(loaded, expand_image_paths([pool]), device=torch.device("cpu"))
+    np.testing.assert_allclose(
+        json.loads(kept.read_text())["typicality"], typicality(normalised(found.codes))
+    )
+    # The next run over the same pool reads it: steered to one image, that image comes first.
+    files = [str(path) for path in found.paths]
+    picked = {pick["file"] for pick in first["picks"]}  # type: ignore[attr-defined]
+    uncertainty = margin_uncertainty(found.probabilities)
+    others = [i for i, file in enumerate(files) if file not in picked and "train-" not in file]
+    steered = max(others, key=lambda i: uncertainty[i])
+    values = np.full(len(files), 1e-6)
+    values[steered] = 1.0
+    kept.write_text(json.dumps({"typicality": values.tolist()}))
+    second, _err = label_next_json(run_dir, pool, 3, capsys)
+    assert second["picks"][0]["file"] == files[steered]  # type: ignore[index]
+    # A damaged file is computed again, and the picks are the first run's.
+    kept.write_text("{")
+    third, _err = label_next_json(run_dir, pool, 3, capsys)
+    assert third["picks"] == first["picks"]
+    assert json.loads(kept.read_text())["typicality"] == pytest.approx(
+        typicality(normalised(found.codes)).tolist()
+    )
 
 
 def test_more_picks_than_distinct_images_stops_at_the_duplicates(

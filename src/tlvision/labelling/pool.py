@@ -44,12 +44,17 @@ def _extractor(loaded: LoadedModel) -> tuple[nn.Module, nn.Module, str | None]:
     )
 
 
-def _cache(loaded: LoadedModel) -> FeatureCache | None:
+def cache_root(loaded: LoadedModel) -> Path | None:
+    """The codes cache the run trained with (None: it kept its codes in memory)."""
     config = loaded.metadata.get("config", {})
     if config.get("no_cache"):
         return None
-    root = Path(config["cache_dir"]) if config.get("cache_dir") else default_cache_dir()
-    return FeatureCache(root, log=lambda _message: None)
+    return Path(config["cache_dir"]) if config.get("cache_dir") else default_cache_dir()
+
+
+def _cache(loaded: LoadedModel) -> FeatureCache | None:
+    root = cache_root(loaded)
+    return None if root is None else FeatureCache(root, log=lambda _message: None)
 
 
 @torch.inference_mode()

@@ -88,13 +88,18 @@ def select(
     count: int,
     *,
     diversity: bool = True,
+    typical: np.ndarray | None = None,
 ) -> list[Pick]:
     """Up to `count` picks, best first; fewer when the rest are near-duplicates.
-    diversity False: uncertainty alone (the benchmark's comparison), duplicates still skipped."""
+    diversity False: uncertainty alone (the benchmark's comparison), duplicates still skipped.
+    `typical`: the pool's typicality when already known (label-next keeps it per pool)."""
     pool = normalised(pool_codes)
     distance = nearest_distance(pool, normalised(labelled_codes))
     uncertainty = margin_uncertainty(probabilities)
-    typical = typicality(pool) if diversity else np.ones(len(pool))
+    if not diversity:
+        typical = np.ones(len(pool))
+    elif typical is None:
+        typical = typicality(pool)
     weight = uncertainty * typical
     available = distance >= DUPLICATE_DISTANCE
     picks: list[Pick] = []
