@@ -125,7 +125,9 @@ def histories(
     per_round = args.per_class * classes
     methods: dict[str, Picker] = {"label-next": label_next, "uncertainty alone": uncertainty}
     if args.candidates:
-        methods.update(CANDIDATES)
+        methods.update(
+            (name, pick) for name, pick in CANDIDATES.items() if not args.only or name in args.only
+        )
     runs = {
         name: run_method(pick, arrays, start, args.rounds, per_round)
         for name, pick in methods.items()
@@ -192,6 +194,7 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=1, help="random starts, mean reported")
     parser.add_argument("--candidates", action="store_true", help="also the other selections")
     parser.add_argument("--goal", type=float, default=0.6, help="share of random's labels")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="these candidates only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="active-labelling-") as root:
         for data in args.datasets:

@@ -194,6 +194,27 @@ def prob_cover(radius: float) -> Picker:
     return pick
 
 
+def class_typical(codes: np.ndarray, p: np.ndarray, labelled: np.ndarray, count: int) -> list[int]:
+    """label-next with each image's typicality divided by the largest among the images of its
+    predicted class: a small class's typical images weigh as much as a large one's."""
+    pool, uncertainty, distance = prepared(codes, p, labelled)
+    typical, predicted = typicality(pool), p.argmax(axis=1)
+    largest = np.zeros(p.shape[1])
+    np.maximum.at(largest, predicted, typical)
+    typical = typical / np.maximum(largest[predicted], 1e-12)
+    return weighted_k_center(pool, uncertainty * typical, distance, np.ones(len(pool), bool), count)
+
+
+def flat_uncertainty(
+    codes: np.ndarray, p: np.ndarray, labelled: np.ndarray, count: int
+) -> list[int]:
+    """label-next with the square root of the margin uncertainty (a head fit on few labels is
+    sure of most images: the root spreads the low end)."""
+    pool, uncertainty, distance = prepared(codes, p, labelled)
+    weight = np.sqrt(uncertainty) * typicality(pool)
+    return weighted_k_center(pool, weight, distance, np.ones(len(pool), bool), count)
+
+
 CANDIDATES: dict[str, Picker] = {
     "uncertainty x distance (label-next before)": previous,
     "top 1.5K uncertain, then weighted k-center": top_uncertain(1.5),
@@ -220,4 +241,6 @@ CANDIDATES: dict[str, Picker] = {
     "cluster-margin, 5K candidates": cluster_margin(5),
     "ProbCover, radius 0.2": prob_cover(0.2),
     "ProbCover, radius 0.3": prob_cover(0.3),
+    "typicality normalised per predicted class": class_typical,
+    "sqrt(uncertainty) x typicality": flat_uncertainty,
 }
