@@ -17,7 +17,7 @@ many starts met the goal on their own.
 
 Goal (issue 25): label-next reaches random's final accuracy with <= 60% of random's labels.
 
-    python benchmarks/active_labelling.py /work/datasets/fashion /work/datasets/large \
+    python benchmarks/active_labelling.py ../datasets/fashion ../datasets/large \
         --starts 10 --candidates
 """
 

@@ -11,7 +11,7 @@ per pass: wall seconds of the process, the codes seconds and the total the audit
 whether both versions found the same things (label issues, duplicates, strangers, C). The
 versions alternate pass by pass so other load moves both alike. Under the timing lock:
 
-    flock /tmp/tlvision-heavy.lock python benchmarks/audit_time.py /work/datasets/fashion
+    flock /tmp/tlvision-heavy.lock python benchmarks/audit_time.py ../datasets/fashion
 """
 
 from __future__ import annotations

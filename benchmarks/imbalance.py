@@ -1,8 +1,8 @@
 """Imbalanced classes: the routes and their remedies side by side on the reference set made
 imbalanced (every train ant, the first 30 train bees by name: 4.1x; val unchanged).
 
-    flock /tmp/tlvision-heavy.lock nice /work/main/.venv/bin/python benchmarks/imbalance.py \\
-        /work/shared/data/hymenoptera_data --finetune-epochs 3
+    flock /tmp/tlvision-heavy.lock nice .venv/bin/python benchmarks/imbalance.py \\
+        ../shared/data/hymenoptera_data --finetune-epochs 3
 
 The imbalanced set is made of symlinks in a temporary folder (never copied, never in the
 repository), and removed at the end with the runs and their codes cache. One `tlvision.train`

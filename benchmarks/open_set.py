@@ -15,8 +15,8 @@ one training wrote; energy and maximum softmax probability (the baseline) from t
 calibrated here on val; and "knn-k5", the mean cosine distance to the 5 nearest stored train
 codes (from the codes cache's codes), to choose k.
 
-    python benchmarks/open_set.py ../shared/data/hymenoptera_data /work/datasets/fashion \
-        /work/datasets/far --foreign 150
+    python benchmarks/open_set.py ../shared/data/hymenoptera_data ../datasets/fashion \
+        ../datasets/far --foreign 150
 
 The k-NN codes are read through the codes cache (tlvision.labelling.pool), so a second run is
 faster; the run's own score is computed by its classifier, as predict does, every time.

@@ -11,7 +11,7 @@ ONNX, then times, alternated --repeats times so other load moves both alike:
    `--reject auto`, and the code-distance run with `--reject off` (the score is computed, not
    used).
 
-    python benchmarks/reject_overhead.py /work/datasets/fashion --predict-size 1000
+    python benchmarks/reject_overhead.py ../datasets/fashion --predict-size 1000
 
 `--codes N` times the cost of N stored codes (5,000: the cap, the most a run stores) on a set
 with fewer train images: the stored codes are repeated, with a little noise, up to N rows

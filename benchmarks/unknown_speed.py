@@ -12,7 +12,7 @@ feature-extract run on the demo set with its own empty codes cache, then times a
    and `--reject auto`, alternated --repeats times on the same runtime (the run's ONNX export,
    made once before), so other load on the machine moves both alike.
 
-    python benchmarks/unknown_speed.py /work/datasets --pool-size 10000 [--before 9736377]
+    python benchmarks/unknown_speed.py ../datasets --pool-size 10000 [--before 9736377]
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tlvision.codes.cache import default_cache_dir
 from tlvision.jsonio import write_json_atomic
 
 ONNX, TORCH = "onnx", "torch"
@@ -48,8 +48,8 @@ def faster(timing: Timing) -> str:
 
 
 def choices_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "tlvision" / "runtime-choices"
+    """Beside the codes cache's default folder: $XDG_CACHE_HOME/tlvision/runtime-choices."""
+    return default_cache_dir().parent / "runtime-choices"
 
 
 def _cpu() -> str:
