@@ -146,3 +146,23 @@ def test_report_export_predict_and_the_codes_cache_on_a_full_disk(
     line = capsys.readouterr().err.strip()
     assert "no space left on the device" in line and str(cache) in line
     assert "--no-cache" in line and len(line.splitlines()) == 1
+
+
+def test_a_kept_shortcut_on_a_full_disk_is_skipped_and_computed_again(small_disk: Path) -> None:
+    """The values kept only to save time (the audit's C, label-next's typicality, the runtime
+    choice) all go through jsonio.keep: a full disk there is no error, leaves no file behind,
+    and the value is kept once space is freed."""
+    from tlvision.jsonio import keep, read_kept
+
+    path = small_disk / "kept" / "choice.json"
+    fill(small_disk)
+    keep(path, {"values": list(range(5000))})
+    assert read_kept(path, lambda document: document["values"]) is None
+    assert [p.name for p in path.parent.iterdir()] == []  # no half-written temporary left
+    (small_disk / "filler").unlink()
+    keep(path, {"values": list(range(5000))})
+    assert read_kept(path, lambda document: len(document["values"])) == 5000
+    path.write_text('{"values": ')  # damaged: read as absent
+    assert read_kept(path, lambda document: document["values"]) is None
+    path.write_text('{"other": 1}')  # not what the reader expects: absent too
+    assert read_kept(path, lambda document: document["values"]) is None

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+Kept = TypeVar("Kept")
 
 
 def json_text(data: Any) -> str:
@@ -28,3 +31,24 @@ def write_json_atomic(path: Path, data: Any) -> None:
     with writing(path, needed=len(text), temporary=temporary):
         temporary.write_text(text, encoding="ascii")
     os.replace(temporary, path)
+
+
+def read_kept(path: Path, decode: Callable[[Any], Kept]) -> Kept | None:
+    """A value `keep` wrote, decoded; None when the file is absent, unreadable or not what
+    `decode` expects (the caller computes it again: a kept value is only ever a shortcut)."""
+    try:
+        return decode(json.loads(path.read_text(encoding="ascii")))
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+def keep(path: Path, data: Any) -> None:
+    """Write a value that can be computed again, creating its folder. A read-only folder or a
+    full disk is not the user's problem here: the value is computed again next time."""
+    from tlvision.errors import UserError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, data)
+    except (OSError, UserError):
+        pass

@@ -8,7 +8,6 @@ head chooses it for a run (cross-validation on the train codes, tlvision.trainin
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import warnings
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tlvision.errors import UserError
-from tlvision.jsonio import write_json_atomic
+from tlvision.jsonio import keep, read_kept
 from tlvision.training.sklearn_heads import (
     DEFAULT_C_GRID,
     fits_in_threads,
@@ -106,13 +105,12 @@ def choose_C(
     path = None
     if remember_in is not None:
         path = remember_in / f"C-{_choice_key(train_codes, train_labels, seed)}.json"
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            return float(json.loads(path.read_text(encoding="ascii"))["C"])
+        kept = read_kept(path, lambda document: float(document["C"]))
+        if kept is not None:
+            return kept
     C = select_C("logreg", train_codes, train_labels, seed=seed, jobs=jobs, float32=FLOAT32)
     if path is not None:
-        with contextlib.suppress(OSError, UserError):  # unwritable or full: chosen next time
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(path, {"C": C})
+        keep(path, {"C": C})
     return C
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from tlvision.codes.cache import default_cache_dir
-from tlvision.jsonio import write_json_atomic
+from tlvision.jsonio import keep, read_kept
 
 ONNX, TORCH = "onnx", "torch"
 TIMING_REPEATS = 2
@@ -80,23 +80,18 @@ def choice_key(module: nn.Module, example: torch.Tensor, threads: int) -> str:
 
 
 def remembered(key: str) -> Timing | None:
-    try:
-        document = json.loads((choices_dir() / f"{key}.json").read_text())
-        return Timing(
+    """The timing kept for `key`; None when there is none yet or it is unreadable (measure)."""
+    return read_kept(
+        choices_dir() / f"{key}.json",
+        lambda document: Timing(
             float(document["torch_seconds"]), float(document["onnx_seconds"]),
             int(document["images"]),
-        )  # fmt: skip
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # none yet, or unreadable: measure again
+        ),
+    )  # fmt: skip
 
 
 def remember(key: str, timing: Timing) -> None:
-    try:
-        folder = choices_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(folder / f"{key}.json", {**asdict(timing), "chose": faster(timing)})
-    except OSError:
-        pass  # a read-only cache: the choice is measured again next time, nothing is lost
+    keep(choices_dir() / f"{key}.json", {**asdict(timing), "chose": faster(timing)})
 
 
 def seconds_per_pass(run: Callable[[], Any]) -> float:
