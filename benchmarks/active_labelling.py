@@ -76,9 +76,17 @@ def head(codes: np.ndarray, labels: np.ndarray) -> LogisticRegression:
 
 
 def run_method(
-    pick: Picker, data: tuple[np.ndarray, ...], start: np.ndarray, rounds: int, per_round: int
-) -> list[tuple[int, float]]:
-    """(labels, val accuracy) after the start and after each round."""
+    pick: Picker,
+    data: tuple[np.ndarray, ...],
+    start: np.ndarray,
+    rounds: int,
+    per_round: int,
+    budget: int,
+) -> tuple[list[tuple[int, float]], float]:
+    """(labels, val accuracy) after the start and after each round; and the val accuracy with the
+    first `budget` labels: the full rounds that fit, then the first picks of the next round (the
+    picks come best first, as label-next lists them, so this is what a person labelling only
+    `budget` images in all gets)."""
     train_codes, train_labels, val_codes, val_labels = data
     labelled = list(start)
     history = []
@@ -91,7 +99,9 @@ def run_method(
         probabilities = model.predict_proba(train_codes[pool])
         chosen = pick(train_codes[pool], probabilities, train_codes[labelled], per_round)
         labelled += [int(pool[index]) for index in chosen]
-    return history
+    first = labelled[:budget]
+    at_budget = head(train_codes[first], train_labels[first]).score(val_codes, val_labels)
+    return history, float(at_budget)
 
 
 def label_next(
@@ -119,27 +129,33 @@ def labels_to_reach(history: list[tuple[int, float]], target: float) -> int | No
 
 def histories(
     arrays: tuple[np.ndarray, ...], start: np.ndarray, seed: int, args: argparse.Namespace
-) -> dict[str, list[tuple[int, float]]]:
-    """Every method's history from one start; random's is the mean over --seeds seeds."""
+) -> dict[str, tuple[list[tuple[int, float]], float]]:
+    """Every method's history and accuracy at the budget (--goal x random's final labels) from
+    one start; random's are the means over --seeds seeds."""
     classes = int(arrays[1].max()) + 1
     per_round = args.per_class * classes
+    budget = int(args.goal * (len(start) + args.rounds * per_round))
     methods: dict[str, Picker] = {"label-next": label_next, "uncertainty alone": uncertainty}
     if args.candidates:
         methods.update(
             (name, pick) for name, pick in CANDIDATES.items() if not args.only or name in args.only
         )
     runs = {
-        name: run_method(pick, arrays, start, args.rounds, per_round)
+        name: run_method(pick, arrays, start, args.rounds, per_round, budget)
         for name, pick in methods.items()
     }
     randoms = [
-        run_method(random_picker(seed + 1 + s), arrays, start, args.rounds, per_round)
+        run_method(random_picker(seed + 1 + s), arrays, start, args.rounds, per_round, budget)
         for s in range(args.seeds)
     ]
-    runs[f"random (mean of {args.seeds} seeds)"] = [
-        (randoms[0][i][0], float(np.mean([r[i][1] for r in randoms])))
-        for i in range(len(randoms[0]))
+    mean_history = [
+        (randoms[0][0][i][0], float(np.mean([r[0][i][1] for r in randoms])))
+        for i in range(len(randoms[0][0]))
     ]
+    runs[f"random (mean of {args.seeds} seeds)"] = (
+        mean_history,
+        float(np.mean([r[1] for r in randoms])),
+    )
     return runs
 
 
@@ -159,27 +175,32 @@ def measure(data: Path, args: argparse.Namespace, root: Path) -> None:
         by_start.append(histories(arrays, start, seed, args))
     random_name = f"random (mean of {args.seeds} seeds)"
     names = list(by_start[0])
-    labels = [n for n, _ in by_start[0][random_name]]
+    labels = [n for n, _ in by_start[0][random_name][0]]
     mean = {
-        name: [float(np.mean([r[name][i][1] for r in by_start])) for i in range(len(labels))]
+        name: [float(np.mean([r[name][0][i][1] for r in by_start])) for i in range(len(labels))]
         for name in names
     }
     target_labels, target = labels[-1], mean[random_name][-1]
+    budget = int(args.goal * target_labels)
     print(f"\n{data.name}: {len(train_labels)} pool images, {len(arrays[3])} val, {classes} "
           f"classes; {args.start}/class to start, {args.rounds} rounds of "
           f"{args.per_class * classes}; mean of {args.starts} start(s)")  # fmt: skip
     print("| method | " + " | ".join(f"{n} labels" for n in labels) +
           " | labels to reach random's final | share of random's labels"
-          " | starts meeting the goal |")  # fmt: skip
-    print("|---" * (len(labels) + 4) + "|")
+          f" | starts meeting the goal | {budget} labels ({args.goal:.0%})"
+          f" | starts reaching random's final with {budget} |")  # fmt: skip
+    print("|---" * (len(labels) + 6) + "|")
     for name in names:
         needed = labels_to_reach(list(zip(labels, mean[name], strict=True)), target)
         share = "not reached" if needed is None else f"{needed / target_labels:.0%}"
-        alone = [labels_to_reach(r[name], r[random_name][-1][1]) for r in by_start]
+        alone = [labels_to_reach(r[name][0], r[random_name][0][-1][1]) for r in by_start]
         met = sum(n is not None and n <= args.goal * target_labels for n in alone)
+        at_budget = float(np.mean([r[name][1] for r in by_start]))
+        reached = sum(r[name][1] >= r[random_name][0][-1][1] - 1e-9 for r in by_start)
         cells = " | ".join(f"{accuracy:.3f}" for accuracy in mean[name])
         print(
-            f"| {name} | {cells} | {needed or 'not reached'} | {share} | {met} of {args.starts} |"
+            f"| {name} | {cells} | {needed or 'not reached'} | {share} | {met} of {args.starts}"
+            f" | {at_budget:.3f} | {reached} of {args.starts} |"
         )
 
 

@@ -13,13 +13,18 @@ from sklearn.cluster import KMeans
 
 from tlvision.labelling.selection import (
     DUPLICATE_DISTANCE,
+    TYPICAL_NEIGHBOURS,
     margin_uncertainty,
     nearest_distance,
+    neighbourhood,
     normalised,
-    typicality,
 )
 
 Picker = Callable[[np.ndarray, np.ndarray, np.ndarray, int], list[int]]
+
+
+def typicality(pool: np.ndarray, neighbours: int = TYPICAL_NEIGHBOURS) -> np.ndarray:
+    return neighbourhood(pool, neighbours).typicality
 
 
 def weighted_k_center(
@@ -47,7 +52,7 @@ def prepared(
 
 
 def previous(codes: np.ndarray, p: np.ndarray, labelled: np.ndarray, count: int) -> list[int]:
-    """label-next before issue 25's change: uncertainty x distance, weighted k-center."""
+    """label-next before typicality: uncertainty x distance, weighted k-center."""
     pool, uncertainty, distance = prepared(codes, p, labelled)
     return weighted_k_center(pool, uncertainty, distance, np.ones(len(pool), bool), count)
 
@@ -104,24 +109,36 @@ def typical_variant(kind: str = "margin", cap: float | None = None) -> Picker:
     def pick(codes: np.ndarray, p: np.ndarray, labelled: np.ndarray, count: int) -> list[int]:
         pool, _margin, distance = prepared(codes, p, labelled)
         weight = other_uncertainty(p, kind) * typicality(pool)
-        predicted, used = p.argmax(axis=1), np.zeros(p.shape[1], int)
-        limit = int(np.ceil(cap * count / p.shape[1])) if cap else count
-        picks: list[int] = []
-        allowed = distance >= DUPLICATE_DISTANCE
-        while len(picks) < count and allowed.any():
-            near = np.minimum(distance, 1.0)
-            worth = weight * near + 1e-9 * near
-            open_class = allowed & (used[predicted] < limit)
-            among = open_class if open_class.any() else allowed
-            best = int(np.argmax(np.where(among, worth, -np.inf)))
-            picks.append(best)
-            used[predicted[best]] += 1
-            distance = np.minimum(distance, 1.0 - pool @ pool[best])
-            allowed &= distance >= DUPLICATE_DISTANCE
-            allowed[best] = False
-        return picks
+        return capped_k_center(pool, weight, distance, p, cap, count)
 
     return pick
+
+
+def capped_k_center(
+    pool: np.ndarray,
+    weight: np.ndarray,
+    distance: np.ndarray,
+    p: np.ndarray,
+    cap: float | None,
+    count: int,
+) -> list[int]:
+    """Weighted k-center with at most cap x count / classes picks per predicted class."""
+    predicted, used = p.argmax(axis=1), np.zeros(p.shape[1], int)
+    limit = int(np.ceil(cap * count / p.shape[1])) if cap else count
+    picks: list[int] = []
+    allowed = distance >= DUPLICATE_DISTANCE
+    while len(picks) < count and allowed.any():
+        near = np.minimum(distance, 1.0)
+        worth = weight * near + 1e-9 * near
+        open_class = allowed & (used[predicted] < limit)
+        among = open_class if open_class.any() else allowed
+        best = int(np.argmax(np.where(among, worth, -np.inf)))
+        picks.append(best)
+        used[predicted[best]] += 1
+        distance = np.minimum(distance, 1.0 - pool @ pool[best])
+        allowed &= distance >= DUPLICATE_DISTANCE
+        allowed[best] = False
+    return picks
 
 
 def typiclust(codes: np.ndarray, p: np.ndarray, labelled: np.ndarray, count: int) -> list[int]:
@@ -215,8 +232,60 @@ def flat_uncertainty(
     return weighted_k_center(pool, weight, distance, np.ones(len(pool), bool), count)
 
 
+def badge(greedy: bool = False, typical_weight: bool = False) -> Picker:
+    """BADGE (Ash et al. 2020) for the linear head: each image's loss gradient for the last layer
+    under its predicted label, (p - onehot(predicted)) x code, then k-means++ seeding over those
+    (D^2 sampling, seeded; `greedy`: the farthest each time). Distances between two gradients
+    come from (a_i . a_j)(x_i . x_j), so the class x code vectors are never built.
+    `typical_weight`: D^2 times typicality."""
+
+    def pick(codes: np.ndarray, p: np.ndarray, labelled: np.ndarray, count: int) -> list[int]:
+        pool = normalised(codes)
+        allowed = nearest_distance(pool, normalised(labelled)) >= DUPLICATE_DISTANCE
+        residual = p.copy()
+        residual[np.arange(len(p)), p.argmax(axis=1)] -= 1.0
+        norms = (residual**2).sum(axis=1)  # |gradient|^2, the codes having unit length
+        weight = typicality(pool) if typical_weight else np.ones(len(pool))
+        rng = np.random.default_rng(len(labelled))
+        nearest = norms.copy()  # squared distance to the nearest chosen gradient (none: to 0)
+        picks: list[int] = []
+        while len(picks) < count and allowed.any():
+            score = np.where(allowed, np.maximum(nearest, 0.0) * weight, 0.0)
+            if greedy or not picks or score.sum() <= 0:
+                best = int(np.argmax(np.where(allowed, score, -np.inf)))
+            else:
+                best = int(rng.choice(len(pool), p=score / score.sum()))
+            picks.append(best)
+            between = norms + norms[best] - 2.0 * (residual @ residual[best]) * (pool @ pool[best])
+            nearest = np.minimum(nearest, between)
+            allowed &= 1.0 - pool @ pool[best] >= DUPLICATE_DISTANCE
+            allowed[best] = False
+        return picks
+
+    return pick
+
+
+def uncertain_neighbourhood(mode: str, neighbours: int = 20, cap: float | None = None) -> Picker:
+    """label-next with the uncertainty of the image's neighbourhood (its `neighbours` nearest pool
+    images and itself, mean): a label there teaches the head about many uncertain images.
+    mode "smoothed": that mean in place of the image's own; "times": both multiplied;
+    "geometric": the square root of that product. `cap`: as typical_variant's."""
+
+    def pick(codes: np.ndarray, p: np.ndarray, labelled: np.ndarray, count: int) -> list[int]:
+        pool, uncertainty, distance = prepared(codes, p, labelled)
+        similarity = pool @ pool.T
+        nearest = np.argpartition(-similarity, neighbours, axis=1)[:, : neighbours + 1]
+        around = uncertainty[nearest].mean(axis=1)
+        own = {"smoothed": around, "times": uncertainty * around}
+        weight = own.get(mode, np.sqrt(uncertainty * around)) * typicality(pool)
+        return capped_k_center(pool, weight, distance, p, cap, count)
+
+    return pick
+
+
 CANDIDATES: dict[str, Picker] = {
-    "uncertainty x distance (label-next before)": previous,
+    "uncertainty x typicality (label-next before)": typical_uncertain(),
+    "uncertainty x distance (label-next before typicality)": previous,
     "top 1.5K uncertain, then weighted k-center": top_uncertain(1.5),
     "top 2K uncertain, then weighted k-center": top_uncertain(2),
     "top 2K uncertain, then plain k-center": top_uncertain(2, weighted=False),
@@ -243,4 +312,19 @@ CANDIDATES: dict[str, Picker] = {
     "ProbCover, radius 0.3": prob_cover(0.3),
     "typicality normalised per predicted class": class_typical,
     "sqrt(uncertainty) x typicality": flat_uncertainty,
+    "BADGE": badge(),
+    "BADGE, greedy": badge(greedy=True),
+    "BADGE x typicality": badge(typical_weight=True),
+    "BADGE x typicality, greedy": badge(greedy=True, typical_weight=True),
+    "neighbourhood uncertainty x typicality": uncertain_neighbourhood("smoothed"),
+    "uncertainty x neighbourhood uncertainty x typicality": uncertain_neighbourhood("times"),
+    "sqrt(uncertainty x neighbourhood's) x typicality, <= 1.5 x K/classes": (
+        uncertain_neighbourhood("geometric", cap=1.5)
+    ),
+    "sqrt(uncertainty x neighbourhood's) x typicality, 10 neighbours": (
+        uncertain_neighbourhood("geometric", 10)
+    ),
+    "sqrt(uncertainty x neighbourhood's) x typicality, 40 neighbours": (
+        uncertain_neighbourhood("geometric", 40)
+    ),
 }

@@ -17,9 +17,14 @@ from tlvision import demo_data_dir
 from tlvision.cli import main
 from tlvision.codes.cache import default_cache_dir
 from tlvision.inference.sources import expand_image_paths
-from tlvision.labelling.next import TYPICALITY_DIR
+from tlvision.labelling.next import NEIGHBOURHOOD_DIR
 from tlvision.labelling.pool import pool_codes
-from tlvision.labelling.selection import margin_uncertainty, normalised, select, typicality
+from tlvision.labelling.selection import (
+    margin_uncertainty,
+    neighbourhood,
+    normalised,
+    select,
+)
 from tlvision.runs.reader import load_run_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -80,17 +85,18 @@ def test_label_next_picks_files_as_given_and_skips_duplicates(
     assert sheet.count("<img ") == 9 and "tlvision add-labels" in sheet
 
 
-def test_label_next_keeps_the_pools_typicality_and_reads_it_back(
+def test_label_next_keeps_the_pools_neighbourhood_and_reads_it_back(
     run_dir: Path, pool: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(Path("xdg").absolute()))  # the run's codes cache
     first, _err = label_next_json(run_dir, pool, 3, capsys)
-    [kept] = list((default_cache_dir() / TYPICALITY_DIR).glob("*.json"))
+    [kept] = list((default_cache_dir() / NEIGHBOURHOOD_DIR).glob("*.json"))
     loaded = load_run_model(run_dir)
     found = pool_codes(loaded, expand_image_paths([pool]), device=torch.device("cpu"))
-    np.testing.assert_allclose(
-        json.loads(kept.read_text())["typicality"], typicality(normalised(found.codes))
-    )
+    computed = neighbourhood(normalised(found.codes))
+    document = json.loads(kept.read_text())
+    np.testing.assert_allclose(document["typicality"], computed.typicality)
+    assert document["nearest"] == computed.nearest.ravel().tolist()
     # The next run over the same pool reads it: steered to one image, that image comes first.
     files = [str(path) for path in found.paths]
     picked = {pick["file"] for pick in first["picks"]}  # type: ignore[attr-defined]
@@ -99,16 +105,19 @@ def test_label_next_keeps_the_pools_typicality_and_reads_it_back(
     steered = max(others, key=lambda i: uncertainty[i])
     values = np.full(len(files), 1e-6)
     values[steered] = 1.0
-    kept.write_text(json.dumps({"typicality": values.tolist()}))
+    kept.write_text(json.dumps({**document, "typicality": values.tolist()}))
     second, _err = label_next_json(run_dir, pool, 3, capsys)
     assert second["picks"][0]["file"] == files[steered]  # type: ignore[index]
-    # A damaged file is computed again, and the picks are the first run's.
-    kept.write_text("{")
-    third, _err = label_next_json(run_dir, pool, 3, capsys)
-    assert third["picks"] == first["picks"]
-    assert json.loads(kept.read_text())["typicality"] == pytest.approx(
-        typicality(normalised(found.codes)).tolist()
-    )
+    # A damaged file, or one naming images the pool does not have, is computed again, and the
+    # picks are the first run's.
+    out_of_range = [len(files)] * len(document["nearest"])
+    for damaged in ("{", json.dumps({**document, "nearest": out_of_range})):
+        kept.write_text(damaged)
+        again, _err = label_next_json(run_dir, pool, 3, capsys)
+        assert again["picks"] == first["picks"]
+        rewritten = json.loads(kept.read_text())
+        assert rewritten["nearest"] == document["nearest"]
+        assert rewritten["typicality"] == pytest.approx(document["typicality"])
 
 
 def test_more_picks_than_distinct_images_stops_at_the_duplicates(
@@ -169,6 +178,32 @@ def test_selection_prefers_a_typical_image_to_a_slightly_more_uncertain_odd_one(
     assert select(codes, probabilities, np.zeros((0, 16)), 1, diversity=False)[0].index < 5
 
 
+def test_selection_prefers_an_uncertain_region_to_an_uncertain_image_among_sure_ones() -> None:
+    rng = np.random.default_rng(0)
+    region = np.eye(1, 16) * 10 + rng.normal(0, 0.5, (30, 16))
+    sure = np.eye(2, 16)[1:] * 10 + rng.normal(0, 0.5, (30, 16))
+    codes = np.concatenate([region, sure])
+    probabilities = np.tile([0.6, 0.4], (60, 1))  # the region: all rather uncertain
+    probabilities[30:] = [0.99, 0.01]  # the other cluster: sure of all ...
+    probabilities[45] = [0.5, 0.5]  # ... but one, the most uncertain image of the pool
+    first = select(codes, probabilities, np.zeros((0, 16)), 1)[0]
+    assert first.index < 30
+    assert first.neighbourhood_uncertainty > first.uncertainty - 0.05
+    assert select(codes, probabilities, np.zeros((0, 16)), 1, diversity=False)[0].index == 45
+
+
+def test_a_large_pools_neighbours_are_pool_rows_from_its_sample() -> None:
+    pool = normalised(np.random.default_rng(1).normal(size=(300, 8)))
+    found = neighbourhood(pool, neighbours=5, sample=100)
+    assert found.nearest.shape == (300, 5) and found.typicality.max() == pytest.approx(1.0)
+    rows = np.sort(np.random.default_rng(0).choice(300, 100, replace=False))  # the seeded sample
+    assert set(found.nearest.ravel()) <= set(rows.tolist())
+    for image in (0, 150, 299):
+        distance = 1.0 - pool[rows] @ pool[image]
+        expected = rows[np.argsort(distance, kind="stable")[1:6]]
+        assert sorted(found.nearest[image]) == sorted(expected)
+
+
 def test_on_real_codes_noise_is_the_least_typical_and_not_picked_first(
     run_dir: Path, tmp_path: Path
 ) -> None:
@@ -178,7 +213,7 @@ def test_on_real_codes_noise_is_the_least_typical_and_not_picked_first(
     loaded = load_run_model(run_dir)
     found = pool_codes(loaded, [noise, *demo_val_images()], device=torch.device("cpu"))
     assert len(found.paths) == 28
-    typical = typicality(normalised(found.codes))
+    typical = neighbourhood(normalised(found.codes)).typicality
     assert int(np.argmin(typical)) == 0 and typical.max() == pytest.approx(1.0)
     equal = np.full((28, 3), 1 / 3)  # every image as uncertain: typicality and spread decide
     picks = select(found.codes, equal, np.zeros((0, found.codes.shape[1])), 3)

@@ -1,16 +1,24 @@
 """Which pool images to label next: uncertain, typical ones, spread over code space, no duplicates.
 
 Pure numpy on codes and class probabilities, so the benchmark (benchmarks/active_labelling.py)
-runs exactly what `tlvision label-next` runs. Each image's worth is its uncertainty (one minus
-the margin between its two most likely classes) times its typicality (how dense the pool is
-around it: the inverse of its mean cosine distance to its TYPICAL_NEIGHBOURS nearest pool
-images, scaled to at most 1, so an odd one out is worth little: its label teaches the head about
-few others) times its cosine distance to the nearest labelled or already picked image. The picks
-are made greedily (k-center greedy, weighted by uncertainty x typicality), so a pick lowers the
-worth of the images near it. An image within DUPLICATE_DISTANCE of a train image or of an
-earlier pick is never picked. Typicality won over uncertainty x distance alone, a candidate set
-of the most uncertain, cluster-margin, TypiClust and ProbCover on both benchmark sets
-(benchmarks/RESULTS.md, "Active labelling").
+runs exactly what `tlvision label-next` runs. Each image's worth is
+
+    sqrt(uncertainty x its neighbourhood's uncertainty) x typicality x distance
+
+- uncertainty: one minus the margin between its two most likely classes;
+- its neighbourhood's: the mean uncertainty of the image and its TYPICAL_NEIGHBOURS nearest pool
+  images (an uncertain image among sure ones is usually an odd case; one in an uncertain region
+  stands for many images the head gets wrong, so its label moves the head where it matters); the
+  square root of the product keeps the scale of the margin;
+- typicality: how dense the pool is around it (the inverse of its mean cosine distance to those
+  neighbours, scaled to at most 1), so an odd one out is worth little;
+- distance: its cosine distance to the nearest labelled or already picked image.
+
+The picks are made greedily (k-center greedy, weighted), so a pick lowers the worth of the images
+near it. An image within DUPLICATE_DISTANCE of a train image or of an earlier pick is never
+picked. The neighbourhood's uncertainty and typicality won, in that order, over uncertainty x
+distance alone, a candidate set of the most uncertain, cluster-margin, TypiClust, ProbCover and
+BADGE on both benchmark sets (benchmarks/RESULTS.md, "Active labelling").
 """
 
 from __future__ import annotations
@@ -28,8 +36,9 @@ TYPICAL_SAMPLE = 4096  # larger pools: typicality against this many of them (see
 @dataclass(frozen=True)
 class Pick:
     index: int  # into the pool
-    score: float  # uncertainty x typicality x distance when picked
+    score: float  # its worth when picked (the module's docstring)
     uncertainty: float
+    neighbourhood_uncertainty: float
     typicality: float  # 1 for the pool's densest image
     distance: float  # cosine distance to the nearest labelled or earlier-picked image
 
@@ -59,26 +68,47 @@ def nearest_distance(pool: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return nearest
 
 
-def typicality(
+@dataclass(frozen=True)
+class Neighbourhood:
+    """What the pool's own layout says about each image; depends on the pool's codes only, so
+    label-next keeps it per pool (labelling/next.py)."""
+
+    typicality: np.ndarray  # (images,) 1 for the pool's densest image
+    nearest: np.ndarray  # (images, neighbours) pool rows of each image's nearest, itself left out
+
+
+def neighbourhood(
     pool: np.ndarray, neighbours: int = TYPICAL_NEIGHBOURS, sample: int = TYPICAL_SAMPLE
-) -> np.ndarray:
-    """Each normalised pool code's 1 / mean cosine distance to its `neighbours` nearest pool
-    codes (the nearest, itself, left out), scaled so the largest is 1. Pools over `sample` are
-    measured against a seeded sample of that many of their codes."""
-    reference = pool
+) -> Neighbourhood:
+    """Each normalised pool code's `neighbours` nearest pool codes (the nearest, itself, left
+    out) and its typicality: 1 / their mean cosine distance, scaled so the largest is 1. Pools
+    over `sample` are measured against a seeded sample of that many of their codes."""
+    rows = np.arange(len(pool))
     if len(pool) > sample:
-        rows = np.random.default_rng(0).choice(len(pool), sample, replace=False)
-        reference = pool[np.sort(rows)]
+        rows = np.sort(np.random.default_rng(0).choice(len(pool), sample, replace=False))
+    reference = pool[rows]
     neighbours = min(neighbours, len(reference) - 1)
     if neighbours < 1:
-        return np.ones(len(pool))
+        return Neighbourhood(np.ones(len(pool)), np.zeros((len(pool), 0), dtype=np.int64))
     mean = np.empty(len(pool))
+    nearest = np.empty((len(pool), neighbours), dtype=np.int64)
     for start in range(0, len(pool), CHUNK):
         distance = 1.0 - pool[start : start + CHUNK] @ reference.T
-        nearest = np.sort(np.partition(distance, neighbours, axis=1)[:, : neighbours + 1])
-        mean[start : start + CHUNK] = nearest[:, 1:].mean(axis=1)
+        closest = np.argpartition(distance, neighbours, axis=1)[:, : neighbours + 1]
+        closest_distance = np.take_along_axis(distance, closest, axis=1)
+        order = np.argsort(closest_distance, axis=1, kind="stable")
+        closest = np.take_along_axis(closest, order, axis=1)
+        closest_distance = np.take_along_axis(closest_distance, order, axis=1)
+        mean[start : start + CHUNK] = closest_distance[:, 1:].mean(axis=1)
+        nearest[start : start + CHUNK] = rows[closest[:, 1:]]
     inverse = 1.0 / (mean + 1e-6)
-    return np.asarray(inverse / inverse.max(), dtype=np.float64)
+    return Neighbourhood(np.asarray(inverse / inverse.max(), dtype=np.float64), nearest)
+
+
+def neighbourhood_uncertainty(uncertainty: np.ndarray, nearest: np.ndarray) -> np.ndarray:
+    """The mean uncertainty of each image and its nearest pool images."""
+    total = uncertainty + uncertainty[nearest].sum(axis=1)
+    return np.asarray(total / (1 + nearest.shape[1]), dtype=np.float64)
 
 
 def select(
@@ -88,24 +118,27 @@ def select(
     count: int,
     *,
     diversity: bool = True,
-    typical: np.ndarray | None = None,
+    around: Neighbourhood | None = None,
 ) -> list[Pick]:
     """Up to `count` picks, best first; fewer when the rest are near-duplicates.
     diversity False: uncertainty alone (the benchmark's comparison), duplicates still skipped.
-    `typical`: the pool's typicality when already known (label-next keeps it per pool)."""
+    `around`: the pool's neighbourhood when already known (label-next keeps it per pool)."""
     pool = normalised(pool_codes)
     distance = nearest_distance(pool, normalised(labelled_codes))
     uncertainty = margin_uncertainty(probabilities)
-    if not diversity:
-        typical = np.ones(len(pool))
-    elif typical is None:
-        typical = typicality(pool)
-    weight = uncertainty * typical
+    if diversity:
+        around = around or neighbourhood(pool)
+        typical = around.typicality
+        regional = neighbourhood_uncertainty(uncertainty, around.nearest)
+        weight = np.sqrt(uncertainty * regional) * typical
+    else:
+        typical, regional, weight = np.ones(len(pool)), uncertainty, uncertainty
     available = distance >= DUPLICATE_DISTANCE
     picks: list[Pick] = []
     while len(picks) < count and available.any():
-        worth = weight * np.minimum(distance, 1.0) if diversity else uncertainty.copy()
-        worth = worth + 1e-9 * np.minimum(distance, 1.0)  # ties (certain images): spread out
+        spread = np.minimum(distance, 1.0)
+        worth = weight * spread if diversity else weight.copy()
+        worth = worth + 1e-9 * spread  # ties (certain images): spread out
         worth[~available] = -np.inf
         best = int(np.argmax(worth))
         picks.append(
@@ -113,6 +146,7 @@ def select(
                 best,
                 float(worth[best]),
                 float(uncertainty[best]),
+                float(regional[best]),
                 float(typical[best]),
                 float(distance[best]),
             )
