@@ -16,9 +16,9 @@ runs exactly what `tlvision label-next` runs. Each image's worth is
 
 The picks are made greedily (k-center greedy, weighted), so a pick lowers the worth of the images
 near it. An image within DUPLICATE_DISTANCE of a train image or of an earlier pick is never
-picked. The neighbourhood's uncertainty and typicality won, in that order, over uncertainty x
-distance alone, a candidate set of the most uncertain, cluster-margin, TypiClust, ProbCover and
-BADGE on both benchmark sets (benchmarks/RESULTS.md, "Active labelling").
+picked. Typicality, and then the neighbourhood's uncertainty, won over uncertainty x distance
+alone, a candidate set of the most uncertain, cluster-margin, TypiClust, ProbCover and BADGE
+on both benchmark sets (benchmarks/RESULTS.md, "Active labelling").
 """
 
 from __future__ import annotations
