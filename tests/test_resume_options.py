@@ -74,6 +74,9 @@ def start_training(
         return subprocess.Popen(
             [sys.executable, "-m", "tlvision.cli", *arguments], env=environment, stdout=sink,
             stderr=subprocess.STDOUT,
+            # A suite started in the background (`cmd &` in a script) runs with SIGINT ignored;
+            # the child would inherit that and never stop (as in test_robustness.py).
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )  # fmt: skip
 
 
