@@ -81,6 +81,9 @@ def test_extraction_over_many_images_runs_in_onnx_runtime_with_torch_codes(
     ]
     codes = extract_codes(extractor, paths, specs=specs, cache=None)
     assert len(runners) == 1 and isinstance(runners[0], OnnxForward)
+    # The loader hands over uint8 pixels; scaling and normalising happen inside the graph.
+    [graph_input] = runners[0].session.get_inputs()
+    assert graph_input.type == "tensor(uint8)" and graph_input.shape[1:] == [224, 224, 3]
     transform = build_transforms(preprocessing)["val"]  # type: ignore[arg-type]
     checked = [0, 50, len(paths) - 1]
     expected = eager_codes(

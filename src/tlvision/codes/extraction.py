@@ -14,6 +14,7 @@ import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,8 +34,9 @@ from tlvision.codes.cache import (
 from tlvision.codes.onnx_forward import Forward, fastest_forward
 from tlvision.codes.shards import ShardWriter, shard_name
 from tlvision.data.images import BadImageError, decode_image_rgb
-from tlvision.data.transforms import build_transforms
+from tlvision.data.transforms import build_pixel_transforms
 from tlvision.errors import UserError
+from tlvision.models.pixels import PixelNormalize
 from tlvision.models.stages import model_fingerprint
 from tlvision.progress import progress_bar
 
@@ -155,14 +157,18 @@ def extract_codes(
     `extractor` returns a tensor (one spec) or {stage: tensor} (a `stages.StageCodes`; any other
     module has its whole state dict fingerprinted). Only images with no valid cached code are
     run; with a cache the result is a read-only np.memmap per stage, without one an array.
-    `transform` defaults to the preprocessing's transform for the view's phase. runtime "auto"
+    `transform` defaults to the preprocessing's transform for the view's phase, as uint8 pixels
+    that the pass normalises a batch at a time inside the model. runtime "auto"
     runs a CPU pass over enough images in ONNX Runtime (onnx_forward.fastest_forward), "torch"
     keeps torch.
     """
     stages = _check_specs(specs)
     log = log or (cache.log if cache is not None else stderr_log)
     view = specs[0].view
-    transform = transform or build_transforms(specs[0].preprocessing)[view.phase]
+    normalize = None
+    if transform is None:
+        transform = build_pixel_transforms(specs[0].preprocessing)[view.phase]
+        normalize = PixelNormalize(specs[0].preprocessing)
     paths = _paths_of(samples)
     if not paths:
         return {stage: np.zeros((0, 0), dtype=np.float32) for stage in stages}
@@ -170,7 +176,7 @@ def extract_codes(
         paths=paths, stages=stages, transform=transform, view=view, batch_size=batch_size,
         num_workers=num_workers, device=torch.device(device), chunk_size=max(1, chunk_size),
         channels_last=torch.device(device).type == "cpu" if channels_last is None
-        else channels_last, description=description, runtime=runtime,
+        else channels_last, description=description, runtime=runtime, normalize=normalize,
     )  # fmt: skip
     if cache is None:
         run.execute(extractor, list(range(len(paths))), writers=None)
@@ -345,6 +351,22 @@ class _ChunkWriters:
             writer.abort()
 
 
+class _FromPixels(nn.Module):
+    """uint8 (N, H, W, 3) pixels -> the extractor's codes: normalised here, a batch at a time
+    in the extractor's threads (or inside the ONNX Runtime graph), and handed on channels-last
+    when the extractor is."""
+
+    def __init__(self, normalize: nn.Module, extractor: nn.Module, channels_last: bool) -> None:
+        super().__init__()
+        self.normalize, self.extractor, self.channels_last = normalize, extractor, channels_last
+
+    def forward(self, pixels: torch.Tensor) -> Any:
+        images = self.normalize(pixels)
+        if self.channels_last and not torch.onnx.is_in_onnx_export():
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.extractor(images)
+
+
 @dataclass
 class _Run:
     """One pass of an extractor over some of `paths`; codes go to chunk shards or `memory`."""
@@ -360,6 +382,7 @@ class _Run:
     channels_last: bool
     description: str
     runtime: str = "auto"  # "auto" or "torch"
+    normalize: nn.Module | None = None  # the transform gives uint8 pixels: normalised in the pass
     hashes: list[str] | None = None
     keys: list[bytes] = field(default_factory=list)
     memory: dict[str | None, np.ndarray] = field(default_factory=dict)
@@ -398,12 +421,15 @@ class _Run:
             raise UnreadableImagesError(unreadable)
 
     def _working_copy(self, extractor: nn.Module) -> nn.Module:
-        if not self.channels_last and _module_device(extractor) == self.device:
-            return extractor
-        # A private copy: the caller's model keeps its device and memory format (safetensors
-        # refuses channels-last tensors).
-        work = copy.deepcopy(extractor).to(self.device)
-        return work.to(memory_format=torch.channels_last) if self.channels_last else work
+        work = extractor
+        if self.channels_last or _module_device(extractor) != self.device:
+            # A private copy: the caller's model keeps its device and memory format
+            # (safetensors refuses channels-last tensors).
+            work = copy.deepcopy(extractor).to(self.device)
+            work = work.to(memory_format=torch.channels_last) if self.channels_last else work
+        if self.normalize is None:
+            return work
+        return _FromPixels(self.normalize.to(self.device), work, self.channels_last)
 
     def _forward(self, work: nn.Module, images: torch.Tensor, count: int) -> Forward:
         """ONNX Runtime for a CPU pass over enough images to pay for the export, else torch."""
@@ -433,6 +459,8 @@ class _Run:
 
     def _to_device(self, images: torch.Tensor) -> torch.Tensor:
         batch = images.to(self.device, non_blocking=True)
+        if self.normalize is not None:
+            return batch  # (N, H, W, 3) pixels: _FromPixels sets the memory format
         return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
 
     def _unreadable(self, bad: list[_Item], compute: list[int]) -> list[tuple[Path, str]]:

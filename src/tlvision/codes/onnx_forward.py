@@ -6,8 +6,9 @@ CPU ONNX Runtime runs MobileNetV2 2.06x faster than channels-last eager torch, e
 (benchmarks/RESULTS.md), but CPUs differ, so which runtime runs a module is measured on this
 machine once and remembered (tlvision.codes.runtime_choice). The in-memory export takes 2-3 s
 (tlvision.compute.onnx), so a pass over fewer than ONNX_FROM_IMAGES images stays on torch
-without measuring. `OnnxForward` is called like the module it replaces: a float NCHW batch in,
-the module's tensor or {key: tensor} out. Anything that fails to export, to load or to agree
+without measuring. `OnnxForward` is called like the module it replaces: a batch in (float
+NCHW images, or the uint8 NHWC pixels of a module that normalises them itself), the module's
+tensor or {key: tensor} out. Anything that fails to export, to load or to agree
 with torch returns None, and the caller keeps torch.
 """
 
@@ -82,18 +83,24 @@ class OnnxForward:
         self.session, self.keys = session, keys
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor | dict[Any, torch.Tensor]:
-        batch = np.ascontiguousarray(images.detach().cpu().float().numpy())
+        batch = np.ascontiguousarray(_as_fed(images).numpy())
         outputs = [torch.from_numpy(output) for output in self.session.run(None, {"images": batch})]
         if self.keys is None:
             return outputs[0]
         return dict(zip(self.keys, outputs, strict=True))
 
 
+def _as_fed(images: torch.Tensor) -> torch.Tensor:
+    """The batch as the graph takes it: on the CPU, uint8 pixels as they are, else float32."""
+    batch = images.detach().cpu()
+    return batch if batch.dtype == torch.uint8 else batch.float()
+
+
 def onnx_forward(module: nn.Module, example: torch.Tensor, threads: int) -> OnnxForward | None:
     """`module` (in eval mode, on the CPU) exported and opened in ONNX Runtime; None when the
     export or the session fails, or its outputs do not agree with torch's on the example."""
     with torch.inference_mode(False), torch.no_grad():
-        sample = example[:2].detach().cpu().float().contiguous().clone()
+        sample = _as_fed(example[:2]).contiguous().clone()
         produced = module(sample)
         keys = tuple(produced) if isinstance(produced, dict) else None
         names = [f"output{index}" for index in range(len(keys or (None,)))]
