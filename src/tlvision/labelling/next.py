@@ -22,7 +22,7 @@ from tlvision.labelling.outputs import (
     write_contact_sheet,
     write_csv,
 )
-from tlvision.labelling.pool import cache_root, pool_codes
+from tlvision.labelling.pool import cache_root, coding_parts, pool_codes
 from tlvision.labelling.selection import (
     TYPICAL_NEIGHBOURS,
     TYPICAL_SAMPLE,
@@ -118,7 +118,8 @@ def label_next(
             f"{run_dir}: a multi-label model; label-next ranks by one class per image and does "
             "not rank for multi-label models. Pass a single-label run"
         )
-    found = pool_codes(loaded, paths, device=device, progress="pool codes")
+    parts = coding_parts(loaded)  # once for the pool's codes and the train codes
+    found = pool_codes(loaded, paths, device=device, progress="pool codes", parts=parts)
     if not found.paths:
         raise UserError(f"none of the {len(paths)} pool files can be read; see `tlvision check`")
     if count > len(found.paths):
@@ -128,7 +129,7 @@ def label_next(
         )
     splits = run_splits(loaded.metadata, data_dir)
     train = [path for path, _label in splits.samples["train"]]
-    labelled = pool_codes(loaded, train, device=device, progress="train codes")
+    labelled = pool_codes(loaded, train, device=device, progress="train codes", parts=parts)
     root = cache_root(loaded)
     around = pool_neighbourhood(found.codes, None if root is None else root / NEIGHBOURHOOD_DIR)
     picks = select(found.codes, found.probabilities, labelled.codes, count, around=around)
