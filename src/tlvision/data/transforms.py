@@ -10,6 +10,7 @@ val's pixels as a numpy array.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -20,24 +21,23 @@ from torchvision.transforms import v2 as transforms
 
 from tlvision.data.preprocessing import Preprocessing
 
+PHASES = ("train", "val")
 
-def _geometry(preprocessing: Preprocessing) -> dict[str, list[Callable[..., Any]]]:
-    """Each phase's crop and resize: augmentation for train, resize + centre crop for val."""
+
+def _geometry(preprocessing: Preprocessing, phase: str) -> list[Callable[..., Any]]:
+    """A phase's crop and resize: augmentation for train, resize + centre crop for val."""
     interpolation = transforms.InterpolationMode(preprocessing.interpolation)
-    return {
-        "train": [
+    if phase == "train":
+        return [
             transforms.RandomResizedCrop(
                 preprocessing.crop_size, interpolation=interpolation, antialias=True
             ),
             transforms.RandomHorizontalFlip(),
-        ],
-        "val": [
-            transforms.Resize(
-                preprocessing.resize_size, interpolation=interpolation, antialias=True
-            ),
-            transforms.CenterCrop(preprocessing.crop_size),
-        ],
-    }
+        ]
+    return [
+        transforms.Resize(preprocessing.resize_size, interpolation=interpolation, antialias=True),
+        transforms.CenterCrop(preprocessing.crop_size),
+    ]
 
 
 def build_transforms(
@@ -51,8 +51,8 @@ def build_transforms(
         transforms.Normalize(list(preprocessing.mean), list(preprocessing.std)),
     ]
     return {
-        phase: transforms.Compose([*geometry, *to_normalized_tensor])
-        for phase, geometry in _geometry(preprocessing).items()
+        phase: transforms.Compose([*_geometry(preprocessing, phase), *to_normalized_tensor])
+        for phase in PHASES
     }
 
 
@@ -73,13 +73,18 @@ def build_pixel_transforms(
     """The same geometry as build_transforms, ending in uint8 pixels: normalising a whole batch
     inside the model (tlvision.models.pixels.PixelNormalize) costs less than each image's float
     conversion here, and runs in the model's threads, not the loader's one."""
-    return {
-        phase: transforms.Compose([*geometry, ToPixels()])
-        for phase, geometry in _geometry(preprocessing).items()
-    }
+    return {phase: _pixels(preprocessing, phase) for phase in PHASES}
+
+
+@functools.lru_cache(maxsize=8)
+def _pixels(preprocessing: Preprocessing, phase: str) -> Callable[[Image.Image], torch.Tensor]:
+    """One phase's pixel transform, built once per preprocessing: prepare_pixels runs for every
+    image served or streamed, and the transforms hold no state between images (the train
+    phase's randomness comes from torch's generator at call time)."""
+    return transforms.Compose([*_geometry(preprocessing, phase), ToPixels()])
 
 
 def prepare_pixels(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
     """Resize and centre-crop exactly like the val transform; (H, W, 3) uint8 RGB."""
-    pixels = build_pixel_transforms(preprocessing)["val"](image.convert("RGB"))
+    pixels = _pixels(preprocessing, "val")(image.convert("RGB"))
     return np.ascontiguousarray(pixels.numpy())
